@@ -1,0 +1,318 @@
+"""The ``sdnet`` command line: parses options, calls the Python API, prints. No logic of its own."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Callable, Optional, TypeVar
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from .data.cells import CLEAN, CellSource, expand_cells, parse_corruptions, parse_severities
+from .data.cifar import DataError
+from .data.cifar_c import CifarCError
+from .evaluate import Runtime, cell_row, count_correct, mean_row
+from .lam import lambda_label, parse_lambda
+from .models import CheckpointError, ModelError, load_model
+from .reports import base_meta, write_report
+
+app = typer.Typer(
+    name="sdnet",
+    help="Robustness of sparse-coding networks (SDNet) and ResNet baselines: CIFAR-10-C, attacks, test-time lambda.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console()
+
+USER_ERRORS = (ModelError, CheckpointError, DataError, CifarCError, ValueError)
+F = TypeVar("F", bound=Callable[..., None])
+
+
+def user_errors(command: F) -> F:
+    """Turn the API's user-facing errors into one red line and exit code 2 (usage error)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return command(*args, **kwargs)
+        except USER_ERRORS as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted; no report was written[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+# -- options shared by several commands ----------------------------------------------------------
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Architecture (resnet18, resnet34, sdnet18, sdnet34, sdnet18_all, sdnet34_all) or a shipped "
+        "checkpoint name from weights/manifest.json. Without --checkpoint, an architecture name loads its "
+        "default shipped checkpoint.",
+    ),
+]
+CheckpointOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--checkpoint",
+        help="Weights to load into --model: our .safetensors, the authors' model_best.pth.tar / "
+        "checkpoint.pth.tar, or your own state_dict. Never unpickles code.",
+    ),
+]
+DatasetOpt = Annotated[str, typer.Option("--dataset", help="Dataset the model was trained on: cifar10.")]
+DataDirOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--data-dir",
+        help="Folder containing cifar-10-batches-py (default: $SDNET_DATA, else ./data; downloaded there when online).",
+    ),
+]
+CacheDirOpt = Annotated[
+    Optional[Path],
+    typer.Option("--cache-dir", help="Where generated CIFAR-10-C is cached (default: $SDNET_CACHE, else ~/.cache/sdnet-cli)."),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for generated corruptions and every random choice; same seed, same numbers.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (GPU if present), cpu or cuda.")]
+PrecisionOpt = Annotated[
+    str, typer.Option(
+        "--precision",
+        help="fp32, or bf16 autocast: faster on GPUs and CPUs with AMX/AVX512-BF16, much slower on plain AVX2 CPUs "
+        "(see benchmarks/throughput.py). CSC solves stay fp32.",
+    )
+]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward.")]
+NExamplesOpt = Annotated[
+    Optional[int], typer.Option("--n-examples", "-n", min=1, help="Evaluate only the first N test images of each cell.")
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Folder for the JSON, CSV and Markdown reports.")]
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    model: ModelOpt = "sdnet18",
+    checkpoint: CheckpointOpt = None,
+    dataset: DatasetOpt = "cifar10",
+    corruption: Annotated[
+        list[str],
+        typer.Option(
+            "--corruption",
+            "-c",
+            help="Corruption name, repeatable; 'all' = the 15 benchmark corruptions, 'extra' = the 4 extras, "
+            "'none' = clean only. Clean accuracy is always reported alongside.",
+        ),
+    ] = ["none"],
+    severity: Annotated[
+        list[str], typer.Option("--severity", "-s", help="Severity 1..5, repeatable, or 'all'.")
+    ] = ["all"],
+    lam: Annotated[
+        Optional[str],
+        typer.Option("--lam", help="Test-time lambda of every CSC layer (SDNet only); default: the training lambda."),
+    ] = None,
+    cifar_c_dir: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--cifar-c-dir",
+            help="Folder of the official CIFAR-10-C release (<corruption>.npy + labels.npy). Without it, the "
+            "needed corruptions are generated with --seed and cached.",
+        ),
+    ] = None,
+    n_examples: NExamplesOpt = None,
+    batch_size: BatchOpt = 256,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    out_dir: OutOpt = Path("reports"),
+    name: Annotated[Optional[str], typer.Option("--name", help="Report file stem (default: eval-<model>).")] = None,
+) -> None:
+    """Accuracy on clean CIFAR-10 and CIFAR-10-C cells, written as JSON, CSV and Markdown."""
+    corruptions = parse_corruptions(corruption)
+    cells = expand_cells(corruptions, parse_severities(severity))
+    runtime = Runtime.create(device, precision)
+    classifier, info = load_model(model, checkpoint, dataset)
+    classifier.lam_policy = parse_lambda(lam, classifier)
+    runtime.prepare(classifier)
+    source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples)
+    torch.manual_seed(seed)
+    with progress_bar() as progress:
+        to_generate = source.missing_images(corruptions)
+        if to_generate:
+            task = progress.add_task(f"generating CIFAR-10-C (seed {seed})", total=to_generate)
+            source.prepare(corruptions, lambda k: progress.advance(task, k))
+        else:
+            source.prepare(corruptions)
+        task = progress.add_task(f"evaluating {info.name}", total=source.n * len(cells))
+        base = {"model": info.name, "dataset": dataset, "lam": lambda_label(classifier)}
+        rows = []
+        for cell in cells:
+            images, labels = source.load(cell)
+            counts = count_correct(classifier, images, labels, runtime, batch_size, lambda k: progress.advance(task, k))
+            rows.append(cell_row(base, cell.corruption, cell.severity, counts))
+    summary = mean_row(rows)
+    if summary:
+        rows.append(summary)
+    meta = base_meta(
+        "eval",
+        seed,
+        model=info.as_meta(),
+        checkpoint_sha256=info.sha256,
+        data_source=source.describe(),
+        n_examples=source.n,
+        batch_size=batch_size,
+        **runtime.describe(),
+    )
+    paths = write_report(rows, meta, out_dir, name or f"eval-{info.name}", title=f"sdnet eval: {info.name}")
+    print_rows(f"{info.name} on {dataset}", rows, ["corruption", "severity", "lam", "n", "accuracy"])
+    for path in paths:
+        out.print(f"wrote {path}")
+
+
+def print_rows(title: str, rows: list[dict], columns: list[str]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right" if column not in ("corruption", "model", "attack") else "left")
+    for row in rows:
+        table.add_row(*(f"{row[c]:.2f}" if isinstance(row[c], float) and c == "accuracy" else str(row[c]) for c in columns))
+    out.print(table)
+
+
+@app.command("make-c")
+@user_errors
+def make_c_command(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write (official CIFAR-10-C layout + metadata.json).")],
+    seed: SeedOpt = 0,
+    corruption: Annotated[
+        list[str], typer.Option("--corruption", "-c", help="Corruption(s) to generate, repeatable; 'all', 'extra'.")
+    ] = ["all", "extra"],
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Worker processes (default: all cores).")] = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Generate CIFAR-10-C (CIFAR strengths, seeded) from the CIFAR-10 test set, in the release layout."""
+    from .data.cifar import load_cifar10
+    from .data.cifar_c import generate_cifar_c
+
+    names = [c for c in parse_corruptions(corruption) if c != CLEAN]
+    if not names:
+        raise ValueError("nothing to generate: give at least one corruption")
+    images, labels = load_cifar10(data_dir, "test")
+    with progress_bar() as progress:
+        task = progress.add_task(f"generating {len(names)} corruptions (seed {seed})", total=len(names) * 5 * len(images))
+        generate_cifar_c(images, labels, out_dir, names, seed, workers=workers or os.cpu_count() or 1, progress=lambda k: progress.advance(task, k))
+    out.print(f"wrote {len(names)} corruptions x 5 severities to {out_dir}")
+
+
+@app.command("train")
+@user_errors
+def train_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Architecture to train, e.g. sdnet18 or resnet18.")],
+    out_path: Annotated[
+        Path, typer.Option("--out", help="Where to write the trained weights (.safetensors); a manifest entry is added beside it.")
+    ],
+    dataset: DatasetOpt = "cifar10",
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Epochs of the cosine schedule.")] = 30,
+    width: Annotated[int, typer.Option("--width", min=1, help="Channels of the first stage (64 = the paper's ResNet-18).")] = 32,
+    batch_size: BatchOpt = 128,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (cosine to 1e-6 per iteration).")] = 0.1,
+    lam: Annotated[float, typer.Option("--lam", min=0.0, help="Training lambda of every CSC layer (SDNet only).")] = 0.1,
+    sqrt_lasso: Annotated[
+        bool, typer.Option("--sqrt-lasso", help="Train the square-root-lasso CSC variant (SDNet only).")
+    ] = False,
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    n_train: Annotated[Optional[int], typer.Option("--n-train", min=1, help="Use only the first N training images.")] = None,
+    n_test: Annotated[Optional[int], typer.Option("--n-test", min=1, help="Per-epoch test accuracy on the first N test images.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from <out>.resume.pt (written after every epoch).")] = False,
+    default: Annotated[bool, typer.Option("--default/--no-default", help="Make this the default checkpoint of its architecture.")] = False,
+    data_dir: DataDirOpt = None,
+    report_dir: Annotated[Path, typer.Option("--report-dir", help="Where the per-epoch CSV and PNG curve go.")] = Path("reports/training"),
+) -> None:
+    """Train a model with the reference CIFAR recipe, save safetensors, and register it in the manifest."""
+    import pandas as pd
+
+    from .data.cifar import load_cifar10
+    from .models import create_model, save_checkpoint
+    from .models.registry import ARCHITECTURES, update_manifest
+    from .reports import atomic_write_text, save_line_plot
+    from .train import TrainConfig, hardware, train
+
+    if out_path.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors, got {out_path}")
+    if model not in ARCHITECTURES:
+        raise ModelError(f"unknown model {model!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    cfg = TrainConfig(
+        model=model, dataset=dataset, epochs=epochs, width=width, batch_size=batch_size, lr=lr, lam=lam,
+        square_noise=not sqrt_lasso, seed=seed, n_train=n_train, n_test=n_test,
+    )
+    runtime = Runtime.create(device, precision)
+    torch.manual_seed(seed)
+    classifier = create_model(model, dataset=dataset, width=width, lam=lam, square_noise=not sqrt_lasso)
+    train_data, test_data = load_cifar10(data_dir, "train"), load_cifar10(data_dir, "test")
+    resume_path = out_path.with_name(out_path.name + ".resume.pt")
+    n_images = min(n_train or len(train_data[0]), len(train_data[0]))
+    with progress_bar() as progress:
+        task = progress.add_task(f"training {model} w{width}", total=n_images * epochs)
+
+        def on_epoch(log) -> None:  # type: ignore[no-untyped-def]
+            progress.update(task, completed=n_images * log.epoch)
+            progress.console.print(
+                f"epoch {log.epoch}/{epochs}: loss {log.train_loss:.4f}, train {log.train_accuracy:.2f}%, "
+                f"test {log.test_accuracy:.2f}%, {log.images_per_second:.0f} img/s"
+            )
+
+        state = train(
+            classifier, cfg, train_data, test_data, runtime, resume_path, resume=resume,
+            on_batch=lambda k: progress.advance(task, k), on_epoch=on_epoch,
+        )
+    history = pd.DataFrame([vars(h) for h in state.history])
+    name = out_path.stem
+    report_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(report_dir / f"{name}.csv", history.to_csv(index=False))
+    save_line_plot(history, "epoch", ["train_accuracy", "test_accuracy"], report_dir / f"{name}.png",
+                   f"{model} width {width} on {dataset}", "accuracy (%)", secondary=["train_loss"])
+    test = count_correct(classifier, *test_data, runtime, batch_size=500)
+    settings = {"architecture": model, "dataset": dataset, "width": width, "num_classes": classifier.network.linear.out_features,
+                "lam": lam, "n_steps": 2, "square_noise": not sqrt_lasso}
+    digest = save_checkpoint(classifier.network, out_path, settings)
+    entry = {
+        "name": name, "file": out_path.name, **settings, "sha256": digest,
+        "clean_accuracy": round(test.accuracy, 2), "epochs": epochs, "seed": seed, "precision": precision,
+        "train_seconds": round(sum(h.seconds for h in state.history), 1), "hardware": hardware(),
+        "command": "sdnet train " + " ".join(shlex.quote(a) for a in sys.argv[2:]), "default": default,
+    }
+    manifest = update_manifest(entry, out_path.parent)
+    resume_path.unlink(missing_ok=True)
+    out.print(f"clean test accuracy {test.accuracy:.2f}% on {test.n} images")
+    out.print(f"wrote {out_path} (sha256 {digest[:12]}...), {manifest}, {report_dir / name}.csv/.png")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,121 @@
+"""Evaluation cells: (corruption, severity) pairs, and where their images come from.
+
+A ``CellSource`` hands out uint8 images for any cell, from the clean test split, an official
+CIFAR-10-C folder, or the seeded generated cache, so callers never care which.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from .cifar import load_cifar10
+from .cifar_c import SEVERITIES, describe_source, ensure_generated_cells, read_cifar_c_cell
+from .corruptions import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
+
+CLEAN = "clean"
+
+
+@dataclass(frozen=True)
+class Cell:
+    corruption: str  # "clean" or one of ALL_CORRUPTIONS
+    severity: int  # 0 for clean, else 1..5
+
+
+def parse_corruptions(values: Iterable[str]) -> list[str]:
+    """Expand ``all`` (the 15 benchmark corruptions), ``extra`` (the 4 extras), ``none`` (clean)."""
+    names: list[str] = []
+    for value in values:
+        expanded = {
+            "all": BENCHMARK_CORRUPTIONS,
+            "extra": EXTRA_CORRUPTIONS,
+            "none": (CLEAN,),
+            CLEAN: (CLEAN,),
+        }.get(value, (value,))
+        for name in expanded:
+            if name != CLEAN and name not in ALL_CORRUPTIONS:
+                raise ValueError(
+                    f"unknown corruption {name!r}; choose from all, extra, none, {', '.join(ALL_CORRUPTIONS)}"
+                )
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def parse_severities(values: Iterable[str]) -> list[int]:
+    severities: list[int] = []
+    for value in values:
+        if value == "all":
+            chosen: Sequence[int] = SEVERITIES
+        else:
+            try:
+                chosen = [int(value)]
+            except ValueError:
+                chosen = [-1]
+            if chosen[0] not in SEVERITIES:
+                raise ValueError(f"severity must be 1..5 or 'all', got {value!r}")
+        severities += [s for s in chosen if s not in severities]
+    return sorted(severities)
+
+
+def expand_cells(corruptions: Sequence[str], severities: Sequence[int]) -> list[Cell]:
+    """Clean first (always included as the reference), then every corruption x severity."""
+    cells = [Cell(CLEAN, 0)]
+    cells += [Cell(c, s) for c in corruptions if c != CLEAN for s in severities]
+    return cells
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SDNET_CACHE", Path.home() / ".cache" / "sdnet-cli"))
+
+
+class CellSource:
+    """Images of CIFAR-10 cells: clean test set, an official CIFAR-10-C folder, or the generated cache."""
+
+    def __init__(
+        self,
+        data_dir: Path | None,
+        cifar_c_dir: Path | None = None,
+        cache_dir: Path | None = None,
+        seed: int = 0,
+        n_examples: int | None = None,
+        workers: int | None = None,
+    ) -> None:
+        self.images, self.labels = load_cifar10(data_dir, "test")
+        self.cifar_c_dir = Path(cifar_c_dir) if cifar_c_dir is not None else None
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self.seed = seed
+        self.n = len(self.images) if n_examples is None else min(n_examples, len(self.images))
+        self.workers = workers or os.cpu_count() or 1
+        self.c_root: Path | None = self.cifar_c_dir
+
+    def prepare(self, corruptions: Sequence[str], progress: Callable[[int], None] | None = None) -> None:
+        """Generate (once, cached) the corruptions the official folder would otherwise provide."""
+        needed = [c for c in corruptions if c != CLEAN]
+        if self.cifar_c_dir is None and needed:
+            self.c_root = ensure_generated_cells(
+                self.cache_dir, self.images, self.labels, needed, self.seed, self.workers, progress
+            )
+
+    def missing_images(self, corruptions: Sequence[str]) -> int:
+        """How many images ``prepare`` would have to generate (for a progress bar)."""
+        if self.cifar_c_dir is not None:
+            return 0
+        root = self.cache_dir / f"cifar10-c-seed{self.seed}"
+        return sum(len(self.images) * len(SEVERITIES) for c in corruptions if c != CLEAN and not (root / f"{c}.npy").is_file())
+
+    def load(self, cell: Cell) -> tuple[np.ndarray, np.ndarray]:
+        if cell.corruption == CLEAN:
+            return self.images[: self.n], self.labels[: self.n]
+        if self.c_root is None:
+            raise RuntimeError("call prepare() with the corruptions before loading corrupted cells")
+        return read_cifar_c_cell(self.c_root, cell.corruption, cell.severity, self.n)
+
+    def describe(self) -> dict:
+        if self.c_root is None:
+            return {"source": "clean test split only"}
+        return describe_source(self.c_root)

@@ -1,0 +1,118 @@
+"""Checkpoint I/O that never executes code: safetensors, or ``torch.load(weights_only=True)``.
+
+Our own format is a safetensors file whose keys are the authors' key names (SPEC section 1),
+so one loader serves our files, the authors' released ``.pth.tar`` files and users' own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import re
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unsafe, unreadable, or not matching the architecture."""
+
+
+KEY_RULES: tuple[tuple[str, str], ...] = (
+    (r"^module\.", ""),  # saved from DataParallel / DistributedDataParallel
+    (r"^(layer[1-4])\.layers\.", r"\1."),  # the authors' SDNet-All stages
+)
+"""Renames applied to every foreign key so it matches our module names."""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, with foreign key names mapped to ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        try:
+            raw: Mapping[str, object] = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+    else:
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(
+                f"refusing to load {path}: it contains pickled objects other than tensors, and unpickling "
+                "them could run code. Re-save it as a plain state_dict (or safetensors) in a trusted environment."
+            ) from exc
+        except Exception as exc:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
+        if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
+            raw = raw["state_dict"]  # the authors' checkpoint.pth.tar
+    if not isinstance(raw, Mapping):
+        raise CheckpointError(f"{path} does not hold a state_dict (found {type(raw).__name__})")
+    state = {}
+    for key, value in raw.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        for pattern, repl in KEY_RULES:
+            key = re.sub(pattern, repl, key)
+        state[key] = value
+    return state
+
+
+def load_into(network: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` strictly; on any mismatch, one readable error that lists every problem."""
+    expected = network.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or shapes:
+        parts = []
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", shapes)):
+            if items:
+                shown = ", ".join(items[:6]) + (f", ... ({len(items)} in all)" if len(items) > 6 else "")
+                parts.append(f"{title}: {shown}")
+        raise CheckpointError(f"checkpoint {source} does not fit this architecture; " + "; ".join(parts))
+    network.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
+
+
+def save_checkpoint(network: nn.Module, path: Path, metadata: Mapping[str, object], half: bool = False) -> str:
+    """Write the network's state_dict as safetensors (atomically) and return its sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for key, value in network.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        if half and value.is_floating_point() and not key.endswith(("running_mean", "running_var")):
+            value = value.half()
+        tensors[key] = value
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+    tmp.replace(path)
+    return sha256_of(path)
+
+
+def read_metadata(path: Path) -> dict[str, object]:
+    """The model settings stored in one of our safetensors files ({} for any other file)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}

@@ -1,0 +1,169 @@
+"""The convolutional sparse coding (CSC) layer of SDNet (SPEC section 1).
+
+A CSC layer replaces ``conv(x; A)`` by the non-negative sparse code
+
+    z*(x) = argmin_{z >= 0} lam * ||z||_1 + 1/2 ||x - A^T z||_2^2
+
+computed by a fixed number of unrolled FISTA steps, so it is differentiable end to end and
+has exactly the parameters of the convolution it replaces.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Lambda = Union[float, torch.Tensor]
+"""A sparsity weight: one float for the whole batch, or a tensor of shape [B] (per sample)."""
+
+
+def normalize_atoms(weight: torch.Tensor) -> torch.Tensor:
+    """Rescale every atom (output channel, flattened over C_in*k*k) to unit L2 norm."""
+    norms = weight.flatten(1).norm(dim=1).clamp_min(1e-12)
+    return weight / norms.view(-1, 1, 1, 1)
+
+
+def per_sample(lam: Lambda, batch_size: int, like: torch.Tensor) -> torch.Tensor:
+    """Broadcastable [B,1,1,1] lambda from a float or a [B] tensor."""
+    lam_t = torch.as_tensor(lam, dtype=like.dtype, device=like.device)
+    if lam_t.dim() == 0:
+        return lam_t.expand(batch_size).view(-1, 1, 1, 1)
+    if lam_t.shape != (batch_size,):
+        raise ValueError(f"per-sample lambda must have shape [{batch_size}], got {tuple(lam_t.shape)}")
+    return lam_t.view(-1, 1, 1, 1)
+
+
+class CSCLayer(nn.Module):
+    """Sparse coding over a convolutional dictionary, as a drop-in for ``nn.Conv2d`` (no bias).
+
+    ``weight`` has the conv's shape [C_out, C_in, k, k]; the buffer ``step_size`` mirrors the
+    official checkpoints' ``dn.step_size`` key. ``lam`` is the training lambda; ``test_lam``,
+    when set (float or [B] tensor, see ``models.network.Classifier``), overrides it for a forward.
+    After each forward, ``last_error`` holds the per-sample reconstruction error
+    ``||x - A^T z||^2`` (detached).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        lam: float = 0.1,
+        n_steps: int = 2,
+        square_noise: bool = True,
+        power_iters: int = 50,
+        power_tol: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        if n_steps < 1:
+            raise ValueError("a CSC layer needs at least one FISTA step")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.lam = lam
+        self.test_lam: Lambda | None = None
+        self.n_steps = n_steps
+        self.square_noise = square_noise
+        self.power_iters, self.power_tol = power_iters, power_tol
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.register_buffer("step_size", torch.tensor(0.0))
+        self._power_vector: torch.Tensor | None = None
+        self._cache_key: tuple | None = None
+        self.last_error: torch.Tensor | None = None
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, lam={self.lam}, n_steps={self.n_steps}, square_noise={self.square_noise}"
+        )
+
+    # -- the two linear operators -------------------------------------------------------------
+    def analysis(self, r: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+        """A r: correlate an image-space map with the atoms (conv2d)."""
+        return F.conv2d(r, atoms, stride=self.stride, padding=self.padding)
+
+    def synthesis(self, z: torch.Tensor, atoms: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+        """A^T z: the image the code describes (conv_transpose2d, padded back to ``out_hw``)."""
+        k, s, p = self.kernel_size, self.stride, self.padding
+        output_padding = tuple(out_hw[i] - ((z.shape[2 + i] - 1) * s - 2 * p + k) for i in range(2))
+        return F.conv_transpose2d(z, atoms, stride=s, padding=p, output_padding=output_padding)
+
+    # -- step size ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def lipschitz(self, atoms: torch.Tensor, in_hw: tuple[int, int]) -> float:
+        """Largest eigenvalue of A A^T on code maps, by warm-started power iteration."""
+        code_hw = tuple((in_hw[i] + 2 * self.padding - self.kernel_size) // self.stride + 1 for i in range(2))
+        shape = (1, self.out_channels, *code_hw)
+        v = self._power_vector
+        if v is None or v.shape != shape or v.device != atoms.device:
+            # a fixed start makes the step size, hence every output, a pure function of the weights
+            v = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(atoms.device, atoms.dtype)
+        v = v / v.norm()
+        eig = 0.0
+        for _ in range(self.power_iters):
+            w = self.analysis(self.synthesis(v, atoms, in_hw), atoms)
+            new_eig = float((v * w).sum())
+            v = w / w.norm().clamp_min(1e-12)
+            if abs(new_eig - eig) <= self.power_tol * max(abs(new_eig), 1e-12):
+                eig = new_eig
+                break
+            eig = new_eig
+        self._power_vector = v
+        return eig
+
+    def _eta(self, atoms: torch.Tensor, in_hw: tuple[int, int]) -> float:
+        """Step size 0.9/L: re-estimated every training forward, cached while weights are unchanged."""
+        key = (self.weight._version, self.weight.data_ptr(), tuple(in_hw), atoms.device)
+        if self.training or key != self._cache_key:
+            self.step_size.fill_(0.9 / self.lipschitz(atoms, in_hw))
+            self._cache_key = None if self.training else key
+        return float(self.step_size)
+
+    # -- the solve ----------------------------------------------------------------------------
+    def solve(self, x: torch.Tensor, lam: Lambda | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse code z of x and the per-sample reconstruction error ||x - A^T z||^2, in float32."""
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.float()
+            atoms = normalize_atoms(self.weight.float())
+            in_hw = (x.shape[2], x.shape[3])
+            eta = self._eta(atoms, in_hw)
+            threshold = per_sample(self.lam if lam is None else lam, x.shape[0], x) * eta
+            z = torch.relu(eta * self.analysis(x, atoms) - threshold)
+            y, t = z, 1.0
+            for _ in range(self.n_steps - 1):
+                residual = self._data_gradient(x - self.synthesis(y, atoms, in_hw))
+                z_next = torch.relu(y + eta * self.analysis(residual, atoms) - threshold)
+                t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
+                y = z_next + ((t - 1.0) / t_next) * (z_next - z)
+                z, t = z_next, t_next
+            error = (x - self.synthesis(z, atoms, in_hw)).pow(2).flatten(1).sum(dim=1)
+        return z, error
+
+    def _data_gradient(self, residual: torch.Tensor) -> torch.Tensor:
+        """Negative gradient of the data term w.r.t. the synthesis: r, or 0.5 r/||r|| (sqrt-lasso)."""
+        if self.square_noise:
+            return residual
+        norms = residual.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        return 0.5 * residual / norms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z, error = self.solve(x, self.test_lam)
+        self.last_error = error.detach()
+        return z
+
+
+class DictConv(nn.Module):
+    """Holds a CSC layer under the attribute ``dn``, so state_dict keys match the official ``*.dn.weight``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__()
+        self.dn = CSCLayer(*args, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dn(x)

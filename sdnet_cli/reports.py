@@ -1,0 +1,131 @@
+"""Report rows -> JSON / CSV / Markdown (and plots), always written atomically.
+
+A report is a list of flat dict rows plus a ``meta`` dict (versions, seed, device, checkpoint,
+data source). JSON holds both; CSV holds the rows; Markdown holds a short header and the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pandas as pd
+
+REPORT_PACKAGES = ("torch", "torchvision", "numpy", "torchattacks", "imagecorruptions", "sdnet-cli")
+
+
+def package_versions(names: Sequence[str] = REPORT_PACKAGES) -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def base_meta(command: str, seed: int, **extra: Any) -> dict[str, Any]:
+    """The fields every report's ``meta`` starts with."""
+    return {
+        "command": command,
+        "argv": " ".join(sys.argv),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seed": seed,
+        "versions": package_versions(),
+        "host": platform.node(),
+        **extra,
+    }
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], floatfmt: str = ".2f") -> str:
+    return pd.DataFrame(list(rows)).to_markdown(index=False, floatfmt=floatfmt)
+
+
+def render_markdown(title: str, rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [f"# {title}", ""]
+    for key in ("model", "checkpoint_sha256", "data_source", "device", "precision", "seed", "created", "argv"):
+        if key in meta:
+            value = meta[key]
+            lines.append(f"- {key}: `{json.dumps(value) if isinstance(value, dict) else value}`")
+    lines += ["", markdown_table(rows), ""]
+    return "\n".join(lines)
+
+
+def write_report(
+    rows: Sequence[dict[str, Any]],
+    meta: dict[str, Any],
+    out_dir: Path,
+    name: str,
+    title: str | None = None,
+) -> list[Path]:
+    """Write ``<out_dir>/<name>.{json,csv,md}``; all three are renamed into place only once all are rendered."""
+    out_dir = Path(out_dir)
+    rows = list(rows)
+    rendered = {
+        out_dir / f"{name}.json": json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n",
+        out_dir / f"{name}.csv": pd.DataFrame(rows).to_csv(index=False),
+        out_dir / f"{name}.md": render_markdown(title or name, rows, meta),
+    }
+    for path, text in rendered.items():
+        atomic_write_text(path, text)
+    return list(rendered)
+
+
+def save_line_plot(
+    frame: pd.DataFrame, x: str, ys: Sequence[str], path: Path, title: str, ylabel: str, secondary: Sequence[str] = ()
+) -> Path:
+    """One PNG with a line per column (``secondary`` columns on a right-hand axis), written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for y in ys:
+        ax.plot(frame[x], frame[y], marker="o", markersize=3, label=y)
+    ax.set_xlabel(x)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if secondary:
+        ax2 = ax.twinx()
+        for y in secondary:
+            ax2.plot(frame[x], frame[y], linestyle="--", color="gray", label=y)
+        ax2.set_ylabel(", ".join(secondary))
+        h2, l2 = ax2.get_legend_handles_labels()
+        handles, labels = handles + h2, labels + l2
+    ax.legend(handles, labels, loc="best", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)

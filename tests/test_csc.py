@@ -1,0 +1,159 @@
+"""The CSC layer against independent float64 references (explicit matrices, long projected gradient)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sdnet_cli.models.csc import CSCLayer, normalize_atoms
+
+
+def make_layer(cin=2, cout=4, k=3, stride=1, padding=1, **kw) -> CSCLayer:
+    torch.manual_seed(0)
+    return CSCLayer(cin, cout, k, stride=stride, padding=padding, **kw)
+
+
+def synthesis_matrix(layer: CSCLayer, in_hw: tuple[int, int]) -> np.ndarray:
+    """The explicit float64 matrix D of z -> A^T z, built column by column from basis codes."""
+    atoms = normalize_atoms(layer.weight.detach().double())
+    code_hw = [(in_hw[i] + 2 * layer.padding - layer.kernel_size) // layer.stride + 1 for i in range(2)]
+    n_code = layer.out_channels * code_hw[0] * code_hw[1]
+    basis = torch.eye(n_code, dtype=torch.float64).view(n_code, layer.out_channels, *code_hw)
+    columns = layer.synthesis(basis, atoms, in_hw).reshape(n_code, -1)
+    return columns.T.numpy()
+
+
+def projected_gradient_lasso(D: np.ndarray, x: np.ndarray, lam: float, iters: int = 20000) -> np.ndarray:
+    """argmin_{z>=0} lam*|z|_1 + 1/2|x - Dz|^2 by plain projected gradient in float64."""
+    step = 1.0 / np.linalg.norm(D, 2) ** 2
+    z = np.zeros(D.shape[1])
+    for _ in range(iters):
+        z = np.maximum(z - step * (D.T @ (D @ z - x) + lam), 0.0)
+    return z
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_synthesis_is_adjoint_of_analysis(stride: int) -> None:
+    layer = make_layer(cin=3, cout=5, stride=stride)
+    atoms = normalize_atoms(layer.weight.detach().double())
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    Ax = layer.analysis(x, atoms)
+    z = torch.randn_like(Ax)
+    lhs = (layer.synthesis(z, atoms, (9, 8)) * x).sum()
+    rhs = (z * Ax).sum()
+    assert torch.isclose(lhs, rhs, rtol=1e-10), (float(lhs), float(rhs))
+
+
+def test_many_steps_converge_to_nonnegative_lasso_solution() -> None:
+    # fewer atoms than pixels: D has full column rank, so the solution is unique
+    layer = make_layer(cin=4, cout=2, n_steps=1500).eval()
+    x = torch.randn(1, 4, 6, 6)
+    lam = 0.1
+    with torch.no_grad():
+        z, error = layer.solve(x, lam)
+    D = synthesis_matrix(layer, (6, 6))
+    reference = projected_gradient_lasso(D, x.double().flatten().numpy(), lam)
+    np.testing.assert_allclose(z.double().flatten().numpy(), reference, atol=2e-4)
+    ref_error = np.sum((x.double().flatten().numpy() - D @ reference) ** 2)
+    assert float(error[0]) == pytest.approx(ref_error, rel=1e-3)
+    assert (z >= 0).all() and (z == 0).any()  # non-negative and actually sparse
+
+
+def test_two_steps_are_two_ista_steps() -> None:
+    """SPEC: z1 = prox(eta A x), z2 = prox(z1 + eta A (x - A^T z1)), prox = relu(u - lam*eta)."""
+    layer = make_layer(n_steps=2).eval()
+    x = torch.randn(2, 2, 7, 7)
+    with torch.no_grad():
+        z, _ = layer.solve(x, 0.2)
+    atoms = normalize_atoms(layer.weight.detach())
+    eta = float(layer.step_size)
+    z1 = torch.relu(eta * layer.analysis(x, atoms) - 0.2 * eta)
+    z2 = torch.relu(z1 + eta * layer.analysis(x - layer.synthesis(z1, atoms, (7, 7)), atoms) - 0.2 * eta)
+    torch.testing.assert_close(z, z2)
+
+
+def test_step_size_is_point_nine_over_largest_eigenvalue() -> None:
+    layer = make_layer(cin=2, cout=3).eval()
+    D = synthesis_matrix(layer, (5, 5))
+    largest = np.linalg.eigvalsh(D.T @ D).max()  # A A^T as an operator on code maps
+    atoms = normalize_atoms(layer.weight.detach())
+    # reference settings (<= 50 iterations, tol 1e-5) reach the top eigenvalue within 0.1%, from below
+    estimate = layer.lipschitz(atoms, (5, 5))
+    assert estimate == pytest.approx(largest, rel=1e-3) and estimate <= largest * (1 + 1e-6)
+    layer.solve(torch.randn(1, 2, 5, 5))
+    assert float(layer.step_size) == pytest.approx(0.9 / largest, rel=1e-3)
+
+
+def test_step_size_is_cached_in_eval_and_refreshed_after_weight_change() -> None:
+    layer = make_layer().eval()
+    x = torch.randn(1, 2, 6, 6)
+    layer.solve(x)
+    calls = []
+    original = layer.lipschitz
+    layer.lipschitz = lambda *a: calls.append(1) or original(*a)  # type: ignore[method-assign]
+    layer.solve(x)
+    assert calls == []  # cached: no power iteration per batch
+    with torch.no_grad():
+        layer.weight.mul_(torch.linspace(0.5, 2.0, layer.weight.numel()).view_as(layer.weight))
+    layer.solve(x)
+    assert calls == [1]
+    layer.train()
+    layer.solve(x)
+    layer.solve(x)
+    assert len(calls) == 3  # re-estimated every training forward
+
+
+def test_atoms_have_unit_norm() -> None:
+    w = torch.randn(6, 3, 3, 3) * 7
+    norms = normalize_atoms(w).flatten(1).norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones(6))
+
+
+def test_per_sample_lambda_equals_running_each_sample_alone() -> None:
+    layer = make_layer(n_steps=3).eval()
+    x = torch.randn(3, 2, 8, 8)
+    lams = torch.tensor([0.05, 0.3, 1.0])
+    z, err = layer.solve(x, lams)
+    for i in range(3):
+        zi, erri = layer.solve(x[i : i + 1], float(lams[i]))
+        torch.testing.assert_close(z[i : i + 1], zi)
+        torch.testing.assert_close(err[i : i + 1], erri)
+    assert not torch.allclose(z[0], layer.solve(x[:1], 1.0)[0][0])  # lambda really changes the code
+
+
+def test_wrong_lambda_shape_is_refused() -> None:
+    layer = make_layer()
+    with pytest.raises(ValueError, match="shape"):
+        layer.solve(torch.randn(2, 2, 6, 6), torch.tensor([0.1, 0.2, 0.3]))
+
+
+def test_solve_stays_float32_under_bf16_autocast() -> None:
+    layer = make_layer().eval()
+    x = torch.randn(2, 2, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = layer(x.bfloat16())
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z, layer(x.bfloat16().float()))
+
+
+def test_sqrt_lasso_variant_uses_normalised_residual() -> None:
+    x = torch.randn(2, 2, 6, 6)
+    square, sqrt = make_layer(n_steps=2).eval(), make_layer(n_steps=2, square_noise=False).eval()
+    z_sq, _ = square.solve(x, 0.1)
+    z_rt, _ = sqrt.solve(x, 0.1)
+    atoms = normalize_atoms(sqrt.weight.detach())
+    eta = float(sqrt.step_size)
+    z1 = torch.relu(eta * sqrt.analysis(x, atoms) - 0.1 * eta)
+    r = x - sqrt.synthesis(z1, atoms, (6, 6))
+    r = 0.5 * r / r.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    torch.testing.assert_close(z_rt, torch.relu(z1 + eta * sqrt.analysis(r, atoms) - 0.1 * eta))
+    assert not torch.allclose(z_sq, z_rt)
+
+
+def test_gradients_flow_to_dictionary_and_input() -> None:
+    layer = make_layer().train()
+    x = torch.randn(2, 2, 6, 6, requires_grad=True)
+    layer(x).sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    assert x.grad is not None and x.grad.abs().sum() > 0
