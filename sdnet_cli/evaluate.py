@@ -47,7 +47,7 @@ class Runtime:
 
     def to_input(self, images: np.ndarray) -> torch.Tensor:
         """uint8 NHWC -> float [0,1] NCHW (channels_last) on the device."""
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        x = torch.from_numpy(np.array(images)).to(self.device)  # a copy: cells may be read-only memmaps
         return x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
     def describe(self) -> dict[str, str]:

@@ -157,3 +157,15 @@ def test_gradients_flow_to_dictionary_and_input() -> None:
     layer(x).sum().backward()
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
     assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_last_error_after_forward_matches_solve() -> None:
+    layer = make_layer().eval()
+    x = torch.randn(3, 2, 6, 6)
+    layer.test_lam = torch.tensor([0.1, 0.5, 2.0])
+    with torch.no_grad():
+        z = layer(x)
+        z_ref, err_ref = layer.solve(x, layer.test_lam)
+    torch.testing.assert_close(z, z_ref)
+    torch.testing.assert_close(layer.last_error, err_ref)
+    assert err_ref[0] < err_ref[1] < err_ref[2]  # a larger lambda fits the input less closely

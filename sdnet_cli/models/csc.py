@@ -75,7 +75,7 @@ class CSCLayer(nn.Module):
         self.register_buffer("step_size", torch.tensor(0.0))
         self._power_vector: torch.Tensor | None = None
         self._cache_key: tuple | None = None
-        self.last_error: torch.Tensor | None = None
+        self._last_io: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
         return (
@@ -126,8 +126,10 @@ class CSCLayer(nn.Module):
         return float(self.step_size)
 
     # -- the solve ----------------------------------------------------------------------------
-    def solve(self, x: torch.Tensor, lam: Lambda | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sparse code z of x and the per-sample reconstruction error ||x - A^T z||^2, in float32."""
+    def solve(
+        self, x: torch.Tensor, lam: Lambda | None = None, with_error: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Sparse code z of x and (if asked) the per-sample error ||x - A^T z||^2, in float32."""
         with torch.autocast(device_type=x.device.type, enabled=False):
             x = x.float()
             atoms = normalize_atoms(self.weight.float())
@@ -136,14 +138,20 @@ class CSCLayer(nn.Module):
             threshold = per_sample(self.lam if lam is None else lam, x.shape[0], x) * eta
             z = torch.relu(eta * self.analysis(x, atoms) - threshold)
             y, t = z, 1.0
-            for _ in range(self.n_steps - 1):
+            for step in range(1, self.n_steps):
                 residual = self._data_gradient(x - self.synthesis(y, atoms, in_hw))
                 z_next = torch.relu(y + eta * self.analysis(residual, atoms) - threshold)
                 t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
-                y = z_next + ((t - 1.0) / t_next) * (z_next - z)
+                momentum = (t - 1.0) / t_next
+                # the momentum point is only needed by a following step, and is y = z when momentum = 0
+                y = z_next + momentum * (z_next - z) if step + 1 < self.n_steps and momentum else z_next
                 z, t = z_next, t_next
-            error = (x - self.synthesis(z, atoms, in_hw)).pow(2).flatten(1).sum(dim=1)
+            error = self.reconstruction_error(x, z, atoms) if with_error else None
         return z, error
+
+    def reconstruction_error(self, x: torch.Tensor, z: torch.Tensor, atoms: torch.Tensor | None = None) -> torch.Tensor:
+        atoms = normalize_atoms(self.weight.float()) if atoms is None else atoms
+        return (x - self.synthesis(z, atoms, (x.shape[2], x.shape[3]))).pow(2).flatten(1).sum(dim=1)
 
     def _data_gradient(self, residual: torch.Tensor) -> torch.Tensor:
         """Negative gradient of the data term w.r.t. the synthesis: r, or 0.5 r/||r|| (sqrt-lasso)."""
@@ -153,9 +161,18 @@ class CSCLayer(nn.Module):
         return 0.5 * residual / norms
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z, error = self.solve(x, self.test_lam)
-        self.last_error = error.detach()
+        z, _ = self.solve(x, self.test_lam, with_error=False)
+        self._last_io = (x.detach(), z.detach())
         return z
+
+    @property
+    def last_error(self) -> torch.Tensor | None:
+        """Per-sample ||x - A^T z||^2 of the last forward, computed on demand (evaluation rarely needs it)."""
+        if self._last_io is None:
+            return None
+        with torch.no_grad(), torch.autocast(device_type=self._last_io[0].device.type, enabled=False):
+            x, z = self._last_io
+            return self.reconstruction_error(x.float(), z)
 
 
 class DictConv(nn.Module):
