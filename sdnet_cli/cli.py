@@ -18,7 +18,7 @@ from rich.table import Table
 from .data.cells import CLEAN, CellSource, expand_cells, parse_corruptions, parse_severities
 from .data.cifar import DataError
 from .data.cifar_c import CifarCError
-from .evaluate import Runtime, cell_row, count_correct, mean_row
+from .evaluate import Runtime, count_correct, evaluate_cells
 from .lam import lambda_label, parse_lambda
 from .models import CheckpointError, ModelError, load_model
 from .reports import base_meta, write_report
@@ -171,14 +171,7 @@ def eval_command(
             source.prepare(corruptions)
         task = progress.add_task(f"evaluating {info.name}", total=source.n * len(cells))
         base = {"model": info.name, "dataset": dataset, "lam": lambda_label(classifier)}
-        rows = []
-        for cell in cells:
-            images, labels = source.load(cell)
-            counts = count_correct(classifier, images, labels, runtime, batch_size, lambda k: progress.advance(task, k))
-            rows.append(cell_row(base, cell.corruption, cell.severity, counts))
-    summary = mean_row(rows)
-    if summary:
-        rows.append(summary)
+        rows = evaluate_cells(classifier, cells, source, runtime, base, batch_size, lambda k: progress.advance(task, k))
     meta = base_meta(
         "eval",
         seed,

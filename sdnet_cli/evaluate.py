@@ -9,11 +9,13 @@ from __future__ import annotations
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+
+from .data.cells import Cell, CellSource
 
 Precision = Literal["fp32", "bf16"]
 
@@ -124,3 +126,22 @@ def mean_row(rows: list[dict]) -> dict | None:
     row = cell_row(corrupted[0], "mean", "all", Counts(n, correct, sum(r["seconds"] for r in corrupted)))
     row["accuracy"] = round(sum(r["accuracy"] for r in corrupted) / len(corrupted), 4)
     return row
+
+
+def evaluate_cells(
+    model: nn.Module,
+    cells: Sequence[Cell],
+    source: CellSource,
+    runtime: Runtime,
+    row_base: dict,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """One row per cell plus the ``mean`` row; ``row_base`` gives model, dataset and lam."""
+    rows = []
+    for cell in cells:
+        images, labels = source.load(cell)
+        counts = count_correct(model, images, labels, runtime, batch_size, progress)
+        rows.append(cell_row(row_base, cell.corruption, cell.severity, counts))
+    summary = mean_row(rows)
+    return rows + ([summary] if summary else [])

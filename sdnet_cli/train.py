@@ -89,6 +89,8 @@ def save_resume(path: Path, model: Classifier, optimizer: torch.optim.Optimizer,
     payload = {
         "model": model.network.state_dict(),
         "optimizer": optimizer.state_dict(),
+        # warm starts of the step-size power iterations, so a resumed run retraces the original
+        "power_vectors": [layer._power_vector for layer in model.csc_layers],
         "epoch": state.epoch,
         "history": [asdict(h) for h in state.history],
         "config": asdict(cfg),
@@ -104,6 +106,8 @@ def load_resume(path: Path, model: Classifier, optimizer: torch.optim.Optimizer,
         raise ValueError(f"cannot resume {path}: it was started with different settings ({', '.join(changed)})")
     model.network.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
+    for layer, vector in zip(model.csc_layers, payload["power_vectors"]):
+        layer._power_vector = vector
     return TrainState(payload["epoch"], [EpochLog(**h) for h in payload["history"]])
 
 

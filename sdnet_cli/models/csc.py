@@ -101,7 +101,9 @@ class CSCLayer(nn.Module):
         code_hw = tuple((in_hw[i] + 2 * self.padding - self.kernel_size) // self.stride + 1 for i in range(2))
         shape = (1, self.out_channels, *code_hw)
         v = self._power_vector
-        if v is None or v.shape != shape or v.device != atoms.device:
+        if v is not None and v.shape == shape:
+            v = v.to(atoms.device, atoms.dtype)
+        else:
             # a fixed start makes the step size, hence every output, a pure function of the weights
             v = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(atoms.device, atoms.dtype)
         v = v / v.norm()

@@ -1,0 +1,114 @@
+"""Training learns, resumes exactly, and shipped checkpoints match their manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sdnet_cli.data.cifar import load_cifar10
+from sdnet_cli.evaluate import Runtime, count_correct
+from sdnet_cli.models import create_model, load_model
+from sdnet_cli.models.checkpoints import sha256_of
+from sdnet_cli.models.registry import WEIGHTS_DIR, read_manifest
+from sdnet_cli.train import TrainConfig, augment, train
+
+CPU = Runtime.create("cpu", "fp32")
+
+
+@pytest.fixture(scope="module")
+def train_data(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    return load_cifar10(data_dir, "train", download=False)
+
+
+def config(**kw) -> TrainConfig:  # type: ignore[no-untyped-def]
+    base = dict(model="sdnet18", width=8, epochs=3, batch_size=64, lr=0.05, n_train=640, n_test=200, seed=0)
+    return TrainConfig(**{**base, **kw})
+
+
+def fresh(cfg: TrainConfig):  # type: ignore[no-untyped-def]
+    torch.manual_seed(cfg.seed)
+    return create_model(cfg.model, width=cfg.width, lam=cfg.lam)
+
+
+def test_training_improves_over_chance(train_data, cifar_test, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = config(epochs=4, n_train=1280, n_test=500, lr=0.02)
+    model = fresh(cfg)
+    state = train(model, cfg, train_data, cifar_test, CPU, tmp_path / "r.pt")
+    losses = [h.train_loss for h in state.history]
+    assert losses[-1] < losses[0] < np.log(10) + 0.2
+    held_out = count_correct(model, cifar_test[0][:500], cifar_test[1][:500], CPU)
+    assert held_out.accuracy == pytest.approx(state.history[-1].test_accuracy)
+    assert held_out.accuracy > 20.0  # chance is 10% +- 1.3 (one standard error on 500 images)
+
+
+def test_resume_retraces_the_uninterrupted_run(train_data, cifar_test, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = config(epochs=2, n_train=256, n_test=64)
+    straight = fresh(cfg)
+    full = train(straight, cfg, train_data, cifar_test, CPU, tmp_path / "a.pt")
+
+    class Stop(Exception):
+        pass
+
+    def crash_after_first_epoch(log) -> None:  # type: ignore[no-untyped-def]
+        raise Stop
+
+    interrupted = fresh(cfg)
+    with pytest.raises(Stop):
+        train(interrupted, cfg, train_data, cifar_test, CPU, tmp_path / "b.pt", on_epoch=crash_after_first_epoch)
+    resumed_model = fresh(cfg)  # a new process would start from scratch weights, then load the resume file
+    resumed = train(resumed_model, cfg, train_data, cifar_test, CPU, tmp_path / "b.pt", resume=True)
+    assert [h.epoch for h in resumed.history] == [1, 2]
+    assert resumed.history[1].train_loss == pytest.approx(full.history[1].train_loss, rel=1e-4)
+    for (k, a), b in zip(straight.network.state_dict().items(), resumed_model.network.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_resume_refuses_changed_settings(train_data, cifar_test, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg = config(epochs=1, n_train=64, n_test=32)
+    train(fresh(cfg), cfg, train_data, cifar_test, CPU, tmp_path / "r.pt")
+    changed = config(epochs=1, n_train=64, n_test=32, lr=0.2)
+    with pytest.raises(ValueError, match="lr"):
+        train(fresh(changed), changed, train_data, cifar_test, CPU, tmp_path / "r.pt", resume=True)
+
+
+def test_augment_is_a_shifted_crop_or_its_mirror() -> None:
+    images = torch.arange(2 * 3 * 32 * 32, dtype=torch.int64).view(2, 3, 32, 32).remainder(251).to(torch.uint8) + 1
+    out = augment(images, np.random.default_rng(0))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+    for i in range(2):
+        windows = [padded[i, :, dy : dy + 32, dx : dx + 32] for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+
+
+SHIPPED = [e for e in read_manifest(WEIGHTS_DIR)]
+
+
+@pytest.mark.parametrize("entry", SHIPPED, ids=[e["name"] for e in SHIPPED])
+def test_shipped_checkpoint_matches_manifest(entry: dict, cifar_test) -> None:  # type: ignore[no-untyped-def]
+    path = WEIGHTS_DIR / entry["file"]
+    assert sha256_of(path) == entry["sha256"]
+    assert path.stat().st_size <= 25 * 2**20
+    model, info = load_model(entry["name"], dataset=entry["dataset"])
+    assert info.width == entry["width"]
+    result = count_correct(CPU.prepare(model), cifar_test[0][:500], cifar_test[1][:500], CPU)
+    p = entry["clean_accuracy"] / 100
+    tolerance = 100 * 3.5 * np.sqrt(p * (1 - p) / 500)  # 3.5 binomial standard errors for 500 images
+    assert abs(result.accuracy - entry["clean_accuracy"]) <= tolerance, (result.accuracy, entry["clean_accuracy"])
+
+
+def test_manifest_is_well_formed() -> None:
+    required = {"name", "file", "architecture", "dataset", "width", "num_classes", "lam", "sha256", "clean_accuracy",
+                "epochs", "command", "hardware", "default"}
+    manifest = WEIGHTS_DIR / "manifest.json"
+    if not manifest.is_file():
+        pytest.fail("weights/manifest.json is missing")
+    entries = json.loads(manifest.read_text())["models"]
+    for entry in entries:
+        assert required <= set(entry), entry["name"]
+    defaults = [(e["architecture"], e["dataset"]) for e in entries if e["default"]]
+    assert len(defaults) == len(set(defaults))  # at most one default per architecture and dataset
