@@ -19,7 +19,7 @@ from .data.cells import CLEAN, CellSource, expand_cells, parse_corruptions, pars
 from .data.cifar import DataError
 from .data.cifar_c import CifarCError
 from .evaluate import Runtime, count_correct, evaluate_cells
-from .lam import lambda_label, parse_lambda
+from .lam import ORACLE, lambda_label, oracle_lambdas, parse_grid, parse_lambda, store_calibration
 from .models import CheckpointError, ModelError, load_model
 from .reports import base_meta, write_report
 
@@ -133,7 +133,20 @@ def eval_command(
     ] = ["all"],
     lam: Annotated[
         Optional[str],
-        typer.Option("--lam", help="Test-time lambda of every CSC layer (SDNet only); default: the training lambda."),
+        typer.Option(
+            "--lam",
+            help="Test-time lambda of every CSC layer (SDNet only): a number; 'auto' (per input, from the stem's "
+            "reconstruction error) or 'noise' (per input, from the estimated pixel noise), both calibrated by "
+            "`sdnet sweep-lambda --fit`; or 'oracle' (best lambda per cell from --sweep: uses labels). "
+            "Default: the training lambda.",
+        ),
+    ] = None,
+    calibration: Annotated[
+        Optional[Path],
+        typer.Option("--calibration", help="Calibration JSON for --lam auto/noise (default: the checkpoint's own)."),
+    ] = None,
+    sweep: Annotated[
+        Optional[Path], typer.Option("--sweep", help="sweep-lambda JSON report whose best lambdas --lam oracle uses.")
     ] = None,
     cifar_c_dir: Annotated[
         Optional[Path],
@@ -158,7 +171,13 @@ def eval_command(
     cells = expand_cells(corruptions, parse_severities(severity))
     runtime = Runtime.create(device, precision)
     classifier, info = load_model(model, checkpoint, dataset)
-    classifier.lam_policy = parse_lambda(lam, classifier)
+    oracle, cell_policy = lam == ORACLE, None
+    if oracle:
+        if sweep is None:
+            raise ValueError("--lam oracle needs --sweep PATH (a sweep-lambda JSON report of this checkpoint)")
+        cell_policy = oracle_lambdas(sweep, info, cells)
+    else:
+        classifier.lam_policy = parse_lambda(lam, classifier, info, calibration)
     runtime.prepare(classifier)
     source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples)
     torch.manual_seed(seed)
@@ -170,8 +189,10 @@ def eval_command(
         else:
             source.prepare(corruptions)
         task = progress.add_task(f"evaluating {info.name}", total=source.n * len(cells))
-        base = {"model": info.name, "dataset": dataset, "lam": lambda_label(classifier)}
-        rows = evaluate_cells(classifier, cells, source, runtime, base, batch_size, lambda k: progress.advance(task, k))
+        base = {"model": info.name, "dataset": dataset, "lam": ORACLE if oracle else lambda_label(classifier)}
+        rows = evaluate_cells(
+            classifier, cells, source, runtime, base, batch_size, lambda k: progress.advance(task, k), cell_policy
+        )
     meta = base_meta(
         "eval",
         seed,
@@ -180,6 +201,8 @@ def eval_command(
         data_source=source.describe(),
         n_examples=source.n,
         batch_size=batch_size,
+        lam_policy=f"best lambda per cell from {sweep}" if oracle else repr(classifier.lam_policy or "training lambda"),
+        oracle=oracle,
         **runtime.describe(),
     )
     paths = write_report(rows, meta, out_dir, name or f"eval-{info.name}", title=f"sdnet eval: {info.name}")
@@ -305,6 +328,113 @@ def train_command(
     resume_path.unlink(missing_ok=True)
     out.print(f"clean test accuracy {test.accuracy:.2f}% on {test.n} images")
     out.print(f"wrote {out_path} (sha256 {digest[:12]}...), {manifest}, {report_dir / name}.csv/.png")
+
+
+@app.command("sweep-lambda")
+@user_errors
+def sweep_lambda_command(
+    model: ModelOpt = "sdnet18",
+    checkpoint: CheckpointOpt = None,
+    dataset: DatasetOpt = "cifar10",
+    corruption: Annotated[
+        list[str],
+        typer.Option("--corruption", "-c", help="Corruption name, repeatable; 'all', 'extra', 'none'. Clean is always swept."),
+    ] = ["gaussian_noise"],
+    severity: Annotated[list[str], typer.Option("--severity", "-s", help="Severity 1..5, repeatable, or 'all'.")] = ["all"],
+    lams: Annotated[
+        str, typer.Option("--lams", help="Test lambdas of the CSC layers (SDNet-18: the stem): START:STOP:STEP (stop included) or a comma list.")
+    ] = "0.1:1.4:0.1",
+    fit: Annotated[
+        bool,
+        typer.Option(
+            "--fit",
+            help="Also calibrate the per-input rules of --lam auto/noise on corrupted TRAINING images (never the test "
+            "set) and write <checkpoint stem>.lambda.json beside the checkpoint.",
+        ),
+    ] = False,
+    fit_corruption: Annotated[
+        Optional[list[str]],
+        typer.Option("--fit-corruption", help="Corruptions of the calibration groups, repeatable (default: --corruption)."),
+    ] = None,
+    fit_n: Annotated[int, typer.Option("--fit-n", min=2, help="Training images per calibration group.")] = 1000,
+    calibration_out: Annotated[
+        Optional[Path], typer.Option("--calibration-out", help="Write the calibration here instead of beside the checkpoint.")
+    ] = None,
+    cifar_c_dir: Annotated[
+        Optional[Path],
+        typer.Option("--cifar-c-dir", help="Official CIFAR-10-C folder; without it, cells are generated with --seed and cached."),
+    ] = None,
+    n_examples: NExamplesOpt = None,
+    batch_size: BatchOpt = 256,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    out_dir: OutOpt = Path("reports"),
+    name: Annotated[Optional[str], typer.Option("--name", help="Report file stem (default: sweep-lambda-<model>).")] = None,
+) -> None:
+    """Accuracy and stem reconstruction error for each test lambda on each cell; --fit calibrates --lam auto/noise."""
+    from .data.cifar import load_cifar10
+    from .sweep import calibrate, cell_points, save_sweep_plots, sweep_lambda
+
+    grid = parse_grid(lams)
+    corruptions = parse_corruptions(corruption)
+    severities = parse_severities(severity)
+    cells = expand_cells(corruptions, severities)
+    fit_corruptions = parse_corruptions(fit_corruption) if fit_corruption else corruptions
+    runtime = Runtime.create(device, precision)
+    classifier, info = load_model(model, checkpoint, dataset)
+    if not classifier.csc_layers:
+        raise ValueError(f"{info.name} has no CSC layers, so it has no lambda to sweep; use an SDNet model (e.g. sdnet18)")
+    runtime.prepare(classifier)
+    train = load_cifar10(data_dir, "train") if fit else None
+    source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples)
+    torch.manual_seed(seed)
+    calibration = None
+    with progress_bar() as progress:
+        to_generate = source.missing_images(corruptions)
+        if to_generate:
+            task = progress.add_task(f"generating CIFAR-10-C (seed {seed})", total=to_generate)
+            source.prepare(corruptions, lambda k: progress.advance(task, k))
+        else:
+            source.prepare(corruptions)
+        task = progress.add_task(f"sweeping {info.name}", total=source.n * len(cells) * len(grid))
+        base = {"model": info.name, "dataset": dataset}
+        rows = sweep_lambda(classifier, cells, source, runtime, grid, base, batch_size, lambda k: progress.advance(task, k))
+        points = cell_points(classifier, cells, source, runtime, rows, batch_size)
+        if train is not None:
+            groups = len(expand_cells(fit_corruptions, severities))
+            task = progress.add_task("calibrating on training images", total=min(fit_n, len(train[0])) * groups * len(grid))
+            calibration = calibrate(
+                classifier, *train, runtime, grid, fit_corruptions, severities, fit_n, seed,
+                lambda k: progress.advance(task, k), batch_size, info.sha256 or "",
+            )
+    calibration_path = store_calibration(calibration, info, calibration_out) if calibration else None
+    meta = base_meta(
+        "sweep-lambda",
+        seed,
+        model=info.as_meta(),
+        checkpoint_sha256=info.sha256,
+        data_source=source.describe(),
+        n_examples=source.n,
+        batch_size=batch_size,
+        grid=grid,
+        points=points,
+        calibration=str(calibration_path) if calibration_path else None,
+        **runtime.describe(),
+    )
+    stem = name or f"sweep-lambda-{info.name}"
+    paths = write_report(rows, meta, out_dir, stem, title=f"sdnet sweep-lambda: {info.name}")
+    paths += save_sweep_plots(rows, points, out_dir, stem, info.name, calibration)
+    best = [{**r, "mean_error": f"{r['mean_error']:.4g}"} for r in rows if r["oracle"]]
+    print_rows(f"{info.name}: best lambda per cell", best, ["corruption", "severity", "lam", "n", "accuracy", "mean_error"])
+    if calibration is not None:
+        out.print(f"auto: lambda = clamp({calibration.auto.a:.4g} * error + {calibration.auto.b:.4g}, "
+                  f"{calibration.auto.lo:g}, {calibration.auto.hi:g}); noise: lambda = clamp({calibration.noise.a:.4g} * "
+                  f"sigma + {calibration.noise.b:.4g}, ...); wrote {calibration_path}")
+    for path in paths:
+        out.print(f"wrote {path}")
 
 
 def main() -> None:

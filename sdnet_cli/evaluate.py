@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from .data.cells import Cell, CellSource
+from .lam import lambda_label
+from .models.classifier import LambdaPolicy
 
 Precision = Literal["fp32", "bf16"]
 
@@ -75,8 +77,13 @@ def predict_correct(
     runtime: Runtime,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    observe: Callable[[slice], None] | None = None,
 ) -> np.ndarray:
-    """Boolean [N]: whether the model classifies each image correctly."""
+    """Boolean [N]: whether the model classifies each image correctly.
+
+    ``observe(rows)`` runs after each batch's forward, so callers can read per-sample layer state
+    (e.g. the stem's ``last_error``) without a loop of their own.
+    """
     correct = np.zeros(len(images), dtype=bool)
     with torch.inference_mode(), runtime.autocast():
         for start in range(0, len(images), batch_size):
@@ -84,6 +91,8 @@ def predict_correct(
             logits = model(runtime.to_input(images[start:stop]))
             target = torch.from_numpy(np.asarray(labels[start:stop])).to(logits.device)
             correct[start:stop] = (logits.argmax(dim=1) == target).cpu().numpy()
+            if observe is not None:
+                observe(slice(start, stop))
             if progress is not None:
                 progress(stop - start)
     return correct
@@ -96,9 +105,10 @@ def count_correct(
     runtime: Runtime,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    observe: Callable[[slice], None] | None = None,
 ) -> Counts:
     start = time.perf_counter()
-    correct = predict_correct(model, images, labels, runtime, batch_size, progress)
+    correct = predict_correct(model, images, labels, runtime, batch_size, progress, observe)
     return Counts(len(correct), int(correct.sum()), time.perf_counter() - start)
 
 
@@ -136,12 +146,28 @@ def evaluate_cells(
     row_base: dict,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    cell_policy: Callable[[Cell], LambdaPolicy] | None = None,
 ) -> list[dict]:
-    """One row per cell plus the ``mean`` row; ``row_base`` gives model, dataset and lam."""
+    """One row per cell plus the ``mean`` row; ``row_base`` gives model, dataset and lam.
+
+    ``cell_policy`` (e.g. the oracle lambda of each cell) sets the model's lambda policy per cell;
+    those rows name it, and the mean row keeps ``row_base``'s lam.
+    """
     rows = []
-    for cell in cells:
-        images, labels = source.load(cell)
-        counts = count_correct(model, images, labels, runtime, batch_size, progress)
-        rows.append(cell_row(row_base, cell.corruption, cell.severity, counts))
+    previous = getattr(model, "lam_policy", None)
+    try:
+        for cell in cells:
+            images, labels = source.load(cell)
+            base = row_base
+            if cell_policy is not None:
+                model.lam_policy = cell_policy(cell)
+                base = {**row_base, "lam": lambda_label(model)}  # type: ignore[arg-type]
+            counts = count_correct(model, images, labels, runtime, batch_size, progress)
+            rows.append(cell_row(base, cell.corruption, cell.severity, counts))
+    finally:
+        if cell_policy is not None:
+            model.lam_policy = previous
     summary = mean_row(rows)
+    if summary:
+        summary["lam"] = row_base["lam"]
     return rows + ([summary] if summary else [])

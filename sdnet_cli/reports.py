@@ -124,8 +124,42 @@ def save_line_plot(
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, loc="best", fontsize=8)
+    return _save_figure(fig, Path(path))
+
+
+def save_points_plot(
+    series: Sequence[tuple[str, Sequence[float], Sequence[float], tuple[float, float] | None]],
+    path: Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> Path:
+    """One PNG of point sets (label, xs, ys, optional line (slope, intercept) drawn over their x range)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for label, xs, ys, line in series:
+        dots = ax.scatter(xs, ys, s=14, label=label)
+        if line is not None and len(xs):
+            span = [min(xs), max(xs)]
+            ax.plot(span, [line[0] * v + line[1] for v in span], color=dots.get_facecolor()[0],
+                    label=f"{label}: {line[0]:.4g} x + {line[1]:.4g}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return _save_figure(fig, Path(path))
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
-    return Path(path)
+    return path

@@ -1,0 +1,67 @@
+"""Evaluation throughput (images/s) of sdnet18 under a fixed lambda vs the per-input rules, in one run.
+
+    python benchmarks/lambda_throughput.py --width 16 --batch-size 256
+
+``auto`` re-solves the stem once at the training lambda to read each input's reconstruction
+error, ``noise`` runs a 3x3 high-pass and a per-image median; both then run the network with a
+[B] lambda. The policies are timed interleaved (one forward of each per round, median over
+rounds) so background load hits them alike. Inputs are random and weights untrained: the cost
+does not depend on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import pandas as pd
+import torch
+
+from sdnet_cli.evaluate import Runtime
+from sdnet_cli.lam import AutoLambda, FixedLambda, NoiseLevelLambda
+from sdnet_cli.models import create_model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    runtime = Runtime.create(args.device, args.precision)
+    model = runtime.prepare(create_model("sdnet18", width=args.width))
+    policies = {
+        "fixed 0.1": FixedLambda(0.1),
+        "auto": AutoLambda(a=1e-3, b=0.1, lo=0.1, hi=1.4),
+        "noise": NoiseLevelLambda(a=10.0, b=0.1, lo=0.1, hi=1.4),
+    }
+    batch = torch.rand(args.batch_size, 3, 32, 32, device=runtime.device).contiguous(memory_format=torch.channels_last)
+    times: dict[str, list[float]] = {name: [] for name in policies}
+    with torch.inference_mode(), runtime.autocast():
+        for round_ in range(args.rounds + 1):  # round 0 warms up (kernel selection, step-size cache)
+            for name, policy in policies.items():
+                model.lam_policy = policy
+                if runtime.device.type == "cuda":
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                model(batch)
+                if runtime.device.type == "cuda":
+                    torch.cuda.synchronize()
+                if round_:
+                    times[name].append(time.perf_counter() - start)
+    speeds = {name: args.batch_size / statistics.median(t) for name, t in times.items()}
+    rows = [{"lambda": name, "images_per_s": round(s, 1), "ratio to fixed": round(s / speeds["fixed 0.1"], 3)}
+            for name, s in speeds.items()]
+    print(f"# sdnet18 width {args.width}, batch {args.batch_size}, {args.precision}, {runtime.describe()['device_name']}, "
+          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"median of {args.rounds} interleaved rounds")
+    print(pd.DataFrame(rows).to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    main()

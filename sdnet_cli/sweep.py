@@ -1,0 +1,213 @@
+"""Test-time lambda: sweeps over a lambda grid, and the calibration of the per-input rules.
+
+``sweep_lambda`` evaluates every (cell, lambda) pair through the ordinary evaluation loop with a
+``FixedLambda`` policy and records the stem's mean reconstruction error; ``calibrate`` runs the
+same sweep on corrupted TRAINING images and fits the lines that ``AutoLambda`` and
+``NoiseLevelLambda`` apply per input (SPEC section 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Mapping, Protocol, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data.cells import CLEAN, Cell, expand_cells
+from .data.corruptions import ALL_CORRUPTIONS, corrupt
+from .evaluate import Runtime, cell_row, count_correct
+from .lam import AutoLambda, Calibration, FixedLambda, LineRule, NoiseLevelLambda, fit_line
+from .models.classifier import Classifier
+from .models.csc import CSCLayer
+from .reports import save_line_plot, save_points_plot
+
+FEATURES: dict[str, type[LineRule]] = {"error": AutoLambda, "noise": NoiseLevelLambda}
+"""Point key -> the rule whose per-input feature it averages."""
+
+
+class ImageSource(Protocol):
+    def load(self, cell: Cell) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+class CorruptedTrainSet:
+    """A seeded random subset of the training split, corrupted per cell: calibration never sees test images."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, n: int, seed: int) -> None:
+        rng = np.random.default_rng(seed)
+        self.indices = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
+        self.images, self.labels = images[self.indices], labels[self.indices]
+        self.seed = seed
+
+    @property
+    def n(self) -> int:
+        return len(self.indices)
+
+    def load(self, cell: Cell) -> tuple[np.ndarray, np.ndarray]:
+        """The subset under ``cell``'s corruption; the same seed always gives the same images."""
+        if cell.corruption == CLEAN:
+            return self.images, self.labels
+        rng = np.random.default_rng([self.seed, ALL_CORRUPTIONS.index(cell.corruption), cell.severity])
+        return corrupt(self.images, cell.corruption, cell.severity, rng), self.labels
+
+
+def _stem(model: Classifier) -> CSCLayer:
+    stem = model.stem_csc
+    if stem is None:
+        raise ValueError("this model has no CSC layers, so it has no lambda to sweep (use an SDNet model)")
+    return stem
+
+
+def sweep_lambda(
+    model: Classifier,
+    cells: Sequence[Cell],
+    source: ImageSource,
+    runtime: Runtime,
+    lams: Sequence[float],
+    row_base: dict,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """One row per (cell, lambda): the eval columns plus the stem's ``mean_error`` at that lambda and
+    ``oracle`` (true on the first most accurate lambda of each cell)."""
+    stem = _stem(model)
+    previous = model.lam_policy
+    rows: list[dict] = []
+    try:
+        for cell in cells:
+            images, labels = source.load(cell)
+            errors = np.zeros(len(images), dtype=np.float64)
+
+            def record(batch: slice) -> None:
+                errors[batch] = stem.last_error.cpu().numpy()  # type: ignore[union-attr]
+
+            cell_rows = []
+            for lam in lams:
+                model.lam_policy = FixedLambda(lam)
+                counts = count_correct(model, images, labels, runtime, batch_size, progress, record)
+                row = cell_row({**row_base, "lam": lam}, cell.corruption, cell.severity, counts)
+                cell_rows.append({**row, "mean_error": float(errors.mean()), "oracle": False})
+            cell_rows[int(np.argmax([r["correct"] for r in cell_rows]))]["oracle"] = True
+            rows += cell_rows
+    finally:
+        model.lam_policy = previous
+    return rows
+
+
+def mean_features(model: Classifier, images: np.ndarray, runtime: Runtime, batch_size: int = 256) -> dict[str, float]:
+    """Mean of each rule's label-free feature over the images, computed exactly as the rule computes it."""
+    sums = dict.fromkeys(FEATURES, 0.0)
+    with torch.inference_mode(), runtime.autocast():
+        for start in range(0, len(images), batch_size):
+            xn = model.normalize(runtime.to_input(images[start : start + batch_size]))
+            for key, rule in FEATURES.items():
+                sums[key] += float(rule.feature(model, xn).double().sum())
+    return {key: total / len(images) for key, total in sums.items()}
+
+
+def cell_points(
+    model: Classifier, cells: Sequence[Cell], source: ImageSource, runtime: Runtime, rows: Sequence[dict], batch_size: int = 256
+) -> list[dict]:
+    """Per cell of a sweep: its best lambda, the accuracy there, and the mean rule features (the fit's x)."""
+    best = {(r["corruption"], r["severity"]): r for r in rows if r["oracle"]}
+    points = []
+    for cell in cells:
+        row = best[(cell.corruption, cell.severity)]
+        images, _ = source.load(cell)
+        points.append(
+            {"corruption": cell.corruption, "severity": cell.severity, "best_lam": row["lam"], "accuracy": row["accuracy"],
+             **mean_features(model, images, runtime, batch_size)}
+        )
+    return points
+
+
+def calibrate(
+    model: Classifier,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    runtime: Runtime,
+    lams: Sequence[float],
+    corruptions: Sequence[str],
+    severities: Sequence[int],
+    n: int,
+    seed: int,
+    progress: Callable[[int], None] | None = None,
+    batch_size: int = 256,
+    checkpoint_sha256: str = "",
+) -> Calibration:
+    """Fit lambda = clamp(a * feature + b, min grid, max grid) for each rule on corrupted training images.
+
+    Per (corruption, severity) group (and clean): the accuracy-optimal lambda on the grid and the
+    group's mean feature; the line is the least-squares fit through those points.
+    """
+    corruptions = [c for c in corruptions if c != CLEAN]
+    train = CorruptedTrainSet(train_images, train_labels, n, seed)
+    cells = expand_cells(corruptions, severities)
+    rows = sweep_lambda(model, cells, train, runtime, lams, {"model": None, "dataset": "train"}, batch_size, progress)
+    points = cell_points(model, cells, train, runtime, rows, batch_size)
+    best = [p["best_lam"] for p in points]
+    lo, hi = min(lams), max(lams)
+    try:
+        rules = {key: rule(*fit_line([p[key] for p in points], best), lo, hi) for key, rule in FEATURES.items()}
+    except ValueError as exc:
+        raise ValueError(
+            f"calibration failed ({exc}): give more corruptions/severities so the groups differ"
+        ) from None
+    return Calibration(
+        auto=rules["error"],  # type: ignore[arg-type]
+        noise=rules["noise"],  # type: ignore[arg-type]
+        grid=[float(v) for v in lams],
+        points=points,
+        corruptions=list(corruptions),
+        severities=[int(s) for s in severities],
+        n=train.n,
+        seed=seed,
+        training_lam=float(_stem(model).lam),
+        checkpoint_sha256=checkpoint_sha256,
+    )
+
+
+def _cell_label(corruption: str, severity: int) -> str:
+    return corruption if severity == 0 else f"{corruption} s{severity}"
+
+
+def save_sweep_plots(
+    rows: Sequence[dict], points: Sequence[dict], out_dir: Path, name: str, title: str, calibration: Calibration | None = None
+) -> list[Path]:
+    """``<name>-accuracy.png`` (accuracy vs lambda, a line per cell) and ``<name>-fit.png`` (best lambda
+    vs the stem's error at the training lambda, with least-squares lines: test cells, and the
+    training calibration when given)."""
+    frame = pd.DataFrame(list(rows))
+    frame["cell"] = [_cell_label(c, s) for c, s in zip(frame["corruption"], frame["severity"])]
+    wide = frame.pivot(index="lam", columns="cell", values="accuracy")
+    order = list(dict.fromkeys(frame["cell"]))
+    accuracy = save_line_plot(wide[order].reset_index(), "lam", order, Path(out_dir) / f"{name}-accuracy.png",
+                              f"{title}: accuracy vs lambda", "accuracy (%)")
+    series = [("test cells", [p["error"] for p in points], [p["best_lam"] for p in points], _line_or_none(points))]
+    if calibration is not None:
+        series.append(("training groups (calibration)", [p["error"] for p in calibration.points],
+                       [p["best_lam"] for p in calibration.points], (calibration.auto.a, calibration.auto.b)))
+    fit = save_points_plot(series, Path(out_dir) / f"{name}-fit.png", f"{title}: best lambda vs reconstruction error",
+                           "mean stem reconstruction error at the training lambda", "best lambda")
+    return [accuracy, fit]
+
+
+def _line_or_none(points: Sequence[dict]) -> tuple[float, float] | None:
+    """The test cells' descriptive line, when their errors differ enough to define one."""
+    try:
+        return fit_line([p["error"] for p in points], [p["best_lam"] for p in points])
+    except ValueError:
+        return None
+
+
+def lambda_comparison(reports: Mapping[str, Sequence[dict]]) -> list[dict]:
+    """Eval rows of several runs (e.g. training lam, auto, noise, oracle, resnet18) -> one accuracy
+    column per run and a row per (corruption, severity) of the first run."""
+    tables = {label: {(r["corruption"], r["severity"]): r["accuracy"] for r in rows} for label, rows in reports.items()}
+    first = next(iter(reports.values()), [])
+    return [
+        {"corruption": r["corruption"], "severity": r["severity"],
+         **{label: table.get((r["corruption"], r["severity"])) for label, table in tables.items()}}
+        for r in first
+    ]
