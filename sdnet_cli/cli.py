@@ -437,5 +437,144 @@ def sweep_lambda_command(
         out.print(f"wrote {path}")
 
 
+@app.command("attack")
+@user_errors
+def attack_command(
+    model: ModelOpt = "sdnet18",
+    checkpoint: CheckpointOpt = None,
+    dataset: DatasetOpt = "cifar10",
+    attack: Annotated[
+        str,
+        typer.Option(
+            "--attack",
+            "-a",
+            help="pgd, apgd-ce, apgd-dlr, apgd-t, fab-t, square, or autoattack: standard AutoAttack (APGD-CE, APGD-T, "
+            "FAB-T, Square with the original settings), each attack only on points still correct, worst case per sample.",
+        ),
+    ] = "autoattack",
+    norm: Annotated[str, typer.Option("--norm", help="Threat model: Linf or L2.")] = "Linf",
+    eps: Annotated[
+        list[str],
+        typer.Option(
+            "--eps",
+            help="Budget in [0,1] pixel units: a fraction (8/255) or a decimal; repeatable for a sweep, where a point "
+            "fooled at a smaller eps counts as fooled at the larger ones.",
+        ),
+    ] = ["8/255"],
+    steps: Annotated[
+        Optional[int],
+        typer.Option("--steps", min=1, help="Iterations of a single attack (square: queries); default pgd 20, apgd/fab 100, square 5000."),
+    ] = None,
+    restarts: Annotated[Optional[int], typer.Option("--restarts", min=1, help="Random restarts of a single attack (default 1).")] = None,
+    version: Annotated[
+        str,
+        typer.Option("--version", help="autoattack version: standard, or rand (randomised models: APGD-CE and APGD-DLR with 20 EOT iterations)."),
+    ] = "standard",
+    lam: Annotated[
+        Optional[str],
+        typer.Option(
+            "--lam",
+            help="Test-time lambda of the CSC layers (SDNet only): a number, or 'auto'/'noise' (per input, calibrated by "
+            "`sdnet sweep-lambda --fit`). The attack differentiates the deployed pipeline, lambda(x) included "
+            "(its clamp straight-through). Default: the training lambda.",
+        ),
+    ] = None,
+    calibration: Annotated[
+        Optional[Path],
+        typer.Option("--calibration", help="Calibration JSON for --lam auto/noise (default: the checkpoint's own)."),
+    ] = None,
+    n_examples: Annotated[
+        Optional[int], typer.Option("--n-examples", "-n", min=1, help="Attack only the first N test images (default: all).")
+    ] = None,
+    batch_size: BatchOpt = 128,
+    device: DeviceOpt = "auto",
+    precision: Annotated[
+        str, typer.Option("--precision", help="fp32 (default: attacks take gradients in fp32), or bf16 autocast for forwards and gradients.")
+    ] = "fp32",
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    out_dir: OutOpt = Path("reports"),
+    name: Annotated[Optional[str], typer.Option("--name", help="Report file stem (default: attack-<model>-<attack>).")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run from <out>/<name>.state.json, skipping finished batches.")
+    ] = False,
+    save_adv: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--save-adv",
+            help="Also write the adversarial examples (.npz: float32 NHWC in [0,1] per eps, labels, robust flags); "
+            "robust accuracy after rounding them to uint8 goes into the report meta, separately.",
+        ),
+    ] = None,
+) -> None:
+    """Robust accuracy under white-box and black-box attacks (torchattacks), written as JSON, CSV and Markdown."""
+    from .attacks import (
+        ATTACKS, NORMS, VERSIONS, check_settings, parse_choice, parse_eps, remove_state, requantized_robust_accuracy,
+        run_attack, save_adversarials,
+    )
+    from .data.cifar import load_cifar10
+
+    budgets = [parse_eps(e) for e in eps]
+    attack = parse_choice(attack, ATTACKS, "attack")
+    norm = parse_choice(norm, NORMS, "norm")
+    version = parse_choice(version, VERSIONS, "version")
+    check_settings(attack, steps, restarts, version)
+    if save_adv is not None and save_adv.suffix != ".npz":
+        raise ValueError(f"--save-adv must end in .npz, got {save_adv}")
+    if lam == ORACLE:
+        raise ValueError("--lam oracle picks lambda per corruption cell using labels; it is no deployed pipeline to attack")
+    runtime = Runtime.create(device, precision)
+    classifier, info = load_model(model, checkpoint, dataset)
+    classifier.lam_policy = parse_lambda(lam, classifier, info, calibration)
+    images, labels = load_cifar10(data_dir, "test")
+    images, labels = images[:n_examples], labels[:n_examples]
+    stem = name or f"attack-{info.name}-{attack}"
+    state_path = out_dir / f"{stem}.state.json"
+    with progress_bar() as progress:
+        task = progress.add_task(f"{attack} on {info.name}", total=len(images) * len(set(b.value for b in budgets)))
+        results = run_attack(
+            classifier, images, labels, attack, norm, budgets, steps, restarts, seed, runtime, batch_size,
+            lambda k: progress.advance(task, k), version, state_path, resume, keep_adv=save_adv is not None,
+            fingerprint={"model": info.name, "checkpoint_sha256": info.sha256, "dataset": dataset},
+        )
+    rows = results.rows({"model": info.name, "dataset": dataset, "lam": lambda_label(classifier)})
+    saved = None
+    if save_adv is not None:
+        saved = {
+            "path": str(save_adversarials(save_adv, results, labels)),
+            "format": "float32 NHWC in [0,1], not rounded (rounding to uint8 can undo an attack)",
+            "uint8_robust_accuracy": requantized_robust_accuracy(classifier, results, labels, runtime, batch_size),
+        }
+    meta = base_meta(
+        "attack",
+        seed,
+        model=info.as_meta(),
+        checkpoint_sha256=info.sha256,
+        data_source={"dataset": dataset, "split": "test", "first_n": len(images)},
+        n_examples=len(images),
+        batch_size=batch_size,
+        attack=attack,
+        norm=norm,
+        version=version if attack == "autoattack" else None,
+        eps=[{"value": b.value, "text": b.text} for b in results.eps],
+        components=results.settings,
+        protocol="sample-wise: each attack runs only on points still classified correctly and each adversarial example "
+        "is judged once by the deployed model; robust = correct and fooled by no attack; over an eps sweep a point "
+        "fooled at a smaller eps counts as fooled at larger ones; eps 0 is the clean accuracy",
+        lam_policy=repr(classifier.lam_policy or "training lambda"),
+        lambda_gradient=results.diagnostics.lambda_gradient,
+        diagnostics=results.diagnostics.as_meta(),
+        saved_adversarials=saved,
+        **runtime.describe(),
+    )
+    paths = write_report(rows, meta, out_dir, stem, title=f"sdnet attack: {info.name}, {attack} ({norm})")
+    remove_state(state_path)
+    for warning in results.diagnostics.warnings():
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+    shown = [{**r, "clean_accuracy": f"{r['clean_accuracy']:.2f}", "robust_accuracy": f"{r['robust_accuracy']:.2f}"} for r in rows]
+    print_rows(f"{info.name} on {dataset}", shown, ["attack", "norm", "eps_text", "lam", "n", "clean_accuracy", "robust_accuracy", "seconds"])
+    for path in paths + ([save_adv] if save_adv is not None else []):
+        out.print(f"wrote {path}")
+
 def main() -> None:
     app()
