@@ -66,6 +66,13 @@ def progress_bar() -> Progress:
     )
 
 
+def prepare_cells(source: CellSource, corruptions: list[str], progress: Progress) -> None:
+    """Generate (with a progress bar) the CIFAR-10-C corruptions the cache still lacks."""
+    to_generate = source.missing_images(corruptions)
+    task = progress.add_task(f"generating CIFAR-10-C (seed {source.seed})", total=to_generate, visible=bool(to_generate))
+    source.prepare(corruptions, lambda k: progress.advance(task, k))
+
+
 # -- options shared by several commands ----------------------------------------------------------
 ModelOpt = Annotated[
     str,
@@ -182,12 +189,7 @@ def eval_command(
     source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples)
     torch.manual_seed(seed)
     with progress_bar() as progress:
-        to_generate = source.missing_images(corruptions)
-        if to_generate:
-            task = progress.add_task(f"generating CIFAR-10-C (seed {seed})", total=to_generate)
-            source.prepare(corruptions, lambda k: progress.advance(task, k))
-        else:
-            source.prepare(corruptions)
+        prepare_cells(source, corruptions, progress)
         task = progress.add_task(f"evaluating {info.name}", total=source.n * len(cells))
         base = {"model": info.name, "dataset": dataset, "lam": ORACLE if oracle else lambda_label(classifier)}
         rows = evaluate_cells(
@@ -393,12 +395,7 @@ def sweep_lambda_command(
     torch.manual_seed(seed)
     calibration = None
     with progress_bar() as progress:
-        to_generate = source.missing_images(corruptions)
-        if to_generate:
-            task = progress.add_task(f"generating CIFAR-10-C (seed {seed})", total=to_generate)
-            source.prepare(corruptions, lambda k: progress.advance(task, k))
-        else:
-            source.prepare(corruptions)
+        prepare_cells(source, corruptions, progress)
         task = progress.add_task(f"sweeping {info.name}", total=source.n * len(cells) * len(grid))
         base = {"model": info.name, "dataset": dataset}
         rows = sweep_lambda(classifier, cells, source, runtime, grid, base, batch_size, lambda k: progress.advance(task, k))
