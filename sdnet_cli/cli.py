@@ -270,6 +270,11 @@ def train_command(
     n_test: Annotated[Optional[int], typer.Option("--n-test", min=1, help="Per-epoch test accuracy on the first N test images.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from <out>.resume.pt (written after every epoch).")] = False,
     default: Annotated[bool, typer.Option("--default/--no-default", help="Make this the default checkpoint of its architecture.")] = False,
+    half: Annotated[
+        bool,
+        typer.Option("--half", help="Store the weights as fp16 (half the file; BatchNorm statistics stay fp32). "
+                     "The manifest's accuracy is measured with the stored weights."),
+    ] = False,
     data_dir: DataDirOpt = None,
     report_dir: Annotated[Path, typer.Option("--report-dir", help="Where the per-epoch CSV and PNG curve go.")] = Path("reports/training"),
 ) -> None:
@@ -316,12 +321,16 @@ def train_command(
     atomic_write_text(report_dir / f"{name}.csv", history.to_csv(index=False))
     save_line_plot(history, "epoch", ["train_accuracy", "test_accuracy"], report_dir / f"{name}.png",
                    f"{model} width {width} on {dataset}", "accuracy (%)", secondary=["train_loss"])
-    test = count_correct(classifier, *test_data, runtime, batch_size=500)
     settings = {"architecture": model, "dataset": dataset, "width": width, "num_classes": classifier.network.linear.out_features,
                 "lam": lam, "n_steps": 2, "square_noise": not sqrt_lasso}
-    digest = save_checkpoint(classifier.network, out_path, settings)
+    digest = save_checkpoint(classifier.network, out_path, settings, half=half)
+    if half:  # measure what users will load: the rounded weights
+        from safetensors.torch import load_file
+
+        classifier.network.load_state_dict(load_file(str(out_path)))
+    test = count_correct(classifier, *test_data, runtime, batch_size=500)
     entry = {
-        "name": name, "file": out_path.name, **settings, "sha256": digest,
+        "name": name, "file": out_path.name, **settings, "sha256": digest, "dtype": "float16" if half else "float32",
         "clean_accuracy": round(test.accuracy, 2), "epochs": epochs, "seed": seed, "precision": precision,
         "train_seconds": round(sum(h.seconds for h in state.history), 1), "hardware": hardware(),
         "command": "sdnet train " + " ".join(shlex.quote(a) for a in sys.argv[2:]), "default": default,
