@@ -12,12 +12,9 @@ does not depend on them.
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
 
-import pandas as pd
 import torch
+from bench import median_seconds, print_table
 
 from sdnet_cli.evaluate import Runtime
 from sdnet_cli.lam import AutoLambda, FixedLambda, NoiseLevelLambda
@@ -41,26 +38,20 @@ def main() -> None:
         "noise": NoiseLevelLambda(a=10.0, b=0.1, lo=0.1, hi=1.4),
     }
     batch = torch.rand(args.batch_size, 3, 32, 32, device=runtime.device).contiguous(memory_format=torch.channels_last)
-    times: dict[str, list[float]] = {name: [] for name in policies}
+
+    def forward(policy: object) -> None:
+        model.lam_policy = policy
+        model(batch)
+
     with torch.inference_mode(), runtime.autocast():
-        for round_ in range(args.rounds + 1):  # round 0 warms up (kernel selection, step-size cache)
-            for name, policy in policies.items():
-                model.lam_policy = policy
-                if runtime.device.type == "cuda":
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                model(batch)
-                if runtime.device.type == "cuda":
-                    torch.cuda.synchronize()
-                if round_:
-                    times[name].append(time.perf_counter() - start)
-    speeds = {name: args.batch_size / statistics.median(t) for name, t in times.items()}
+        works = {name: (lambda policy=policy: forward(policy)) for name, policy in policies.items()}
+        speeds = {name: args.batch_size / t for name, t in median_seconds(works, args.rounds, runtime.device).items()}
     rows = [{"lambda": name, "images_per_s": round(s, 1), "ratio to fixed": round(s / speeds["fixed 0.1"], 3)}
             for name, s in speeds.items()]
-    print(f"# sdnet18 width {args.width}, batch {args.batch_size}, {args.precision}, {runtime.describe()['device_name']}, "
-          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-          f"median of {args.rounds} interleaved rounds")
-    print(pd.DataFrame(rows).to_markdown(index=False))
+    print_table(f"Fixed lambda vs the per-input rules (sdnet18 width {args.width}, batch {args.batch_size}, {args.precision}, "
+                f"{runtime.describe()['device_name']})", rows,
+                f"Forward of one batch per policy per round, median of {args.rounds} interleaved rounds after a warm-up "
+                "round; random inputs, untrained weights.")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import torchattacks
 from torch import nn
 from torchattacks.attack import Attack
 
+from . import distributed
 from .evaluate import Runtime
 from .lam import FixedLambda
 from .reports import atomic_path, atomic_write_text
@@ -595,7 +596,10 @@ def run_attack(
 ) -> AttackResults:
     """Attack uint8 NHWC ``images`` at every eps (sorted ascending) with one attack or standard
     AutoAttack. Batch b is seeded from (seed, b), so a run, and a resumed run, repeats exactly.
-    ``state_path``: per-batch results saved there (``fingerprint`` names the model in it)."""
+    ``state_path``: per-batch results saved there (``fingerprint`` names the model in it).
+    Under torchrun each rank attacks its own whole batches (``distributed.shard_batches``), same
+    contents and seeds, and the per-sample flags are merged: every rank returns the results of a
+    single-process run with the same ``batch_size`` (``seconds``: the slowest rank's)."""
     attack = parse_choice(attack, ATTACKS, "attack")
     norm = parse_choice(norm, NORMS, "norm")
     version = parse_choice(version, VERSIONS, "version")
@@ -619,9 +623,11 @@ def run_attack(
                   "version": version, "seed": seed, "n": len(images), "batch_size": batch_size, "keep_adv": keep_adv,
                   "precision": runtime.precision, "lam": None if policy is None else repr(policy), **(fingerprint or {})}
         state = RunState(state_path, config, resume)
-    parts: list[BatchResult] = []
-    for index, start in enumerate(range(0, len(images), batch_size)):
-        stop = min(start + batch_size, len(images))
+    n, shape = len(images), (len(eps_list), len(components))
+    clean, fooled, seconds = np.zeros(n, dtype=bool), np.zeros((*shape, n), dtype=bool), np.zeros(shape)
+    adv = np.zeros((len(eps_list), n, *images.shape[1:]), dtype=np.float32) if keep_adv else None
+    for index in distributed.shard_batches(-(-n // batch_size)):
+        start, stop = index * batch_size, min((index + 1) * batch_size, n)
         part = state.get(index) if state is not None else None
         if part is None:
             x = runtime.to_input(images[start:stop])
@@ -629,18 +635,22 @@ def run_attack(
             part = attack_batch(attacked, runners, len(components), x, y, derive_seed(seed, index), keep_adv)
             if state is not None:
                 state.put(index, part)
-        parts.append(part)
+        clean[start:stop], fooled[..., start:stop] = part.clean, part.fooled
+        seconds += part.seconds
+        if adv is not None:
+            adv[:, start:stop] = part.adv
         if progress is not None:
             progress((stop - start) * len(eps_list))
-    diagnostics.max_excess = max((r.max_excess for r in runners if r is not None), default=0.0)
+    max_excess = max((r.max_excess for r in runners if r is not None), default=0.0)
+    diagnostics.max_excess = float(distributed.combine(np.array(max_excess), "max"))
     results = AttackResults(
         attack=attack, norm=norm, eps=eps_list, components=components,
-        clean=np.concatenate([p.clean for p in parts]),
-        fooled=np.concatenate([p.fooled for p in parts], axis=2),
-        seconds=np.sum([p.seconds for p in parts], axis=0),
+        clean=distributed.combine(clean, "sum"),
+        fooled=distributed.combine(fooled, "sum"),
+        seconds=distributed.combine(seconds, "max"),
         diagnostics=diagnostics,
         settings=next(([describe_component(c) for c in r.components] for r in runners if r is not None), []),
-        adv=np.concatenate([p.adv for p in parts], axis=1) if keep_adv else None,  # type: ignore[misc]
+        adv=None if adv is None else distributed.combine(adv, "sum"),
     )
     diagnostics.square_gain = results.square_gain()
     return results

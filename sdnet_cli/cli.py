@@ -15,11 +15,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from . import distributed
 from .data.cells import CLEAN, CellSource, expand_cells, parse_corruptions, parse_severities
 from .data.cifar import DataError
 from .data.cifar_c import CifarCError
 from .evaluate import Runtime, count_correct, evaluate_cells
 from .lam import ORACLE, lambda_label, oracle_lambdas, parse_grid, parse_lambda, store_calibration
+from .metrics import corruption_errors
 from .models import CheckpointError, ModelError, load_model
 from .reports import base_meta, write_report
 
@@ -63,14 +65,25 @@ def progress_bar() -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        disable=not distributed.is_main(),
     )
 
 
+def join_ranks(device: str) -> str:
+    """Under torchrun, join the process group and silence every rank but 0, which prints and writes
+    the reports; returns the device of this rank (see ``distributed.init``)."""
+    device = distributed.init(device)
+    if not distributed.is_main():
+        console.quiet = out.quiet = True
+    return device
+
+
 def prepare_cells(source: CellSource, corruptions: list[str], progress: Progress) -> None:
-    """Generate (with a progress bar) the CIFAR-10-C corruptions the cache still lacks."""
+    """Generate (with a progress bar) the corrupted images the cache still lacks."""
     to_generate = source.missing_images(corruptions)
-    task = progress.add_task(f"generating CIFAR-10-C (seed {source.seed})", total=to_generate, visible=bool(to_generate))
-    source.prepare(corruptions, lambda k: progress.advance(task, k))
+    title = source.spec.corrupted.title
+    task = progress.add_task(f"generating {title} (seed {source.seed})", total=to_generate, visible=bool(to_generate))
+    distributed.in_turn(lambda: source.prepare(corruptions, lambda k: progress.advance(task, k)))
 
 
 # -- options shared by several commands ----------------------------------------------------------
@@ -92,12 +105,25 @@ CheckpointOpt = Annotated[
         "checkpoint.pth.tar, or your own state_dict. Never unpickles code.",
     ),
 ]
-DatasetOpt = Annotated[str, typer.Option("--dataset", help="Dataset the model was trained on: cifar10.")]
+DatasetOpt = Annotated[
+    str, typer.Option("--dataset", help="Dataset the model was trained on (and is evaluated on): cifar10, cifar100 or imagenet.")
+]
 DataDirOpt = Annotated[
     Optional[Path],
     typer.Option(
         "--data-dir",
-        help="Folder containing cifar-10-batches-py (default: $SDNET_DATA, else ./data; downloaded there when online).",
+        help="Folder containing cifar-10-batches-py / cifar-100-python (default: $SDNET_DATA, else ./data; downloaded "
+        "there when online); for imagenet, the folder with val/<wnid>/*.JPEG (default: $SDNET_DATA/imagenet).",
+    ),
+]
+CDirOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--cifar-c-dir",
+        "--imagenet-c-dir",
+        help="Folder of the official corrupted release of --dataset: CIFAR-10-C / CIFAR-100-C (<corruption>.npy + "
+        "labels.npy) or ImageNet-C (<corruption>/<severity>/<wnid>/*.JPEG). Without it, the needed corruptions are "
+        "generated with --seed and cached.",
     ),
 ]
 CacheDirOpt = Annotated[
@@ -155,14 +181,7 @@ def eval_command(
     sweep: Annotated[
         Optional[Path], typer.Option("--sweep", help="sweep-lambda JSON report whose best lambdas --lam oracle uses.")
     ] = None,
-    cifar_c_dir: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--cifar-c-dir",
-            help="Folder of the official CIFAR-10-C release (<corruption>.npy + labels.npy). Without it, the "
-            "needed corruptions are generated with --seed and cached.",
-        ),
-    ] = None,
+    cifar_c_dir: CDirOpt = None,
     n_examples: NExamplesOpt = None,
     batch_size: BatchOpt = 256,
     device: DeviceOpt = "auto",
@@ -173,10 +192,11 @@ def eval_command(
     out_dir: OutOpt = Path("reports"),
     name: Annotated[Optional[str], typer.Option("--name", help="Report file stem (default: eval-<model>).")] = None,
 ) -> None:
-    """Accuracy on clean CIFAR-10 and CIFAR-10-C cells, written as JSON, CSV and Markdown."""
+    """Accuracy on the clean test split and corrupted cells (CIFAR-10-C, CIFAR-100-C, ImageNet-C; ImageNet also
+    gets mCE and relative mCE), written as JSON, CSV and Markdown."""
     corruptions = parse_corruptions(corruption)
     cells = expand_cells(corruptions, parse_severities(severity))
-    runtime = Runtime.create(device, precision)
+    runtime = Runtime.create(join_ranks(device), precision)
     classifier, info = load_model(model, checkpoint, dataset)
     oracle, cell_policy = lam == ORACLE, None
     if oracle:
@@ -186,15 +206,18 @@ def eval_command(
     else:
         classifier.lam_policy = parse_lambda(lam, classifier, info, calibration)
     runtime.prepare(classifier)
-    source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples)
+    source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples, dataset=dataset)
     torch.manual_seed(seed)
     with progress_bar() as progress:
         prepare_cells(source, corruptions, progress)
-        task = progress.add_task(f"evaluating {info.name}", total=source.n * len(cells))
+        task = progress.add_task(f"evaluating {info.name}", total=distributed.shard_size(source.n, batch_size) * len(cells))
         base = {"model": info.name, "dataset": dataset, "lam": ORACLE if oracle else lambda_label(classifier)}
         rows = evaluate_cells(
             classifier, cells, source, runtime, base, batch_size, lambda k: progress.advance(task, k), cell_policy
         )
+    if not distributed.is_main():
+        return
+    summary = corruption_errors(rows, source.spec.ce_baseline, source.spec.ce_baseline_clean)
     meta = base_meta(
         "eval",
         seed,
@@ -205,10 +228,17 @@ def eval_command(
         batch_size=batch_size,
         lam_policy=f"best lambda per cell from {sweep}" if oracle else repr(classifier.lam_policy or "training lambda"),
         oracle=oracle,
+        corruption_errors=summary,
+        distributed=distributed.describe(),
         **runtime.describe(),
     )
     paths = write_report(rows, meta, out_dir, name or f"eval-{info.name}", title=f"sdnet eval: {info.name}")
     print_rows(f"{info.name} on {dataset}", rows, ["corruption", "severity", "lam", "n", "accuracy"])
+    if summary is not None:
+        caveat = "" if summary["complete"] else " (not all 15 benchmark corruptions: not comparable with published mCE)"
+        relative = summary["relative_mCE"]
+        out.print(f"mCE {summary['mCE']:.2f}%, relative mCE {relative:.2f}% over {len(summary['corruptions'])} corruptions, "
+                  f"AlexNet-normalised{caveat}" if relative is not None else f"mCE {summary['mCE']:.2f}%{caveat}")
     for path in paths:
         out.print(f"wrote {path}")
 
@@ -225,7 +255,15 @@ def print_rows(title: str, rows: list[dict], columns: list[str]) -> None:
 @app.command("make-c")
 @user_errors
 def make_c_command(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write (official CIFAR-10-C layout + metadata.json).")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder to write (the official release layout of --dataset + metadata.json).")
+    ],
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="cifar10 (CIFAR-10-C), cifar100 (CIFAR-100-C) or imagenet (ImageNet-C).")
+    ] = "cifar10",
+    n_examples: Annotated[
+        Optional[int], typer.Option("--n-examples", "-n", min=1, help="Only the first N test images (default: all).")
+    ] = None,
     seed: SeedOpt = 0,
     corruption: Annotated[
         list[str], typer.Option("--corruption", "-c", help="Corruption(s) to generate, repeatable; 'all', 'extra'.")
@@ -233,18 +271,20 @@ def make_c_command(
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Worker processes (default: all cores).")] = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Generate CIFAR-10-C (CIFAR strengths, seeded) from the CIFAR-10 test set, in the release layout."""
-    from .data.cifar import load_cifar10
-    from .data.cifar_c import generate_cifar_c
+    """Generate a corruption benchmark (seeded) from the test split in the release layout: CIFAR-10-C / CIFAR-100-C
+    at CIFAR strengths, ImageNet-C at ImageNet strengths (imagecorruptions)."""
+    from .data.datasets import dataset_spec
 
+    spec = dataset_spec(dataset)
     names = [c for c in parse_corruptions(corruption) if c != CLEAN]
     if not names:
         raise ValueError("nothing to generate: give at least one corruption")
-    images, labels = load_cifar10(data_dir, "test")
+    images, labels = spec.load(data_dir, "test")
+    n = min(n_examples or len(images), len(images))
     with progress_bar() as progress:
-        task = progress.add_task(f"generating {len(names)} corruptions (seed {seed})", total=len(names) * 5 * len(images))
-        generate_cifar_c(images, labels, out_dir, names, seed, workers=workers or os.cpu_count() or 1, progress=lambda k: progress.advance(task, k))
-    out.print(f"wrote {len(names)} corruptions x 5 severities to {out_dir}")
+        task = progress.add_task(f"generating {len(names)} corruptions (seed {seed})", total=len(names) * 5 * n)
+        spec.corrupted.generate(out_dir, names, images, labels, n, seed, workers or os.cpu_count() or 1, lambda k: progress.advance(task, k))
+    out.print(f"wrote {len(names)} {spec.corrupted.title} corruptions x 5 severities of {n} images to {out_dir}")
 
 
 @app.command("train")
@@ -278,10 +318,10 @@ def train_command(
     data_dir: DataDirOpt = None,
     report_dir: Annotated[Path, typer.Option("--report-dir", help="Where the per-epoch CSV and PNG curve go.")] = Path("reports/training"),
 ) -> None:
-    """Train a model with the reference CIFAR recipe, save safetensors, and register it in the manifest."""
+    """Train a model with the reference CIFAR recipe (CIFAR-10 or CIFAR-100), save safetensors, and register it in the manifest."""
     import pandas as pd
 
-    from .data.cifar import load_cifar10
+    from .data.datasets import dataset_spec
     from .models import create_model, save_checkpoint
     from .models.registry import ARCHITECTURES, update_manifest
     from .reports import atomic_write_text, save_line_plot
@@ -291,6 +331,9 @@ def train_command(
         raise ValueError(f"--out must end in .safetensors, got {out_path}")
     if model not in ARCHITECTURES:
         raise ModelError(f"unknown model {model!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    spec = dataset_spec(dataset)
+    if spec.stem != "cifar":
+        raise ValueError(f"sdnet train implements the CIFAR recipe only; for {spec.title}, load trained weights with --checkpoint")
     cfg = TrainConfig(
         model=model, dataset=dataset, epochs=epochs, width=width, batch_size=batch_size, lr=lr, lam=lam,
         square_noise=not sqrt_lasso, seed=seed, n_train=n_train, n_test=n_test,
@@ -298,7 +341,7 @@ def train_command(
     runtime = Runtime.create(device, precision)
     torch.manual_seed(seed)
     classifier = create_model(model, dataset=dataset, width=width, lam=lam, square_noise=not sqrt_lasso)
-    train_data, test_data = load_cifar10(data_dir, "train"), load_cifar10(data_dir, "test")
+    train_data, test_data = spec.load(data_dir, "train"), spec.load(data_dir, "test")
     resume_path = out_path.with_name(out_path.name + ".resume.pt")
     n_images = min(n_train or len(train_data[0]), len(train_data[0]))
     with progress_bar() as progress:
@@ -371,10 +414,7 @@ def sweep_lambda_command(
     calibration_out: Annotated[
         Optional[Path], typer.Option("--calibration-out", help="Write the calibration here instead of beside the checkpoint.")
     ] = None,
-    cifar_c_dir: Annotated[
-        Optional[Path],
-        typer.Option("--cifar-c-dir", help="Official CIFAR-10-C folder; without it, cells are generated with --seed and cached."),
-    ] = None,
+    cifar_c_dir: CDirOpt = None,
     n_examples: NExamplesOpt = None,
     batch_size: BatchOpt = 256,
     device: DeviceOpt = "auto",
@@ -386,7 +426,7 @@ def sweep_lambda_command(
     name: Annotated[Optional[str], typer.Option("--name", help="Report file stem (default: sweep-lambda-<model>).")] = None,
 ) -> None:
     """Accuracy and stem reconstruction error for each test lambda on each cell; --fit calibrates --lam auto/noise."""
-    from .data.cifar import load_cifar10
+    from .data.datasets import dataset_spec
     from .sweep import calibrate, cell_points, save_sweep_plots, sweep_lambda
 
     grid = parse_grid(lams)
@@ -399,8 +439,9 @@ def sweep_lambda_command(
     if not classifier.csc_layers:
         raise ValueError(f"{info.name} has no CSC layers, so it has no lambda to sweep; use an SDNet model (e.g. sdnet18)")
     runtime.prepare(classifier)
-    train = load_cifar10(data_dir, "train") if fit else None
-    source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples)
+    spec = dataset_spec(dataset)
+    train = spec.load(data_dir, "train") if fit else None
+    source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples, dataset=dataset)
     torch.manual_seed(seed)
     calibration = None
     with progress_bar() as progress:
@@ -414,7 +455,7 @@ def sweep_lambda_command(
             task = progress.add_task("calibrating on training images", total=min(fit_n, len(train[0])) * groups * len(grid))
             calibration = calibrate(
                 classifier, *train, runtime, grid, fit_corruptions, severities, fit_n, seed,
-                lambda k: progress.advance(task, k), batch_size, info.sha256 or "",
+                lambda k: progress.advance(task, k), batch_size, info.sha256 or "", spec.strength,
             )
     calibration_path = store_calibration(calibration, info, calibration_out) if calibration else None
     meta = base_meta(
@@ -518,7 +559,7 @@ def attack_command(
         ATTACKS, NORMS, VERSIONS, check_settings, parse_choice, parse_eps, remove_state, requantized_robust_accuracy,
         run_attack, save_adversarials,
     )
-    from .data.cifar import load_cifar10
+    from .data.datasets import dataset_spec
 
     budgets = [parse_eps(e) for e in eps]
     attack = parse_choice(attack, ATTACKS, "attack")
@@ -529,20 +570,25 @@ def attack_command(
         raise ValueError(f"--save-adv must end in .npz, got {save_adv}")
     if lam == ORACLE:
         raise ValueError("--lam oracle picks lambda per corruption cell using labels; it is no deployed pipeline to attack")
-    runtime = Runtime.create(device, precision)
+    runtime = Runtime.create(join_ranks(device), precision)
     classifier, info = load_model(model, checkpoint, dataset)
     classifier.lam_policy = parse_lambda(lam, classifier, info, calibration)
-    images, labels = load_cifar10(data_dir, "test")
+    images, labels = dataset_spec(dataset).load(data_dir, "test")
     images, labels = images[:n_examples], labels[:n_examples]
     stem = name or f"attack-{info.name}-{attack}"
-    state_path = out_dir / f"{stem}.state.json"
+    state_path = out_dir / f"{stem}{distributed.rank_suffix()}.state.json"
     with progress_bar() as progress:
-        task = progress.add_task(f"{attack} on {info.name}", total=len(images) * len(set(b.value for b in budgets)))
+        task = progress.add_task(
+            f"{attack} on {info.name}", total=distributed.shard_size(len(images), batch_size) * len(set(b.value for b in budgets))
+        )
         results = run_attack(
             classifier, images, labels, attack, norm, budgets, steps, restarts, seed, runtime, batch_size,
             lambda k: progress.advance(task, k), version, state_path, resume, keep_adv=save_adv is not None,
             fingerprint={"model": info.name, "checkpoint_sha256": info.sha256, "dataset": dataset},
         )
+    if not distributed.is_main():
+        remove_state(state_path)
+        return
     rows = results.rows({"model": info.name, "dataset": dataset, "lam": lambda_label(classifier)})
     saved = None
     if save_adv is not None:
@@ -571,6 +617,7 @@ def attack_command(
         lambda_gradient=results.diagnostics.lambda_gradient,
         diagnostics=results.diagnostics.as_meta(),
         saved_adversarials=saved,
+        distributed=distributed.describe(),
         **runtime.describe(),
     )
     paths = write_report(rows, meta, out_dir, stem, title=f"sdnet attack: {info.name}, {attack} ({norm})")
@@ -581,6 +628,89 @@ def attack_command(
     print_rows(f"{info.name} on {dataset}", shown, ["attack", "norm", "eps_text", "lam", "n", "clean_accuracy", "robust_accuracy", "seconds"])
     for path in paths + ([save_adv] if save_adv is not None else []):
         out.print(f"wrote {path}")
+
+@app.command("check")
+@user_errors
+def check_command(
+    baseline: Annotated[
+        Path, typer.Option("--baseline", help="Baseline JSON to compare with (written by --update).")
+    ] = Path("reports/baseline.json"),
+    suite_path: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--suite",
+            help="Suite JSON: models (names or {model, checkpoint, lam}), n_examples, cells [[corruption, severity]], "
+            "attack, eps, steps, tolerance, seed. Default: the suite stored in the baseline, else the shipped "
+            "sdnet18 and resnet18 on 500 images.",
+        ),
+    ] = None,
+    update: Annotated[bool, typer.Option("--update", help="Measure and (re)write the baseline instead of comparing.")] = False,
+    tolerance: Annotated[
+        Optional[float], typer.Option("--tolerance", min=0.0, help="Accuracy points a metric may fall (default: the suite's, 1.0).")
+    ] = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Regression gate: re-run a fixed, seeded suite and compare each metric with the baseline; exit 1 on a regression."""
+    from .check import Suite, compare_with_baseline, failed, read_baseline, run_suite
+
+    stored = read_baseline(baseline) if not update or baseline.is_file() else None
+    if suite_path is not None:
+        suite = Suite.load(suite_path)
+    elif stored is not None and "suite" in stored[0]:
+        suite = Suite.load_dict(stored[0]["suite"])
+    else:
+        suite = Suite()
+    if tolerance is not None:
+        suite.tolerance = tolerance
+    runtime = Runtime.create(device, precision)
+    with progress_bar() as progress:
+        task = progress.add_task("checking", total=suite.n_examples * (len(suite.cells) + 2) * len(suite.models))
+        rows = run_suite(suite, runtime, data_dir, cache_dir, lambda k: progress.advance(task, k))
+    if update:
+        meta = base_meta("check", suite.seed, suite=suite.as_meta(), **runtime.describe())
+        for path in write_report(rows, meta, baseline.parent, baseline.stem, title="sdnet check baseline"):
+            out.print(f"wrote {path}")
+        return
+    table = compare_with_baseline(rows, stored[1], suite.tolerance)  # type: ignore[index]
+    moved = [r for r in table if r["status"] != "ok"]
+    print_rows(f"sdnet check vs {baseline} (tolerance {suite.tolerance:g} points)", moved or table,
+               ["model", "metric", "baseline", "now", "change", "status"])
+    if failed(table):
+        console.print("[bold red]check failed:[/] a metric fell below its baseline (or is no longer measured)")
+        raise typer.Exit(1)
+    out.print(f"check passed: {len(table)} metrics within {suite.tolerance:g} points of {baseline}")
+
+
+@app.command("compare")
+@user_errors
+def compare_command(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Reports to put side by side, as LABEL=REPORT.json (eval reports, or attack reports); repeat a label "
+            "to combine several reports into one column.",
+            show_default=False,
+        ),
+    ],
+    out_dir: OutOpt = Path("reports"),
+    name: Annotated[str, typer.Option("--name", help="Report file stem.")] = "compare",
+    title: Annotated[Optional[str], typer.Option("--title", help="Heading of the Markdown report.")] = None,
+    note: Annotated[str, typer.Option("--note", help="A paragraph placed above the table (e.g. how the runs differ).")] = "",
+) -> None:
+    """One table from several eval or attack reports: a row per cell (or attack and eps), a column per label."""
+    from .compare import compare, describe_sources, load_source, parse_source, render
+
+    loaded = [load_source(*parse_source(text)) for text in sources]
+    rows, value = compare(loaded)
+    described = describe_sources(loaded)
+    meta = base_meta("compare", seed=0, value=value, sources=described)
+    paths = write_report(rows, meta, out_dir, name, markdown=render(title or name, rows, value, described, note))
+    for path in paths:
+        out.print(f"wrote {path}")
+
 
 def main() -> None:
     app()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import distributed
 from .data.cells import Cell, CellSource
 from .lam import lambda_label
 from .models.classifier import LambdaPolicy
@@ -112,6 +113,12 @@ def count_correct(
     return Counts(len(correct), int(correct.sum()), time.perf_counter() - start)
 
 
+def combined(counts: Counts) -> Counts:
+    """Counts summed over torchrun's ranks (seconds: the slowest rank's); unchanged for one process."""
+    n, correct = distributed.combine(np.array([counts.n, counts.correct], dtype=np.int64), "sum")
+    return Counts(int(n), int(correct), float(distributed.combine(np.array(counts.seconds), "max")))
+
+
 def cell_row(base: dict, corruption: str, severity: int | str, counts: Counts) -> dict:
     """One report row, keys in the documented order."""
     return {
@@ -151,7 +158,9 @@ def evaluate_cells(
     """One row per cell plus the ``mean`` row; ``row_base`` gives model, dataset and lam.
 
     ``cell_policy`` (e.g. the oracle lambda of each cell) sets the model's lambda policy per cell;
-    those rows name it, and the mean row keeps ``row_base``'s lam.
+    those rows name it, and the mean row keeps ``row_base``'s lam. Under torchrun each rank counts
+    its own whole batches of every cell (``distributed.shard``) and the counts are summed, so every
+    rank returns exactly the rows of a single-process run; ``progress`` sees this rank's images.
     """
     rows = []
     previous = getattr(model, "lam_policy", None)
@@ -162,7 +171,8 @@ def evaluate_cells(
             if cell_policy is not None:
                 model.lam_policy = cell_policy(cell)
                 base = {**row_base, "lam": lambda_label(model)}  # type: ignore[arg-type]
-            counts = count_correct(model, images, labels, runtime, batch_size, progress)
+            part = distributed.shard(len(images), batch_size)
+            counts = combined(count_correct(model, images[part], labels[part], runtime, batch_size, progress))
             rows.append(cell_row(base, cell.corruption, cell.severity, counts))
     finally:
         if cell_policy is not None:

@@ -88,14 +88,16 @@ def write_report(
     out_dir: Path,
     name: str,
     title: str | None = None,
+    markdown: str | None = None,
 ) -> list[Path]:
-    """Write ``<out_dir>/<name>.{json,csv,md}``; all three are renamed into place only once all are rendered."""
+    """Write ``<out_dir>/<name>.{json,csv,md}``; all three are renamed into place only once all are rendered.
+    ``markdown`` replaces the default rendering (title, key meta, table)."""
     out_dir = Path(out_dir)
     rows = list(rows)
     rendered = {
         out_dir / f"{name}.json": json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n",
         out_dir / f"{name}.csv": pd.DataFrame(rows).to_csv(index=False),
-        out_dir / f"{name}.md": render_markdown(title or name, rows, meta),
+        out_dir / f"{name}.md": markdown if markdown is not None else render_markdown(title or name, rows, meta),
     }
     for path, text in rendered.items():
         atomic_write_text(path, text)

@@ -34,11 +34,12 @@ class ImageSource(Protocol):
 class CorruptedTrainSet:
     """A seeded random subset of the training split, corrupted per cell: calibration never sees test images."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, n: int, seed: int) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, n: int, seed: int, strength: str = "cifar") -> None:
         rng = np.random.default_rng(seed)
         self.indices = np.sort(rng.choice(len(images), size=min(n, len(images)), replace=False))
-        self.images, self.labels = images[self.indices], labels[self.indices]
-        self.seed = seed
+        # decoded once: file-backed (ImageNet) images would otherwise be decoded for every cell
+        self.images, self.labels = np.asarray(images[self.indices]), labels[self.indices]
+        self.seed, self.strength = seed, strength
 
     @property
     def n(self) -> int:
@@ -49,7 +50,7 @@ class CorruptedTrainSet:
         if cell.corruption == CLEAN:
             return self.images, self.labels
         rng = np.random.default_rng([self.seed, ALL_CORRUPTIONS.index(cell.corruption), cell.severity])
-        return corrupt(self.images, cell.corruption, cell.severity, rng), self.labels
+        return corrupt(self.images, cell.corruption, cell.severity, rng, self.strength), self.labels
 
 
 def _stem(model: Classifier) -> CSCLayer:
@@ -135,14 +136,16 @@ def calibrate(
     progress: Callable[[int], None] | None = None,
     batch_size: int = 256,
     checkpoint_sha256: str = "",
+    strength: str = "cifar",
 ) -> Calibration:
     """Fit lambda = clamp(a * feature + b, min grid, max grid) for each rule on corrupted training images.
 
     Per (corruption, severity) group (and clean): the accuracy-optimal lambda on the grid and the
-    group's mean feature; the line is the least-squares fit through those points.
+    group's mean feature; the line is the least-squares fit through those points. ``strength``
+    is the dataset's corruption strength table ("cifar" or "imagenet").
     """
     corruptions = [c for c in corruptions if c != CLEAN]
-    train = CorruptedTrainSet(train_images, train_labels, n, seed)
+    train = CorruptedTrainSet(train_images, train_labels, n, seed, strength)
     cells = expand_cells(corruptions, severities)
     rows = sweep_lambda(model, cells, train, runtime, lams, {"model": None, "dataset": "train"}, batch_size, progress)
     points = cell_points(model, cells, train, runtime, rows, batch_size)

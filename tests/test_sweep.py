@@ -3,6 +3,7 @@ training-only calibration, and the `sweep-lambda` / `eval --lam auto|noise|oracl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -14,6 +15,8 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 import sdnet_cli.data.cifar as cifar
+import sdnet_cli.data.datasets as datasets
+import sdnet_cli.sweep as sweep
 from sdnet_cli.cli import app
 from sdnet_cli.data.cells import Cell, CellSource
 from sdnet_cli.evaluate import Runtime
@@ -158,21 +161,28 @@ def test_sweep_fit_then_eval_auto_noise_oracle(
     checkpoint = tmp_path / "w8.safetensors"
     shutil.copy(tiny_checkpoint, checkpoint)
     splits: list[str] = []
+    loaded: dict[str, np.ndarray] = {}
     real_load = cifar.load_cifar10
 
-    def train_only(data_dir, split="test", download=True):  # type: ignore[no-untyped-def]
+    def recording(data_dir, split="test", download=True):  # type: ignore[no-untyped-def]
         splits.append(split)
-        assert split == "train", "the calibration asked for the test split"
-        return real_load(data_dir, split, download)
+        loaded[split] = real_load(data_dir, split, download)
+        return loaded[split]
 
-    monkeypatch.setattr(cifar, "load_cifar10", train_only)
+    def train_only(model, train_images, *args, **kwargs):  # type: ignore[no-untyped-def]
+        assert train_images is loaded["train"][0], "the calibration was not given the training split"
+        return real_calibrate(model, train_images, *args, **kwargs)
+
+    real_calibrate = sweep.calibrate
+    monkeypatch.setitem(datasets.DATASETS, "cifar10", dataclasses.replace(datasets.CIFAR10, reader=recording))
+    monkeypatch.setattr(sweep, "calibrate", train_only)
     common = ["--model", "sdnet18", "--checkpoint", str(checkpoint), "-n", "40", "--seed", "1", "--data-dir", str(data_dir),
               "--cache-dir", str(cache_dir), "-c", "gaussian_noise", "-s", "1", "-s", "5"]
     out = tmp_path / "reports"
     result = run("sweep-lambda", *common, "--lams", "0.1,0.5,1.2", "--fit", "--fit-corruption", "gaussian_noise",
                  "--fit-corruption", "contrast", "--fit-n", "32", "--out", str(out))
     assert result.exit_code == 0, result.output
-    assert splits == ["train"]
+    assert splits == ["train", "test"]  # the calibration's split, then the evaluated cells'
     report = json.loads((out / "sweep-lambda-sdnet18.json").read_text())
     assert len(report["rows"]) == 3 * 3 and sum(r["oracle"] for r in report["rows"]) == 3
     assert {p.name for p in out.iterdir()} >= {"sweep-lambda-sdnet18.csv", "sweep-lambda-sdnet18.md",

@@ -1,7 +1,8 @@
 """Evaluation cells: (corruption, severity) pairs, and where their images come from.
 
-A ``CellSource`` hands out uint8 images for any cell, from the clean test split, an official
-CIFAR-10-C folder, or the seeded generated cache, so callers never care which.
+A ``CellSource`` hands out uint8 images for any cell of any dataset, from the clean test split, an
+official corrupted release (CIFAR-10-C, CIFAR-100-C, ImageNet-C), or the seeded generated cache,
+so callers never care which.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from .cifar import load_cifar10
-from .cifar_c import SEVERITIES, describe_source, ensure_generated_cells, read_cifar_c_cell
+from .cifar_c import SEVERITIES
 from .corruptions import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
+from .datasets import dataset_spec
 
 CLEAN = "clean"
 
@@ -74,48 +75,53 @@ def default_cache_dir() -> Path:
 
 
 class CellSource:
-    """Images of CIFAR-10 cells: clean test set, an official CIFAR-10-C folder, or the generated cache."""
+    """Images of a dataset's cells: clean test split, an official corrupted release, or the generated cache.
+
+    What differs between datasets (reader, release layout, generator) comes from its ``DatasetSpec``.
+    """
 
     def __init__(
         self,
         data_dir: Path | None,
-        cifar_c_dir: Path | None = None,
+        c_dir: Path | None = None,
         cache_dir: Path | None = None,
         seed: int = 0,
         n_examples: int | None = None,
         workers: int | None = None,
+        dataset: str = "cifar10",
     ) -> None:
-        self.images, self.labels = load_cifar10(data_dir, "test")
-        self.cifar_c_dir = Path(cifar_c_dir) if cifar_c_dir is not None else None
+        self.spec = dataset_spec(dataset)
+        self.images, self.labels = self.spec.load(data_dir, "test")
+        self.c_dir = Path(c_dir) if c_dir is not None else None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.seed = seed
         self.n = len(self.images) if n_examples is None else min(n_examples, len(self.images))
         self.workers = workers or os.cpu_count() or 1
-        self.c_root: Path | None = self.cifar_c_dir
+        self.c_root: Path | None = self.c_dir
 
     def prepare(self, corruptions: Sequence[str], progress: Callable[[int], None] | None = None) -> None:
         """Generate (once, cached) the corruptions the official folder would otherwise provide."""
         needed = [c for c in corruptions if c != CLEAN]
-        if self.cifar_c_dir is None and needed:
-            self.c_root = ensure_generated_cells(
-                self.cache_dir, self.images, self.labels, needed, self.seed, self.workers, progress
+        if self.c_dir is None and needed:
+            self.c_root = self.spec.corrupted.ensure_generated(
+                self.cache_dir, needed, self.images, self.labels, self.n, self.seed, self.workers, progress
             )
 
     def missing_images(self, corruptions: Sequence[str]) -> int:
         """How many images ``prepare`` would have to generate (for a progress bar)."""
-        if self.cifar_c_dir is not None:
+        if self.c_dir is not None:
             return 0
-        root = self.cache_dir / f"cifar10-c-seed{self.seed}"
-        return sum(len(self.images) * len(SEVERITIES) for c in corruptions if c != CLEAN and not (root / f"{c}.npy").is_file())
+        needed = [c for c in corruptions if c != CLEAN]
+        return self.spec.corrupted.missing_images(self.cache_dir, needed, self.images, self.n, self.seed)
 
     def load(self, cell: Cell) -> tuple[np.ndarray, np.ndarray]:
         if cell.corruption == CLEAN:
             return self.images[: self.n], self.labels[: self.n]
         if self.c_root is None:
             raise RuntimeError("call prepare() with the corruptions before loading corrupted cells")
-        return read_cifar_c_cell(self.c_root, cell.corruption, cell.severity, self.n)
+        return self.spec.corrupted.read_cell(self.c_root, cell.corruption, cell.severity, self.images, self.labels, self.n)
 
     def describe(self) -> dict:
         if self.c_root is None:
             return {"source": "clean test split only"}
-        return describe_source(self.c_root)
+        return self.spec.corrupted.describe(self.c_root)

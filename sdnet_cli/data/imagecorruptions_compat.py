@@ -3,7 +3,9 @@
 ``imagecorruptions`` 1.1.2 (its latest release) imports ``pkg_resources`` (gone from
 setuptools >= 81), imports ``scipy.ndimage.interpolation`` (deprecated, to be removed
 in SciPy 2), calls ``skimage.filters.gaussian(..., multichannel=True)`` (removed from
-scikit-image) and uses ``np.float_`` (removed in NumPy 2). Instead of editing
+scikit-image) and uses ``np.float_`` (removed in NumPy 2); and its impulse noise calls
+``skimage.util.random_noise``, which current scikit-image seeds from fresh OS entropy rather than
+numpy's global RNG, so seeding that RNG no longer made it repeatable. Instead of editing
 site-packages we load it with temporary import shims and patch the few names that
 its ``corruptions`` module looks up at call time, inside that module only, so the
 rest of the process sees unmodified numpy / scikit-image / pkg_resources.
@@ -22,7 +24,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+import skimage.color
 import skimage.filters
+import skimage.util
 
 _MODULE: types.ModuleType | None = None
 
@@ -84,6 +88,13 @@ def _gaussian(image: np.ndarray, *args: Any, multichannel: bool | None = None, *
     return skimage.filters.gaussian(image, *args, **kwargs)
 
 
+def _random_noise(image: np.ndarray, *args: Any, rng: Any = None, **kwargs: Any) -> np.ndarray:
+    """``skimage.util.random_noise`` seeded from numpy's global RNG, which our callers seed."""
+    if rng is None:
+        rng = int(np.random.randint(0, 2**31 - 1))
+    return skimage.util.random_noise(image, *args, rng=rng, **kwargs)
+
+
 class _NumpyWithFloatAlias(types.ModuleType):
     """A view of numpy that also has ``float_``, seen only by imagecorruptions."""
 
@@ -108,6 +119,9 @@ def load_imagecorruptions() -> types.ModuleType:
         package = importlib.import_module("imagecorruptions")
     corruptions = importlib.import_module("imagecorruptions.corruptions")
     corruptions.gaussian = _gaussian  # type: ignore[attr-defined]
+    # the module reaches scikit-image only as sk.util.random_noise and sk.color.*
+    skimage_view = types.SimpleNamespace(util=types.SimpleNamespace(random_noise=_random_noise), color=skimage.color)
+    corruptions.sk = skimage_view  # type: ignore[attr-defined]
     if not hasattr(np, "float_"):
         corruptions.np = _NumpyWithFloatAlias("numpy")  # type: ignore[attr-defined]
     _MODULE = package

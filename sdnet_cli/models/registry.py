@@ -1,7 +1,9 @@
 """Model names -> builders, and shipped checkpoints from ``weights/manifest.json``.
 
 ``create_model`` builds an (untrained) architecture by name; ``load_model`` resolves what a
-user typed (``--model`` and optionally ``--checkpoint``) to a ready ``Classifier``.
+user typed (``--model`` and optionally ``--checkpoint``) to a ready ``Classifier``. Besides our
+ResNet/SDNet builders, ``tv_resnet18`` / ``tv_resnet50`` are torchvision's ImageNet ResNets, the
+usual ImageNet-C baselines, loaded from a local file or the torch hub cache (never downloaded).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..data.datasets import dataset_spec
 from .checkpoints import CheckpointError, load_into, read_metadata, read_state_dict, sha256_of
@@ -25,6 +29,9 @@ ARCHITECTURES: dict[str, tuple[tuple[int, int, int, int], Sparsity]] = {
     "sdnet18_all": ((2, 2, 2, 2), "all"),
     "sdnet34_all": ((3, 4, 6, 3), "all"),
 }
+
+TORCHVISION_MODELS: dict[str, str] = {"tv_resnet18": "resnet18", "tv_resnet50": "resnet50"}
+"""Our name -> torchvision builder; their weights are torchvision's IMAGENET1K_V1."""
 
 WEIGHTS_DIR = Path(os.environ.get("SDNET_WEIGHTS", Path(__file__).resolve().parents[2] / "weights"))
 
@@ -67,9 +74,17 @@ def create_model(
     square_noise: bool = True,
 ) -> Classifier:
     """An untrained model by architecture name; takes [0,1] images and returns logits."""
-    if name not in ARCHITECTURES:
-        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join(ARCHITECTURES)}")
     spec = dataset_spec(dataset)
+    if name in TORCHVISION_MODELS:
+        if spec.stem != "imagenet":
+            raise ModelError(f"{name} is torchvision's ImageNet model; use it with --dataset imagenet")
+        import torchvision.models
+
+        classes = num_classes or spec.num_classes
+        network = torchvision.models.get_model(TORCHVISION_MODELS[name], weights=None, num_classes=classes)
+        return Classifier(network, spec.mean, spec.std)
+    if name not in ARCHITECTURES:
+        raise ModelError(f"unknown model {name!r}; choose one of: {', '.join([*ARCHITECTURES, *TORCHVISION_MODELS])}")
     blocks, sparse = ARCHITECTURES[name]
     network = ResNet(
         blocks,
@@ -102,17 +117,46 @@ def find_shipped(model: str, dataset: str, weights_dir: Path = WEIGHTS_DIR) -> d
 def infer_settings(state: dict, metadata: dict) -> dict[str, Any]:
     """Width, classes and stem read off the tensors themselves, so foreign checkpoints need no flags."""
     stem_key = "layer0.0.dn.weight" if "layer0.0.dn.weight" in state else "layer0.0.weight"
-    if stem_key not in state or "linear.weight" not in state:
-        raise CheckpointError("not a ResNet/SDNet checkpoint: no 'layer0.0[.dn].weight' or 'linear.weight' key")
+    head_key = "linear.weight"
+    if "conv1.weight" in state and "fc.weight" in state:  # torchvision's key names
+        stem_key, head_key = "conv1.weight", "fc.weight"
+    if stem_key not in state or head_key not in state:
+        raise CheckpointError(
+            "not a ResNet/SDNet checkpoint: no 'layer0.0[.dn].weight' and 'linear.weight' keys "
+            "(nor torchvision's 'conv1.weight' and 'fc.weight')"
+        )
     stem_weight = state[stem_key]
     return {
         "width": int(stem_weight.shape[0]),
-        "num_classes": int(state["linear.weight"].shape[0]),
+        "num_classes": int(state[head_key].shape[0]),
         "stem": "imagenet" if stem_weight.shape[-1] == 7 else "cifar",
         "lam": float(metadata.get("lam", 0.1)),
         "n_steps": int(metadata.get("n_steps", 2)),
         "square_noise": bool(metadata.get("square_noise", True)),
     }
+
+
+def torchvision_weights_file(name: str) -> Path:
+    """Where torch hub keeps torchvision's IMAGENET1K_V1 weights of ``name`` (as a download would put them)."""
+    import torchvision.models
+
+    url = torchvision.models.get_model_weights(TORCHVISION_MODELS[name]).IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+
+
+def _hub_checkpoint(name: str) -> tuple[Path, str]:
+    """The cached torchvision file of ``name`` and its sha256, whose first hex digits are in the file name."""
+    path = torchvision_weights_file(name)
+    if not path.is_file():
+        raise ModelError(
+            f"no weights for {name}: {path} does not exist and sdnet never downloads. Copy {path.name} "
+            f"(torchvision's {TORCHVISION_MODELS[name]} IMAGENET1K_V1 file, https://download.pytorch.org/models/{path.name}) "
+            f"there, set $TORCH_HOME to the folder whose hub/checkpoints holds it, or pass --checkpoint PATH"
+        )
+    digest = sha256_of(path)
+    if not digest.startswith(path.stem.rsplit("-", 1)[-1]):
+        raise CheckpointError(f"{path} is corrupted: its sha256 {digest} does not start with the hash in its name")
+    return path, digest
 
 
 def load_model(
@@ -127,10 +171,14 @@ def load_model(
     shipped checkpoint is used; a shipped file must match the manifest's sha256.
     """
     entry: dict[str, Any] = {}
-    if checkpoint is None:
+    digest: str | None = None
+    if checkpoint is None and model in TORCHVISION_MODELS:
+        architecture = model
+        checkpoint, digest = _hub_checkpoint(model)
+    elif checkpoint is None:
         found = find_shipped(model, dataset, weights_dir)
         if found is None:
-            known = sorted({e["name"] for e in read_manifest(weights_dir)} | set(ARCHITECTURES))
+            known = sorted({e["name"] for e in read_manifest(weights_dir)} | set(ARCHITECTURES) | set(TORCHVISION_MODELS))
             if model not in known:
                 raise ModelError(f"unknown model {model!r}; choose one of: {', '.join(known)}")
             raise ModelError(
@@ -148,16 +196,21 @@ def load_model(
             )
     else:
         architecture = model
-        digest = None
-    if architecture not in ARCHITECTURES:
-        raise ModelError(f"unknown model {architecture!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    if architecture not in ARCHITECTURES and architecture not in TORCHVISION_MODELS:
+        raise ModelError(f"unknown model {architecture!r}; choose one of: {', '.join([*ARCHITECTURES, *TORCHVISION_MODELS])}")
     checkpoint = Path(checkpoint)
     state = read_state_dict(checkpoint)
     settings = infer_settings(state, read_metadata(checkpoint))
+    classes = dataset_spec(dataset).num_classes
+    if settings["num_classes"] != classes:
+        raise ModelError(
+            f"{checkpoint} has {settings['num_classes']} output classes but {dataset} has {classes}; "
+            "pass the --dataset it was trained on"
+        )
     classifier = create_model(architecture, dataset=dataset, **settings)
     load_into(classifier.network, state, str(checkpoint))
     classifier.eval()
-    sparse = ARCHITECTURES[architecture][1] != "none"
+    sparse = architecture in ARCHITECTURES and ARCHITECTURES[architecture][1] != "none"
     info = ModelInfo(
         name=entry.get("name", architecture),
         architecture=architecture,

@@ -1,0 +1,39 @@
+"""Shared by the benchmark scripts: timing with the same warm-up everywhere, and tables that say
+what machine produced them (``run_all.py`` pastes them into reports/benchmarks.md as printed)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable, Hashable, Sequence, TypeVar
+
+import pandas as pd
+import torch
+
+from sdnet_cli.train import hardware
+
+K = TypeVar("K", bound=Hashable)
+
+
+def median_seconds(works: dict[K, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1) -> dict[K, float]:
+    """Median wall time of each ``work()`` over ``repeats`` rounds that call every work once in turn,
+    after ``warmup`` untimed rounds (kernel selection, step-size caches). Interleaving makes background
+    load on a shared machine hit every work alike, so ratios between them hold; CUDA is synchronised
+    so a time covers the whole computation."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times: dict[K, list[float]] = {name: [] for name in works}
+    for round_ in range(warmup + repeats):
+        for name, work in works.items():
+            sync()
+            start = time.perf_counter()
+            work()
+            sync()
+            if round_ >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def print_table(title: str, rows: Sequence[dict[str, Any]], note: str) -> None:
+    """A ``###`` title, the machine and method, and the rows as a Markdown table."""
+    table = pd.DataFrame(rows).to_markdown(index=False, floatfmt="g")
+    print(f"### {title}\n\n{hardware()}, torch {torch.__version__}. {note}\n\n{table}\n", flush=True)

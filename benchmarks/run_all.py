@@ -1,0 +1,69 @@
+"""Run every benchmark once, one after another, and write their tables to reports/benchmarks.md.
+
+    OMP_NUM_THREADS=2 SDNET_DATA=../shared/data python benchmarks/run_all.py
+
+Each script runs in its own process (never two at a time); its printed tables go into the report
+as they are, so every ratio in it was measured within one run of one script. The report is
+written atomically, and only when every script succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sdnet_cli.reports import atomic_write_text
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+# (script and arguments, extra environment): bf16 gets few batches, as it is ~15x slower than fp32
+# on CPUs without AMX; corruptions run one thread per worker, as the generator's pool does.
+JOBS: list[tuple[list[str], dict[str, str]]] = [
+    (["throughput.py", "--width", "16", "--repeats", "3", "--bf16-repeats", "1", "--scaling"], {}),
+    (["lambda_throughput.py", "--width", "16", "--rounds", "3"], {}),
+    (["pgd_step.py", "--width", "16", "--batch-size", "64", "--steps", "5"], {}),
+    (["cifar_c_rate.py", "--images", "200", "--pipeline-images", "1000"], {"OMP_NUM_THREADS": "1"}),
+]
+
+
+def commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return result.stdout.strip() or "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks.md")
+    args = parser.parse_args()
+    sections, commands = [], []
+    for script, env in JOBS:
+        command = [sys.executable, str(HERE / script[0]), *script[1:]]
+        shown = " ".join([*(f"{k}={v}" for k, v in env.items()), "python", f"benchmarks/{script[0]}", *script[1:]])
+        print(f"running {shown}", file=sys.stderr, flush=True)
+        result = subprocess.run(command, cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True)
+        if result.returncode:
+            sys.exit(f"{shown} failed:\n{result.stderr}")
+        print(result.stdout, flush=True)
+        sections.append(result.stdout.strip())
+        commands.append(shown)
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    header = (
+        "# Benchmarks\n\n"
+        f"Measured {datetime.date.today().isoformat()} at commit {commit()} by `python benchmarks/run_all.py` "
+        f"(OMP_NUM_THREADS={threads} unless a command below sets it). The machine may have been shared with other "
+        "work while these ran, so absolute numbers can be low; each ratio was computed within one run of one script. "
+        "Numbers are measured, not extrapolated, except where a table says so.\n\n"
+        "Commands:\n\n" + "\n".join(f"- `{c}`" for c in commands) + "\n"
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, header + "\n" + "\n\n".join(sections) + "\n")
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
