@@ -112,3 +112,27 @@ def test_manifest_is_well_formed() -> None:
         assert required <= set(entry), entry["name"]
     defaults = [(e["architecture"], e["dataset"]) for e in entries if e["default"]]
     assert len(defaults) == len(set(defaults))  # at most one default per architecture and dataset
+
+
+def test_train_command_half_stores_fp16_and_measures_the_stored_weights(data_dir: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from typer.testing import CliRunner
+
+    from sdnet_cli.cli import app
+
+    out = tmp_path / "weights" / "s8.safetensors"
+    result = CliRunner().invoke(app, [
+        "train", "--model", "sdnet18", "--width", "8", "--epochs", "1", "--n-train", "256", "--n-test", "64",
+        "--batch-size", "64", "--half", "--data-dir", str(data_dir), "--out", str(out), "--report-dir", str(tmp_path / "r"),
+    ])
+    assert result.exit_code == 0, result.output
+    with safe_open(str(out), framework="pt") as f:
+        dtypes = {key: f.get_tensor(key).dtype for key in f.keys()}
+    assert dtypes["layer0.0.dn.weight"] == torch.float16
+    assert all(dtypes[k] == torch.float32 for k in dtypes if k.endswith(("running_mean", "running_var")))
+    entry = read_manifest(out.parent)[0]
+    assert entry["dtype"] == "float16" and entry["sha256"] == sha256_of(out)
+    model, _ = load_model("sdnet18", out, weights_dir=out.parent)
+    images, labels = load_cifar10(data_dir, "test", download=False)
+    recount = count_correct(model, images, labels, CPU, batch_size=500)
+    assert entry["clean_accuracy"] == round(recount.accuracy, 2)  # measured with the fp16 weights it stored
