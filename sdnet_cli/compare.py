@@ -143,6 +143,12 @@ def describe_sources(sources: Sequence[Source]) -> list[dict[str, Any]]:
     return described
 
 
+def _as_typed(argv: str | None) -> str:
+    """``/path/sdnet_cli/__main__.py eval ...`` (python -m, torchrun) as the user would type it: ``sdnet eval ...``."""
+    program, _, rest = (argv or "").partition(" ")
+    return f"sdnet {rest}" if program.endswith(("__main__.py", "sdnet")) else argv or ""
+
+
 def render(title: str, rows: Sequence[dict[str, Any]], value: str, sources: Sequence[dict[str, Any]], note: str = "") -> str:
     """Markdown: the table, then each column's provenance and any attack warnings."""
     from .reports import markdown_table
@@ -154,11 +160,11 @@ def render(title: str, rows: Sequence[dict[str, Any]], value: str, sources: Sequ
     for s in sources:
         lines.append(f"- **{s['label']}**: model `{s['model']}` (sha256 `{str(s['checkpoint_sha256'])[:12]}`), lambda "
                      f"{s['lam_policy']}, seed {s['seed']}, {s['device']} {s['precision']}; `{s['report']}`; "
-                     f"command `{s['argv']}`")
+                     f"command `{_as_typed(s['argv'])}`")
         diagnostics = s.get("diagnostics")
         if diagnostics is not None:
             lines.append(f"  - lambda gradient: {s['lambda_gradient']}")
-            facts = ", ".join(f"{k} {v}" for k, v in diagnostics.items() if k != "warnings")
+            facts = ", ".join(f"{k} {v}" for k, v in diagnostics.items() if k not in ("warnings", "lambda_gradient"))
             lines.append(f"  - diagnostics: {facts}")
             for warning in diagnostics.get("warnings") or ["none"]:
                 lines.append(f"  - warning: {warning}")
