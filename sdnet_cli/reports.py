@@ -69,7 +69,9 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], floatfmt: str = ".2f") -> str:
-    return pd.DataFrame(list(rows)).to_markdown(index=False, floatfmt=floatfmt)
+    """A Markdown table; cells with no value show as '-' (not 'nan')."""
+    frame = pd.DataFrame(list(rows)).astype(object)
+    return frame.where(frame.notna(), None).to_markdown(index=False, floatfmt=floatfmt, missingval="-")
 
 
 def render_markdown(title: str, rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:

@@ -89,3 +89,12 @@ def test_cli_writes_all_formats_with_provenance(tmp_path: Path) -> None:
     bad = CliRunner().invoke(app, ["compare", f"x={tmp_path / 'nope.json'}", "--out", str(out)])
     assert bad.exit_code == 2 and "no report" in bad.output
     assert not (out / "compare.json").exists()
+
+
+def test_missing_values_render_as_a_dash(tmp_path: Path) -> None:
+    a = eval_report(tmp_path, "a", {("clean", 0): 90.0, ("fog", 1): 80.0}, 100)
+    b = eval_report(tmp_path, "b", {("clean", 0): 91.0}, 100)
+    result = CliRunner().invoke(app, ["compare", f"A={a}", f"B={b}", "--out", str(tmp_path), "--name", "c"])
+    assert result.exit_code == 0, result.output
+    fog = next(line for line in (tmp_path / "c.md").read_text().splitlines() if line.startswith("| fog"))
+    assert "nan" not in fog and fog.rstrip(" |").endswith("-")
