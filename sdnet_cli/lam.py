@@ -128,13 +128,49 @@ def fit_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
     return slope, float(ys.mean() - slope * xs.mean())
 
 
+def fit_line_for_accuracy(features: Sequence[float], curves: np.ndarray, grid: Sequence[float]) -> tuple[float, float]:
+    """(slope, intercept) of the clamped line lambda = clamp(a * feature + b) that maximises the mean group accuracy.
+
+    ``curves[g, j]`` is group g's accuracy at ``grid[j]``; a group's accuracy at the line's lambda is
+    read off its curve (linear between grid points). Unlike a least-squares line through each group's
+    best lambda, this weighs a miss by what it costs: a group whose accuracy barely depends on
+    lambda cannot drag the line away from one whose accuracy falls steeply. The line is searched
+    through its values at the smallest and largest feature, in steps of a quarter of the grid's
+    smallest spacing, reaching one grid span beyond either end (the clamp cuts those back);
+    ties go to the line closest to the groups' best lambdas, then to the flattest.
+    """
+    xs = np.asarray(features, dtype=np.float64)
+    curves = np.asarray(curves, dtype=np.float64)
+    grid_values = np.asarray(grid, dtype=np.float64)
+    if curves.shape != (len(xs), len(grid_values)) or len(xs) < 2:
+        raise ValueError("an accuracy fit needs at least two groups, each with an accuracy per grid lambda")
+    x_lo, x_hi = float(xs.min()), float(xs.max())
+    if x_hi - x_lo <= 1e-12 * max(1.0, abs(x_hi)):
+        raise ValueError("a line fit needs points with different x values")
+    order = np.argsort(grid_values)
+    grid_values, curves = grid_values[order], curves[:, order]
+    lo, hi = float(grid_values[0]), float(grid_values[-1])
+    best = grid_values[curves.argmax(axis=1)]
+    step = float(np.diff(grid_values).min()) / 4
+    candidates = np.arange(lo - (hi - lo), hi + (hi - lo) + step / 2, step)
+    start, end = (c.ravel() for c in np.meshgrid(candidates, candidates, indexing="ij"))
+    t = (xs - x_lo) / (x_hi - x_lo)
+    lams = np.clip(start[:, None] + t[None, :] * (end - start)[:, None], lo, hi)  # [lines, groups]
+    accuracy = np.stack([np.interp(lams[:, g], grid_values, curves[g]) for g in range(len(xs))], axis=1).mean(axis=1)
+    distance = np.abs(lams - best[None, :]).mean(axis=1)
+    chosen = np.lexsort((np.abs(end - start), distance, -np.round(accuracy, 9)))[0]
+    slope = (end[chosen] - start[chosen]) / (x_hi - x_lo)
+    return float(slope), float(start[chosen] - slope * x_lo)
+
+
 # -- calibration file ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Calibration:
     """The fitted per-input rules of one checkpoint and the training-set evidence behind them.
 
     ``points`` has one dict per (corruption, severity) group: its accuracy-optimal lambda on
-    ``grid`` and the group means of each rule's feature (``error`` for auto, ``noise`` for noise).
+    ``grid``, its accuracy at every grid lambda (``curve``) and the group means of each rule's
+    feature (``error`` for auto, ``noise`` for noise).
     """
 
     auto: AutoLambda

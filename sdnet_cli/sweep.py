@@ -9,7 +9,7 @@ same sweep on corrupted TRAINING images and fits the lines that ``AutoLambda`` a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Mapping, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,7 +18,7 @@ import torch
 from .data.cells import CLEAN, Cell, expand_cells
 from .data.corruptions import ALL_CORRUPTIONS, corrupt
 from .evaluate import Runtime, cell_row, count_correct
-from .lam import AutoLambda, Calibration, FixedLambda, LineRule, NoiseLevelLambda, fit_line
+from .lam import AutoLambda, Calibration, FixedLambda, LineRule, NoiseLevelLambda, fit_line, fit_line_for_accuracy
 from .models.classifier import Classifier
 from .models.csc import CSCLayer
 from .reports import save_line_plot, save_points_plot
@@ -141,7 +141,8 @@ def calibrate(
     """Fit lambda = clamp(a * feature + b, min grid, max grid) for each rule on corrupted training images.
 
     Per (corruption, severity) group (and clean): the accuracy-optimal lambda on the grid and the
-    group's mean feature; the line is the least-squares fit through those points. ``strength``
+    group's mean feature; the line is the one that maximises the groups' mean accuracy, each read off
+    its sweep curve (``fit_line_for_accuracy``). ``strength``
     is the dataset's corruption strength table ("cifar" or "imagenet").
     """
     corruptions = [c for c in corruptions if c != CLEAN]
@@ -149,10 +150,13 @@ def calibrate(
     cells = expand_cells(corruptions, severities)
     rows = sweep_lambda(model, cells, train, runtime, lams, {"model": None, "dataset": "train"}, batch_size, progress)
     points = cell_points(model, cells, train, runtime, rows, batch_size)
-    best = [p["best_lam"] for p in points]
+    accuracy = {(r["corruption"], r["severity"], r["lam"]): r["accuracy"] for r in rows}
+    for p in points:
+        p["curve"] = [accuracy[(p["corruption"], p["severity"], lam)] for lam in lams]
+    curves = np.array([p["curve"] for p in points])
     lo, hi = min(lams), max(lams)
     try:
-        rules = {key: rule(*fit_line([p[key] for p in points], best), lo, hi) for key, rule in FEATURES.items()}
+        rules = {key: rule(*fit_line_for_accuracy([p[key] for p in points], curves, lams), lo, hi) for key, rule in FEATURES.items()}
     except ValueError as exc:
         raise ValueError(
             f"calibration failed ({exc}): give more corruptions/severities so the groups differ"
@@ -179,8 +183,8 @@ def save_sweep_plots(
     rows: Sequence[dict], points: Sequence[dict], out_dir: Path, name: str, title: str, calibration: Calibration | None = None
 ) -> list[Path]:
     """``<name>-accuracy.png`` (accuracy vs lambda, a line per cell) and ``<name>-fit.png`` (best lambda
-    vs the stem's error at the training lambda, with least-squares lines: test cells, and the
-    training calibration when given)."""
+    vs the stem's error at the training lambda: the test cells with their least-squares line, and the
+    training groups with the calibrated ``auto`` line when given)."""
     frame = pd.DataFrame(list(rows))
     frame["cell"] = [_cell_label(c, s) for c, s in zip(frame["corruption"], frame["severity"])]
     wide = frame.pivot(index="lam", columns="cell", values="accuracy")
@@ -202,15 +206,3 @@ def _line_or_none(points: Sequence[dict]) -> tuple[float, float] | None:
         return fit_line([p["error"] for p in points], [p["best_lam"] for p in points])
     except ValueError:
         return None
-
-
-def lambda_comparison(reports: Mapping[str, Sequence[dict]]) -> list[dict]:
-    """Eval rows of several runs (e.g. training lam, auto, noise, oracle, resnet18) -> one accuracy
-    column per run and a row per (corruption, severity) of the first run."""
-    tables = {label: {(r["corruption"], r["severity"]): r["accuracy"] for r in rows} for label, rows in reports.items()}
-    first = next(iter(reports.values()), [])
-    return [
-        {"corruption": r["corruption"], "severity": r["severity"],
-         **{label: table.get((r["corruption"], r["severity"])) for label, table in tables.items()}}
-        for r in first
-    ]

@@ -18,6 +18,7 @@ from sdnet_cli.lam import (
     NoiseLevelLambda,
     estimate_noise_sigma,
     fit_line,
+    fit_line_for_accuracy,
     load_calibration,
     parse_grid,
     parse_lambda,
@@ -198,3 +199,34 @@ def test_missing_calibration_says_how_to_make_one(tmp_path: Path) -> None:
                      checkpoint=str(tmp_path / "m.safetensors"), sha256="ab" * 32)
     with pytest.raises(ValueError, match="sweep-lambda .*--fit"):
         parse_lambda("auto", create_model("sdnet18", width=8), info)
+
+
+def _peaked(grid: np.ndarray, peak: float, height: float, steepness: float) -> np.ndarray:
+    return height - steepness * np.abs(grid - peak)
+
+
+def test_accuracy_fit_reaches_every_peak_a_line_can_reach() -> None:
+    grid = np.round(np.arange(0.1, 1.41, 0.1), 2)
+    features = [1.0, 2.0, 3.0]
+    curves = np.stack([_peaked(grid, peak, 80, 20) for peak in (0.2, 0.6, 1.0)])  # collinear peaks
+    a, b = fit_line_for_accuracy(features, curves, grid)
+    np.testing.assert_allclose(a * np.array(features) + b, [0.2, 0.6, 1.0], atol=1e-9)
+
+
+def test_accuracy_fit_weighs_misses_by_their_cost_unlike_least_squares() -> None:
+    grid = np.round(np.arange(0.1, 1.41, 0.1), 2)
+    features = [1.0, 2.0, 3.0]
+    # group 3 peaks at 0.2 but hardly cares; groups 1 and 2 fall steeply away from 0.1 and 0.8
+    curves = np.stack([_peaked(grid, 0.1, 85, 40), _peaked(grid, 0.8, 40, 40), _peaked(grid, 0.2, 80, 0.5)])
+    a, b = fit_line_for_accuracy(features, curves, grid)
+
+    def mean_accuracy(slope: float, intercept: float) -> float:
+        lams = np.clip(slope * np.array(features) + intercept, 0.1, 1.4)
+        return float(np.mean([np.interp(lam, grid, c) for lam, c in zip(lams, curves)]))
+
+    ls = fit_line(features, [0.1, 0.8, 0.2])
+    assert mean_accuracy(a, b) > mean_accuracy(*ls) + 5
+    np.testing.assert_allclose(np.clip([a * 1 + b, a * 2 + b], 0.1, 1.4), [0.1, 0.8], atol=1e-9)  # the steep groups' best
+    rng = np.random.default_rng(0)  # and no random line in range does better
+    for start, end in rng.uniform(0.1, 1.4, size=(500, 2)):  # the line through (1, start) and (3, end)
+        assert mean_accuracy(a, b) >= mean_accuracy((end - start) / 2, start - (end - start) / 2) - 1e-9

@@ -20,10 +20,11 @@ import sdnet_cli.sweep as sweep
 from sdnet_cli.cli import app
 from sdnet_cli.data.cells import Cell, CellSource
 from sdnet_cli.evaluate import Runtime
-from sdnet_cli.lam import AutoLambda, estimate_noise_sigma, fit_line
+from sdnet_cli.lam import AutoLambda, estimate_noise_sigma, fit_line_for_accuracy
 from sdnet_cli.models import create_model, load_model, save_checkpoint
 from sdnet_cli.models.csc import normalize_atoms
-from sdnet_cli.sweep import calibrate, cell_points, lambda_comparison, save_sweep_plots, sweep_lambda
+from sdnet_cli.compare import Source, compare
+from sdnet_cli.sweep import calibrate, cell_points, save_sweep_plots, sweep_lambda
 
 runner = CliRunner()
 LAMS = [0.1, 0.5, 1.2]
@@ -122,11 +123,13 @@ def test_calibration_uses_only_training_images(
     assert [(p["corruption"], p["severity"]) for p in calibration.points] == [
         ("clean", 0), ("gaussian_noise", 2), ("gaussian_noise", 5), ("contrast", 2), ("contrast", 5)
     ]
-    best = [p["best_lam"] for p in calibration.points]
-    a, b = np.polyfit([p["error"] for p in calibration.points], best, 1)
-    assert (calibration.auto.a, calibration.auto.b) == pytest.approx((a, b), rel=1e-8, abs=1e-12)
+    curves = np.array([p["curve"] for p in calibration.points])
+    assert curves.shape == (5, len(LAMS))
+    assert [LAMS[j] for j in curves.argmax(axis=1)] == [p["best_lam"] for p in calibration.points]
+    for rule, key in ((calibration.auto, "error"), (calibration.noise, "noise")):
+        expected = fit_line_for_accuracy([p[key] for p in calibration.points], curves, LAMS)
+        assert (rule.a, rule.b) == pytest.approx(expected, rel=1e-8, abs=1e-12)
     assert (calibration.auto.lo, calibration.auto.hi) == (0.1, 1.2) == (calibration.noise.lo, calibration.noise.hi)
-    assert (calibration.noise.a, calibration.noise.b) == pytest.approx(fit_line([p["noise"] for p in calibration.points], best))
 
 
 def run(*args: str):  # type: ignore[no-untyped-def]
@@ -218,6 +221,7 @@ def test_sweep_fit_then_eval_auto_noise_oracle(
     assert [r["correct"] for r in oracle["rows"][:3]] == [r["correct"] for r in best]  # same images, same lambda
     assert oracle["rows"][3]["lam"] == "oracle" and oracle["meta"]["oracle"] is True
 
-    table = lambda_comparison({"auto": auto["rows"], "noise": noise["rows"], "oracle": oracle["rows"]})
-    assert table[0] == {"corruption": "clean", "severity": 0, "auto": auto["rows"][0]["accuracy"],
+    table, _ = compare([Source(label, out / "e.json", report["meta"], report["rows"])
+                        for label, report in (("auto", auto), ("noise", noise), ("oracle", oracle))])
+    assert table[0] == {"corruption": "clean", "severity": 0, "n": 40, "auto": auto["rows"][0]["accuracy"],
                         "noise": noise["rows"][0]["accuracy"], "oracle": oracle["rows"][0]["accuracy"]}
