@@ -78,6 +78,13 @@ def join_ranks(device: str) -> str:
     return device
 
 
+def single_process(command: str) -> None:
+    """Only eval and attack split their work over torchrun's processes; the other commands refuse
+    rather than run N identical copies that race to write the same files."""
+    if distributed.launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(f"sdnet {command} runs in one process; under torchrun only eval and attack split their work")
+
+
 def prepare_cells(source: CellSource, corruptions: list[str], progress: Progress) -> None:
     """Generate (with a progress bar) the corrupted images the cache still lacks."""
     to_generate = source.missing_images(corruptions)
@@ -273,6 +280,7 @@ def make_c_command(
 ) -> None:
     """Generate a corruption benchmark (seeded) from the test split in the release layout: CIFAR-10-C / CIFAR-100-C
     at CIFAR strengths, ImageNet-C at ImageNet strengths (imagecorruptions)."""
+    single_process("make-c")
     from .data.datasets import dataset_spec
 
     spec = dataset_spec(dataset)
@@ -319,6 +327,7 @@ def train_command(
     report_dir: Annotated[Path, typer.Option("--report-dir", help="Where the per-epoch CSV and PNG curve go.")] = Path("reports/training"),
 ) -> None:
     """Train a model with the reference CIFAR recipe (CIFAR-10 or CIFAR-100), save safetensors, and register it in the manifest."""
+    single_process("train")
     import pandas as pd
 
     from .data.datasets import dataset_spec
@@ -426,6 +435,7 @@ def sweep_lambda_command(
     name: Annotated[Optional[str], typer.Option("--name", help="Report file stem (default: sweep-lambda-<model>).")] = None,
 ) -> None:
     """Accuracy and stem reconstruction error for each test lambda on each cell; --fit calibrates --lam auto/noise."""
+    single_process("sweep-lambda")
     from .data.datasets import dataset_spec
     from .sweep import calibrate, cell_points, save_sweep_plots, sweep_lambda
 
@@ -654,6 +664,7 @@ def check_command(
     cache_dir: CacheDirOpt = None,
 ) -> None:
     """Regression gate: re-run a fixed, seeded suite and compare each metric with the baseline; exit 1 on a regression."""
+    single_process("check")
     from .check import Suite, compare_with_baseline, failed, read_baseline, run_suite
 
     stored = read_baseline(baseline) if not update or baseline.is_file() else None

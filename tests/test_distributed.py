@@ -94,3 +94,13 @@ def test_torchrun_attack_equals_a_single_process_sample_by_sample(data_dir: Path
     assert np.array_equal(a["clean"], b["clean"]) and np.array_equal(a["robust"], b["robust"])
     assert np.array_equal(a["images"], b["images"])
     assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["pgd.csv", "pgd.json", "pgd.md"]
+
+
+@pytest.mark.parametrize("command", ["sweep-lambda", "train", "check", "make-c"])
+def test_single_process_commands_refuse_torchrun(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    args = {"train": ["--model", "sdnet18", "--out", "x.safetensors"], "make-c": ["--out", "c"]}.get(command, [])
+    result = CliRunner().invoke(app, [command, *args])
+    assert result.exit_code == 2
+    assert "runs in one process" in result.output
