@@ -639,6 +639,7 @@ def attack_command(
     for path in paths + ([save_adv] if save_adv is not None else []):
         out.print(f"wrote {path}")
 
+
 @app.command("check")
 @user_errors
 def check_command(

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 from .data.cells import CLEAN
 from .data.corruptions import BENCHMARK_CORRUPTIONS
+from .reports import markdown_table
 
 MEAN_15 = f"mean ({len(BENCHMARK_CORRUPTIONS)} corruptions)"
 
@@ -82,8 +83,8 @@ def _with_means(cells: dict[tuple, float]) -> dict[tuple, float]:
         if len(values) > 1:
             out[(corruption, "mean", n)] = sum(values) / len(values)
     for n in {n for (_, _, n) in cells}:
-        benchmark = [v for (c, s, m), v in cells.items() if m == n and c in BENCHMARK_CORRUPTIONS]
         if {c for (c, _, m) in cells if m == n} >= set(BENCHMARK_CORRUPTIONS):
+            benchmark = [v for (c, _, m), v in cells.items() if m == n and c in BENCHMARK_CORRUPTIONS]
             out[(MEAN_15, "all", n)] = sum(benchmark) / len(benchmark)
     return out
 
@@ -151,8 +152,6 @@ def _as_typed(argv: str | None) -> str:
 
 def render(title: str, rows: Sequence[dict[str, Any]], value: str, sources: Sequence[dict[str, Any]], note: str = "") -> str:
     """Markdown: the table, then each column's provenance and any attack warnings."""
-    from .reports import markdown_table
-
     lines = [f"# {title}", "", f"Values: {value}; `n` = images per cell.", ""]
     if note:
         lines += [note, ""]
