@@ -21,10 +21,11 @@ from sdnet_cli.reports import atomic_write_text
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-# (script and arguments, extra environment): bf16 gets few batches, as it is ~15x slower than fp32
-# on CPUs without AMX; corruptions run one thread per worker, as the generator's pool does.
+# (script and arguments, extra environment): corruptions run one thread per worker, as the
+# generator's pool does; the training step is timed at the shipped models' width.
 JOBS: list[tuple[list[str], dict[str, str]]] = [
-    (["throughput.py", "--width", "16", "--repeats", "3", "--bf16-repeats", "1", "--scaling"], {}),
+    (["throughput.py", "--width", "16", "--width", "32", "--repeats", "3", "--scaling"], {}),
+    (["train_step.py", "--width", "32", "--batch-size", "128", "--repeats", "3"], {}),
     (["lambda_throughput.py", "--width", "16", "--rounds", "3"], {}),
     (["pgd_step.py", "--width", "16", "--batch-size", "64", "--steps", "5"], {}),
     (["cifar_c_rate.py", "--images", "200", "--pipeline-images", "1000"], {"OMP_NUM_THREADS": "1"}),

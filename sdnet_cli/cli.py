@@ -334,7 +334,7 @@ def train_command(
     from .models import create_model, save_checkpoint
     from .models.registry import ARCHITECTURES, update_manifest
     from .reports import atomic_write_text, save_line_plot
-    from .train import TrainConfig, hardware, train
+    from .train import TrainConfig, clean_accuracies, hardware, train
 
     if out_path.suffix != ".safetensors":
         raise ValueError(f"--out must end in .safetensors, got {out_path}")
@@ -380,16 +380,17 @@ def train_command(
         from safetensors.torch import load_file
 
         classifier.network.load_state_dict(load_file(str(out_path)))
-    test = count_correct(classifier, *test_data, runtime, batch_size=500)
+    accuracies = clean_accuracies(classifier, test_data, runtime)
     entry = {
         "name": name, "file": out_path.name, **settings, "sha256": digest, "dtype": "float16" if half else "float32",
-        "clean_accuracy": round(test.accuracy, 2), "epochs": epochs, "seed": seed, "precision": precision,
+        **accuracies, "epochs": epochs, "seed": seed, "precision": precision,
         "train_seconds": round(sum(h.seconds for h in state.history), 1), "hardware": hardware(),
         "command": "sdnet train " + " ".join(shlex.quote(a) for a in sys.argv[2:]), "default": default,
     }
     manifest = update_manifest(entry, out_path.parent)
     resume_path.unlink(missing_ok=True)
-    out.print(f"clean test accuracy {test.accuracy:.2f}% on {test.n} images")
+    shown = ", ".join(f"{accuracies[k]:.2f}% ({k.removeprefix('clean_accuracy').lstrip('_') or 'fp32'})" for k in accuracies)
+    out.print(f"clean test accuracy on {len(test_data[0])} images: {shown}")
     out.print(f"wrote {out_path} (sha256 {digest[:12]}...), {manifest}, {report_dir / name}.csv/.png")
 
 

@@ -25,8 +25,9 @@ Precision = Literal["fp32", "bf16"]
 
 @dataclass(frozen=True)
 class Runtime:
-    """Where and how forwards run. bf16 autocast + channels_last is ~3x faster on AMX CPUs;
-    CSC solves stay float32 regardless (see ``CSCLayer.solve``)."""
+    """Where and how forwards run. bf16 autocast + channels_last is faster than fp32 on GPUs and on
+    CPUs with AMX or AVX-512 BF16, several times slower on AVX2-only CPUs (benchmarks/); CSC solves
+    stay float32 regardless (see ``CSCLayer.solve``)."""
 
     device: torch.device
     precision: Precision = "fp32"

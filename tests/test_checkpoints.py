@@ -11,6 +11,7 @@ import torch
 
 from sdnet_cli.models import CheckpointError, ModelError, create_model, load_model, save_checkpoint
 from sdnet_cli.models.checkpoints import sha256_of
+from sdnet_cli.models.registry import read_manifest, update_manifest
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -154,3 +155,23 @@ def test_same_parameter_count_as_the_paper() -> None:
     counts = {k: sum(p.numel() for p in create_model(k).parameters()) for k in ("resnet18", "sdnet18", "sdnet18_all")}
     assert len(set(counts.values())) == 1
     assert counts["sdnet18"] / 1e6 == pytest.approx(11.2, abs=0.05)
+
+
+def _register_many(weights_dir: str, prefix: str, count: int) -> None:
+    for i in range(count):
+        update_manifest({"name": f"{prefix}{i}", "architecture": "resnet18", "dataset": "cifar10"}, Path(weights_dir))
+
+
+def test_concurrent_manifest_updates_keep_every_entry(tmp_path: Path) -> None:
+    """Two trainings finishing together must not drop each other's entry (read-modify-write under a lock)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_register_many, args=(str(tmp_path), p, 40)) for p in ("a", "b", "c")]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(60)
+    assert [w.exitcode for w in writers] == [0, 0, 0]
+    names = {e["name"] for e in read_manifest(tmp_path)}
+    assert names == {f"{p}{i}" for p in ("a", "b", "c") for i in range(40)}

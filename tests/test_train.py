@@ -14,7 +14,7 @@ from sdnet_cli.evaluate import Runtime, count_correct
 from sdnet_cli.models import create_model, load_model
 from sdnet_cli.models.checkpoints import sha256_of
 from sdnet_cli.models.registry import WEIGHTS_DIR, read_manifest
-from sdnet_cli.train import TrainConfig, augment, train
+from sdnet_cli.train import TrainConfig, augment, clean_accuracies, train
 
 CPU = Runtime.create("cpu", "fp32")
 
@@ -136,3 +136,65 @@ def test_train_command_half_stores_fp16_and_measures_the_stored_weights(data_dir
     images, labels = load_cifar10(data_dir, "test", download=False)
     recount = count_correct(model, images, labels, CPU, batch_size=500)
     assert entry["clean_accuracy"] == round(recount.accuracy, 2)  # measured with the fp16 weights it stored
+
+
+def test_train_command_bf16_records_the_fp32_accuracy_users_see(data_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sdnet_cli.cli import app
+
+    out = tmp_path / "weights" / "r8.safetensors"
+    result = CliRunner().invoke(app, [
+        "train", "--model", "resnet18", "--width", "8", "--epochs", "1", "--n-train", "512", "--n-test", "64",
+        "--batch-size", "64", "--precision", "bf16", "--data-dir", str(data_dir), "--out", str(out),
+        "--report-dir", str(tmp_path / "r"),
+    ])
+    assert result.exit_code == 0, result.output
+    entry = read_manifest(out.parent)[0]
+    assert entry["precision"] == "bf16"
+    model, _ = load_model("resnet18", out, weights_dir=out.parent)
+    images, labels = load_cifar10(data_dir, "test", download=False)
+    assert entry["clean_accuracy"] == round(count_correct(model, images, labels, CPU, batch_size=500).accuracy, 2)
+    bf16 = Runtime.create("cpu", "bf16")
+    assert entry["clean_accuracy_bf16"] == round(count_correct(model, images, labels, bf16, batch_size=500).accuracy, 2)
+
+
+def test_manifest_accuracy_is_measured_in_fp32_even_for_bf16_training(cifar_test) -> None:  # type: ignore[no-untyped-def]
+    class RightOnlyInFp32(torch.nn.Module):
+        """Predicts every test label in fp32 and a wrong class under bf16 autocast."""
+
+        def __init__(self, labels: torch.Tensor) -> None:
+            super().__init__()
+            self.labels, self.seen = labels, 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.labels[self.seen : self.seen + len(x)]
+            self.seen = (self.seen + len(x)) % len(self.labels)
+            wrong = torch.is_autocast_enabled("cpu")
+            return torch.nn.functional.one_hot((y + 1) % 10 if wrong else y, 10).float()
+
+    images, labels = cifar_test[0][:1000], cifar_test[1][:1000]
+    model = RightOnlyInFp32(torch.from_numpy(labels))
+    assert clean_accuracies(model, (images, labels), CPU) == {"clean_accuracy": 100.0}  # type: ignore[arg-type]
+    bf16 = clean_accuracies(model, (images, labels), Runtime.create("cpu", "bf16"))  # type: ignore[arg-type]
+    assert bf16 == {"clean_accuracy": 100.0, "clean_accuracy_bf16": 0.0}
+
+
+def test_hardware_names_the_cpu_instruction_set_and_threads() -> None:
+    from sdnet_cli.train import CPU_ISAS, hardware
+
+    described = hardware()
+    if torch.cuda.is_available():
+        assert described == torch.cuda.get_device_name(0)
+        return
+    flags = set()
+    if Path("/proc/cpuinfo").is_file():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    expected = next((name for flag, name in CPU_ISAS if flag in flags), None)
+    if expected:
+        assert f"({expected})" in described
+    threads = torch.get_num_threads()
+    assert described.endswith(f", {threads} thread{'s' if threads != 1 else ''}")

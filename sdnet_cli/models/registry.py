@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -232,12 +233,30 @@ def update_manifest(entry: dict[str, Any], weights_dir: Path = WEIGHTS_DIR) -> P
     """Add or replace (by name) one manifest entry, atomically; a new default demotes the old one."""
     from ..reports import atomic_write_text
 
-    models = [e for e in read_manifest(weights_dir) if e["name"] != entry["name"]]
-    if entry.get("default"):
-        for other in models:
-            if other["architecture"] == entry["architecture"] and other["dataset"] == entry["dataset"]:
-                other["default"] = False
-    models.append(entry)
     path = Path(weights_dir) / "manifest.json"
-    atomic_write_text(path, json.dumps({"models": models}, indent=2) + "\n")
+    with manifest_lock(path):  # trainings finishing at the same time must not drop each other's entry
+        models = [e for e in read_manifest(weights_dir) if e["name"] != entry["name"]]
+        if entry.get("default"):
+            for other in models:
+                if other["architecture"] == entry["architecture"] and other["dataset"] == entry["dataset"]:
+                    other["default"] = False
+        models.append(entry)
+        atomic_write_text(path, json.dumps({"models": models}, indent=2) + "\n")
     return path
+
+
+@contextmanager
+def manifest_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``<manifest>.lock`` for a read-modify-write (POSIX; no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
