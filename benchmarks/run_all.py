@@ -22,12 +22,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 # (script and arguments, extra environment): corruptions run one thread per worker, as the
-# generator's pool does; the training step is timed at the shipped models' width.
+# generator's pool does; the shipped models are width 32.
 JOBS: list[tuple[list[str], dict[str, str]]] = [
     (["throughput.py", "--width", "16", "--width", "32", "--repeats", "3", "--scaling"], {}),
     (["train_step.py", "--width", "32", "--batch-size", "128", "--repeats", "3"], {}),
-    (["lambda_throughput.py", "--width", "16", "--rounds", "3"], {}),
-    (["pgd_step.py", "--width", "16", "--batch-size", "64", "--steps", "5"], {}),
+    (["lambda_throughput.py", "--width", "32", "--rounds", "3"], {}),
+    (["pgd_step.py", "--width", "32", "--batch-size", "64", "--steps", "5"], {}),
     (["cifar_c_rate.py", "--images", "200", "--pipeline-images", "1000"], {"OMP_NUM_THREADS": "1"}),
 ]
 

@@ -130,6 +130,18 @@ def test_safetensors_roundtrip_keeps_settings(tmp_path: Path) -> None:
     torch.testing.assert_close(model(x), source(x))
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_saved_checkpoint_follows_the_umask_not_private(tmp_path: Path) -> None:
+    """A checkpoint meant for weights/ must be readable by others (safetensors alone writes 0600)."""
+    old = os.umask(0o022)
+    try:
+        save_checkpoint(create_model("resnet18", width=4).network, tmp_path / "r.safetensors", {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.safetensors").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["r.safetensors"]
+
+
 def test_shipped_checkpoint_must_match_manifest_sha256(tmp_path: Path) -> None:
     model = create_model("resnet18", width=8)
     digest = save_checkpoint(model.network, tmp_path / "r.safetensors", {"architecture": "resnet18"})

@@ -114,6 +114,17 @@ def test_manifest_is_well_formed() -> None:
     assert len(defaults) == len(set(defaults))  # at most one default per architecture and dataset
 
 
+def test_default_cifar10_pair_is_one_recipe_and_meets_the_accuracy_targets() -> None:
+    """`--model sdnet18` / `--model resnet18` must resolve to a like-for-like pair (issue 3's targets)."""
+    defaults = {e["architecture"]: e for e in SHIPPED if e["default"] and e["dataset"] == "cifar10"}
+    sdnet, resnet = defaults["sdnet18"], defaults["resnet18"]
+    for key in ("width", "epochs", "seed", "precision"):
+        assert sdnet[key] == resnet[key], key
+    assert load_model("sdnet18")[1].name == sdnet["name"] and load_model("resnet18")[1].name == resnet["name"]
+    assert min(sdnet["clean_accuracy"], resnet["clean_accuracy"]) >= 92.0
+    assert sdnet["clean_accuracy"] >= resnet["clean_accuracy"] - 1.0
+
+
 def test_train_command_half_stores_fp16_and_measures_the_stored_weights(data_dir: Path, tmp_path: Path) -> None:
     from safetensors import safe_open
     from typer.testing import CliRunner

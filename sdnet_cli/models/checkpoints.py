@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..reports import atomic_path
+
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used: unsafe, unreadable, or not matching the architecture."""
@@ -93,17 +95,14 @@ def load_into(network: nn.Module, state: Mapping[str, torch.Tensor], source: str
 
 def save_checkpoint(network: nn.Module, path: Path, metadata: Mapping[str, object], half: bool = False) -> str:
     """Write the network's state_dict as safetensors (atomically) and return its sha256."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for key, value in network.state_dict().items():
         value = value.detach().cpu().contiguous()
         if half and value.is_floating_point() and not key.endswith(("running_mean", "running_var")):
             value = value.half()
         tensors[key] = value
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
     return sha256_of(path)
 
 
