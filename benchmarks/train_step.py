@@ -38,15 +38,16 @@ def main() -> None:
             model = runtime.prepare(create_model(name, width=args.width)).train()
             optimizer = make_optimizer(model, TrainConfig(model=name, width=args.width))
             works[(name, precision)] = lambda m=model, o=optimizer, x=x, y=y, r=runtime: train_step(m, o, x, y, r)
-    seconds = median_seconds(works, args.repeats, Runtime.create(args.device).device)
+    host = Runtime.create(args.device)
+    seconds = median_seconds(works, args.repeats, host.device)
     rows = []
     for (name, precision), t in seconds.items():
         speed = args.batch_size / t
         rows.append({"width": args.width, "precision": precision, "model": name, "images_per_s": round(speed, 1),
                      "vs resnet18": round(seconds[("resnet18", precision)] / t, 3),
                      "vs fp32": round(seconds[(name, "fp32")] / t, 3)})
-    device = Runtime.create(args.device).describe()["device_name"]
-    print_table(f"Training step throughput, fp32 vs bf16 (batch {args.batch_size}, {device})", rows,
+    title = f"Training step throughput, fp32 vs bf16 (batch {args.batch_size}, {host.describe()['device_name']})"
+    print_table(title, rows,
                 f"One `train_step` (forward, loss, backward, SGD) per configuration per round, median of "
                 f"{args.repeats} interleaved rounds after a warm-up round; random inputs, untrained weights.")
 

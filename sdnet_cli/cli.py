@@ -19,7 +19,7 @@ from . import distributed
 from .data.cells import CLEAN, CellSource, expand_cells, parse_corruptions, parse_severities
 from .data.cifar import DataError
 from .data.cifar_c import CifarCError
-from .evaluate import Runtime, count_correct, evaluate_cells
+from .evaluate import Runtime, evaluate_cells
 from .lam import ORACLE, lambda_label, oracle_lambdas, parse_grid, parse_lambda, store_calibration
 from .metrics import corruption_errors
 from .models import CheckpointError, ModelError, load_model
@@ -389,7 +389,9 @@ def train_command(
     }
     manifest = update_manifest(entry, out_path.parent)
     resume_path.unlink(missing_ok=True)
-    shown = ", ".join(f"{accuracies[k]:.2f}% ({k.removeprefix('clean_accuracy').lstrip('_') or 'fp32'})" for k in accuracies)
+    shown = f"{accuracies['clean_accuracy']:.2f}% (fp32)"
+    if "clean_accuracy_bf16" in accuracies:
+        shown += f", {accuracies['clean_accuracy_bf16']:.2f}% (bf16)"
     out.print(f"clean test accuracy on {len(test_data[0])} images: {shown}")
     out.print(f"wrote {out_path} (sha256 {digest[:12]}...), {manifest}, {report_dir / name}.csv/.png")
 
