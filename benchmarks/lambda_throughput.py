@@ -18,7 +18,7 @@ from bench import median_seconds, print_table
 
 from sdnet_cli.evaluate import Runtime
 from sdnet_cli.lam import AutoLambda, FixedLambda, NoiseLevelLambda
-from sdnet_cli.models import create_model
+from sdnet_cli.models import LambdaPolicy, create_model
 
 
 def main() -> None:
@@ -39,11 +39,11 @@ def main() -> None:
     }
     batch = torch.rand(args.batch_size, 3, 32, 32, device=runtime.device).contiguous(memory_format=torch.channels_last)
 
-    def forward(policy: object) -> None:
-        model.lam_policy = policy
-        model(batch)
+    def forward(policy: LambdaPolicy) -> None:
+        with model.using(policy):
+            model(batch)
 
-    with torch.inference_mode(), runtime.autocast():
+    with torch.no_grad(), runtime.autocast():  # as evaluation runs (``evaluate.predict``)
         works = {name: (lambda policy=policy: forward(policy)) for name, policy in policies.items()}
         speeds = {name: args.batch_size / t for name, t in median_seconds(works, args.rounds, runtime.device).items()}
     rows = [{"lambda": name, "images_per_s": round(s, 1), "ratio to fixed": round(s / speeds["fixed 0.1"], 3)}

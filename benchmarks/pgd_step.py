@@ -12,11 +12,12 @@ the cost does not depend on them.
 from __future__ import annotations
 
 import argparse
+from contextlib import ExitStack
 
 import torch
 from bench import median_seconds, print_table
 
-from sdnet_cli.attacks import AttackedModel, build_attack
+from sdnet_cli.attacks import AttackedModel, registry
 from sdnet_cli.evaluate import Runtime
 from sdnet_cli.lam import AutoLambda, FixedLambda
 from sdnet_cli.models import create_model
@@ -41,14 +42,17 @@ def main() -> None:
         ("sdnet18", "auto", AutoLambda(a=1e-3, b=0.1, lo=0.1, hi=1.4)),
     ]
     attacked, pgd = {}, {}
-    for name, label, policy in configs:
-        model = runtime.prepare(create_model(name, width=args.width))
-        model.lam_policy = policy
-        attacked[label] = AttackedModel(model, runtime).eval()
-        pgd[label] = build_attack(attacked[label], "pgd", "Linf", 8 / 255, steps=args.steps).attack
-    steps = median_seconds({k: (lambda k=k: pgd[k](x, y)) for k in pgd}, args.repeats, runtime.device)
-    with torch.inference_mode():
-        forwards = median_seconds({k: (lambda k=k: attacked[k].predict(x)) for k in attacked}, args.repeats, runtime.device)
+    with ExitStack() as policies:  # each model runs with its lambda policy for the whole benchmark
+        for name, label, policy in configs:
+            model = runtime.prepare(create_model(name, width=args.width))
+            policies.enter_context(model.using(policy))
+            attacked[label] = AttackedModel(model, runtime).eval()
+            pgd[label] = registry.build(attacked[label], "pgd", "Linf", 8 / 255, steps=args.steps, restarts=1,
+                                        num_classes=10).attack
+        steps = median_seconds({k: (lambda k=k: pgd[k](x, y)) for k in pgd}, args.repeats, runtime.device)
+        with torch.inference_mode():
+            forwards = median_seconds({k: (lambda k=k: attacked[k].predict(x)) for k in attacked}, args.repeats,
+                                      runtime.device)
     rows = []
     for name, label, _ in configs:
         step = steps[label] / args.steps

@@ -29,6 +29,7 @@ JOBS: list[tuple[list[str], dict[str, str]]] = [
     (["lambda_throughput.py", "--width", "32", "--rounds", "3"], {}),
     (["pgd_step.py", "--width", "32", "--batch-size", "64", "--steps", "5"], {}),
     (["cifar_c_rate.py", "--images", "200", "--pipeline-images", "1000"], {"OMP_NUM_THREADS": "1"}),
+    (["cli_startup.py", "--repeats", "5"], {}),
 ]
 
 

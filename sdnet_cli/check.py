@@ -12,10 +12,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .attacks import parse_eps, run_attack
+from .attacks import AttackConfig, run_attack
 from .data.cells import Cell, CellSource
+from .errors import UsageError
 from .evaluate import Runtime, evaluate_cells
-from .lam import lambda_label, parse_lambda
+from .lam import lambda_label, resolve_policy
 from .models import load_model
 
 
@@ -50,9 +51,9 @@ class Suite:
         try:
             return cls.load_dict(json.loads(Path(path).read_text()))
         except FileNotFoundError:
-            raise ValueError(f"no suite file at {path}") from None
+            raise UsageError(f"no suite file at {path}", parameter="suite") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{path} is not JSON ({exc})") from None
+            raise UsageError(f"suite {path} is not JSON ({exc})", parameter="suite") from None
 
     @classmethod
     def load_dict(cls, data: dict[str, Any]) -> "Suite":
@@ -62,10 +63,17 @@ class Suite:
             cells = [(str(c), int(s)) for c, s in data.pop("cells", cls().cells)]
             return cls(models=models, cells=cells, **data)
         except (TypeError, ValueError, AttributeError) as exc:
-            raise ValueError(f"not a valid suite ({exc}); its fields: {', '.join(asdict(cls()))}") from None
+            raise UsageError(f"not a valid suite ({exc}); its fields: {', '.join(asdict(cls()))}", parameter="suite") from None
 
     def as_meta(self) -> dict[str, Any]:
         return asdict(self)
+
+    def attack_config(self) -> AttackConfig:
+        return AttackConfig.create(attack=self.attack, norm="Linf", eps=[self.eps], steps=self.steps)
+
+    def work_units(self) -> int:
+        """Images the suite pushes through per model: clean, every cell, and the attack."""
+        return self.n_examples * (len(self.cells) + 2) * len(self.models)
 
 
 def run_suite(
@@ -74,26 +82,28 @@ def run_suite(
     data_dir: Path | None = None,
     cache_dir: Path | None = None,
     progress: Callable[[int], None] | None = None,
+    weights_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Rows ``{model, checkpoint_sha256, metric, n, value}``, one per model and metric."""
+    config = suite.attack_config()
     source = CellSource(data_dir, None, cache_dir, seed=suite.seed, n_examples=suite.n_examples, dataset=suite.dataset)
     source.prepare(sorted({c for c, _ in suite.cells}))
     cells = [Cell("clean", 0)] + [Cell(c, s) for c, s in suite.cells]
-    eps = parse_eps(suite.eps)
     rows: list[dict[str, Any]] = []
     for spec in suite.models:
-        classifier, info = load_model(spec.model, Path(spec.checkpoint) if spec.checkpoint else None, suite.dataset)
-        classifier.lam_policy = parse_lambda(spec.lam, classifier, info)
+        checkpoint = Path(spec.checkpoint) if spec.checkpoint else None
+        classifier, info = load_model(spec.model, checkpoint, suite.dataset, weights_dir)
         runtime.prepare(classifier)
-        base = {"model": spec.label, "dataset": suite.dataset, "lam": lambda_label(classifier)}
-        found = [r for r in evaluate_cells(classifier, cells, source, runtime, base, progress=progress) if r["corruption"] != "mean"]
-        metrics = [("clean" if r["severity"] == 0 else f"{r['corruption']}-{r['severity']}", r["n"], r["accuracy"]) for r in found]
-        images, labels = source.load(Cell("clean", 0))
-        attacked = run_attack(classifier, images, labels, suite.attack, "Linf", [eps], suite.steps, None, suite.seed, runtime)
-        robust = attacked.robust(0)
-        metrics.append((f"{suite.attack}-{suite.steps}-Linf-{eps.text}", len(robust), round(100.0 * float(robust.mean()), 4)))
-        if progress is not None:
-            progress(len(robust))
+        with classifier.using(resolve_policy(spec.lam, classifier, info)):
+            base = {"model": spec.label, "dataset": suite.dataset, "lam": lambda_label(classifier)}
+            found = [r for r in evaluate_cells(classifier, cells, source, runtime, base, progress=progress)
+                     if r["corruption"] != "mean"]
+            metrics = [("clean" if r["severity"] == 0 else f"{r['corruption']}-{r['severity']}", r["n"], r["accuracy"])
+                       for r in found]
+            images, labels = source.load(Cell("clean", 0))
+            attacked = run_attack(classifier, images, labels, config, seed=suite.seed, runtime=runtime, progress=progress)
+            (robust,) = attacked.rows(base)
+        metrics.append((f"{suite.attack}-{suite.steps}-Linf-{config.eps[0].text}", robust["n"], robust["robust_accuracy"]))
         rows += [{"model": spec.label, "checkpoint_sha256": info.sha256, "metric": m, "n": n, "value": v} for m, n, v in metrics]
     return rows
 
@@ -133,6 +143,7 @@ def read_baseline(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         report = json.loads(Path(path).read_text())
         return report["meta"], report["rows"]
     except FileNotFoundError:
-        raise ValueError(f"no baseline at {path}; create it with `sdnet check --baseline {path} --update`") from None
+        raise UsageError(f"no baseline at {path}; create it with update=True (sdnet check --update)",
+                         parameter="baseline") from None
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"{path} is not a baseline written by `sdnet check --update`") from None
+        raise UsageError(f"{path} is not a baseline written by check with update=True", parameter="baseline") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,8 @@ from torch import nn
 from . import distributed
 from .data.cells import Cell, CellSource
 from .lam import lambda_label
-from .models.classifier import LambdaPolicy
+from .metrics import percent
+from .models.classifier import Classifier, LambdaPolicy
 
 Precision = Literal["fp32", "bf16"]
 
@@ -69,7 +70,32 @@ class Counts:
 
     @property
     def accuracy(self) -> float:
-        return 100.0 * self.correct / self.n if self.n else float("nan")
+        return percent(self.correct, self.n)
+
+
+@dataclass(frozen=True)
+class Batch:
+    rows: slice  # which images of the array this batch holds
+    x: torch.Tensor  # float [0,1] NCHW (channels_last) on the runtime's device
+    y: torch.Tensor  # int64 labels on the same device
+
+
+def iter_batches(images: np.ndarray, labels: np.ndarray, runtime: Runtime, batch_size: int) -> Iterator[Batch]:
+    """The one way uint8 NHWC images become model inputs, ``batch_size`` at a time, in order."""
+    for start in range(0, len(images), batch_size):
+        rows = slice(start, min(start + batch_size, len(images)))
+        y = torch.from_numpy(np.asarray(labels[rows], dtype=np.int64)).to(runtime.device)
+        yield Batch(rows, runtime.to_input(images[rows]), y)
+
+
+def predict(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """Predicted labels of [0,1] inputs: the judge of every accuracy the tool reports.
+
+    Runs under ``no_grad``, never ``inference_mode``: a model whose forward optimises its input
+    (test-time optimisation) switches gradients back on inside, which inference mode forbids.
+    """
+    with torch.no_grad(), runtime.autocast():
+        return model(x).argmax(dim=1)
 
 
 def predict_correct(
@@ -79,24 +105,20 @@ def predict_correct(
     runtime: Runtime,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
-    observe: Callable[[slice], None] | None = None,
+    observe: Callable[[Batch], None] | None = None,
 ) -> np.ndarray:
     """Boolean [N]: whether the model classifies each image correctly.
 
-    ``observe(rows)`` runs after each batch's forward, so callers can read per-sample layer state
-    (e.g. the stem's ``last_error``) without a loop of their own.
+    ``observe(batch)`` runs after each batch's prediction, so callers can compute per-sample
+    quantities on the same inputs without a loop of their own.
     """
     correct = np.zeros(len(images), dtype=bool)
-    with torch.inference_mode(), runtime.autocast():
-        for start in range(0, len(images), batch_size):
-            stop = min(start + batch_size, len(images))
-            logits = model(runtime.to_input(images[start:stop]))
-            target = torch.from_numpy(np.asarray(labels[start:stop])).to(logits.device)
-            correct[start:stop] = (logits.argmax(dim=1) == target).cpu().numpy()
-            if observe is not None:
-                observe(slice(start, stop))
-            if progress is not None:
-                progress(stop - start)
+    for batch in iter_batches(images, labels, runtime, batch_size):
+        correct[batch.rows] = (predict(model, batch.x, runtime) == batch.y).cpu().numpy()
+        if observe is not None:
+            observe(batch)
+        if progress is not None:
+            progress(batch.rows.stop - batch.rows.start)
     return correct
 
 
@@ -107,7 +129,7 @@ def count_correct(
     runtime: Runtime,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
-    observe: Callable[[slice], None] | None = None,
+    observe: Callable[[Batch], None] | None = None,
 ) -> Counts:
     start = time.perf_counter()
     correct = predict_correct(model, images, labels, runtime, batch_size, progress, observe)
@@ -142,12 +164,12 @@ def mean_row(rows: list[dict]) -> dict | None:
         return None
     n, correct = sum(r["n"] for r in corrupted), sum(r["correct"] for r in corrupted)
     row = cell_row(corrupted[0], "mean", "all", Counts(n, correct, sum(r["seconds"] for r in corrupted)))
-    row["accuracy"] = round(sum(r["accuracy"] for r in corrupted) / len(corrupted), 4)
+    row["accuracy"] = round(sum(r["accuracy"] for r in corrupted) / len(corrupted), 4)  # mean of cell accuracies
     return row
 
 
 def evaluate_cells(
-    model: nn.Module,
+    model: Classifier,
     cells: Sequence[Cell],
     source: CellSource,
     runtime: Runtime,
@@ -164,20 +186,14 @@ def evaluate_cells(
     rank returns exactly the rows of a single-process run; ``progress`` sees this rank's images.
     """
     rows = []
-    previous = getattr(model, "lam_policy", None)
-    try:
-        for cell in cells:
-            images, labels = source.load(cell)
-            base = row_base
-            if cell_policy is not None:
-                model.lam_policy = cell_policy(cell)
-                base = {**row_base, "lam": lambda_label(model)}  # type: ignore[arg-type]
+    for cell in cells:
+        images, labels = source.load(cell)
+        policy = cell_policy(cell) if cell_policy is not None else model.lam_policy
+        with model.using(policy):
+            base = {**row_base, "lam": lambda_label(model)} if cell_policy is not None else row_base
             part = distributed.shard(len(images), batch_size)
             counts = combined(count_correct(model, images[part], labels[part], runtime, batch_size, progress))
-            rows.append(cell_row(base, cell.corruption, cell.severity, counts))
-    finally:
-        if cell_policy is not None:
-            model.lam_policy = previous
+        rows.append(cell_row(base, cell.corruption, cell.severity, counts))
     summary = mean_row(rows)
     if summary:
         summary["lam"] = row_base["lam"]

@@ -1,7 +1,7 @@
 """Corruption error (CE), mCE and relative mCE (Hendrycks & Dietterich), from eval report rows.
 
 For corruption c with top-1 errors E_{s,c} over severities s = 1..5 and a baseline's errors
-A_{s,c} (AlexNet for ImageNet-C, SPEC section 3):
+A_{s,c} (AlexNet for ImageNet-C, whose errors Hendrycks & Dietterich, ICLR 2019, publish):
 
     CE_c          = sum_s E_{s,c} / sum_s A_{s,c}
     relative CE_c = sum_s (E_{s,c} - E_clean) / sum_s (A_{s,c} - A_clean)
@@ -16,6 +16,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .data.cifar_c import SEVERITIES
+
+
+def percent(count: float, n: int) -> float:
+    """``count`` of ``n`` as a percentage (NaN for n = 0): the one accuracy formula of the tool."""
+    return 100.0 * float(count) / n if n else float("nan")
 
 
 def corruption_errors(

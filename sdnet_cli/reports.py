@@ -15,9 +15,12 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
 
 import pandas as pd
+
+from .errors import UsageError
 
 REPORT_PACKAGES = ("torch", "torchvision", "numpy", "torchattacks", "imagecorruptions", "sdnet-cli")
 
@@ -107,6 +110,52 @@ def write_report(
     return list(rendered)
 
 
+ExtraWriter = Callable[[Path, str], list[Path]]
+"""Writes a report's extra files (plots) into a folder under a file stem; returns their paths."""
+
+
+@dataclass
+class Report:
+    """What every API call returns: flat ``rows`` plus ``meta`` (versions, seed, device, checkpoint,
+    data source). ``to_frame()`` for pandas, ``write(out_dir)`` for JSON + CSV + Markdown (+ plots)."""
+
+    rows: list[dict[str, Any]]
+    meta: dict[str, Any]
+    name: str  # default file stem
+    title: str
+    markdown: str | None = None  # replaces the default rendering (title, key meta, table)
+    extras: list[ExtraWriter] = field(default_factory=list)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows)
+
+    def write(self, out_dir: Path, name: str | None = None) -> list[Path]:
+        """``<out_dir>/<name>.{json,csv,md}`` and the extra files; each written atomically."""
+        stem = check_stem(name or self.name)
+        paths = write_report(self.rows, self.meta, Path(out_dir), stem, title=self.title, markdown=self.markdown)
+        for extra in self.extras:
+            paths += extra(Path(out_dir), stem)
+        return paths
+
+
+def check_stem(name: str) -> str:
+    """A report name must be a plain file stem, so no report lands outside its folder."""
+    if not name or name in (".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
+        raise UsageError(f"name must be a plain file name without folders, got {name!r}", parameter="name")
+    return name
+
+
+def check_writable_dir(path: Path, parameter: str) -> Path:
+    """Fail before any work when ``path`` cannot become a folder we can write into."""
+    path = Path(path)
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{parameter} {path} exists and is not a folder", parameter=parameter)
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{parameter} {path} is not writable ({existing} is read-only)", parameter=parameter)
+    return path
+
+
 def save_line_plot(
     frame: pd.DataFrame, x: str, ys: Sequence[str], path: Path, title: str, ylabel: str, secondary: Sequence[str] = ()
 ) -> Path:
@@ -171,3 +220,54 @@ def _save_figure(fig: Any, path: Path) -> Path:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return path
+
+
+def save_panel_grid(
+    panels: dict[str, Sequence[tuple[str, Sequence[float], Sequence[float]]]],
+    path: Path,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    tick_text: dict[float, str] | None = None,
+    tick_rotation: float = 0.0,
+    label_order: Sequence[str] = (),
+    columns: int = 5,
+) -> Path:
+    """One PNG of small multiples: a panel per key of ``panels`` (title -> lines (label, xs, ys)), sharing
+    the y axis so panels compare at a glance, with one legend. A label's colour follows its place in
+    ``label_order`` (then first appearance), so it stays the same in every panel and in sibling figures.
+    Each panel's x ticks are its own xs, written as ``tick_text`` gives them (else ``%g``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    drawn = list(dict.fromkeys(label for lines in panels.values() for label, _, _ in lines))
+    order = list(dict.fromkeys([*label_order, *drawn]))
+    markers = "osD^v"
+    style = {label: {"color": f"C{i % 10}", "marker": markers[i // 10 % len(markers)]} for i, label in enumerate(order)}
+    ncols = max(1, min(columns, len(panels)))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.8 * ncols, 2.3 * nrows + 0.8), dpi=110, sharey=True,
+                             squeeze=False, layout="constrained")
+    for i, (ax, (panel, lines)) in enumerate(zip(axes.flat, panels.items())):
+        for label, xs, ys in lines:
+            ax.plot(xs, ys, markersize=3, linewidth=1.2, label=label, **style[label])
+        ticks = sorted({x for _, xs, _ in lines for x in xs})
+        ax.set_xticks(ticks, [(tick_text or {}).get(x, f"{x:g}") for x in ticks], fontsize=7, rotation=tick_rotation)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_title(panel, fontsize=9)
+        ax.grid(alpha=0.3)
+        if i % ncols == 0:
+            ax.set_ylabel(ylabel, fontsize=8)
+        if i + ncols >= len(panels):  # nothing below it
+            ax.set_xlabel(xlabel, fontsize=8)
+    for ax in axes.flat[len(panels):]:
+        fig.delaxes(ax)
+    handles = [plt.Line2D([], [], **style[label]) for label in drawn]
+    fig.legend(handles, drawn, loc="outside lower center", ncols=min(len(drawn), 4), fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)

@@ -3,7 +3,9 @@
 ``sweep_lambda`` evaluates every (cell, lambda) pair through the ordinary evaluation loop with a
 ``FixedLambda`` policy and records the stem's mean reconstruction error; ``calibrate`` runs the
 same sweep on corrupted TRAINING images and fits the lines that ``AutoLambda`` and
-``NoiseLevelLambda`` apply per input (SPEC section 2).
+``NoiseLevelLambda`` apply per input. SDNet's robust inference (Dai et al., NeurIPS 2022) sweeps the
+stem's lambda the same way and relates each corruption's best lambda to its mean reconstruction
+error; the calibration never sees a test image, so test accuracies of the rules stay honest.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import torch
 
 from .data.cells import CLEAN, Cell, expand_cells
 from .data.corruptions import ALL_CORRUPTIONS, corrupt
-from .evaluate import Runtime, cell_row, count_correct
-from .lam import AutoLambda, Calibration, FixedLambda, LineRule, NoiseLevelLambda, fit_line, fit_line_for_accuracy
+from .errors import UsageError
+from .evaluate import Batch, Counts, Runtime, cell_row, count_correct, iter_batches
+from .lam import AutoLambda, Calibration, FixedLambda, LineRule, NoiseLevelLambda, fit_line, fit_line_for_accuracy, lambda_grid
 from .models.classifier import Classifier
 from .models.csc import CSCLayer
 from .reports import save_line_plot, save_points_plot
@@ -56,7 +59,9 @@ class CorruptedTrainSet:
 def _stem(model: Classifier) -> CSCLayer:
     stem = model.stem_csc
     if stem is None:
-        raise ValueError("this model has no CSC layers, so it has no lambda to sweep (use an SDNet model)")
+        raise UsageError(
+            "this model has no CSC layers, so it has no lambda to sweep (use an SDNet model)", parameter="model"
+        )
     return stem
 
 
@@ -71,37 +76,53 @@ def sweep_lambda(
     progress: Callable[[int], None] | None = None,
 ) -> list[dict]:
     """One row per (cell, lambda): the eval columns plus the stem's ``mean_error`` at that lambda and
-    ``oracle`` (true on the first most accurate lambda of each cell)."""
+    ``oracle`` (true on the first most accurate lambda of each cell). ``lams`` is read by ``lambda_grid``
+    (sorted, distinct)."""
     stem = _stem(model)
-    previous = model.lam_policy
+    grid = lambda_grid(lams)
     rows: list[dict] = []
-    try:
-        for cell in cells:
-            images, labels = source.load(cell)
-            errors = np.zeros(len(images), dtype=np.float64)
-
-            def record(batch: slice) -> None:
-                errors[batch] = stem.last_error.cpu().numpy()  # type: ignore[union-attr]
-
-            cell_rows = []
-            for lam in lams:
-                model.lam_policy = FixedLambda(lam)
-                counts = count_correct(model, images, labels, runtime, batch_size, progress, record)
-                row = cell_row({**row_base, "lam": lam}, cell.corruption, cell.severity, counts)
-                cell_rows.append({**row, "mean_error": float(errors.mean()), "oracle": False})
-            cell_rows[int(np.argmax([r["correct"] for r in cell_rows]))]["oracle"] = True
-            rows += cell_rows
-    finally:
-        model.lam_policy = previous
+    for cell in cells:
+        images, labels = source.load(cell)
+        cell_rows = []
+        for lam in grid:
+            counts, mean_error = _run_at(model, stem, lam, images, labels, runtime, batch_size, progress)
+            row = cell_row({**row_base, "lam": lam}, cell.corruption, cell.severity, counts)
+            cell_rows.append({**row, "mean_error": mean_error, "oracle": False})
+        cell_rows[int(np.argmax([r["correct"] for r in cell_rows]))]["oracle"] = True
+        rows += cell_rows
     return rows
 
 
-def mean_features(model: Classifier, images: np.ndarray, runtime: Runtime, batch_size: int = 256) -> dict[str, float]:
-    """Mean of each rule's label-free feature over the images, computed exactly as the rule computes it."""
+def _run_at(
+    model: Classifier,
+    stem: CSCLayer,
+    lam: float,
+    images: np.ndarray,
+    labels: np.ndarray,
+    runtime: Runtime,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+) -> tuple[Counts, float]:
+    """The counts at ``lam`` and the stem's mean reconstruction error there, from the same forwards."""
+    errors = np.zeros(len(images), dtype=np.float64)
+    with model.using(FixedLambda(lam)), stem.recording_error() as record:
+
+        def observe(batch: Batch) -> None:
+            errors[batch.rows] = record.error.cpu().numpy()  # type: ignore[union-attr]
+
+        counts = count_correct(model, images, labels, runtime, batch_size, progress, observe)
+    return counts, float(errors.mean())
+
+
+def mean_features(
+    model: Classifier, images: np.ndarray, labels: np.ndarray, runtime: Runtime, batch_size: int = 256
+) -> dict[str, float]:
+    """Mean of each rule's label-free feature over the images, computed exactly as the rule computes it
+    (``labels`` only ride along with the batches)."""
     sums = dict.fromkeys(FEATURES, 0.0)
-    with torch.inference_mode(), runtime.autocast():
-        for start in range(0, len(images), batch_size):
-            xn = model.normalize(runtime.to_input(images[start : start + batch_size]))
+    with torch.no_grad(), runtime.autocast():
+        for batch in iter_batches(images, labels, runtime, batch_size):
+            xn = model.normalize(batch.x)
             for key, rule in FEATURES.items():
                 sums[key] += float(rule.feature(model, xn).double().sum())
     return {key: total / len(images) for key, total in sums.items()}
@@ -115,10 +136,10 @@ def cell_points(
     points = []
     for cell in cells:
         row = best[(cell.corruption, cell.severity)]
-        images, _ = source.load(cell)
+        images, labels = source.load(cell)
         points.append(
             {"corruption": cell.corruption, "severity": cell.severity, "best_lam": row["lam"], "accuracy": row["accuracy"],
-             **mean_features(model, images, runtime, batch_size)}
+             **mean_features(model, images, labels, runtime, batch_size)}
         )
     return points
 
@@ -142,29 +163,32 @@ def calibrate(
 
     Per (corruption, severity) group (and clean): the accuracy-optimal lambda on the grid and the
     group's mean feature; the line is the one that maximises the groups' mean accuracy, each read off
-    its sweep curve (``fit_line_for_accuracy``). ``strength``
-    is the dataset's corruption strength table ("cifar" or "imagenet").
+    its sweep curve (``fit_line_for_accuracy``). ``strength`` is the dataset's corruption strength
+    table ("cifar" or "imagenet").
     """
+    if n < 1:
+        raise UsageError(f"n must be >= 1, got {n}", parameter="n")
+    grid = lambda_grid(lams)
     corruptions = [c for c in corruptions if c != CLEAN]
     train = CorruptedTrainSet(train_images, train_labels, n, seed, strength)
     cells = expand_cells(corruptions, severities)
-    rows = sweep_lambda(model, cells, train, runtime, lams, {"model": None, "dataset": "train"}, batch_size, progress)
+    rows = sweep_lambda(model, cells, train, runtime, grid, {"model": None, "dataset": "train"}, batch_size, progress)
     points = cell_points(model, cells, train, runtime, rows, batch_size)
     accuracy = {(r["corruption"], r["severity"], r["lam"]): r["accuracy"] for r in rows}
     for p in points:
-        p["curve"] = [accuracy[(p["corruption"], p["severity"], lam)] for lam in lams]
+        p["curve"] = [accuracy[(p["corruption"], p["severity"], lam)] for lam in grid]
     curves = np.array([p["curve"] for p in points])
-    lo, hi = min(lams), max(lams)
     try:
-        rules = {key: rule(*fit_line_for_accuracy([p[key] for p in points], curves, lams), lo, hi) for key, rule in FEATURES.items()}
-    except ValueError as exc:
-        raise ValueError(
-            f"calibration failed ({exc}): give more corruptions/severities so the groups differ"
+        rules = {key: rule(*fit_line_for_accuracy([p[key] for p in points], curves, grid), grid[0], grid[-1])
+                 for key, rule in FEATURES.items()}
+    except UsageError as exc:
+        raise UsageError(
+            f"calibration failed ({exc}): give more corruptions/severities so the groups differ", parameter="corruptions"
         ) from None
     return Calibration(
         auto=rules["error"],  # type: ignore[arg-type]
         noise=rules["noise"],  # type: ignore[arg-type]
-        grid=[float(v) for v in lams],
+        grid=grid,
         points=points,
         corruptions=list(corruptions),
         severities=[int(s) for s in severities],
@@ -204,5 +228,5 @@ def _line_or_none(points: Sequence[dict]) -> tuple[float, float] | None:
     """The test cells' descriptive line, when their errors differ enough to define one."""
     try:
         return fit_line([p["error"] for p in points], [p["best_lam"] for p in points])
-    except ValueError:
+    except UsageError:
         return None

@@ -1,4 +1,5 @@
-"""Training with the reference CIFAR recipe (SPEC section 1), shortened by ``epochs``.
+"""Training with the CIFAR recipe of the SDNet paper (Dai et al., NeurIPS 2022, following the standard ResNet
+CIFAR recipe), shortened by ``epochs``.
 
 SGD (Nesterov, momentum 0.9, weight decay 5e-4), cosine learning rate per iteration down to
 1e-6, random crop (pad 4) + horizontal flip. Every epoch draws its randomness from
@@ -204,17 +205,21 @@ def hardware() -> str:
     AVX-512 BF16 and several times slower on AVX2-only ones, and the model name alone does not tell."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as f:
-            first_cpu = f.read().split("\n\n")[0].splitlines()
-        info = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in first_cpu if ":" in line)}
-        cpu, flags = info.get("model name", cpu), set(info.get("flags", "").split())
+            cpuinfo = f.read()
     except OSError:
-        pass
+        cpuinfo = ""
+    return describe_cpu(cpuinfo, torch.get_num_threads(), platform.processor() or platform.machine())
+
+
+def describe_cpu(cpuinfo: str, threads: int, fallback: str = "unknown") -> str:
+    """``<model name> CPU (<best bf16-relevant ISA>), <threads> threads`` from /proc/cpuinfo's text."""
+    first_cpu = cpuinfo.split("\n\n")[0].splitlines()
+    info = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in first_cpu if ":" in line)}
+    flags = set(info.get("flags", "").split())
     isa = next((name for flag, name in CPU_ISAS if flag in flags), None)
-    threads = torch.get_num_threads()
-    return f"{cpu} CPU{f' ({isa})' if isa else ''}, {threads} thread{'s' if threads != 1 else ''}"
+    return f"{info.get('model name', fallback)} CPU{f' ({isa})' if isa else ''}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 CPU_ISAS = [("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2")]

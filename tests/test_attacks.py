@@ -1,8 +1,10 @@
-"""`sdnet attack` and sdnet_cli.attacks: eps parsing, the standard AutoAttack settings, the sample-wise
-worst case, threat-set bounds, the adaptive (per-input lambda) gradient, diagnostics, resume, CLI."""
+"""`sdnet attack` and sdnet_cli.attacks: the config (eps parsing, validation), the registry and the
+standard AutoAttack settings, the sample-wise worst case, threat-set bounds, the adaptive (per-input
+lambda) gradient, diagnostics, seeding, resume, CLI."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -16,13 +18,17 @@ import torchattacks
 from torch import nn
 from typer.testing import CliRunner
 
-from sdnet_cli import attacks
-from sdnet_cli.attacks import AttackedModel, AttackResults, StandardAutoAttack, diagnose, parse_eps, run_attack
+from sdnet_cli.attacks import (
+    AttackConfig, AttackedModel, AttackResults, Component, Eps, attack_names, build_components, diagnose, register,
+    requantized_robust_accuracy, run_attack,
+)
+from sdnet_cli.attacks import registry
 from sdnet_cli.cli import app
 from sdnet_cli.data.cifar import load_cifar10
-from sdnet_cli.evaluate import Runtime, count_correct
+from sdnet_cli.errors import UsageError
+from sdnet_cli.evaluate import Runtime, count_correct, predict
 from sdnet_cli.lam import AutoLambda, Calibration, NoiseLevelLambda
-from sdnet_cli.models import Classifier, create_model
+from sdnet_cli.models import Classifier, create_model, load_model
 from sdnet_cli.models.checkpoints import sha256_of
 from sdnet_cli.train import TrainConfig, train
 
@@ -44,11 +50,16 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+def config(attack: str, eps: list[str], norm: str = "Linf", **kwargs: object) -> AttackConfig:
+    return AttackConfig.create(attack=attack, norm=norm, eps=eps, **kwargs)  # type: ignore[arg-type]
+
+
 @pytest.fixture
-def small_budgets(monkeypatch: pytest.MonkeyPatch) -> None:
-    """AutoAttack's components with a few iterations each: the same code path, seconds instead of minutes."""
+def short_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """For the CLI, which has no ``budgets``: AutoAttack's components default to a few iterations each
+    (the same code path, seconds instead of minutes)."""
     for name, steps in SMALL_BUDGETS.items():
-        monkeypatch.setitem(attacks.DEFAULT_STEPS, name, steps)
+        monkeypatch.setitem(registry.REGISTRY, name, dataclasses.replace(registry.REGISTRY[name], default_steps=steps))
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +81,8 @@ def first128(cifar_test: Pair) -> Pair:
 
 @pytest.fixture(scope="module")
 def pgd_sweep(trained: Classifier, first128: Pair) -> AttackResults:
-    eps = [parse_eps(t) for t in ("8/255", "0", "1/255", "2/255")]  # unsorted on purpose
-    return run_attack(trained, *first128, "pgd", "Linf", eps, steps=20, seed=0, runtime=CPU, batch_size=64, keep_adv=True)
+    eps = ["8/255", "0", "1/255", "2/255"]  # unsorted on purpose
+    return run_attack(trained, *first128, config("pgd", eps, steps=20), seed=0, runtime=CPU, batch_size=64, keep_adv=True)
 
 
 def accuracy_by_eps(rows: list[dict], attack: str) -> list[float]:
@@ -81,14 +92,14 @@ def accuracy_by_eps(rows: list[dict], attack: str) -> list[float]:
 BASE = {"model": "m", "dataset": "cifar10", "lam": None}
 
 
-# -- eps parsing ---------------------------------------------------------------------------------
+# -- the config --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("text", "value", "shown"),
     [("8/255", 8 / 255, "8/255"), (" 4 / 255 ", 4 / 255, "4/255"), ("0.5/255", 0.5 / 255, "0.5/255"),
      ("0.031", 0.031, "0.031"), ("0", 0.0, "0"), ("1", 1.0, "1"), ("1e-2", 0.01, "1e-2"), (".25", 0.25, ".25")],
 )
-def test_parse_eps_accepts_fractions_and_decimals(text: str, value: float, shown: str) -> None:
-    eps = parse_eps(text)
+def test_eps_parse_accepts_fractions_and_decimals(text: str, value: float, shown: str) -> None:
+    eps = Eps.parse(text)
     assert eps.value == value and eps.text == shown
 
 
@@ -98,15 +109,84 @@ def test_parse_eps_accepts_fractions_and_decimals(text: str, value: float, shown
      ("1.5", "at most 1"), ("300/255", "at most 1"), ("abc", "fraction like 8/255"), ("8/", "fraction like 8/255"),
      ("8/255/2", "fraction like 8/255"), ("nan", "fraction like 8/255"), ("inf", "fraction like 8/255"), ("", "fraction")],
 )
-def test_parse_eps_rejects_bad_budgets(text: str, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        parse_eps(text)
+def test_eps_parse_rejects_bad_budgets(text: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as caught:
+        Eps.parse(text)
+    assert caught.value.parameter == "eps"
+
+
+def test_config_sorts_and_deduplicates_eps_from_text_numbers_and_eps() -> None:
+    made = config("PGD", ["8/255", 0.01, Eps(0.0, "0"), "8 / 255", 1 / 255], norm="l2", steps=3)  # type: ignore[list-item]
+    assert (made.attack, made.norm, made.steps, made.restarts) == ("pgd", "L2", 3, None)
+    assert [(e.value, e.text) for e in made.eps] == [(0.0, "0"), (1 / 255, "0.00392156862745098"), (0.01, "0.01"),
+                                                     (8 / 255, "8/255")]
+    assert made.components == ("pgd",) and made.eot_iter == 1
+    assert made.work_units(10, 4) == 40  # 10 images, 4 distinct budgets, one process
+    assert made.as_meta() == {"attack": "pgd", "norm": "L2", "version": None,
+                              "eps": [{"value": e.value, "text": e.text} for e in made.eps]}
+    auto = config("AutoAttack", ["8/255"], version="RAND")
+    assert auto.components == ("apgd-ce", "apgd-dlr") and auto.eot_iter == 20 and auto.as_meta()["version"] == "rand"
+    assert [auto.steps_for(c) for c in auto.components] == [100, 100]
+    assert config("square", ["8/255"]).steps_for("square") == 5000
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "parameter", "message"),
+    [({"attack": "cw"}, "attack", "unknown attack"), ({"norm": "L1"}, "norm", "unknown norm"),
+     ({"version": "fast"}, "version", "unknown version"), ({"eps": []}, "eps", "at least one eps"),
+     ({"eps": ["1.5"]}, "eps", "at most 1"), ({"eps": [-0.1]}, "eps", ">= 0"), ({"eps": [None]}, "eps", "a number"),
+     ({"eps": [Eps(2.0, "2")]}, "eps", r"in \[0, 1\]"),
+     ({"attack": "autoattack", "steps": 5}, "steps", "standard settings"),
+     ({"attack": "autoattack", "restarts": 2}, "restarts", "standard settings"),
+     ({"attack": "pgd", "version": "rand"}, "version", "autoattack only"),
+     ({"attack": "pgd", "steps": 0}, "steps", ">= 1"), ({"attack": "pgd", "restarts": -1}, "restarts", ">= 1"),
+     ({"attack": "pgd", "steps": 2.5}, "steps", "integer"),
+     ({"attack": "pgd", "budgets": {"pgd": 3}}, "budgets", "single attack takes steps"),
+     ({"attack": "autoattack", "budgets": {"pgd": 3}}, "budgets", "not one of"),
+     ({"attack": "autoattack", "budgets": {"square": 0}}, "budgets", ">= 1")],
+)
+def test_config_validation_names_the_parameter(kwargs: dict, parameter: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as caught:
+        AttackConfig.create(**{"attack": "pgd", "eps": ["8/255"], **kwargs})
+    assert caught.value.parameter == parameter
+
+
+def test_attack_names_come_from_the_registry() -> None:
+    assert attack_names() == (*registry.REGISTRY, "autoattack")
+    assert attack_names() == ("pgd", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "autoattack")
+    assert {name: entry.default_steps for name, entry in registry.REGISTRY.items()} == {
+        "pgd": 20, "apgd-ce": 100, "apgd-dlr": 100, "apgd-t": 100, "fab-t": 100, "square": 5000}
+
+
+class Identity(torchattacks.attack.Attack):
+    """An "attack" that returns its input: nothing can be fooled by it."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__("Identity", model)
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return images.clone()
+
+
+def test_one_registered_builder_adds_an_attack(
+    monkeypatch: pytest.MonkeyPatch, trained: Classifier, first128: Pair
+) -> None:
+    monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))  # registered for this test only
+
+    @register("identity", default_steps=1)
+    def identity(model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int,
+                 eot_iter: int) -> Component:
+        return Component("identity", Identity(model))
+
+    assert "identity" in attack_names()
+    result = run_attack(trained, *first128, config("IDENTITY", ["8/255"]), runtime=CPU, batch_size=64)
+    assert (result.robust(0) == result.clean).all() and result.settings[0]["class"] == "Identity"
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [(["--eps", "8/0"], "divides by zero"), (["--eps", "-1/255"], ">= 0"), (["--eps", "2"], "at most 1"),
-     (["--eps", "abc"], "fraction like 8/255"), (["--attack", "cw"], "unknown attack"), (["--norm", "L1"], "unknown norm"),
+     (["--eps", "abc"], "fraction like 8/255"), (["--attack", "cw"], "unknown --attack"), (["--norm", "L1"], "unknown --norm"),
      (["--attack", "autoattack", "--steps", "5"], "standard settings"),
      (["--attack", "pgd", "--version", "rand"], "autoattack only"),
      (["--save-adv", "adv.pt"], "must end in .npz")],
@@ -159,7 +239,8 @@ def test_linf_examples_stay_in_the_threat_set(pgd_sweep: AttackResults, first128
 @pytest.mark.parametrize(("attack", "steps"), [("pgd", 10), ("apgd-ce", 10), ("fab-t", 3), ("square", 50)])
 def test_l2_examples_stay_in_the_threat_set(trained: Classifier, first128: Pair, attack: str, steps: int) -> None:
     images, labels = first128[0][:32], first128[1][:32]
-    result = run_attack(trained, images, labels, attack, "L2", [parse_eps("0.5")], steps=steps, runtime=CPU, keep_adv=True)
+    result = run_attack(trained, images, labels, config(attack, ["0.5"], norm="L2", steps=steps), runtime=CPU,
+                        keep_adv=True)
     assert result.adv is not None
     delta = (result.adv[0] - images.astype(np.float32) / 255).reshape(32, -1)
     assert np.linalg.norm(delta, axis=1).max() <= 0.5 + 1e-5
@@ -168,34 +249,41 @@ def test_l2_examples_stay_in_the_threat_set(trained: Classifier, first128: Pair,
     assert result.diagnostics.max_excess < 1e-4
 
 
-def test_worst_case_is_never_above_any_single_attack(small_budgets: None, trained: Classifier, first128: Pair) -> None:
+def test_worst_case_is_never_above_any_single_attack(trained: Classifier, first128: Pair) -> None:
     images, labels = first128[0][:64], first128[1][:64]
-    eps = [parse_eps("1/255")]
-    auto = run_attack(trained, images, labels, "autoattack", "Linf", eps, runtime=CPU, batch_size=64)
+    auto = run_attack(trained, images, labels, config("autoattack", ["1/255"], budgets=SMALL_BUDGETS), runtime=CPU,
+                      batch_size=64, keep_adv=True)
     rows = auto.rows(BASE)
     assert [r["attack"] for r in rows] == ["apgd-ce", "apgd-t", "fab-t", "square", "worst"]
     after_each = [r["robust_accuracy"] for r in rows]
-    assert after_each == sorted(after_each, reverse=True) and after_each[-1] == after_each[-2]
+    assert after_each == sorted(after_each, reverse=True)
+    # the worst case, judged again from scratch: the model's own forward on the kept examples (the
+    # fooling example where one was found, else the input) must be right exactly on the robust points
+    assert auto.adv is not None
+    x = torch.from_numpy(auto.adv[0]).permute(0, 3, 1, 2).contiguous()
+    again = (predict(trained, x, CPU) == torch.from_numpy(labels)).numpy()
+    assert (again == auto.robust(0)).all()
+    assert rows[-1]["robust_accuracy"] == pytest.approx(100 * again.mean(), abs=1e-4)
     # per sample: robust = correct and fooled by none; each attack only fooled points that were still standing
     assert (auto.robust(0) == (auto.clean & ~auto.fooled[0].any(axis=0))).all()
     for k in range(1, 4):
         assert not (auto.fooled[0, k] & auto.fooled[0, :k].any(axis=0)).any()
     assert not (auto.fooled[0] & ~auto.clean).any()
     for name in ("apgd-ce", "apgd-t", "fab-t", "square"):
-        single = run_attack(trained, images, labels, name, "Linf", eps, steps=SMALL_BUDGETS[name], runtime=CPU,
+        single = run_attack(trained, images, labels, config(name, ["1/255"], steps=SMALL_BUDGETS[name]), runtime=CPU,
                             batch_size=64)
         assert rows[-1]["robust_accuracy"] <= single.rows(BASE)[0]["robust_accuracy"], name
     assert rows[-1]["robust_accuracy"] < rows[0]["clean_accuracy"]
 
 
-# -- standard AutoAttack is configured to the SPEC ---------------------------------------------
+# -- standard AutoAttack is configured as in Croce & Hein (ICML 2020) ----------------------------
 @pytest.mark.parametrize("norm", ["Linf", "L2"])
 def test_autoattack_components_have_the_original_settings(norm: str) -> None:
     model = AttackedModel(create_model("resnet18", width=8).eval(), CPU)
-    runner = StandardAutoAttack(model, norm, 8 / 255)
-    apgd, apgdt, fab, square = (c.attack for c in runner.components)
-    assert [c.name for c in runner.components] == ["apgd-ce", "apgd-t", "fab-t", "square"]
-    assert all(c.attack.model is model and c.runs == 1 for c in runner.components)  # they attack the deployed pipeline
+    components = build_components(model, config("autoattack", ["8/255"], norm=norm), 8 / 255, num_classes=10)
+    apgd, apgdt, fab, square = (c.attack for c in components)
+    assert [c.name for c in components] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+    assert all(c.attack.model is model and c.runs == 1 for c in components)  # they attack the deployed pipeline
     assert all(getattr(a, "norm") == norm and a.eps == 8 / 255 for a in (apgd, apgdt, fab, square))
     assert isinstance(apgd, torchattacks.APGD)
     assert (apgd.loss, apgd.steps, apgd.n_restarts, apgd.eot_iter) == ("ce", 100, 1, 1)
@@ -209,10 +297,26 @@ def test_autoattack_components_have_the_original_settings(norm: str) -> None:
 
 def test_autoattack_rand_version_uses_eot() -> None:
     model = AttackedModel(create_model("resnet18", width=8).eval(), CPU)
-    runner = StandardAutoAttack(model, "Linf", 8 / 255, version="rand")
-    assert [c.name for c in runner.components] == ["apgd-ce", "apgd-dlr"]
-    assert [(c.attack.loss, c.attack.steps, c.attack.eot_iter, c.attack.n_restarts) for c in runner.components] == [
+    components = build_components(model, config("autoattack", ["8/255"], version="rand"), 8 / 255, num_classes=10)
+    assert [c.name for c in components] == ["apgd-ce", "apgd-dlr"]
+    assert [(c.attack.loss, c.attack.steps, c.attack.eot_iter, c.attack.n_restarts) for c in components] == [
         ("ce", 100, 20, 1), ("dlr", 100, 20, 1)]
+
+
+def test_autoattack_rand_runs_on_a_randomised_model(cifar_test: Pair) -> None:
+    """A model whose forward adds noise, labelled with its own noiseless predictions so every point
+    starts correct: the rand version attacks it with EOT, and the seed makes the run repeat exactly."""
+    images = np.ascontiguousarray(cifar_test[0][:4])
+    noisy = Classifier(Small("random"), CIFAR_MEAN, CIFAR_STD)
+    with torch.no_grad():
+        labels = Classifier(Small(), CIFAR_MEAN, CIFAR_STD)(CPU.to_input(images)).argmax(1).numpy()
+    made = config("autoattack", ["16/255"], version="rand", budgets={"apgd-ce": 3, "apgd-dlr": 3})
+    first, again = (run_attack(noisy, images, labels, made, seed=1, runtime=CPU) for _ in range(2))
+    assert [r["attack"] for r in first.rows(BASE)] == ["apgd-ce", "apgd-dlr", "worst"]
+    assert [(s["name"], s["eot_iter"], s["steps"]) for s in first.settings] == [("apgd-ce", 20, 3), ("apgd-dlr", 20, 3)]
+    assert first.diagnostics.nondeterministic and first.clean.sum() >= 3
+    assert first.robust(0).sum() < first.clean.sum()  # EOT-averaged gradients still find examples
+    assert (first.fooled == again.fooled).all() and (first.clean == again.clean).all()
 
 
 # -- adaptive attack on a per-input lambda -----------------------------------------------------
@@ -233,42 +337,44 @@ def test_adaptive_gradient_flows_through_lambda_and_matches_finite_differences(r
 
     feature = float(rule.feature(model, model.normalize(x)).detach())
     deployed = rule(a=0.5 / feature, b=0.3, lo=0.0, hi=10.0)  # lambda(x) = 0.8
-    model.lam_policy = deployed
-    attacked = AttackedModel(model, CPU)
-    with torch.no_grad():
-        assert torch.allclose(attacked(x), model(x), rtol=1e-5, atol=1e-6)  # the attacked function is the deployed one
-    grad = input_grad(attacked)
-    frozen = deployed(model, model.normalize(x)).detach()
-    model.lam_policy = type("Frozen", (), {"name": "frozen", "__call__": lambda self, m, xn: frozen})()
-    frozen_grad = input_grad(model)  # the same lambda value, without its dependence on x
-    model.lam_policy = deployed
-
-    h, tolerance = 1e-3, 0.01 * float(grad.norm())
-    for direction in (grad - frozen_grad, torch.randn_like(x)):
-        direction = direction / direction.norm()
+    with model.using(deployed):
+        attacked = AttackedModel(model, CPU)
         with torch.no_grad():
-            numeric = (f(model, x + h * direction) - f(model, x - h * direction)) / (2 * h)
-        assert abs(float(numeric) - float((grad * direction).sum())) <= tolerance
+            assert torch.allclose(attacked(x), model(x), rtol=1e-5, atol=1e-6)  # the attacked function is the deployed one
+        grad = input_grad(attacked)
+        frozen = deployed(model, model.normalize(x)).detach()
+        with model.using(type("Frozen", (), {"name": "frozen", "__call__": lambda self, m, xn: frozen})()):
+            frozen_grad = input_grad(model)  # the same lambda value, without its dependence on x
+
+        h, tolerance = 1e-3, 0.01 * float(grad.norm())
+        for direction in (grad - frozen_grad, torch.randn_like(x)):
+            direction = direction / direction.norm()
+            with torch.no_grad():
+                numeric = (f(model, x + h * direction) - f(model, x - h * direction)) / (2 * h)
+            assert abs(float(numeric) - float((grad * direction).sum())) <= tolerance
     assert float((grad - frozen_grad).norm()) > 5 * tolerance  # lambda's own path is far above the FD error
 
 
 def test_clamped_lambda_still_passes_a_straight_through_gradient() -> None:
     torch.manual_seed(0)
     model = create_model("sdnet18", width=8).eval()
-    model.lam_policy = AutoLambda(a=100.0, b=0.0, lo=0.0, hi=0.2)  # every input clamped at hi
-    attacked = AttackedModel(model, CPU)
+    policy = AutoLambda(a=100.0, b=0.0, lo=0.0, hi=0.2)  # every input clamped at hi
     x = torch.rand(2, 3, 8, 8)
-    assert torch.equal(model.lam_policy(model, model.normalize(x)), torch.full((2,), 0.2))
-    with torch.no_grad():
-        assert torch.allclose(attacked(x), model(x), atol=1e-5)
 
     def input_grad(net: nn.Module) -> torch.Tensor:
         xg = x.clone().requires_grad_(True)
         return torch.autograd.grad(net(xg)[:, 0].sum(), xg)[0]
 
-    bpda, deployed = input_grad(attacked), input_grad(model)  # the clamp kills lambda's gradient in the deployed model
-    assert (bpda - deployed).abs().max() > 1e-3 * deployed.abs().max()
-    assert "straight-through (BPDA)" in attacked.lambda_gradient(x)
+    with model.using(policy):
+        attacked = AttackedModel(model, CPU)
+        assert torch.equal(policy(model, model.normalize(x)), torch.full((2,), 0.2))
+        with torch.no_grad():
+            assert torch.allclose(attacked(x), model(x), atol=1e-5)
+        bpda, deployed = input_grad(attacked), input_grad(model)  # the clamp kills lambda's gradient in the deployed model
+        assert model.lam_policy is policy  # the attack's view swaps the policy only inside its own forward
+        assert (bpda - deployed).abs().max() > 1e-3 * deployed.abs().max()
+        assert "straight-through (BPDA)" in attacked.lambda_gradient(x)
+    assert model.lam_policy is None
 
 
 # -- diagnostics -------------------------------------------------------------------------------
@@ -316,16 +422,17 @@ def test_diagnostics_stay_quiet_on_normal_models() -> None:
     x, y = torch.rand(8, 3, 16, 16), torch.arange(8)
     assert diagnose(AttackedModel(Small(), CPU), x, y).warnings() == []
     sdnet = create_model("sdnet18", width=8).eval()
-    sdnet.lam_policy = AutoLambda(a=0.01, b=0.1, lo=0.0, hi=2.0)
-    found = diagnose(AttackedModel(sdnet, CPU), torch.rand(4, 3, 32, 32), torch.arange(4))
+    with sdnet.using(AutoLambda(a=0.01, b=0.1, lo=0.0, hi=2.0)):
+        found = diagnose(AttackedModel(sdnet, CPU), torch.rand(4, 3, 32, 32), torch.arange(4))
     assert found.warnings() == [] and found.output_difference == 0.0 and found.zero_gradient_fraction == 0.0
 
 
-def test_square_beating_the_white_box_attacks_is_flagged(small_budgets: None, cifar_test: Pair) -> None:
+def test_square_beating_the_white_box_attacks_is_flagged(cifar_test: Pair) -> None:
     """On a zero-gradient model the white-box attacks cannot move; Square (black-box) still can."""
     images, labels = cifar_test[0][:48], cifar_test[1][:48]
     model = Classifier(Small("quantised"), CIFAR_MEAN, CIFAR_STD)
-    result = run_attack(model, images, labels, "autoattack", "Linf", [parse_eps("16/255")], runtime=CPU, batch_size=48)
+    result = run_attack(model, images, labels, config("autoattack", ["16/255"], budgets=SMALL_BUDGETS), runtime=CPU,
+                        batch_size=48)
     assert result.fooled[0, :3].sum() == 0 and result.fooled[0, 3].sum() > 0
     warnings = result.diagnostics.warnings()
     assert any("all-zero input gradient" in w for w in warnings)
@@ -333,29 +440,109 @@ def test_square_beating_the_white_box_attacks_is_flagged(small_budgets: None, ci
     assert result.diagnostics.square_gain["16/255"] == pytest.approx(100 * result.fooled[0, 3].sum() / 48)
 
 
+# -- seeding, precision, unusual models ------------------------------------------------------
+def test_the_callers_global_rng_is_left_as_it_was(cifar_test: Pair) -> None:
+    """The run seeds itself (PGD's random start, a noisy model's forwards) without touching the caller's stream."""
+    images = np.ascontiguousarray(cifar_test[0][:8])
+    noisy = Classifier(Small("random"), CIFAR_MEAN, CIFAR_STD)
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    expected_next = torch.rand(3)
+    torch.set_rng_state(before)
+    first = run_attack(noisy, images, cifar_test[1][:8], config("pgd", ["8/255"], steps=2, restarts=2), seed=5,
+                       runtime=CPU, batch_size=4)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert torch.equal(torch.rand(3), expected_next)
+    torch.manual_seed(99)  # another caller state: the run's own draws do not depend on it
+    second = run_attack(noisy, images, cifar_test[1][:8], config("pgd", ["8/255"], steps=2, restarts=2), seed=5,
+                        runtime=CPU, batch_size=4)
+    assert (first.fooled == second.fooled).all() and (first.clean == second.clean).all()
+
+
+def test_bf16_attack_runs_and_is_judged_in_bf16(trained: Classifier, first128: Pair) -> None:
+    bf16 = Runtime.create("cpu", "bf16")
+    images, labels = first128[0][:32], first128[1][:32]
+    result = run_attack(trained, images, labels, config("pgd", ["0", "8/255"], steps=3), runtime=bf16, batch_size=16,
+                        keep_adv=True)
+    independent = count_correct(trained, images, labels, bf16, batch_size=16)  # the clean judge, also in bf16
+    assert int(result.clean.sum()) == independent.correct > 0
+    assert result.robust(1).sum() < result.clean.sum()
+    assert result.adv is not None
+    assert np.abs(result.adv[1] - images.astype(np.float32) / 255).max() <= 8 / 255 + 1e-6
+
+
+class EntropyMinimiser(nn.Module):
+    """A defence that, at every forward, takes a few gradient steps on its own input (under
+    ``enable_grad``, even when called under ``no_grad``) to lower the entropy of its prediction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = Small()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            z = x.detach().clone().requires_grad_(True)
+            for _ in range(3):
+                p = self.net.logits(z).softmax(1)
+                entropy = -(p * p.clamp_min(1e-12).log()).sum()
+                (g,) = torch.autograd.grad(entropy, z)
+                z = (z - 0.01 * g.sign()).detach().requires_grad_(True)
+        return self.net.logits(x + (z - x).detach())  # the attack sees the path through x only
+
+
+def test_a_test_time_optimising_model_is_attacked_and_flagged(cifar_test: Pair) -> None:
+    images = np.ascontiguousarray(cifar_test[0][:8])
+    model = Classifier(EntropyMinimiser(), CIFAR_MEAN, CIFAR_STD)
+    with torch.no_grad():
+        labels = model(CPU.to_input(images)).argmax(1).numpy()  # every point starts correct
+    result = run_attack(model, images, labels, config("pgd", ["16/255"], steps=3), runtime=CPU, batch_size=8)
+    assert result.clean.all() and result.robust(0).sum() < 8
+    assert result.diagnostics.forward_calls_autograd
+    assert any("test-time optimisation" in w for w in result.diagnostics.warnings())
+
+
+def test_requantized_accuracy_at_eps_zero_is_the_clean_accuracy(pgd_sweep: AttackResults, trained: Classifier,
+                                                                 first128: Pair) -> None:
+    """At eps 0 the kept examples are the inputs, and rounding them gives back the uint8 images exactly."""
+    requantized = requantized_robust_accuracy(trained, pgd_sweep, first128[1], CPU, batch_size=50)
+    assert list(requantized) == ["0", "1/255", "2/255", "8/255"]
+    assert requantized["0"] == pytest.approx(count_correct(trained, *first128, CPU).accuracy, abs=1e-4)
+    with pytest.raises(UsageError, match="kept no adversarial examples"):
+        requantized_robust_accuracy(trained, dataclasses.replace(pgd_sweep, adv=None), first128[1], CPU)
+
+
 # -- resume ------------------------------------------------------------------------------------
 def test_resume_skips_finished_batches_and_repeats_the_run(trained: Classifier, first128, tmp_path: Path) -> None:
     images, labels = first128[0][:48], first128[1][:48]
-    args = (trained, images, labels, "pgd", "Linf", [parse_eps("1/255"), parse_eps("2/255")])
-    kwargs = dict(steps=5, seed=3, runtime=CPU, batch_size=16, keep_adv=True)
+    args = (trained, images, labels, config("pgd", ["1/255", "2/255"], steps=5))
+    kwargs = dict(seed=3, runtime=CPU, batch_size=16, keep_adv=True, fingerprint={"checkpoint_sha256": "aaa"})
     straight = run_attack(*args, **kwargs)  # type: ignore[arg-type]
     state = tmp_path / "run.state.json"
 
     class Stop(Exception):
         pass
 
-    def stop_after_two_batches(k: int, seen: list[int] = []) -> None:
+    seen: list[int] = []
+
+    def stop_after_two_batches(k: int) -> None:
         seen.append(k)
         if len(seen) == 2:
             raise Stop
 
     with pytest.raises(Stop):
         run_attack(*args, **kwargs, state_path=state, progress=stop_after_two_batches)  # type: ignore[arg-type]
+    assert seen == [32, 32]  # 16 images times 2 budgets per batch
     assert sorted(json.loads(state.read_text())["batches"]) == ["0", "1"]
-    with pytest.raises(ValueError, match="--resume"):
+    with pytest.raises(UsageError, match="resume=True"):
         run_attack(*args, **kwargs, state_path=state)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="different settings"):
+    with pytest.raises(UsageError, match=r"different settings \(seed\)"):
         run_attack(*args, **{**kwargs, "seed": 4}, state_path=state, resume=True)  # type: ignore[arg-type]
+    other_checkpoint = {**kwargs, "fingerprint": {"checkpoint_sha256": "bbb"}}
+    with pytest.raises(UsageError, match=r"different settings \(checkpoint_sha256\)"):
+        run_attack(*args, **other_checkpoint, state_path=state, resume=True)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=r"different settings \(steps\)"):
+        run_attack(trained, images, labels, config("pgd", ["1/255", "2/255"], steps=6), **kwargs,  # type: ignore[arg-type]
+                   state_path=state, resume=True)
     resumed = run_attack(*args, **kwargs, state_path=state, resume=True)  # type: ignore[arg-type]
     assert (resumed.fooled == straight.fooled).all() and (resumed.clean == straight.clean).all()
     assert np.array_equal(resumed.adv, straight.adv)
@@ -390,7 +577,7 @@ def test_cli_attack_end_to_end(tiny_checkpoint: Path, data_dir: Path, tmp_path: 
 
 
 def test_cli_autoattack_against_auto_lambda(
-    small_budgets: None, tiny_checkpoint: Path, data_dir: Path, tmp_path: Path
+    short_defaults: None, tiny_checkpoint: Path, data_dir: Path, tmp_path: Path, cifar_test: Pair
 ) -> None:
     checkpoint = tmp_path / "sdnet18-w8.safetensors"
     shutil.copy(tiny_checkpoint, checkpoint)
@@ -403,13 +590,20 @@ def test_cli_autoattack_against_auto_lambda(
     out = tmp_path / "reports"
     result = cli.invoke(app, [
         "attack", "--model", "sdnet18", "--checkpoint", str(checkpoint), "--lam", "auto", "--eps", "8/255",
-        "-n", "8", "--data-dir", str(data_dir), "--out", str(out), "--name", "aa",
+        "-n", "8", "--data-dir", str(data_dir), "--out", str(out), "--name", "aa", "--save-adv", str(tmp_path / "aa.npz"),
     ])
     assert result.exit_code == 0, result.output
     report = json.loads((out / "aa.json").read_text())
     rows, meta = report["rows"], report["meta"]
     assert [r["attack"] for r in rows] == ["apgd-ce", "apgd-t", "fab-t", "square", "worst"]
     assert all(set(r) == ROW_KEYS and r["lam"] == "auto" for r in rows)
-    assert rows[-1]["robust_accuracy"] == min(r["robust_accuracy"] for r in rows)
+    # the worst case, judged again by a freshly loaded deployed model on the saved examples
+    saved = np.load(tmp_path / "aa.npz")
+    fresh, _ = load_model("sdnet18", checkpoint, "cifar10")
+    with fresh.using(calibration.auto):
+        again = (predict(fresh, torch.from_numpy(saved["images"][0]).permute(0, 3, 1, 2).contiguous(), CPU).numpy()
+                 == cifar_test[1][:8])
+    assert (again == saved["robust"][0]).all()
+    assert rows[-1]["robust_accuracy"] == pytest.approx(100 * again.mean(), abs=1e-4)
     assert "straight-through (BPDA)" in meta["lambda_gradient"] and meta["version"] == "standard"
     assert [c["name"] for c in meta["components"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]

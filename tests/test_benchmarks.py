@@ -21,6 +21,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("lambda_throughput.py", ["--width", "4", "--batch-size", "8", "--rounds", "1"], "Fixed lambda vs"),
         ("pgd_step.py", ["--width", "4", "--batch-size", "4", "--steps", "1", "--repeats", "1"], "PGD step time"),
         ("cifar_c_rate.py", ["--images", "2", "--pipeline-images", "0"], "CIFAR-10-C generation rate"),
+        ("cli_startup.py", ["--repeats", "1"], "CLI start-up"),
     ],
 )
 def test_benchmark_prints_its_table(script: str, args: list[str], title: str, data_dir: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -11,13 +12,14 @@ import torch
 
 from sdnet_cli.models import CheckpointError, ModelError, create_model, load_model, save_checkpoint
 from sdnet_cli.models.checkpoints import sha256_of
-from sdnet_cli.models.registry import read_manifest, update_manifest
+from sdnet_cli.models.weights import read_manifest, update_manifest
 
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
 def official_keys(kind: str) -> set[str]:
-    """Key names of the authors' CIFAR checkpoints, written out from SPEC section 1."""
+    """Key names of the authors' released CIFAR checkpoints (SDNet, Dai et al., NeurIPS 2022), written out by hand:
+    a BN-after-conv ResNet-18 whose stem conv is ``layer0.0`` (``layer0.0.dn`` with a ``step_size`` for SDNet)."""
     keys: set[str] = set()
     if kind == "resnet18":
         keys.add("layer0.0.weight")
@@ -152,7 +154,7 @@ def test_shipped_checkpoint_must_match_manifest_sha256(tmp_path: Path) -> None:
     with open(tmp_path / "r.safetensors", "r+b") as f:
         f.seek(-4, os.SEEK_END)
         f.write(b"\x00\x01\x02\x03")
-    with pytest.raises(CheckpointError, match="does not match"):
+    with pytest.raises(CheckpointError, match=re.escape(str(tmp_path / "r.safetensors")) + " does not match"):
         load_model("r", weights_dir=tmp_path)
 
 

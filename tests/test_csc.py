@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 
+from sdnet_cli.errors import UsageError
+from sdnet_cli.models import create_model
 from sdnet_cli.models.csc import CSCLayer, normalize_atoms
 
 
@@ -61,7 +65,8 @@ def test_many_steps_converge_to_nonnegative_lasso_solution() -> None:
 
 
 def test_two_steps_are_two_ista_steps() -> None:
-    """SPEC: z1 = prox(eta A x), z2 = prox(z1 + eta A (x - A^T z1)), prox = relu(u - lam*eta)."""
+    """Two unrolled steps from z0 = 0 (the first step's momentum is zero, Beck & Teboulle 2009):
+    z1 = prox(eta A x), z2 = prox(z1 + eta A (x - A^T z1)), prox = relu(u - lam*eta)."""
     layer = make_layer(n_steps=2).eval()
     x = torch.randn(2, 2, 7, 7)
     with torch.no_grad():
@@ -124,7 +129,7 @@ def test_per_sample_lambda_equals_running_each_sample_alone() -> None:
 
 def test_wrong_lambda_shape_is_refused() -> None:
     layer = make_layer()
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(UsageError, match="shape"):
         layer.solve(torch.randn(2, 2, 6, 6), torch.tensor([0.1, 0.2, 0.3]))
 
 
@@ -159,13 +164,71 @@ def test_gradients_flow_to_dictionary_and_input() -> None:
     assert x.grad is not None and x.grad.abs().sum() > 0
 
 
-def test_last_error_after_forward_matches_solve() -> None:
+def tensors_held(obj: Any, path: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor an object's attributes reach (through containers and plain objects), by path."""
+    if isinstance(obj, torch.Tensor):
+        return {path: obj}
+    if isinstance(obj, dict):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, (torch.nn.Module, type)):
+        items = vars(obj).items()
+    else:
+        return {}
+    found: dict[str, torch.Tensor] = {}
+    for key, value in items:
+        found.update(tensors_held(value, f"{path}.{key}" if path else str(key)))
+    return found
+
+
+def layer_tensors(layer: CSCLayer) -> dict[str, torch.Tensor]:
+    return tensors_held({k: v for k, v in vars(layer).items() if k != "_modules"})
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_forward_keeps_no_reference_to_its_input(grad: bool) -> None:
+    torch.manual_seed(0)
+    model = create_model("sdnet18", width=4).eval()
+    x = torch.rand(3, 3, 32, 32, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        model(x)
+    for layer in model.csc_layers:
+        held = layer_tensors(layer)
+        # the dictionary, its step size, and the power iteration's warm start: nothing batch-sized
+        assert set(held) == {"_parameters.weight", "_buffers.step_size", "_power_vector"}, set(held)
+        assert held["_power_vector"].shape[0] == 1
+        assert layer.test_lam is None
+
+
+def test_recording_error_gives_the_float64_reconstruction_error_of_the_last_batch() -> None:
+    layer = make_layer(cin=2, cout=3).eval()
+    D = synthesis_matrix(layer, (5, 5))
+    lams = torch.tensor([0.05, 0.4, 1.5])
+    layer.test_lam = lams
+    first, second = torch.randn(3, 2, 5, 5), torch.randn(1, 2, 5, 5).expand(3, -1, -1, -1)
+    with layer.recording_error() as record:
+        assert record.error is None
+        layer(first)
+        z = layer(second)
+    layer(first)  # after the block: no longer recorded
+    layer.test_lam = None
+    codes = z.detach().double().flatten(1).numpy()
+    reference = ((second.double().flatten(1).numpy() - codes @ D.T) ** 2).sum(axis=1)
+    np.testing.assert_allclose(record.error.double().numpy(), reference, rtol=1e-5)
+    assert not record.error.requires_grad
+    assert reference[0] < reference[1] < reference[2]  # a larger lambda fits the input less closely
+    assert set(layer_tensors(layer)) == {"_parameters.weight", "_buffers.step_size", "_power_vector"}
+
+
+def test_recording_error_blocks_nest() -> None:
     layer = make_layer().eval()
-    x = torch.randn(3, 2, 6, 6)
-    layer.test_lam = torch.tensor([0.1, 0.5, 2.0])
-    with torch.no_grad():
-        z = layer(x)
-        z_ref, err_ref = layer.solve(x, layer.test_lam)
-    torch.testing.assert_close(z, z_ref)
-    torch.testing.assert_close(layer.last_error, err_ref)
-    assert err_ref[0] < err_ref[1] < err_ref[2]  # a larger lambda fits the input less closely
+    x = torch.randn(2, 2, 6, 6)
+    with layer.recording_error() as outer:
+        layer(x)
+        seen_by_outer = outer.error
+        with layer.recording_error() as inner:
+            layer(2 * x)
+        assert outer.error is seen_by_outer and inner.error is not None
+        layer(3 * x)
+    assert not torch.equal(inner.error, outer.error) and not torch.equal(seen_by_outer, outer.error)

@@ -1,5 +1,6 @@
-"""Lambda policies against independent references: per-input lambda vs per-sample runs, the noise
-estimator vs known noise, the line fit vs numpy.polyfit, and the calibration file round trip."""
+"""Lambda policies against independent references: per-input lambda vs per-sample runs and vs a
+model trained at that lambda, the noise estimator vs known noise, the line fits vs numpy.polyfit and
+hand-worked accuracy curves, and the calibration file in both layouts."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sdnet_cli.errors import UsageError
 from sdnet_cli.lam import (
     AutoLambda,
     Calibration,
@@ -19,9 +21,9 @@ from sdnet_cli.lam import (
     estimate_noise_sigma,
     fit_line,
     fit_line_for_accuracy,
+    lambda_grid,
     load_calibration,
-    parse_grid,
-    parse_lambda,
+    resolve_policy,
     store_calibration,
 )
 from sdnet_cli.models import ModelInfo, create_model
@@ -66,42 +68,75 @@ def test_fit_line_equals_polyfit() -> None:
         fit_line([1.0], [0.1])
 
 
+def line_through(e1: float, lam1: float, e2: float, lam2: float) -> tuple[float, float]:
+    """(a, b) of the line through (e1, lam1) and (e2, lam2)."""
+    a = (lam2 - lam1) / (e2 - e1)
+    return a, lam1 - a * e1
+
+
 def test_auto_lambda_is_the_clamped_line_of_the_stem_error(model: torch.nn.Module, mixed_batch: torch.Tensor) -> None:
     errors = reference_stem_error(model, mixed_batch)
     assert np.ptp(errors) > 0.1 * errors.mean()  # the noise levels really give different errors
-    # a line whose raw values run from -0.1 to 1.1 over the batch, so both clamps are hit
-    a = 1.2 / np.ptp(errors)
-    b = -0.1 - a * errors.min()
-    policy = AutoLambda(a, b, lo=0.2, hi=1.0)
+    # the line from lambda 0.2 at one error to 1.0 at another, both inside the batch's range: the
+    # inputs outside them sit at the clamps, exactly what np.interp does beyond its end points
+    e1, e2 = np.quantile(errors, [0.2, 0.8])
+    policy = AutoLambda(*line_through(e1, 0.2, e2, 1.0), lo=0.2, hi=1.0)
     with torch.no_grad():
         lam = policy(model, model.normalize(mixed_batch)).numpy()
-    expected = np.clip(a * errors + b, 0.2, 1.0)
-    np.testing.assert_allclose(lam, expected, rtol=1e-4, atol=1e-5)
-    assert lam.min() == pytest.approx(0.2) and lam.max() == pytest.approx(1.0)
-    order = np.argsort(errors)
-    assert np.all(np.diff(lam[order]) >= 0)  # monotone in the reconstruction error
+    np.testing.assert_allclose(lam, np.interp(errors, [e1, e2], [0.2, 1.0]), rtol=1e-4, atol=1e-5)
+    assert (lam == np.float32(0.2)).sum() >= 1 and (lam == np.float32(1.0)).sum() >= 1
 
 
 def test_per_input_lambda_equals_each_sample_alone(model: torch.nn.Module, mixed_batch: torch.Tensor) -> None:
     errors = reference_stem_error(model, mixed_batch)
-    policy = AutoLambda(a=1.0 / np.ptp(errors), b=0.1 - errors.min() / np.ptp(errors), lo=0.1, hi=1.4)
-    lams = np.clip(policy.a * errors + policy.b, 0.1, 1.4)
+    policy = AutoLambda(*line_through(errors.min(), 0.1, errors.max(), 1.4), lo=0.1, hi=1.4)
+    lams = np.interp(errors, [errors.min(), errors.max()], [0.1, 1.4])
     assert len(np.unique(lams.round(3))) >= 4
-    try:
-        model.lam_policy = policy
-        with torch.no_grad():
+    with torch.no_grad():
+        with model.using(policy):
             batched = model(mixed_batch)
         alone = []
         for i, value in enumerate(lams):
-            model.lam_policy = FixedLambda(float(value))
-            with torch.no_grad():
+            with model.using(FixedLambda(float(value))):
                 alone.append(model(mixed_batch[i : i + 1]))
-    finally:
-        model.lam_policy = None
-    torch.testing.assert_close(batched, torch.cat(alone), rtol=1e-4, atol=1e-4)
-    # and the lambda really matters: the training lambda gives other logits
-    with torch.no_grad():
+        torch.testing.assert_close(batched, torch.cat(alone), rtol=1e-4, atol=1e-4)
+        # and the lambda really matters: the training lambda gives other logits
         assert not torch.allclose(batched, model(mixed_batch), atol=1e-3)
+
+
+def twin_at(model: torch.nn.Module, lam: float) -> torch.nn.Module:
+    """The same weights in a model whose training lambda is ``lam``."""
+    twin = create_model("sdnet18", width=8, lam=lam).eval()
+    twin.load_state_dict(model.state_dict())
+    return twin
+
+
+def test_test_lambda_block_runs_the_model_at_that_lambda(model: torch.nn.Module, mixed_batch: torch.Tensor) -> None:
+    with torch.no_grad():
+        expected = twin_at(model, 1.0)(mixed_batch)
+        with model.test_lambda(1.0):
+            inside = model(mixed_batch)
+        after = model(mixed_batch)
+    torch.testing.assert_close(inside, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(after, expected, atol=1e-3)  # and the training lambda is back after the block
+    torch.testing.assert_close(after, twin_at(model, 0.1)(mixed_batch), rtol=1e-4, atol=1e-4)
+
+
+def test_using_blocks_nest_and_restore_the_outer_policy(model: torch.nn.Module, mixed_batch: torch.Tensor) -> None:
+    outer, inner = FixedLambda(1.0), FixedLambda(0.5)
+    with torch.no_grad():
+        expected = twin_at(model, 1.0)(mixed_batch)
+        with model.using(outer):
+            with model.using(inner):
+                assert model.lam_policy is inner
+            assert model.lam_policy is outer
+            torch.testing.assert_close(model(mixed_batch), expected, rtol=1e-4, atol=1e-4)
+            with pytest.raises(RuntimeError), model.using(inner):
+                raise RuntimeError("a failing block")
+            assert model.lam_policy is outer
+    assert model.lam_policy is None
+    with pytest.raises(AttributeError):
+        model.lam_policy = outer  # read-only: policies change only through ``using``
 
 
 def test_auto_lambda_keeps_the_graph_for_attacks(model: torch.nn.Module, mixed_batch: torch.Tensor) -> None:
@@ -136,25 +171,41 @@ def test_noise_estimator_recovers_gaussian_sigma(sigma: float) -> None:
     assert float(estimate_noise_sigma(clean).max()) < 0.1 * sigma
 
 
-def test_noise_lambda_is_the_clamped_line_of_the_estimate(model: torch.nn.Module) -> None:
+def test_noise_lambda_is_the_clamped_line_of_the_pixel_noise(model: torch.nn.Module) -> None:
     clean = smooth_images(1).expand(4, -1, -1, -1)
     sigmas = torch.tensor([0.0, 0.03, 0.06, 0.12]).view(-1, 1, 1, 1)
     x = clean + sigmas * torch.randn(clean.shape, generator=torch.Generator().manual_seed(3))
-    policy = NoiseLevelLambda(a=10.0, b=0.1, lo=0.1, hi=1.0)
+    # lambda 0.1 at noise 0.02, 1.0 at noise 0.1 (in [0,1] pixel units, not the normalised input's)
+    policy = NoiseLevelLambda(*line_through(0.02, 0.1, 0.1, 1.0), lo=0.1, hi=1.0)
     with torch.no_grad():
-        lam = policy(model, model.normalize(x))
-    expected = (10.0 * estimate_noise_sigma(x) + 0.1).clamp(0.1, 1.0)
-    torch.testing.assert_close(lam, expected, rtol=1e-5, atol=1e-6)
-    assert torch.all(torch.diff(lam) > 0)
+        lam = policy(model, model.normalize(x)).numpy()
+    estimate = estimate_noise_sigma(x).numpy()
+    np.testing.assert_allclose(lam, np.interp(estimate, [0.02, 0.1], [0.1, 1.0]), rtol=1e-5, atol=1e-6)
+    assert lam[0] == pytest.approx(0.1) and lam[3] == pytest.approx(1.0) and lam[1] < lam[2]
 
 
-def test_parse_grid() -> None:
-    grid = parse_grid("0.1:1.4:0.1")
+def test_lambda_grid() -> None:
+    grid = lambda_grid("0.1:1.4:0.1")
     assert len(grid) == 14 and grid[0] == 0.1 and grid[-1] == 1.4 and grid[2] == 0.3
-    assert parse_grid("0.5, 0.1,0.5") == [0.1, 0.5]
-    for bad in ("1:0:0.1", "a,b", "0.1:1", "-1,0.2", ""):
-        with pytest.raises(ValueError, match="--lams"):
-            parse_grid(bad)
+    assert lambda_grid("0.5, 0.1,0.5") == [0.1, 0.5] == lambda_grid([0.5, 0.1, 0.5]) == lambda_grid(np.array([0.1, 0.5]))
+    for bad in ("1:0:0.1", "a,b", "0.1:1", "-1,0.2", "", [], [0.1, float("nan")], ["x"]):
+        with pytest.raises(UsageError, match="lams") as raised:
+            lambda_grid(bad)  # type: ignore[arg-type]
+        assert raised.value.parameter == "lams" and "--" not in str(raised.value)
+
+
+def test_resolve_policy(model: torch.nn.Module) -> None:
+    assert resolve_policy(None, model) is None
+    assert resolve_policy(0.5, model) == FixedLambda(0.5) == resolve_policy("0.5", model)
+    assert resolve_policy(0, model) == FixedLambda(0.0)
+    for bad in (-0.1, "-1", float("inf"), "nan", "x", True, "oracle"):
+        with pytest.raises(UsageError, match="lam") as raised:
+            resolve_policy(bad, model)  # type: ignore[arg-type]
+        assert raised.value.parameter == "lam" and "--" not in str(raised.value)
+    with pytest.raises(UsageError, match="no CSC layers"):
+        resolve_policy(0.5, create_model("resnet18", width=4))
+    with pytest.raises(UsageError, match="info"):
+        resolve_policy("auto", model)
 
 
 def make_calibration(sha: str) -> Calibration:
@@ -175,19 +226,21 @@ def test_calibration_is_stored_beside_a_shipped_checkpoint_and_named_in_its_mani
     path = store_calibration(make_calibration(entry["sha256"]), info)
     assert path == weights / "sdnet18-w8.lambda.json"
     saved = json.loads(path.read_text())
-    assert {"a", "b", "lo", "hi", "grid", "points", "corruptions", "severities", "n", "seed", "checkpoint_sha256"} <= set(saved)
-    assert saved["noise"] == {"a": 8.0, "b": 0.1, "lo": 0.1, "hi": 1.4} and saved["split"] == "train"
+    assert saved["rules"] == {"auto": {"a": 0.01, "b": 0.05, "lo": 0.1, "hi": 1.4},
+                              "noise": {"a": 8.0, "b": 0.1, "lo": 0.1, "hi": 1.4}}
+    assert {"grid", "points", "corruptions", "severities", "n", "seed", "checkpoint_sha256"} <= set(saved)
+    assert saved["split"] == "train" and saved["schema"] == 2
     manifest = json.loads((weights / "manifest.json").read_text())["models"]
     assert manifest == [{**entry, "calibration": "sdnet18-w8.lambda.json"}]
     # found through the manifest entry, and round-trips
     shipped = ModelInfo(**{**info.__dict__, "manifest_entry": manifest[0]})
     assert load_calibration(shipped) == make_calibration(entry["sha256"])
     model = create_model("sdnet18", width=8)
-    assert parse_lambda("auto", model, shipped) == AutoLambda(0.01, 0.05, 0.1, 1.4)
-    assert parse_lambda("noise", model, shipped) == NoiseLevelLambda(8.0, 0.1, 0.1, 1.4)
+    assert resolve_policy("auto", model, shipped) == AutoLambda(0.01, 0.05, 0.1, 1.4)
+    assert resolve_policy("noise", model, shipped) == NoiseLevelLambda(8.0, 0.1, 0.1, 1.4)
     # a calibration of another checkpoint is refused
     other = ModelInfo(**{**shipped.__dict__, "sha256": "cd" * 32})
-    with pytest.raises(ValueError, match="another checkpoint"):
+    with pytest.raises(UsageError, match="another checkpoint"):
         load_calibration(other)
     # written elsewhere: the manifest is left alone
     elsewhere = store_calibration(make_calibration(entry["sha256"]), info, tmp_path / "x.json")
@@ -197,8 +250,50 @@ def test_calibration_is_stored_beside_a_shipped_checkpoint_and_named_in_its_mani
 def test_missing_calibration_says_how_to_make_one(tmp_path: Path) -> None:
     info = ModelInfo("sdnet18", "sdnet18", "cifar10", 8, 10, 0.1, 2, True, "cifar",
                      checkpoint=str(tmp_path / "m.safetensors"), sha256="ab" * 32)
-    with pytest.raises(ValueError, match="sweep-lambda .*--fit"):
-        parse_lambda("auto", create_model("sdnet18", width=8), info)
+    with pytest.raises(UsageError, match="calibrate.*calibration=PATH") as raised:
+        resolve_policy("auto", create_model("sdnet18", width=8), info)
+    assert raised.value.parameter == "calibration"
+
+
+OLD_LAYOUT = {  # a calibration as written before the "rules" layout: auto at the top level, noise nested
+    "a": 0.01, "b": 0.05, "lo": 0.1, "hi": 1.4, "noise": {"a": 8.0, "b": 0.1, "lo": 0.1, "hi": 1.4},
+    "grid": [0.1, 0.7, 1.4],
+    "points": [{"corruption": "clean", "severity": 0, "best_lam": 0.1, "accuracy": 90.0, "error": 5.0, "noise": 0.01}],
+    "corruptions": ["gaussian_noise"], "severities": [1, 5], "n": 100, "seed": 4, "training_lam": 0.1,
+    "checkpoint_sha256": "ab" * 32, "split": "train",
+}
+
+
+def test_old_and_new_calibration_layouts_load_to_the_same_calibration(tmp_path: Path) -> None:
+    old = tmp_path / "old.lambda.json"
+    old.write_text(json.dumps(OLD_LAYOUT))
+    new = make_calibration("ab" * 32).save(tmp_path / "new.lambda.json")
+    assert "rules" in json.loads(new.read_text()) and "a" not in json.loads(new.read_text())
+    assert Calibration.load(old) == Calibration.load(new) == make_calibration("ab" * 32)
+    broken = tmp_path / "broken.lambda.json"
+    broken.write_text(json.dumps({**OLD_LAYOUT, "noise": {"a": 1.0}}))
+    with pytest.raises(UsageError, match="not a readable lambda calibration"):
+        Calibration.load(broken)
+
+
+def test_shipped_calibrations_load_and_resave_in_the_new_layout(tmp_path: Path) -> None:
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    shipped = sorted(weights.glob("*.lambda.json"))
+    assert shipped
+    for path in shipped:
+        raw = json.loads(path.read_text())
+        calibration = Calibration.load(path)
+        assert calibration.auto == AutoLambda(raw["a"], raw["b"], raw["lo"], raw["hi"])
+        assert calibration.noise == NoiseLevelLambda(**raw["noise"])
+        assert Calibration.load(calibration.save(tmp_path / path.name)) == calibration
+
+
+def test_accuracy_fit_passes_through_two_groups_peaks() -> None:
+    """Two groups: a line can hit both peaks, so the accuracy-maximising line is the line through them."""
+    grid = np.round(np.arange(0.1, 1.41, 0.1), 2)
+    curves = np.stack([_peaked(grid, 0.3, 90, 30), _peaked(grid, 1.1, 60, 10)])
+    a, b = fit_line_for_accuracy([1.0, 3.0], curves, grid)
+    assert (a, b) == pytest.approx((0.4, -0.1), abs=1e-9)  # through (1, 0.3) and (3, 1.1)
 
 
 def _peaked(grid: np.ndarray, peak: float, height: float, steepness: float) -> np.ndarray:
@@ -210,23 +305,27 @@ def test_accuracy_fit_reaches_every_peak_a_line_can_reach() -> None:
     features = [1.0, 2.0, 3.0]
     curves = np.stack([_peaked(grid, peak, 80, 20) for peak in (0.2, 0.6, 1.0)])  # collinear peaks
     a, b = fit_line_for_accuracy(features, curves, grid)
-    np.testing.assert_allclose(a * np.array(features) + b, [0.2, 0.6, 1.0], atol=1e-9)
+    assert (a, b) == pytest.approx((0.4, -0.2), abs=1e-9)
 
 
 def test_accuracy_fit_weighs_misses_by_their_cost_unlike_least_squares() -> None:
+    """Groups 1 and 2 lose 40 points per unit of lambda away from their peaks (0.1 and 0.8); group 3
+    peaks at 0.2 but loses only 0.5 per unit. Moving the line off either steep peak by d costs 40 d
+    there and wins at most 0.5 * 2 d at group 3 (its lambda moves at most twice as far), so the best
+    line is the one through (1, 0.1) and (2, 0.8): slope 0.7, intercept -0.6, with group 3 clamped
+    at 1.4. Least squares through the three best lambdas is nearly flat instead (slope 0.05)."""
     grid = np.round(np.arange(0.1, 1.41, 0.1), 2)
-    features = [1.0, 2.0, 3.0]
-    # group 3 peaks at 0.2 but hardly cares; groups 1 and 2 fall steeply away from 0.1 and 0.8
     curves = np.stack([_peaked(grid, 0.1, 85, 40), _peaked(grid, 0.8, 40, 40), _peaked(grid, 0.2, 80, 0.5)])
-    a, b = fit_line_for_accuracy(features, curves, grid)
+    assert fit_line_for_accuracy([1.0, 2.0, 3.0], curves, grid) == pytest.approx((0.7, -0.6), abs=1e-9)
+    assert fit_line([1.0, 2.0, 3.0], [0.1, 0.8, 0.2]) == pytest.approx(np.polyfit([1, 2, 3], [0.1, 0.8, 0.2], 1))
+    assert fit_line([1.0, 2.0, 3.0], [0.1, 0.8, 0.2])[0] == pytest.approx(0.05)
 
-    def mean_accuracy(slope: float, intercept: float) -> float:
-        lams = np.clip(slope * np.array(features) + intercept, 0.1, 1.4)
-        return float(np.mean([np.interp(lam, grid, c) for lam, c in zip(lams, curves)]))
 
-    ls = fit_line(features, [0.1, 0.8, 0.2])
-    assert mean_accuracy(a, b) > mean_accuracy(*ls) + 5
-    np.testing.assert_allclose(np.clip([a * 1 + b, a * 2 + b], 0.1, 1.4), [0.1, 0.8], atol=1e-9)  # the steep groups' best
-    rng = np.random.default_rng(0)  # and no random line in range does better
-    for start, end in rng.uniform(0.1, 1.4, size=(500, 2)):  # the line through (1, start) and (3, end)
-        assert mean_accuracy(a, b) >= mean_accuracy((end - start) / 2, start - (end - start) / 2) - 1e-9
+def test_accuracy_fit_refuses_what_cannot_define_a_line() -> None:
+    grid = [0.1, 0.5]
+    with pytest.raises(UsageError, match="different x"):
+        fit_line_for_accuracy([2.0, 2.0], np.array([[1.0, 2.0], [2.0, 1.0]]), grid)
+    with pytest.raises(UsageError, match="two grid lambdas"):
+        fit_line_for_accuracy([1.0, 2.0], np.array([[1.0], [2.0]]), [0.1])
+    with pytest.raises(UsageError, match="two groups"):
+        fit_line_for_accuracy([1.0], np.array([[1.0, 2.0]]), grid)

@@ -20,7 +20,8 @@ import sdnet_cli.sweep as sweep
 from sdnet_cli.cli import app
 from sdnet_cli.data.cells import Cell, CellSource
 from sdnet_cli.evaluate import Runtime
-from sdnet_cli.lam import AutoLambda, estimate_noise_sigma, fit_line_for_accuracy
+from sdnet_cli.errors import UsageError
+from sdnet_cli.lam import AutoLambda, Calibration, FixedLambda, estimate_noise_sigma, fit_line_for_accuracy
 from sdnet_cli.models import create_model, load_model, save_checkpoint
 from sdnet_cli.models.csc import normalize_atoms
 from sdnet_cli.compare import Source, compare
@@ -62,13 +63,16 @@ def plain_forward(model: torch.nn.Module, images: np.ndarray, lam: float) -> tup
 
 
 def test_sweep_rows_oracle_errors_and_plots(model: torch.nn.Module, source: CellSource, tmp_path: Path) -> None:
-    rows = sweep_lambda(model, CELLS, source, Runtime.create("cpu"), LAMS, {"model": "m", "dataset": "cifar10"}, batch_size=20)
+    deployed = FixedLambda(0.3)
+    with model.using(deployed):
+        rows = sweep_lambda(model, CELLS, source, Runtime.create("cpu"), LAMS, {"model": "m", "dataset": "cifar10"},
+                            batch_size=20)
+        assert model.lam_policy is deployed  # the sweep leaves the model as it found it
     assert [(r["corruption"], r["severity"], r["lam"]) for r in rows] == [
         (c.corruption, c.severity, lam) for c in CELLS for lam in LAMS
     ]
     assert set(rows[0]) == {"model", "dataset", "corruption", "severity", "lam", "n", "correct", "accuracy", "seconds",
                             "mean_error", "oracle"}
-    assert model.lam_policy is None  # the sweep leaves the model as it found it
     for i, cell in enumerate(CELLS):
         cell_rows = rows[i * len(LAMS) : (i + 1) * len(LAMS)]
         assert sum(r["oracle"] for r in cell_rows) == 1
@@ -132,6 +136,15 @@ def test_calibration_uses_only_training_images(
     assert (calibration.auto.lo, calibration.auto.hi) == (0.1, 1.2) == (calibration.noise.lo, calibration.noise.hi)
 
 
+def test_sweep_and_calibration_refuse_what_they_cannot_do(source: CellSource) -> None:
+    runtime = Runtime.create("cpu")
+    with pytest.raises(UsageError, match="no CSC layers") as raised:
+        sweep_lambda(create_model("resnet18", width=4).eval(), CELLS, source, runtime, LAMS, {"model": "r", "dataset": "c"})
+    assert raised.value.parameter == "model"
+    with pytest.raises(UsageError, match="lams"):
+        sweep_lambda(create_model("sdnet18", width=4).eval(), CELLS, source, runtime, [], {"model": "s", "dataset": "c"})
+
+
 def run(*args: str):  # type: ignore[no-untyped-def]
     return runner.invoke(app, list(args))
 
@@ -191,11 +204,11 @@ def test_sweep_fit_then_eval_auto_noise_oracle(
     assert {p.name for p in out.iterdir()} >= {"sweep-lambda-sdnet18.csv", "sweep-lambda-sdnet18.md",
                                                "sweep-lambda-sdnet18-accuracy.png", "sweep-lambda-sdnet18-fit.png"}
     calibration_path = tmp_path / "w8.lambda.json"
-    calibration = json.loads(calibration_path.read_text())
+    calibration = Calibration.load(calibration_path)
     assert report["meta"]["calibration"] == str(calibration_path)
-    assert calibration["checkpoint_sha256"] == report["meta"]["checkpoint_sha256"]
-    assert calibration["corruptions"] == ["gaussian_noise", "contrast"] and calibration["n"] == 32
-    assert len(calibration["points"]) == 1 + 2 * 2
+    assert calibration.checkpoint_sha256 == report["meta"]["checkpoint_sha256"]
+    assert calibration.corruptions == ["gaussian_noise", "contrast"] and calibration.n == 32
+    assert len(calibration.points) == 1 + 2 * 2
 
     def eval_rows(*extra: str) -> dict:
         result = run("eval", *common, *extra, "--out", str(out), "--name", "e")
@@ -206,9 +219,9 @@ def test_sweep_fit_then_eval_auto_noise_oracle(
     assert [r["lam"] for r in auto["rows"]] == ["auto"] * 4 and auto["meta"]["oracle"] is False
     # independent recount of the clean cell: plain batched forward with the policy from the JSON
     model, _ = load_model("sdnet18", checkpoint=checkpoint)
-    model.lam_policy = AutoLambda(calibration["a"], calibration["b"], calibration["lo"], calibration["hi"])
+    rule = json.loads(calibration_path.read_text())["rules"]["auto"]
     images, labels = real_load(data_dir, "test")
-    with torch.no_grad():
+    with torch.no_grad(), model.using(AutoLambda(rule["a"], rule["b"], rule["lo"], rule["hi"])):
         logits = model(torch.from_numpy(images[:40]).permute(0, 3, 1, 2).float() / 255)
     assert auto["rows"][0]["correct"] == int((logits.argmax(1).numpy() == labels[:40]).sum())
 

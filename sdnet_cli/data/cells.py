@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..errors import UsageError
 from .cifar_c import SEVERITIES
 from .corruptions import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
 from .datasets import dataset_spec
@@ -39,8 +40,9 @@ def parse_corruptions(values: Iterable[str]) -> list[str]:
         }.get(value, (value,))
         for name in expanded:
             if name != CLEAN and name not in ALL_CORRUPTIONS:
-                raise ValueError(
-                    f"unknown corruption {name!r}; choose from all, extra, none, {', '.join(ALL_CORRUPTIONS)}"
+                raise UsageError(
+                    f"unknown corruption {name!r}; choose from all, extra, none, {', '.join(ALL_CORRUPTIONS)}",
+                    parameter="corruptions",
                 )
             if name not in names:
                 names.append(name)
@@ -58,7 +60,7 @@ def parse_severities(values: Iterable[str]) -> list[int]:
             except ValueError:
                 chosen = [-1]
             if chosen[0] not in SEVERITIES:
-                raise ValueError(f"severity must be 1..5 or 'all', got {value!r}")
+                raise UsageError(f"severity must be 1..5 or 'all', got {value!r}", parameter="severities")
         severities += [s for s in chosen if s not in severities]
     return sorted(severities)
 
@@ -99,8 +101,26 @@ class CellSource:
         self.workers = workers or os.cpu_count() or 1
         self.c_root: Path | None = self.c_dir
 
+    def validate(self, corruptions: Sequence[str]) -> None:
+        """Check every corrupted file a run over ``corruptions`` will read, before any work starts.
+
+        The clean split was checked when it was loaded (constructor). An official folder must hold
+        every file, whole and of the right shape, row count and label range; in the generated cache,
+        files already there are checked and absent ones are left for ``prepare`` to generate.
+        Raises ``UsageError`` (``DataError`` / ``CifarCError``) naming the first bad file.
+        """
+        needed = [c for c in corruptions if c != CLEAN]
+        if not needed:
+            return
+        store = self.spec.corrupted
+        if self.c_dir is not None:
+            store.validate(self.c_dir, needed, self.images, self.labels, self.n)
+        else:
+            store.validate_cache(self.cache_dir, needed, self.images, self.labels, self.n, self.seed)
+
     def prepare(self, corruptions: Sequence[str], progress: Callable[[int], None] | None = None) -> None:
-        """Generate (once, cached) the corruptions the official folder would otherwise provide."""
+        """Check the files (``validate``), then generate (once, cached) what an official folder would provide."""
+        self.validate(corruptions)
         needed = [c for c in corruptions if c != CLEAN]
         if self.c_dir is None and needed:
             self.c_root = self.spec.corrupted.ensure_generated(

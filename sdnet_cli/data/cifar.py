@@ -1,7 +1,9 @@
 """CIFAR-10 and CIFAR-100 in their official python batch layouts, read directly (no torchvision integrity check).
 
 Images come back as uint8 NHWC arrays, the one in-memory format every data source uses. The two
-datasets differ only in file names and label keys, which ``CifarLayout`` records.
+datasets differ only in file names and label keys, which ``CifarLayout`` records. The batches are
+pickles, so they are read with an unpickler that can rebuild numpy arrays and nothing else: a
+crafted file is refused before any of its code runs.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
+
+from ..errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -19,6 +24,7 @@ class CifarLayout:
     """Where one CIFAR variant keeps its batches, labels and class names."""
 
     title: str
+    num_classes: int
     folder: str
     url: str
     md5: str
@@ -30,17 +36,17 @@ class CifarLayout:
 
 
 CIFAR10 = CifarLayout(
-    "CIFAR-10", "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "CIFAR-10", 10, "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     "c58f30108f718f92721af3b95e74349a", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
     b"labels", "batches.meta", b"label_names",
 )
 CIFAR100 = CifarLayout(
-    "CIFAR-100", "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    "CIFAR-100", 100, "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
     "eb9058c3a382ffc7106e4002c42a8d85", ("train",), ("test",), b"fine_labels", "meta", b"fine_label_names",
 )
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """Data that is missing or malformed; the message says where it should be."""
 
 
@@ -58,11 +64,81 @@ def download(layout: CifarLayout, root: Path) -> None:
     download_and_extract_archive(layout.url, str(root), md5=layout.md5)
 
 
-def read_batch(path: Path, label_key: bytes = b"labels") -> tuple[np.ndarray, np.ndarray]:
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
-    images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images), np.asarray(batch[label_key], dtype=np.int64)
+PICKLE_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),  # how the official batches (numpy 1.x) name it
+        ("numpy._core.multiarray", "_reconstruct"),  # the same function as numpy 2 writes it
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+    }
+)
+"""The only globals an official CIFAR python batch refers to: what numpy needs to rebuild an array."""
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that can rebuild dicts, lists, strings, numbers and numpy arrays, and nothing else.
+
+    Unpickling calls whatever global a file names, so a crafted batch could run any code; refusing
+    every global outside ``PICKLE_GLOBALS`` stops that before anything is called.
+    """
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        super().__init__(file, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in PICKLE_GLOBALS:
+            raise DataError(
+                f"refusing to read {self.path}: it asks to load {module}.{name}, which a CIFAR batch never does "
+                "and which could run code; replace it with the file from the official archive"
+            )
+        return super().find_class(module, name)
+
+
+def _damaged(path: Path, layout: CifarLayout, problem: str) -> DataError:
+    return DataError(
+        f"{path} {problem}; delete the '{layout.folder}' folder and download or unpack "
+        f"{layout.url.rsplit('/', 1)[-1]} again"
+    )
+
+
+def _unpickle(path: Path, layout: CifarLayout) -> Any:
+    """The object in a CIFAR pickle file, read without ever running code from it."""
+    try:
+        with open(path, "rb") as f:
+            return _BatchUnpickler(f, path).load()
+    except DataError:
+        raise
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # EOFError, UnpicklingError, numpy's errors on a cut-off array, ...
+        detail = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        raise _damaged(path, layout, f"is empty, truncated or not a CIFAR python batch ({detail})") from exc
+
+
+def read_batch(path: Path, layout: CifarLayout = CIFAR10) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N,32,32,3], labels int64 [N]) of one batch file, checked before it is used."""
+    path = Path(path)
+    batch = _unpickle(path, layout)
+    data = batch.get(b"data") if isinstance(batch, dict) else None
+    labels = batch.get(layout.label_key) if isinstance(batch, dict) else None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        found = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise _damaged(path, layout, f"should hold b'data', uint8 [N, 3072] images, but holds {found}")
+    try:
+        labels = np.asarray(labels)
+    except ValueError:  # ragged nesting
+        labels = np.asarray(None)
+    if labels.dtype.kind not in "iu" or labels.shape != (len(data),):
+        raise _damaged(
+            path, layout, f"should hold {layout.label_key!r}, {len(data)} integer labels, but holds {labels.dtype} {labels.shape}"
+        )
+    if len(labels) and not 0 <= labels.min() <= labels.max() < layout.num_classes:
+        raise _damaged(
+            path, layout, f"has labels {labels.min()}..{labels.max()}, outside {layout.title}'s 0..{layout.num_classes - 1}"
+        )
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels.astype(np.int64)
 
 
 def load_cifar(
@@ -73,7 +149,7 @@ def load_cifar(
     Downloads into ``data_dir`` when the folder is missing and the machine is online.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}; use 'train' or 'test'")
+        raise UsageError(f"unknown split {split!r}; use 'train' or 'test'", parameter="split")
     root = resolve_data_dir(data_dir)
     folder = root / layout.folder
     if not folder.is_dir() and download_missing:
@@ -92,7 +168,7 @@ def load_cifar(
             f"{layout.title} {split} split not found: {folder} lacks {', '.join(missing)}. Put the '{layout.folder}' "
             f"folder inside {root}, or point --data-dir / $SDNET_DATA at the folder that contains it."
         )
-    parts = [read_batch(folder / n, layout.label_key) for n in names]
+    parts = [read_batch(folder / n, layout) for n in names]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
@@ -107,5 +183,12 @@ def load_cifar100(data_dir: Path | None, split: str = "test", download: bool = T
 
 
 def label_names(data_dir: Path | None, layout: CifarLayout = CIFAR10) -> list[str]:
-    with open(resolve_data_dir(data_dir) / layout.folder / layout.meta_file, "rb") as f:
-        return [n.decode() for n in pickle.load(f, encoding="bytes")[layout.names_key]]
+    """The class names, in label order, from the dataset's meta file."""
+    path = resolve_data_dir(data_dir) / layout.folder / layout.meta_file
+    if not path.is_file():
+        raise DataError(f"{path} not found; it is part of {layout.url.rsplit('/', 1)[-1]}")
+    meta = _unpickle(path, layout)
+    names = meta.get(layout.names_key) if isinstance(meta, dict) else None
+    if not isinstance(names, list) or len(names) != layout.num_classes or not all(isinstance(n, bytes) for n in names):
+        raise _damaged(path, layout, f"should hold {layout.names_key!r}, {layout.num_classes} class names")
+    return [n.decode() for n in names]

@@ -1,15 +1,18 @@
 """CIFAR-10-C / CIFAR-100-C on disk: reader of the official release and writer of a generated copy.
 
-Both use the release layout (SPEC section 3): ``labels.npy`` holds the test labels
-repeated 5 times and each ``<corruption>.npy`` is uint8 [5*N, 32, 32, 3] with severity
-1 in the first N rows, severity 2 in the next N, and so on. A generated folder also
+Both use the layout of the CIFAR-10-C release (Hendrycks & Dietterich, ICLR 2019):
+``labels.npy`` holds the test labels repeated 5 times and each ``<corruption>.npy`` is
+uint8 [5*N, 32, 32, 3] with severity 1 in the first N rows, severity 2 in the next N, and
+so on (N = 10,000 in the release). A generated folder also
 has ``metadata.json`` saying it was generated, with which seed and library versions,
 so results on it are never mistaken for results on the official release.
 
 Generation is deterministic for a seed whatever the number of workers: every block
 of ``CHUNK`` images of a (corruption, severity) has its own Generator seeded from
 ``SeedSequence([seed, corruption index in ALL_CORRUPTIONS, severity, chunk index])``.
-Files appear under their final names only when complete (temp file + os.replace).
+Files appear under their final names only when complete (temp file + os.replace); temp files
+of writers that were killed are swept by the next run, and pool workers exit with their parent.
+Every file is checked (``validate_release``) before a run reads it, never unpickled.
 """
 
 from __future__ import annotations
@@ -17,8 +20,11 @@ from __future__ import annotations
 import concurrent.futures
 import importlib.metadata
 import json
+import math
 import multiprocessing
+import multiprocessing.connection
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,10 +34,14 @@ import numpy as np
 
 from sdnet_cli.data.corruptions import ALL_CORRUPTIONS, CIFAR_STRENGTHS, corrupt
 
+from ..errors import UsageError
+
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 CHUNK = 1000
 LABELS_FILE = "labels.npy"
 METADATA_FILE = "metadata.json"
+IMAGE_SHAPE: tuple[int, int, int] = (32, 32, 3)
+NPY_MAGIC = b"\x93NUMPY"  # the first bytes of every .npy file
 _LAYOUT = (
     "a CIFAR-10-C folder must contain labels.npy (N test labels repeated 5 times) and one "
     "<corruption>.npy per corruption, uint8 [5*N, 32, 32, 3], severity 1 in the first N rows"
@@ -42,7 +52,7 @@ _NOTE = (
 )
 
 
-class CifarCError(ValueError):
+class CifarCError(UsageError):
     """A CIFAR-10-C folder is missing, malformed, or inconsistent with a request."""
 
 
@@ -53,47 +63,167 @@ class CifarCMissingError(CifarCError, FileNotFoundError):
 # ---------------------------------------------------------------- reading
 
 
-def _load(path: Path) -> np.ndarray:
+def _repair_advice(root: Path) -> str:
+    """What to do about a damaged file: a generated folder can be regenerated, a release must be replaced."""
+    if (Path(root) / METADATA_FILE).is_file():
+        return "delete it and generate it again (a cache folder regenerates missing files on the next run)"
+    return "replace it with the file from the official release"
+
+
+def open_npy(path: Path) -> np.ndarray:
+    """Memory-map one ``.npy`` file after checking that it is one, is whole, and holds no pickled objects.
+
+    Left to ``np.load``, a cut-off or foreign file fails deep inside numpy, or, for object arrays,
+    would need unpickling (which can run code); here each case is one line naming the file.
+    """
+    path = Path(path)
     if not path.is_file():
         raise CifarCMissingError(f"{path} not found; {_LAYOUT}")
-    return np.load(path, mmap_mode="r")
+    advice = _repair_advice(path.parent)
+    with open(path, "rb") as f:
+        magic = f.read(len(NPY_MAGIC))
+        if magic != NPY_MAGIC:
+            if NPY_MAGIC.startswith(magic):
+                raise CifarCError(f"{path} is empty or truncated ({len(magic)} bytes); {advice}")
+            raise CifarCError(f"{path} is not a NumPy array file; {advice}")
+        f.seek(0)
+        try:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            else:
+                raise ValueError(f"unsupported .npy format version {version}")
+        except (ValueError, SyntaxError) as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            raise CifarCError(f"{path} has a damaged .npy header ({detail}); {advice}") from exc
+        offset = f.tell()
+    if dtype.hasobject:
+        raise CifarCError(f"{path} holds Python objects, which are never unpickled (that could run code); {advice}")
+    size, expected = path.stat().st_size, offset + math.prod(shape) * dtype.itemsize
+    if size != expected:
+        state = "truncated" if size < expected else "longer than its header says"
+        raise CifarCError(f"{path} is {state}: {size} bytes, but {dtype} {shape} needs {expected}; {advice}")
+    if math.prod(shape) == 0:
+        return np.load(path, allow_pickle=False)  # nothing to map
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def _open_labels(root: Path) -> np.ndarray:
+    path = root / LABELS_FILE
+    labels = open_npy(path)
+    if labels.dtype.kind not in "iu" or labels.ndim != 1 or not len(labels) or len(labels) % len(SEVERITIES):
+        raise CifarCError(
+            f"{path} holds {labels.dtype} {labels.shape}, expected integer labels with a length divisible by 5; {_LAYOUT}"
+        )
+    return labels
+
+
+def _check_label_range(path: Path, labels: np.ndarray, num_classes: int | None) -> None:
+    if num_classes is None or not len(labels):
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_classes:
+        raise CifarCError(
+            f"{path} has labels {low}..{high}, outside 0..{num_classes - 1} ({num_classes} classes); "
+            f"{_repair_advice(path.parent)}"
+        )
+
+
+def _open_images(path: Path, rows: int | None) -> np.ndarray:
+    """One corruption's images, uint8 [rows, 32, 32, 3] (any row count divisible by 5 when ``rows`` is None)."""
+    data = open_npy(path)
+    fits = data.ndim == 4 and data.shape[1:] == IMAGE_SHAPE and (
+        data.shape[0] == rows if rows is not None else data.shape[0] % len(SEVERITIES) == 0
+    )
+    if data.dtype != np.uint8 or not fits:
+        expected = f"uint8 {(rows, *IMAGE_SHAPE)}" if rows is not None else f"uint8 [5*N, {', '.join(map(str, IMAGE_SHAPE))}]"
+        raise CifarCError(f"{path} has dtype {data.dtype} and shape {data.shape}, expected {expected}; {_LAYOUT}")
+    return data
 
 
 def read_cifar_c_cell(
-    root: Path, corruption: str, severity: int, n: int | None = None
+    root: Path, corruption: str, severity: int, n: int | None = None, num_classes: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """Images uint8 [n, 32, 32, 3] and labels int64 [n] of one (corruption, severity) cell.
 
     Memory-maps the files, so only the requested rows are read; ``n`` keeps the first
-    n images of the cell (all of them when None).
+    n images of the cell (all of them when None). With ``num_classes``, labels outside
+    0..num_classes-1 are refused.
     """
     root = Path(root)
     if severity not in SEVERITIES:
-        raise CifarCError(f"severity must be one of {SEVERITIES}, got {severity!r}")
-    labels = _load(root / LABELS_FILE)
-    data = _load(root / f"{corruption}.npy")
-    if labels.ndim != 1 or len(labels) % len(SEVERITIES):
-        raise CifarCError(f"{root / LABELS_FILE} should be 1-D with a length divisible by 5; {_LAYOUT}")
+        raise CifarCError(f"severity must be one of {SEVERITIES}, got {severity!r}", parameter="severity")
+    labels = _open_labels(root)
+    data = _open_images(root / f"{corruption}.npy", len(labels))
     block = len(labels) // len(SEVERITIES)
-    if data.dtype != np.uint8 or data.shape != (len(labels), 32, 32, 3):
-        raise CifarCError(
-            f"{root / f'{corruption}.npy'} has dtype {data.dtype} and shape {data.shape}, "
-            f"expected uint8 {(len(labels), 32, 32, 3)}; {_LAYOUT}"
-        )
     count = block if n is None else n
     if not 0 <= count <= block:
         raise CifarCError(f"n must be between 0 and {block} (images per severity), got {n}")
     start = (severity - 1) * block
-    images = np.array(data[start : start + count])
-    return images, np.array(labels[start : start + count], dtype=np.int64)
+    cell_labels = np.array(labels[start : start + count], dtype=np.int64)
+    _check_label_range(root / LABELS_FILE, cell_labels, num_classes)
+    return np.array(data[start : start + count]), cell_labels
+
+
+def validate_release(
+    root: Path,
+    corruptions: Sequence[str],
+    images_per_severity: int | None = None,
+    num_classes: int | None = None,
+    n: int | None = None,
+    allow_missing: bool = False,
+) -> None:
+    """Check every file that reading ``corruptions`` from ``root`` needs, before any work starts.
+
+    Each file must exist and be a whole ``.npy`` without pickled objects; ``labels.npy`` must hold
+    integer labels in 0..num_classes-1, 5 x ``images_per_severity`` of them (a generated folder's
+    ``metadata.json`` count wins, so a generated subset passes); each ``<corruption>.npy`` must be
+    uint8 [rows of labels.npy, 32, 32, 3]; ``n`` (images per severity a run reads) must fit.
+    ``allow_missing``: a cache folder, whose absent files are generated later; only present ones are checked.
+    """
+    root = Path(root)
+    files = [LABELS_FILE, *(f"{c}.npy" for c in dict.fromkeys(corruptions))]
+    missing = [name for name in files if not (root / name).is_file()]
+    if missing and not allow_missing:
+        raise CifarCMissingError(f"{root} lacks {', '.join(missing)}; {_LAYOUT}")
+    meta = _read_metadata(root)
+    if meta and meta.get("generated") and isinstance(meta.get("images_per_severity"), int):
+        images_per_severity, counted_by = meta["images_per_severity"], f"its {METADATA_FILE} says"
+    else:
+        counted_by = "one per test image and severity"
+    rows = None if images_per_severity is None else len(SEVERITIES) * images_per_severity
+    if LABELS_FILE not in missing:
+        labels = _open_labels(root)
+        if rows is not None and len(labels) != rows:
+            raise CifarCError(
+                f"{root / LABELS_FILE} has {len(labels)} labels, expected {len(SEVERITIES)} x {images_per_severity} = "
+                f"{rows} ({counted_by}); {_repair_advice(root)}"
+            )
+        _check_label_range(root / LABELS_FILE, np.asarray(labels), num_classes)
+        rows = len(labels)
+    for name in files[1:]:
+        if name not in missing:
+            _open_images(root / name, rows)
+    if n is not None and rows is not None and n > rows // len(SEVERITIES):
+        raise CifarCError(
+            f"n_examples is {n} but {root} holds {rows // len(SEVERITIES)} images per severity", parameter="n_examples"
+        )
 
 
 def _read_metadata(root: Path) -> dict[str, Any] | None:
     path = Path(root) / METADATA_FILE
     if not path.is_file():
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CifarCError(f"{path} is not readable JSON ({exc}); delete the folder and generate it again") from exc
+    if not isinstance(meta, dict):
+        raise CifarCError(f"{path} does not hold a JSON object; delete the folder and generate it again")
+    return meta
 
 
 def is_generated(root: Path) -> bool:
@@ -120,9 +250,41 @@ def describe_source(root: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- writing
 
 
+def _temp_path(path: Path) -> Path:
+    """``.<name>.<pid>.tmp`` beside ``path``: the pid tells ``sweep_stale_temps`` whether its writer still runs."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill would end the process: keep its files
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def sweep_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temp files (``.<name>.<pid>.tmp``) that killed writers left in ``folder``; returns them.
+
+    A writer ended by SIGKILL (or a power cut) cannot clean up; a file whose pid no longer runs on
+    this machine is such a leftover, while files of live writers are kept.
+    """
+    swept = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        pid = tmp.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            swept.append(tmp)
+    return swept
+
+
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary name in the same folder, then rename into place."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _temp_path(path)
     try:
         write(tmp)
         os.replace(tmp, path)
@@ -186,10 +348,28 @@ def _corrupt_chunk(images: np.ndarray, name: str, severity: int, chunk: int, see
 _WORKER_IMAGES: np.ndarray | None = None
 
 
+def exit_with_parent() -> None:
+    """Make this pool worker exit as soon as the process that started it is gone, even if it was SIGKILLed.
+
+    A killed parent cannot stop its workers, which would otherwise finish (and keep the CPUs busy
+    with) work nobody will collect.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])  # ready when the parent has exited
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _init_worker(images: np.ndarray) -> None:
     global _WORKER_IMAGES
     _WORKER_IMAGES = images
     cv2.setNumThreads(1)  # the parallelism comes from the processes
+    exit_with_parent()
 
 
 def _worker_chunk(name: str, severity: int, chunk: int, seed: int) -> np.ndarray:
@@ -252,6 +432,7 @@ def generate_cifar_c(
     out_dir.mkdir(parents=True, exist_ok=True)
     n = len(images)
     _check_folder(out_dir, seed, n)
+    sweep_stale_temps(out_dir)
 
     tiled = np.tile(labels.astype(np.int64), len(SEVERITIES))
 
@@ -267,8 +448,13 @@ def generate_cifar_c(
     chunks = (n + CHUNK - 1) // CHUNK
     tasks = [(c, s, k) for c in corruptions for s in SEVERITIES for k in range(chunks)]
     remaining = {c: len(SEVERITIES) * chunks for c in corruptions}
-    temps = {c: out_dir / f".{c}.npy.{os.getpid()}.tmp" for c in corruptions}
+    temps = {c: _temp_path(out_dir / f"{c}.npy") for c in corruptions}
     outputs: dict[str, np.memmap] = {}
+
+    def discard_partial() -> None:
+        outputs.clear()
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)
 
     def store(name: str, severity: int, chunk: int, result: np.ndarray) -> None:
         if name not in outputs:
@@ -300,13 +486,13 @@ def generate_cifar_c(
                     for future in concurrent.futures.as_completed(futures):
                         store(*futures[future], future.result())
                 except BaseException:
+                    # partial files go first: a SIGKILL while running chunks finish must not strand them
+                    discard_partial()
                     # without this, leaving the with-block would still run every queued chunk
                     pool.shutdown(wait=True, cancel_futures=True)
                     raise
     finally:
-        outputs.clear()
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+        discard_partial()
     return out_dir
 
 
@@ -327,6 +513,8 @@ def ensure_generated_cells(
     """
     store = store or NpyStore()
     root = store.cache_folder(cache_root, seed)
+    if root.is_dir():
+        sweep_stale_temps(root)
     missing = [c for c in dict.fromkeys(corruptions) if not (root / f"{c}.npy").is_file()]
     if missing or not (root / LABELS_FILE).is_file() or not (root / METADATA_FILE).is_file():
         generate_cifar_c(images, labels, root, missing, seed, workers=workers, progress=progress, title=store.title)
@@ -339,8 +527,8 @@ class NpyStore:
     The whole test split is generated at once, so any ``n`` can be read from one cache.
     """
 
-    def __init__(self, title: str = "CIFAR-10-C", prefix: str = "cifar10-c") -> None:
-        self.title, self.prefix = title, prefix
+    def __init__(self, title: str = "CIFAR-10-C", prefix: str = "cifar10-c", num_classes: int = 10) -> None:
+        self.title, self.prefix, self.num_classes = title, prefix, num_classes
 
     def cache_folder(self, cache_root: Path, seed: int) -> Path:
         return Path(cache_root) / f"{self.prefix}-seed{seed}"
@@ -377,10 +565,22 @@ class NpyStore:
         """The cache folder with ``corruptions`` generated for the whole split (whatever ``n``)."""
         return ensure_generated_cells(cache_root, images, labels, corruptions, seed, workers, progress, store=self)
 
+    def validate(self, root: Path, corruptions: Sequence[str], images: Any, labels: np.ndarray, n: int) -> None:
+        """Check a complete folder (official release or ``generate``'s output) before a run reads it."""
+        validate_release(root, corruptions, len(images), self.num_classes, n)
+
+    def validate_cache(
+        self, cache_root: Path, corruptions: Sequence[str], images: Any, labels: np.ndarray, n: int, seed: int
+    ) -> None:
+        """Check the files the cache already holds; absent ones are generated by ``ensure_generated``."""
+        root = self.cache_folder(cache_root, seed)
+        if root.is_dir():
+            validate_release(root, corruptions, len(images), self.num_classes, allow_missing=True)
+
     def read_cell(
         self, root: Path, corruption: str, severity: int, images: Any, labels: np.ndarray, n: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        return read_cifar_c_cell(root, corruption, severity, n)
+        return read_cifar_c_cell(root, corruption, severity, n, self.num_classes)
 
     def describe(self, root: Path) -> dict[str, Any]:
         return {"benchmark": self.title, **describe_source(root)}

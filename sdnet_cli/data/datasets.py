@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import UsageError
 from .cifar import load_cifar10, load_cifar100
 from .cifar_c import NpyStore
 from .imagenet import FolderStore, load_imagenet
@@ -53,6 +54,16 @@ class CorruptedStore(Protocol):
         progress: Callable[[int], None] | None = None,
     ) -> Path: ...
 
+    def validate(self, root: Path, corruptions: Sequence[str], images: Any, labels: np.ndarray, n: int) -> None:
+        """Refuse (``UsageError`` naming the file) a folder that lacks or has damaged files for ``corruptions``."""
+        ...
+
+    def validate_cache(
+        self, cache_root: Path, corruptions: Sequence[str], images: Any, labels: np.ndarray, n: int, seed: int
+    ) -> None:
+        """Like ``validate`` for the generated cache, where absent files are not errors (they get generated)."""
+        ...
+
     def read_cell(self, root: Path, corruption: str, severity: int, images: Any, labels: np.ndarray, n: int) -> Split: ...
 
     def describe(self, root: Path) -> dict[str, Any]: ...
@@ -80,7 +91,7 @@ class DatasetSpec:
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
-# AlexNet's ImageNet-C errors, mean over the 5 severities (SPEC section 3): mCE's normalisation.
+# AlexNet's ImageNet-C errors, mean over the 5 severities (Hendrycks & Dietterich, ICLR 2019): mCE's normalisation.
 ALEXNET_ERRORS: dict[str, float] = {
     "gaussian_noise": 0.886428,
     "shot_noise": 0.894468,
@@ -98,19 +109,19 @@ ALEXNET_ERRORS: dict[str, float] = {
     "pixelate": 0.717840,
     "jpeg_compression": 0.606500,
 }
-# AlexNet's clean top-1 error for relative mCE. Second-hand (SPEC does not list it): 43.45%, as
+# AlexNet's clean top-1 error for relative mCE. Second-hand: 43.45%, as
 # public robustness code uses it beside the table above (Hendrycks & Dietterich round it to 43.5%).
 ALEXNET_CLEAN_ERROR = 0.4345
 
 CIFAR10 = DatasetSpec(
     "cifar10", "CIFAR-10", 10, CIFAR_MEAN, CIFAR_STD, "cifar", 32, load_cifar10,
-    NpyStore("CIFAR-10-C", "cifar10-c"), "cifar",
+    NpyStore("CIFAR-10-C", "cifar10-c", 10), "cifar",
 )
 # The authors trained CIFAR-100 with CIFAR-10's normalisation (their train.py), so their
 # checkpoints, and models trained here to match them, expect those numbers.
 CIFAR100 = DatasetSpec(
     "cifar100", "CIFAR-100", 100, CIFAR_MEAN, CIFAR_STD, "cifar", 32, load_cifar100,
-    NpyStore("CIFAR-100-C", "cifar100-c"), "cifar",
+    NpyStore("CIFAR-100-C", "cifar100-c", 100), "cifar",
 )
 IMAGENET = DatasetSpec(
     "imagenet", "ImageNet", 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "imagenet", 224, load_imagenet,
@@ -124,4 +135,4 @@ def dataset_spec(name: str) -> DatasetSpec:
     try:
         return DATASETS[name]
     except KeyError:
-        raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}") from None
+        raise UsageError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}") from None

@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..reports import atomic_path, atomic_write_text
 from .cifar import DataError
-from .cifar_c import SEVERITIES, describe_source, library_versions
+from .cifar_c import SEVERITIES, describe_source, exit_with_parent, library_versions
 from .corruptions import ALL_CORRUPTIONS, corrupt
 
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"})
@@ -205,6 +205,7 @@ def _init_worker() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # the parallelism comes from the processes
+    exit_with_parent()
 
 
 class FolderStore:
@@ -302,6 +303,17 @@ class FolderStore:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
         return root
+
+    def validate(self, root: Path, corruptions: Sequence[str], images: ImageArray, labels: np.ndarray, n: int) -> None:
+        """Every cell's image exists (only decoding, batch by batch, can tell a damaged one)."""
+        for corruption in corruptions:
+            for severity in SEVERITIES:
+                self.read_cell(root, corruption, severity, images, labels, n)
+
+    def validate_cache(
+        self, cache_root: Path, corruptions: Sequence[str], images: ImageArray, labels: np.ndarray, n: int, seed: int
+    ) -> None:
+        """Nothing to check: each cached PNG appears whole (atomic rename) and absent ones are generated."""
 
     def read_cell(
         self, root: Path, corruption: str, severity: int, images: ImageArray, labels: np.ndarray, n: int

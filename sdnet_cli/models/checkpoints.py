@@ -1,7 +1,9 @@
 """Checkpoint I/O that never executes code: safetensors, or ``torch.load(weights_only=True)``.
 
-Our own format is a safetensors file whose keys are the authors' key names (SPEC section 1),
-so one loader serves our files, the authors' released ``.pth.tar`` files and users' own.
+Our own format is a safetensors file whose keys are the key names of the authors' released code
+(SDNet, Dai et al., NeurIPS 2022), so one loader serves our files, the authors' released
+``.pth.tar`` files and users' own. Weights that are not finite (NaN, inf) are refused at load:
+the logits would be NaN, and argmax still picks a class, so a broken model would report an accuracy.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..errors import UsageError
 from ..reports import atomic_path
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint that cannot be used: unsafe, unreadable, or not matching the architecture."""
 
 
@@ -39,6 +42,11 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _first_line(exc: BaseException) -> str:
+    """The gist of a library's error, kept to one line (some span a page)."""
+    return (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file, with foreign key names mapped to ours."""
     path = Path(path)
@@ -48,7 +56,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         try:
             raw: Mapping[str, object] = load_file(str(path))
         except Exception as exc:  # safetensors raises its own error types
-            raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+            raise CheckpointError(f"{path} is not a readable safetensors file: {_first_line(exc)}") from exc
     else:
         try:
             raw = torch.load(path, map_location="cpu", weights_only=True)
@@ -58,7 +66,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 "them could run code. Re-save it as a plain state_dict (or safetensors) in a trusted environment."
             ) from exc
         except Exception as exc:
-            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from exc
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {_first_line(exc)}") from exc
         if isinstance(raw, dict) and isinstance(raw.get("state_dict"), dict):
             raw = raw["state_dict"]  # the authors' checkpoint.pth.tar
     if not isinstance(raw, Mapping):
@@ -67,6 +75,12 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     for key, value in raw.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(
+                f"{path}: tensor {key!r} has {bad} non-finite values (NaN or inf) of {value.numel()}; "
+                "the training run that wrote it diverged or the file is damaged"
+            )
         for pattern, repl in KEY_RULES:
             key = re.sub(pattern, repl, key)
         state[key] = value

@@ -1,7 +1,8 @@
 """The deployed model: [0,1] images -> normalisation -> network (with a lambda policy) -> logits.
 
 Every model the tool evaluates or attacks is a ``Classifier``, so attacks always see the whole
-pipeline, test-time lambda selection included (SPEC section 4).
+pipeline, test-time lambda selection included: an adaptive attack must differentiate the defence
+as deployed (Tramer et al., "On Adaptive Attacks to Adversarial Example Defenses", 2020).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Classifier(nn.Module):
         self.network = network
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-        self.lam_policy: LambdaPolicy | None = None
+        self._lam_policy: LambdaPolicy | None = None
         self.csc_layers: list[CSCLayer] = [m for m in network.modules() if isinstance(m, CSCLayer)]
 
     @property
@@ -47,19 +48,38 @@ class Classifier(nn.Module):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    @property
+    def lam_policy(self) -> LambdaPolicy | None:
+        """The policy in force (None: each CSC layer's training lambda); change it with ``using``."""
+        return self._lam_policy
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xn = self.normalize(x)
-        lam = self.lam_policy(self, xn) if self.lam_policy is not None else None
+        lam = self._lam_policy(self, xn) if self._lam_policy is not None else None
         with self.test_lambda(lam):
             return self.network(xn)
 
     @contextmanager
+    def using(self, policy: LambdaPolicy | None) -> Iterator["Classifier"]:
+        """Run forwards with ``policy`` inside the block (None: training lambda); the previous policy
+        comes back on exit, so blocks nest."""
+        previous = self._lam_policy
+        self._lam_policy = policy
+        try:
+            yield self
+        finally:
+            self._lam_policy = previous
+
+    @contextmanager
     def test_lambda(self, lam: Lambda | None) -> Iterator[None]:
-        """Run every CSC layer with ``lam`` (None = each layer's training lambda) inside the block."""
-        for layer in self.csc_layers:
-            layer.test_lam = lam
+        """Run every CSC layer with ``lam`` (a float or a [B] tensor) inside the block; None keeps what
+        was in force. The previous values come back on exit, so blocks nest."""
+        previous = [layer.test_lam for layer in self.csc_layers]
+        if lam is not None:
+            for layer in self.csc_layers:
+                layer.test_lam = lam
         try:
             yield
         finally:
-            for layer in self.csc_layers:
-                layer.test_lam = None
+            for layer, value in zip(self.csc_layers, previous):
+                layer.test_lam = value

@@ -1,21 +1,29 @@
-"""The convolutional sparse coding (CSC) layer of SDNet (SPEC section 1).
+"""The convolutional sparse coding (CSC) layer of SDNet (Dai et al., "Revisiting Sparse
+Convolutional Model for Visual Recognition", NeurIPS 2022).
 
 A CSC layer replaces ``conv(x; A)`` by the non-negative sparse code
 
     z*(x) = argmin_{z >= 0} lam * ||z||_1 + 1/2 ||x - A^T z||_2^2
 
-computed by a fixed number of unrolled FISTA steps, so it is differentiable end to end and
-has exactly the parameters of the convolution it replaces.
+over a dictionary A of unit-norm atoms, computed by a fixed number of unrolled FISTA steps
+(Beck & Teboulle, "A Fast Iterative Shrinkage-Thresholding Algorithm for Linear Inverse
+Problems", SIAM J. Imaging Sciences 2009) with step size 0.9 / L, L the largest eigenvalue of
+A A^T. It is differentiable end to end and has exactly the parameters of the convolution it
+replaces.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Union
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import UsageError
 
 Lambda = Union[float, torch.Tensor]
 """A sparsity weight: one float for the whole batch, or a tensor of shape [B] (per sample)."""
@@ -33,8 +41,16 @@ def per_sample(lam: Lambda, batch_size: int, like: torch.Tensor) -> torch.Tensor
     if lam_t.dim() == 0:
         return lam_t.expand(batch_size).view(-1, 1, 1, 1)
     if lam_t.shape != (batch_size,):
-        raise ValueError(f"per-sample lambda must have shape [{batch_size}], got {tuple(lam_t.shape)}")
+        raise UsageError(f"per-sample lambda must have shape [{batch_size}], got {tuple(lam_t.shape)}", parameter="lam")
     return lam_t.view(-1, 1, 1, 1)
+
+
+@dataclass
+class ErrorRecord:
+    """What ``CSCLayer.recording_error`` keeps: the per-sample ``||x - A^T z||^2`` [B] of the last
+    forward inside the block (detached), None before the first."""
+
+    error: torch.Tensor | None = None
 
 
 class CSCLayer(nn.Module):
@@ -42,9 +58,9 @@ class CSCLayer(nn.Module):
 
     ``weight`` has the conv's shape [C_out, C_in, k, k]; the buffer ``step_size`` mirrors the
     official checkpoints' ``dn.step_size`` key. ``lam`` is the training lambda; ``test_lam``,
-    when set (float or [B] tensor, see ``models.network.Classifier``), overrides it for a forward.
-    After each forward, ``last_error`` holds the per-sample reconstruction error
-    ``||x - A^T z||^2`` (detached).
+    when set (float or [B] tensor, see ``models.classifier.Classifier``), overrides it for a forward.
+    A forward keeps nothing of its input: the reconstruction error is only computed and kept
+    inside ``recording_error``.
     """
 
     def __init__(
@@ -62,7 +78,7 @@ class CSCLayer(nn.Module):
     ) -> None:
         super().__init__()
         if n_steps < 1:
-            raise ValueError("a CSC layer needs at least one FISTA step")
+            raise UsageError("a CSC layer needs at least one FISTA step", parameter="n_steps")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.lam = lam
@@ -75,7 +91,7 @@ class CSCLayer(nn.Module):
         self.register_buffer("step_size", torch.tensor(0.0))
         self._power_vector: torch.Tensor | None = None
         self._cache_key: tuple | None = None
-        self._last_io: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._record: ErrorRecord | None = None
 
     def extra_repr(self) -> str:
         return (
@@ -151,8 +167,8 @@ class CSCLayer(nn.Module):
             error = self.reconstruction_error(x, z, atoms) if with_error else None
         return z, error
 
-    def reconstruction_error(self, x: torch.Tensor, z: torch.Tensor, atoms: torch.Tensor | None = None) -> torch.Tensor:
-        atoms = normalize_atoms(self.weight.float()) if atoms is None else atoms
+    def reconstruction_error(self, x: torch.Tensor, z: torch.Tensor, atoms: torch.Tensor) -> torch.Tensor:
+        """Per-sample ||x - A^T z||^2: how much of the input the code leaves unexplained."""
         return (x - self.synthesis(z, atoms, (x.shape[2], x.shape[3]))).pow(2).flatten(1).sum(dim=1)
 
     def _data_gradient(self, residual: torch.Tensor) -> torch.Tensor:
@@ -163,18 +179,24 @@ class CSCLayer(nn.Module):
         return 0.5 * residual / norms
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z, _ = self.solve(x, self.test_lam, with_error=False)
-        self._last_io = (x.detach(), z.detach())
+        record = self._record
+        z, error = self.solve(x, self.test_lam, with_error=record is not None)
+        if record is not None:
+            record.error = error.detach()  # type: ignore[union-attr]
         return z
 
-    @property
-    def last_error(self) -> torch.Tensor | None:
-        """Per-sample ||x - A^T z||^2 of the last forward, computed on demand (evaluation rarely needs it)."""
-        if self._last_io is None:
-            return None
-        with torch.no_grad(), torch.autocast(device_type=self._last_io[0].device.type, enabled=False):
-            x, z = self._last_io
-            return self.reconstruction_error(x.float(), z)
+    @contextmanager
+    def recording_error(self) -> Iterator[ErrorRecord]:
+        """Inside the block every forward also computes the per-sample reconstruction error at the
+        lambda in force and keeps the last batch's in the yielded record (e.g. for lambda sweeps);
+        outside it forwards skip that work and hold no reference to their input. Blocks nest: the
+        inner record receives the errors until it exits."""
+        previous, record = self._record, ErrorRecord()
+        self._record = record
+        try:
+            yield record
+        finally:
+            self._record = previous
 
 
 class DictConv(nn.Module):

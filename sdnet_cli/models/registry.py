@@ -1,26 +1,26 @@
-"""Model names -> builders, and shipped checkpoints from ``weights/manifest.json``.
+"""Model names -> builders, and loading a named model from its shipped or given checkpoint.
 
 ``create_model`` builds an (untrained) architecture by name; ``load_model`` resolves what a
 user typed (``--model`` and optionally ``--checkpoint``) to a ready ``Classifier``. Besides our
 ResNet/SDNet builders, ``tv_resnet18`` / ``tv_resnet50`` are torchvision's ImageNet ResNets, the
 usual ImageNet-C baselines, loaded from a local file or the torch hub cache (never downloaded).
+Where shipped checkpoints are found, and their manifest, is ``weights.py``'s business.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
+from ..errors import UsageError
 from ..data.datasets import dataset_spec
 from .checkpoints import CheckpointError, load_into, read_metadata, read_state_dict, sha256_of
 from .classifier import Classifier
 from .resnet import ResNet, Sparsity, csc_conv
+from .weights import find_shipped, read_manifest, resolve_weights_dir, verified_checkpoint
 
 ARCHITECTURES: dict[str, tuple[tuple[int, int, int, int], Sparsity]] = {
     "resnet18": ((2, 2, 2, 2), "none"),
@@ -34,10 +34,7 @@ ARCHITECTURES: dict[str, tuple[tuple[int, int, int, int], Sparsity]] = {
 TORCHVISION_MODELS: dict[str, str] = {"tv_resnet18": "resnet18", "tv_resnet50": "resnet50"}
 """Our name -> torchvision builder; their weights are torchvision's IMAGENET1K_V1."""
 
-WEIGHTS_DIR = Path(os.environ.get("SDNET_WEIGHTS", Path(__file__).resolve().parents[2] / "weights"))
-
-
-class ModelError(ValueError):
+class ModelError(UsageError):
     """The user asked for a model that does not exist or cannot be loaded."""
 
 
@@ -98,23 +95,6 @@ def create_model(
     return Classifier(network, spec.mean, spec.std)
 
 
-def read_manifest(weights_dir: Path = WEIGHTS_DIR) -> list[dict[str, Any]]:
-    path = Path(weights_dir) / "manifest.json"
-    if not path.is_file():
-        return []
-    return json.loads(path.read_text())["models"]
-
-
-def find_shipped(model: str, dataset: str, weights_dir: Path = WEIGHTS_DIR) -> dict[str, Any] | None:
-    """The manifest entry named ``model``, else the default entry for architecture ``model``."""
-    entries = [e for e in read_manifest(weights_dir) if e["dataset"] == dataset]
-    for entry in entries:
-        if entry["name"] == model:
-            return entry
-    defaults = [e for e in entries if e["architecture"] == model and e.get("default")]
-    return defaults[0] if defaults else None
-
-
 def infer_settings(state: dict, metadata: dict) -> dict[str, Any]:
     """Width, classes and stem read off the tensors themselves, so foreign checkpoints need no flags."""
     stem_key = "layer0.0.dn.weight" if "layer0.0.dn.weight" in state else "layer0.0.weight"
@@ -164,12 +144,14 @@ def load_model(
     model: str,
     checkpoint: Path | None = None,
     dataset: str = "cifar10",
-    weights_dir: Path = WEIGHTS_DIR,
+    weights_dir: Path | None = None,
 ) -> tuple[Classifier, ModelInfo]:
     """Resolve ``--model`` / ``--checkpoint`` to a model in eval mode and where it came from.
 
     Without ``checkpoint``, ``model`` names a shipped entry or an architecture whose default
-    shipped checkpoint is used; a shipped file must match the manifest's sha256.
+    shipped checkpoint is used; a shipped file must match the manifest's sha256. Shipped
+    checkpoints are looked up in ``weights_dir``, else ``$SDNET_WEIGHTS``, else those installed
+    with the package (see ``resolve_weights_dir``).
     """
     entry: dict[str, Any] = {}
     digest: str | None = None
@@ -177,24 +159,21 @@ def load_model(
         architecture = model
         checkpoint, digest = _hub_checkpoint(model)
     elif checkpoint is None:
+        weights_dir = resolve_weights_dir(weights_dir)
         found = find_shipped(model, dataset, weights_dir)
         if found is None:
             known = sorted({e["name"] for e in read_manifest(weights_dir)} | set(ARCHITECTURES) | set(TORCHVISION_MODELS))
             if model not in known:
                 raise ModelError(f"unknown model {model!r}; choose one of: {', '.join(known)}")
             raise ModelError(
-                f"no shipped {dataset} checkpoint for {model!r} in {weights_dir}; pass --checkpoint PATH "
-                "(our .safetensors, the authors' model_best.pth.tar / checkpoint.pth.tar, or your own state_dict)"
+                f"no shipped {dataset} checkpoint for {model!r} in {weights_dir}; give a checkpoint file "
+                "(our .safetensors, the authors' model_best.pth.tar / checkpoint.pth.tar, or your own state_dict) "
+                "or a weights_dir whose manifest.json lists one",
+                parameter="checkpoint",
             )
         entry = found
-        checkpoint = Path(weights_dir) / entry["file"]
+        checkpoint, digest = verified_checkpoint(entry, weights_dir)
         architecture = entry["architecture"]
-        digest = sha256_of(checkpoint) if checkpoint.is_file() else None
-        if digest != entry["sha256"]:
-            raise CheckpointError(
-                f"{checkpoint} does not match weights/manifest.json (sha256 {digest} != {entry['sha256']}); "
-                "the file is missing, corrupted or was replaced"
-            )
     else:
         architecture = model
     if architecture not in ARCHITECTURES and architecture not in TORCHVISION_MODELS:
@@ -227,36 +206,3 @@ def load_model(
         manifest_entry=entry,
     )
     return classifier, info
-
-
-def update_manifest(entry: dict[str, Any], weights_dir: Path = WEIGHTS_DIR) -> Path:
-    """Add or replace (by name) one manifest entry, atomically; a new default demotes the old one."""
-    from ..reports import atomic_write_text
-
-    path = Path(weights_dir) / "manifest.json"
-    with manifest_lock(path):  # trainings finishing at the same time must not drop each other's entry
-        models = [e for e in read_manifest(weights_dir) if e["name"] != entry["name"]]
-        if entry.get("default"):
-            for other in models:
-                if other["architecture"] == entry["architecture"] and other["dataset"] == entry["dataset"]:
-                    other["default"] = False
-        models.append(entry)
-        atomic_write_text(path, json.dumps({"models": models}, indent=2) + "\n")
-    return path
-
-
-@contextmanager
-def manifest_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``<manifest>.lock`` for a read-modify-write (POSIX; no-op where fcntl is missing)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,7 +1,7 @@
 """ResNet, SDNet and SDNet-All from one builder: the variants differ only in which convs are CSC layers.
 
 Module names are chosen so that ``state_dict`` keys equal the authors' released checkpoints
-(SPEC section 1): ``layer0`` is the stem, ``layer1..4`` the stages, ``linear`` the head, and a
+(Dai et al., NeurIPS 2022): ``layer0`` is the stem, ``layer1..4`` the stages, ``linear`` the head, and a
 CSC conv is a ``DictConv`` whose parameters live under ``.dn``.
 """
 

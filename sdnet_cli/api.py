@@ -1,0 +1,531 @@
+"""The Python API: one keyword-only function per job, each returning a ``Report``.
+
+A notebook uses it the way RobustBench's ``benchmark()`` is used::
+
+    from sdnet_cli import api
+    report = api.evaluate_corruptions(model="sdnet18", corruptions=["gaussian_noise"], severities=[3], n_examples=500)
+    report.to_frame()          # a pandas DataFrame, one row per cell
+    report.write("reports")    # JSON + CSV + Markdown
+
+Nothing here prints. Long work reports to ``progress`` (any object with ``task(description, total)``
+returning an ``advance(k)`` callable, and ``note(text)``), so every front end shows the same totals.
+The ``sdnet`` CLI only parses options, calls these functions and prints.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import UsageError
+from .reports import Report, base_meta, check_stem
+
+if TYPE_CHECKING:
+    from .evaluate import Runtime
+
+
+class Progress(Protocol):
+    """Where long work reports what it is doing."""
+
+    def task(self, description: str, total: int) -> Callable[[int], None]: ...
+
+    def note(self, text: str) -> None: ...
+
+
+class Silent:
+    """Progress that goes nowhere (the default)."""
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        return lambda k: None
+
+    def note(self, text: str) -> None:
+        pass
+
+
+def _at_least_one(value: int | None, parameter: str) -> None:
+    if value is not None and value < 1:
+        raise UsageError(f"{parameter} must be >= 1, got {value}", parameter=parameter)
+
+
+def _check_seed(seed: int) -> None:
+    if not 0 <= seed < 2**32:
+        raise UsageError(f"seed must be in 0 .. 2**32-1, got {seed}", parameter="seed")
+
+
+def _strings(values: str | int | Sequence[str | int]) -> list[str]:
+    return [str(values)] if isinstance(values, (str, int)) else [str(v) for v in values]
+
+
+def _load(model: str, checkpoint: Path | None, dataset: str, weights_dir: Path | None):  # type: ignore[no-untyped-def]
+    from .models import load_model
+
+    return load_model(model, Path(checkpoint) if checkpoint is not None else None, dataset, weights_dir)
+
+
+def _prepare_cells(source: Any, corruptions: Sequence[str], progress: Progress) -> None:
+    """Generate (once, cached) the corrupted images the cache still lacks."""
+    from . import distributed
+
+    missing = source.missing_images(corruptions)
+    advance = progress.task(f"generating {source.spec.corrupted.title} (seed {source.seed})", missing) if missing else None
+    distributed.in_turn(lambda: source.prepare(corruptions, advance))
+
+
+def evaluate_corruptions(
+    *,
+    model: str = "sdnet18",
+    checkpoint: Path | None = None,
+    dataset: str = "cifar10",
+    corruptions: str | Sequence[str] = ("none",),
+    severities: str | int | Sequence[str | int] = ("all",),
+    lam: float | str | None = None,
+    calibration: Path | None = None,
+    sweep: Path | None = None,
+    cifar_c_dir: Path | None = None,
+    n_examples: int | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    precision: str = "fp32",
+    seed: int = 0,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    weights_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Accuracy on the clean test split and on every (corruption, severity) cell, plus their mean.
+
+    ``lam``: the test-time lambda of every CSC layer (a number; ``"auto"``/``"noise"``, the per-input
+    rules calibrated by ``sweep_lambda(fit=True)``; ``"oracle"``, the best lambda of each cell from the
+    sweep report ``sweep``, which uses labels). Corrupted images come from ``cifar_c_dir`` (an official
+    release) or are generated with ``seed`` and cached in ``cache_dir``. ImageNet also gets mCE.
+    """
+    from . import distributed
+    from .data.cells import CellSource, expand_cells, parse_corruptions, parse_severities
+    from .evaluate import Runtime, evaluate_cells
+    from .lam import ORACLE, lambda_label, oracle_lambdas, resolve_policy
+    from .metrics import corruption_errors
+
+    progress = progress or Silent()
+    _at_least_one(n_examples, "n_examples")
+    _at_least_one(batch_size, "batch_size")
+    _check_seed(seed)
+    names = parse_corruptions(_strings(corruptions))
+    cells = expand_cells(names, parse_severities(_strings(severities)))
+    oracle = lam == ORACLE
+    if oracle and sweep is None:
+        raise UsageError("lam='oracle' needs sweep, a sweep-lambda JSON report of this checkpoint", parameter="sweep")
+    runtime = Runtime.create(distributed.init(device), precision)
+    classifier, info = _load(model, checkpoint, dataset, weights_dir)
+    cell_policy = oracle_lambdas(sweep, info, cells) if oracle else None  # type: ignore[arg-type]
+    policy = None if oracle else resolve_policy(lam, classifier, info, calibration)
+    runtime.prepare(classifier)
+    source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples, dataset=dataset)
+    _prepare_cells(source, names, progress)
+    advance = progress.task(f"evaluating {info.name}", distributed.shard_size(source.n, batch_size) * len(cells))
+    with classifier.using(policy):
+        base = {"model": info.name, "dataset": dataset, "lam": ORACLE if oracle else lambda_label(classifier)}
+        rows = evaluate_cells(classifier, cells, source, runtime, base, batch_size, advance, cell_policy)
+    summary = corruption_errors(rows, source.spec.ce_baseline, source.spec.ce_baseline_clean)
+    meta = base_meta(
+        "eval",
+        seed,
+        model=info.as_meta(),
+        checkpoint_sha256=info.sha256,
+        data_source=source.describe(),
+        n_examples=source.n,
+        batch_size=batch_size,
+        lam_policy=f"best lambda per cell from {sweep}" if oracle else repr(policy or "training lambda"),
+        oracle=oracle,
+        corruption_errors=summary,
+        distributed=distributed.describe(),
+        **runtime.describe(),
+    )
+    return Report(rows, meta, name=f"eval-{info.name}", title=f"sdnet eval: {info.name}")
+
+
+def attack(
+    *,
+    model: str = "sdnet18",
+    checkpoint: Path | None = None,
+    dataset: str = "cifar10",
+    attack: str = "autoattack",
+    norm: str = "Linf",
+    eps: str | float | Sequence[str | float] = ("8/255",),
+    steps: int | None = None,
+    restarts: int | None = None,
+    version: str = "standard",
+    lam: float | str | None = None,
+    calibration: Path | None = None,
+    n_examples: int | None = None,
+    batch_size: int = 128,
+    device: str = "auto",
+    precision: str = "fp32",
+    seed: int = 0,
+    data_dir: Path | None = None,
+    weights_dir: Path | None = None,
+    name: str | None = None,
+    state_dir: Path | None = None,
+    resume: bool = False,
+    save_adversarials: Path | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Robust accuracy of the deployed model (lambda policy included) under one attack or standard
+    AutoAttack, on the first ``n_examples`` test images, at every ``eps``.
+
+    ``state_dir``: finished batches are saved to ``<state_dir>/<name>.state.json``, so an interrupted run
+    continues with ``resume`` (the file is removed once the run completes); ``name`` is the report's
+    file stem (default ``attack-<model>-<attack>``). ``save_adversarials``: an ``.npz`` of the examples.
+    """
+    from . import distributed
+    from .attacks import AttackConfig, requantized_robust_accuracy, run_attack, save_adversarials as save_npz
+    from .attacks import remove_state
+    from .data.datasets import dataset_spec
+    from .evaluate import Runtime
+    from .lam import ORACLE, lambda_label, resolve_policy
+
+    progress = progress or Silent()
+    _at_least_one(n_examples, "n_examples")
+    _at_least_one(batch_size, "batch_size")
+    _check_seed(seed)
+    config = AttackConfig.create(
+        attack=attack, norm=norm, eps=[eps] if isinstance(eps, (str, float, int)) else list(eps), steps=steps,
+        restarts=restarts, version=version,
+    )
+    if save_adversarials is not None and Path(save_adversarials).suffix != ".npz":
+        raise UsageError(f"save_adversarials must end in .npz, got {save_adversarials}", parameter="save_adversarials")
+    if lam == ORACLE:
+        raise UsageError("lam='oracle' picks lambda per corruption cell using labels; it is no deployed pipeline to "
+                         "attack", parameter="lam")
+    runtime = Runtime.create(distributed.init(device), precision)
+    classifier, info = _load(model, checkpoint, dataset, weights_dir)
+    policy = resolve_policy(lam, classifier, info, calibration)
+    images, labels = dataset_spec(dataset).load(data_dir, "test")
+    images, labels = images[:n_examples], labels[:n_examples]
+    stem = check_stem(name or f"attack-{info.name}-{config.attack}")
+    state_path = Path(state_dir) / f"{stem}{distributed.rank_suffix()}.state.json" if state_dir is not None else None
+    advance = progress.task(f"{config.attack} on {info.name}", config.work_units(len(images), batch_size))
+    with classifier.using(policy):
+        results = run_attack(
+            classifier, images, labels, config, seed=seed, runtime=runtime, batch_size=batch_size, progress=advance,
+            state_path=state_path, resume=resume, keep_adv=save_adversarials is not None,
+            fingerprint={"model": info.name, "checkpoint_sha256": info.sha256, "dataset": dataset},
+        )
+        rows = results.rows({"model": info.name, "dataset": dataset, "lam": lambda_label(classifier)})
+        saved = None
+        if save_adversarials is not None and distributed.is_main():
+            saved = {
+                "path": str(save_npz(Path(save_adversarials), results, labels)),
+                "format": "float32 NHWC in [0,1], not rounded (rounding to uint8 can undo an attack)",
+                "uint8_robust_accuracy": requantized_robust_accuracy(classifier, results, labels, runtime, batch_size),
+            }
+    if state_path is not None:
+        remove_state(state_path)
+    meta = base_meta(
+        "attack",
+        seed,
+        model=info.as_meta(),
+        checkpoint_sha256=info.sha256,
+        data_source={"dataset": dataset, "split": "test", "first_n": len(images)},
+        n_examples=len(images),
+        batch_size=batch_size,
+        **config.as_meta(),
+        components=results.settings,
+        protocol="sample-wise: each attack runs only on points still classified correctly and each adversarial example "
+        "is judged once by the deployed model; robust = correct and fooled by no attack; over an eps sweep a point "
+        "fooled at a smaller eps counts as fooled at larger ones; eps 0 is the clean accuracy",
+        lam_policy=repr(policy or "training lambda"),
+        lambda_gradient=results.diagnostics.lambda_gradient,
+        diagnostics=results.diagnostics.as_meta(),
+        saved_adversarials=saved,
+        distributed=distributed.describe(),
+        **runtime.describe(),
+    )
+    return Report(rows, meta, name=stem,
+                  title=f"sdnet attack: {info.name}, {config.attack} ({config.norm})")
+
+
+def sweep_lambda(
+    *,
+    model: str = "sdnet18",
+    checkpoint: Path | None = None,
+    dataset: str = "cifar10",
+    corruptions: str | Sequence[str] = ("gaussian_noise",),
+    severities: str | int | Sequence[str | int] = ("all",),
+    lams: str | Sequence[float] = "0.1:1.4:0.1",
+    fit: bool = False,
+    fit_corruptions: str | Sequence[str] | None = None,
+    fit_n: int = 1000,
+    calibration_out: Path | None = None,
+    cifar_c_dir: Path | None = None,
+    n_examples: int | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    precision: str = "fp32",
+    seed: int = 0,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    weights_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Accuracy and the stem's mean reconstruction error for every test lambda on every cell.
+
+    ``fit``: also calibrate the per-input rules of ``lam="auto"``/``"noise"`` on corrupted TRAINING
+    images (never the test set) and write the calibration beside the checkpoint (or ``calibration_out``).
+    The report's extras are the accuracy-vs-lambda and best-lambda-vs-error plots.
+    """
+    from .data.cells import CellSource, expand_cells, parse_corruptions, parse_severities
+    from .data.datasets import dataset_spec
+    from .evaluate import Runtime
+    from .lam import lambda_grid, store_calibration
+    from .sweep import calibrate, cell_points, save_sweep_plots, sweep_lambda as sweep_cells
+
+    progress = progress or Silent()
+    _at_least_one(n_examples, "n_examples")
+    _at_least_one(batch_size, "batch_size")
+    _check_seed(seed)
+    if fit_n < 2:
+        raise UsageError(f"fit_n must be >= 2, got {fit_n}", parameter="fit_n")
+    grid = lambda_grid(lams)
+    names = parse_corruptions(_strings(corruptions))
+    severity_list = parse_severities(_strings(severities))
+    cells = expand_cells(names, severity_list)
+    fit_names = parse_corruptions(_strings(fit_corruptions)) if fit_corruptions else names
+    runtime = Runtime.create(device, precision)
+    classifier, info = _load(model, checkpoint, dataset, weights_dir)
+    if not classifier.csc_layers:
+        raise UsageError(f"{info.name} has no CSC layers, so it has no lambda to sweep; use an SDNet model (e.g. sdnet18)",
+                         parameter="model")
+    runtime.prepare(classifier)
+    spec = dataset_spec(dataset)
+    train = spec.load(data_dir, "train") if fit else None
+    source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples, dataset=dataset)
+    _prepare_cells(source, names, progress)
+    advance = progress.task(f"sweeping {info.name}", source.n * len(cells) * len(grid))
+    base = {"model": info.name, "dataset": dataset}
+    rows = sweep_cells(classifier, cells, source, runtime, grid, base, batch_size, advance)
+    points = cell_points(classifier, cells, source, runtime, rows, batch_size)
+    calibration = calibration_path = None
+    if train is not None:
+        groups = len(expand_cells(fit_names, severity_list))
+        advance = progress.task("calibrating on training images", min(fit_n, len(train[0])) * groups * len(grid))
+        calibration = calibrate(
+            classifier, *train, runtime, grid, fit_names, severity_list, fit_n, seed, advance, batch_size,
+            info.sha256 or "", spec.strength,
+        )
+        calibration_path = store_calibration(calibration, info, calibration_out)
+    meta = base_meta(
+        "sweep-lambda",
+        seed,
+        model=info.as_meta(),
+        checkpoint_sha256=info.sha256,
+        data_source=source.describe(),
+        n_examples=source.n,
+        batch_size=batch_size,
+        grid=grid,
+        points=points,
+        calibration=str(calibration_path) if calibration_path else None,
+        calibration_rules=calibration.to_json().get("rules") if calibration is not None else None,
+        **runtime.describe(),
+    )
+
+    def plots(out_dir: Path, stem: str) -> list[Path]:
+        return save_sweep_plots(rows, points, out_dir, stem, info.name, calibration)
+
+    return Report(rows, meta, name=f"sweep-lambda-{info.name}", title=f"sdnet sweep-lambda: {info.name}",
+                  extras=[plots])
+
+
+def generate_corruptions(
+    *,
+    out_dir: Path,
+    dataset: str = "cifar10",
+    corruptions: str | Sequence[str] = ("all", "extra"),
+    n_examples: int | None = None,
+    seed: int = 0,
+    workers: int | None = None,
+    data_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Path:
+    """Write a seeded corruption benchmark of the test split in the official release layout
+    (CIFAR-10-C / CIFAR-100-C ``.npy`` files, ImageNet-C folders) to ``out_dir``."""
+    from .data.cells import CLEAN, parse_corruptions
+    from .data.datasets import dataset_spec
+
+    progress = progress or Silent()
+    _at_least_one(n_examples, "n_examples")
+    _at_least_one(workers, "workers")
+    _check_seed(seed)
+    spec = dataset_spec(dataset)
+    names = [c for c in parse_corruptions(_strings(corruptions)) if c != CLEAN]
+    if not names:
+        raise UsageError("nothing to generate: give at least one corruption", parameter="corruptions")
+    images, labels = spec.load(data_dir, "test")
+    n = min(n_examples or len(images), len(images))
+    advance = progress.task(f"generating {len(names)} corruptions (seed {seed})", len(names) * 5 * n)
+    spec.corrupted.generate(Path(out_dir), names, images, labels, n, seed, workers or os.cpu_count() or 1, advance)
+    return Path(out_dir)
+
+
+def train(
+    *,
+    model: str,
+    out: Path,
+    dataset: str = "cifar10",
+    epochs: int = 30,
+    width: int = 32,
+    batch_size: int = 128,
+    lr: float = 0.1,
+    lam: float = 0.1,
+    sqrt_lasso: bool = False,
+    precision: str = "fp32",
+    device: str = "auto",
+    seed: int = 0,
+    n_train: int | None = None,
+    n_test: int | None = None,
+    resume: bool = False,
+    default: bool = False,
+    half: bool = False,
+    data_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Train with the reference CIFAR recipe, save ``out`` (.safetensors) and add its manifest entry beside it.
+
+    Returns the per-epoch history (extras: the accuracy curve). ``resume`` continues from
+    ``<out>.resume.pt``, written after every epoch. ``half`` stores fp16 weights; the manifest's
+    accuracy is then measured with the stored weights.
+    """
+    import torch
+
+    from .data.datasets import dataset_spec
+    from .evaluate import Runtime
+    from .models import create_model, save_checkpoint
+    from .models.registry import ARCHITECTURES
+    from .models.weights import update_manifest
+    from .reports import save_line_plot
+    from .train import TrainConfig, clean_accuracies, hardware, train as train_model
+
+    progress = progress or Silent()
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise UsageError(f"out must end in .safetensors, got {out}", parameter="out")
+    if model not in ARCHITECTURES:
+        raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(ARCHITECTURES)}", parameter="model")
+    for value, parameter in ((epochs, "epochs"), (width, "width"), (batch_size, "batch_size"), (n_train, "n_train"),
+                             (n_test, "n_test")):
+        _at_least_one(value, parameter)
+    _check_seed(seed)
+    spec = dataset_spec(dataset)
+    if spec.stem != "cifar":
+        raise UsageError(f"train implements the CIFAR recipe only; for {spec.title}, load trained weights with "
+                         "checkpoint", parameter="dataset")
+    cfg = TrainConfig(model=model, dataset=dataset, epochs=epochs, width=width, batch_size=batch_size, lr=lr, lam=lam,
+                      square_noise=not sqrt_lasso, seed=seed, n_train=n_train, n_test=n_test)
+    runtime = Runtime.create(device, precision)
+    train_data, test_data = spec.load(data_dir, "train"), spec.load(data_dir, "test")
+    n_images = min(n_train or len(train_data[0]), len(train_data[0]))
+    resume_path = out.with_name(out.name + ".resume.pt")
+    advance = progress.task(f"training {model} w{width}", n_images * epochs)
+
+    def on_epoch(log: Any) -> None:
+        progress.note(f"epoch {log.epoch}/{epochs}: loss {log.train_loss:.4f}, train {log.train_accuracy:.2f}%, "
+                      f"test {log.test_accuracy:.2f}%, {log.images_per_second:.0f} img/s")
+
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+        torch.manual_seed(seed)
+        classifier = create_model(model, dataset=dataset, width=width, lam=lam, square_noise=not sqrt_lasso)
+        state = train_model(classifier, cfg, train_data, test_data, runtime, resume_path, resume=resume,
+                            on_batch=advance, on_epoch=on_epoch)
+    settings = {"architecture": model, "dataset": dataset, "width": width,
+                "num_classes": classifier.network.linear.out_features, "lam": lam, "n_steps": 2,
+                "square_noise": not sqrt_lasso}
+    digest = save_checkpoint(classifier.network, out, settings, half=half)
+    if half:  # measure what users will load: the rounded weights
+        from safetensors.torch import load_file
+
+        classifier.network.load_state_dict(load_file(str(out)))
+    accuracies = clean_accuracies(classifier, test_data, runtime)
+    meta = base_meta("train", seed, config=vars(cfg), checkpoint=str(out), checkpoint_sha256=digest, **accuracies,
+                     n_test=len(test_data[0]), **runtime.describe())
+    entry = {
+        "name": out.stem, "file": out.name, **settings, "sha256": digest, "dtype": "float16" if half else "float32",
+        **accuracies, "epochs": epochs, "seed": seed, "precision": precision,
+        "train_seconds": round(sum(h.seconds for h in state.history), 1), "hardware": hardware(),
+        "command": meta["argv"], "default": default,
+    }
+    meta["manifest"] = str(update_manifest(entry, out.parent))
+    resume_path.unlink(missing_ok=True)
+    rows = [vars(h) for h in state.history]
+
+    def curve(out_dir: Path, stem: str) -> list[Path]:
+        import pandas as pd
+
+        return [save_line_plot(pd.DataFrame(rows), "epoch", ["train_accuracy", "test_accuracy"], out_dir / f"{stem}.png",
+                               f"{model} width {width} on {dataset}", "accuracy (%)", secondary=["train_loss"])]
+
+    return Report(rows, meta, name=out.stem, title=f"sdnet train: {out.stem}", extras=[curve])
+
+
+def check(
+    *,
+    baseline: Path = Path("reports/baseline.json"),
+    suite: Path | None = None,
+    update: bool = False,
+    tolerance: float | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    weights_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Re-run a fixed, seeded suite and compare every metric with ``baseline``.
+
+    Returns the comparison (``meta["passed"]`` is False on a regression or a metric no longer
+    measured). With ``update`` the returned report holds the new baseline's rows instead, to be
+    written over ``baseline``. The suite comes from ``suite``, else the baseline's own, else the default.
+    """
+    from .check import Suite, compare_with_baseline, failed, read_baseline, run_suite
+    from .evaluate import Runtime
+
+    progress = progress or Silent()
+    baseline = Path(baseline)
+    if tolerance is not None and tolerance < 0:
+        raise UsageError(f"tolerance must be >= 0, got {tolerance}", parameter="tolerance")
+    stored = read_baseline(baseline) if not update or baseline.is_file() else None
+    if suite is not None:
+        chosen = Suite.load(Path(suite))
+    elif stored is not None and "suite" in stored[0]:
+        chosen = Suite.load_dict(stored[0]["suite"])
+    else:
+        chosen = Suite()
+    if tolerance is not None:
+        chosen.tolerance = tolerance
+    runtime = Runtime.create(device, precision)
+    advance = progress.task("checking", chosen.work_units())
+    rows = run_suite(chosen, runtime, data_dir, cache_dir, advance, weights_dir)
+    if update:
+        meta = base_meta("check", chosen.seed, suite=chosen.as_meta(), **runtime.describe())
+        return Report(rows, meta, name=baseline.stem, title="sdnet check baseline")
+    table = compare_with_baseline(rows, stored[1], chosen.tolerance)  # type: ignore[index]
+    meta = base_meta("check", chosen.seed, baseline=str(baseline), tolerance=chosen.tolerance, passed=not failed(table),
+                     suite=chosen.as_meta(), **runtime.describe())
+    return Report(table, meta, name=f"check-{baseline.stem}", title=f"sdnet check vs {baseline}")
+
+
+def compare(
+    sources: Sequence[str | Path | tuple[str, Path]],
+    *,
+    out_dir: Path,
+    name: str = "compare",
+    title: str | None = None,
+    note: str = "",
+) -> list[Path]:
+    """One table (and plots) from several eval or attack reports, a column per label; writes them to
+    ``out_dir`` and returns the paths. Sources are ``"LABEL=report.json"`` or ``(label, path)``."""
+    from .compare import compare_reports
+
+    check_stem(name)
+    return compare_reports(sources, out_dir=Path(out_dir), name=name, title=title, note=note)
+

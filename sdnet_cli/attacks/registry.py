@@ -1,0 +1,151 @@
+"""Attack name -> builder. One ``@register``ed function per attack; AutoAttack is a composition of them.
+
+Every builder configures its torchattacks class like the attack's counterpart in standard
+AutoAttack (Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of
+diverse parameter-free attacks", ICML 2020): 100 iterations, 1 restart, 9 target classes for
+APGD-T and FAB-T, Square with 5000 queries, p_init 0.8 and no rescheduling of p.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+import torchattacks
+from torch import nn
+from torchattacks.attack import Attack
+
+from ..errors import UsageError
+
+AUTOATTACK = "autoattack"
+MAX_TARGETS = 9  # target classes of APGD-T and FAB-T in standard AutoAttack (Croce & Hein, 2020)
+
+
+@dataclass(frozen=True)
+class Component:
+    """One attack of a run. ``runs`` > 1 repeats an attack without restarts of its own (PGD), with a
+    fresh seed per run, on the points still standing."""
+
+    name: str
+    attack: Attack
+    runs: int = 1
+
+
+Builder = Callable[[nn.Module, str, float, int, int, int, int], Component]
+"""``(model, norm, eps, steps, restarts, num_classes, eot_iter) -> Component``."""
+
+
+@dataclass(frozen=True)
+class RegisteredAttack:
+    name: str
+    default_steps: int  # iterations (Square: queries) when the run does not say
+    build: Builder
+
+
+REGISTRY: dict[str, RegisteredAttack] = {}
+"""Filled once, at import, by ``@register``; read through ``registered`` and ``attack_names``."""
+
+
+def register(name: str, default_steps: int) -> Callable[[Builder], Builder]:
+    """Add an attack under ``name``; the decorated function builds it for one eps."""
+
+    def add(build: Builder) -> Builder:
+        if name in REGISTRY or name == AUTOATTACK:
+            raise RuntimeError(f"attack {name!r} is registered twice")
+        REGISTRY[name] = RegisteredAttack(name, default_steps, build)
+        return build
+
+    return add
+
+
+def registered(name: str) -> RegisteredAttack:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UsageError(f"unknown attack {name!r}; choose one of: {', '.join(attack_names())}", parameter="attack") from None
+
+
+def attack_names() -> tuple[str, ...]:
+    """Every name ``attack`` accepts: the registered attacks, then ``autoattack``."""
+    return (*REGISTRY, AUTOATTACK)
+
+
+@dataclass(frozen=True)
+class AutoAttackVersion:
+    components: tuple[str, ...]  # registered attacks, run in this order
+    eot_iter: int  # expectation over transformation: gradients averaged over this many forwards
+
+
+AUTOATTACK_VERSIONS: Mapping[str, AutoAttackVersion] = MappingProxyType({
+    # Croce & Hein (ICML 2020): the standard ensemble, and the one for randomised defences.
+    "standard": AutoAttackVersion(("apgd-ce", "apgd-t", "fab-t", "square"), eot_iter=1),
+    "rand": AutoAttackVersion(("apgd-ce", "apgd-dlr"), eot_iter=20),
+})
+
+
+def build(model: nn.Module, name: str, norm: str, eps: float, steps: int, restarts: int, num_classes: int,
+          eot_iter: int = 1) -> Component:
+    """The registered attack ``name`` on ``model`` at one eps."""
+    return registered(name).build(model, norm, eps, steps, restarts, num_classes, eot_iter)
+
+
+@register("pgd", default_steps=20)
+def pgd(model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int) -> Component:
+    """PGD from a random start with step 2.5 * eps / steps (Madry et al., ICLR 2018); restarts are repeated runs."""
+    cls = torchattacks.PGD if norm == "Linf" else torchattacks.PGDL2
+    return Component("pgd", cls(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True), runs=restarts)
+
+
+def _apgd(loss: str) -> Builder:
+    def apgd(model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int,
+             eot_iter: int) -> Component:
+        attack = torchattacks.APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=restarts, loss=loss,
+                                   eot_iter=eot_iter)
+        return Component(f"apgd-{loss}", attack)
+
+    apgd.__doc__ = f"APGD with the {loss.upper()} loss (Croce & Hein, 2020)."
+    return apgd
+
+
+register("apgd-ce", default_steps=100)(_apgd("ce"))
+register("apgd-dlr", default_steps=100)(_apgd("dlr"))
+
+
+@register("apgd-t", default_steps=100)
+def apgd_t(model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int) -> Component:
+    """Targeted APGD on the DLR loss, against the 9 most likely other classes in turn."""
+    attack = torchattacks.APGDT(model, norm=norm, eps=eps, steps=steps, n_restarts=restarts, n_classes=num_classes)
+    attack.n_target_classes = min(MAX_TARGETS, num_classes - 1)
+    return Component("apgd-t", attack)
+
+
+@register("fab-t", default_steps=100)
+def fab_t(model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int) -> Component:
+    """Targeted FAB (minimum-norm; Croce & Hein, ICML 2020), against the 9 most likely other classes."""
+    attack = torchattacks.FAB(model, norm=norm, eps=eps, steps=steps, n_restarts=restarts, multi_targeted=True,
+                              n_classes=num_classes)
+    attack.n_target_classes = min(MAX_TARGETS, num_classes - 1)
+    return Component("fab-t", attack)
+
+
+@register("square", default_steps=5000)
+def square(model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int) -> Component:
+    """Square (black-box, score-based; Andriushchenko et al., ECCV 2020): ``steps`` queries, p_init 0.8,
+    margin loss, no rescheduling."""
+    attack = torchattacks.Square(model, norm=norm, eps=eps, n_queries=steps, n_restarts=restarts, p_init=0.8,
+                                 loss="margin", resc_schedule=False)
+    return Component("square", attack)
+
+
+SETTING_KEYS = ("steps", "n_restarts", "n_target_classes", "n_queries", "p_init", "rescale_schedule", "loss",
+                "eot_iter", "multi_targeted", "random_start")
+
+
+def describe(component: Component) -> dict[str, Any]:
+    """The constructed torchattacks object's eps-independent settings, for the report meta."""
+    attack = component.attack
+    found = {key: getattr(attack, key) for key in SETTING_KEYS if hasattr(attack, key)}
+    if isinstance(attack, (torchattacks.PGD, torchattacks.PGDL2)):
+        found["step_size"] = "2.5 * eps / steps"
+    return {"name": component.name, "class": type(attack).__name__, "runs": component.runs, **found}

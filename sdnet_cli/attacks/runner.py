@@ -1,0 +1,308 @@
+"""Running an attack: the model as attacks see it, the sample-wise worst case, and the batch loop.
+
+Attacks work on [0,1] images and differentiate ``AttackedModel``: the deployed model itself
+(normalisation, lambda policy, network), in eval mode, fp32 unless bf16 is asked for. Whether an
+adversarial example fools the model is decided once, by ``evaluate.predict`` on that very
+example; that flag is what the report counts.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import distributed
+from ..evaluate import Runtime, predict, predict_correct
+from ..lam import FixedLambda
+from ..metrics import percent
+from . import registry
+from .checks import DIAGNOSTIC_IMAGES, diagnose
+from .config import AttackConfig
+from .results import AttackResults
+from .state import BatchResult, RunState
+
+
+# -- what attacks differentiate ------------------------------------------------------------------
+class StraightThroughLine:
+    """BPDA for a rule lambda(x) = clamp(a * feature(x) + b, lo, hi) (``lam.AutoLambda`` and kin).
+
+    The forward value is the rule's own (deployed) lambda; the backward pass uses the line's
+    gradient, so an input whose lambda sits at a clamp bound still passes a gradient through lambda
+    (Athalye et al., "Obfuscated Gradients Give a False Sense of Security", ICML 2018).
+    """
+
+    def __init__(self, rule: Any) -> None:
+        self.rule = rule
+        self.name = rule.name
+
+    def __call__(self, model: nn.Module, x_normalized: torch.Tensor) -> torch.Tensor:
+        line = self.rule.a * self.rule.feature(model, x_normalized) + self.rule.b
+        deployed = torch.as_tensor(self.rule(model, x_normalized), dtype=line.dtype, device=line.device).detach()
+        return deployed + (line - line.detach())  # exactly the deployed value; the line's gradient
+
+
+def is_line_rule(policy: Any) -> bool:
+    return all(hasattr(policy, key) for key in ("a", "b", "lo", "hi", "feature"))
+
+
+class _PlainGradient(torch.autograd.Function):
+    """Identity whose backward hands out an NCHW-contiguous gradient (torchattacks ``.view()``s gradients,
+    which fails on the channels_last ones a channels_last model produces)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+class AttackedModel(nn.Module):
+    """The deployed model as attacks see it: precision of the run, float32 logits, and a
+    straight-through clamp where the lambda policy is a clamped line (else the policy unchanged)."""
+
+    def __init__(self, model: nn.Module, runtime: Runtime) -> None:
+        super().__init__()
+        self.model = model
+        self.runtime = runtime
+        deployed = getattr(model, "lam_policy", None)
+        self.policy = StraightThroughLine(deployed) if is_line_rule(deployed) else deployed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of [0,1] images: plain NCHW tensors and gradients for the attacks, channels_last inside."""
+        swap = self.policy is not getattr(self.model, "lam_policy", None)
+        with self.model.using(self.policy) if swap else nullcontext(), self.runtime.autocast():
+            return self.model(_PlainGradient.apply(x).contiguous(memory_format=torch.channels_last)).float()
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Labels from the deployed model (no straight-through view): the judge of every example."""
+        return predict(self.model, x, self.runtime)
+
+    def lambda_gradient(self, x: torch.Tensor) -> str:
+        """How the backward pass treats lambda (for the report meta); probes an unknown policy on ``x``.
+        Starts with "none" when lambda(x) cannot pass a gradient."""
+        policy = getattr(self.model, "lam_policy", None)
+        if policy is None or isinstance(policy, FixedLambda):
+            return "constant lambda (no per-input rule): nothing to differentiate through"
+        if is_line_rule(policy):
+            return (f"per-input lambda '{policy.name}' = clamp(a*{policy.feature.__name__}(x)+b, {policy.lo:g}, "
+                    f"{policy.hi:g}): gradients flow through lambda(x) by autograd; the clamp is straight-through (BPDA)")
+        with torch.enable_grad():
+            lam = policy(self.model, self.model.normalize(x).requires_grad_(True))
+        if isinstance(lam, torch.Tensor) and lam.requires_grad:
+            return f"per-input lambda '{policy.name}': autograd through the policy as deployed"
+        return (f"none: per-input lambda '{policy.name}' is not differentiable and has no straight-through form, "
+                "so the backward pass holds lambda constant; robust accuracy is an upper bound")
+
+
+# -- the threat set ------------------------------------------------------------------------------
+def project(candidate: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """The nearest point of the threat set (eps-ball around x, inside [0,1]); a guard against
+    attacks that overshoot by rounding."""
+    delta = candidate - x
+    if norm == "Linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        norms = delta.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        delta = delta * (eps / norms).clamp(max=1.0)
+    return (x + delta).clamp(0.0, 1.0)
+
+
+def excess(candidate: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> float:
+    """How far an attack's raw output (a non-empty batch) lies outside the threat set; 0 when inside."""
+    delta = (candidate - x).flatten(1)
+    size = delta.abs().amax(dim=1) if norm == "Linf" else delta.norm(dim=1)
+    outside = (candidate - candidate.clamp(0.0, 1.0)).abs().amax()
+    return max(float((size - eps).clamp_min(0).max()), float(outside))
+
+
+# -- seeds ---------------------------------------------------------------------------------------
+def derive_seed(*keys: int) -> int:
+    """A 32-bit seed from (seed, batch, run, ...): reruns repeat, neighbours do not collide."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+
+
+@contextmanager
+def own_rng(device: torch.device, seed: int | None = None) -> Iterator[None]:
+    """torch's global generators for the block only: seeded with ``seed`` (None: continuing from the
+    caller's state), and the caller's state back on exit. torchattacks draws from (and reseeds) the
+    global generators, so this is how a run is seeded without the caller noticing."""
+    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
+# -- sample-wise runner --------------------------------------------------------------------------
+def build_components(model: nn.Module, config: AttackConfig, eps: float, num_classes: int) -> list[registry.Component]:
+    """The configured attacks at one eps, in the order they run."""
+    return [registry.build(model, name, config.norm, eps, config.steps_for(name), config.restarts or 1, num_classes,
+                           config.eot_iter) for name in config.components]
+
+
+@dataclass
+class SampleWiseResult:
+    fooled: torch.Tensor  # [K, B] bool: component k's example fooled the deployed model
+    adv: torch.Tensor  # [B, C, H, W]: the fooling example where one was found, else the input
+    seconds: list[float]  # per component
+
+
+class SampleWise:
+    """Attacks one after another, each only on the points that every earlier one failed on; a point is
+    robust only if no attack fooled it (the per-sample worst case). Each attack's output is judged once."""
+
+    def __init__(self, model: AttackedModel, components: list[registry.Component], norm: str, eps: float) -> None:
+        self.model, self.components, self.norm, self.eps = model, components, norm, eps
+        self.max_excess = 0.0  # largest raw overshoot of the threat set seen (clipped before judging)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, active: torch.Tensor, seed: int) -> SampleWiseResult:
+        fooled = torch.zeros(len(self.components), len(x), dtype=torch.bool, device=x.device)
+        adv, standing, seconds = x.clone(), active.clone(), []
+        for k, component in enumerate(self.components):
+            start = time.perf_counter()
+            for run in range(component.runs):
+                idx = standing.nonzero().flatten()
+                if len(idx) == 0:
+                    break
+                run_seed = derive_seed(seed, run)
+                if hasattr(component.attack, "seed"):
+                    component.attack.seed = run_seed
+                with own_rng(x.device, run_seed):
+                    raw = component.attack(x[idx].contiguous(), y[idx]).detach()
+                    self.max_excess = max(self.max_excess, excess(raw, x[idx], self.eps, self.norm))
+                    candidate = project(raw, x[idx], self.eps, self.norm)
+                    wrong = self.model.predict(candidate) != y[idx]
+                hit = idx[wrong]
+                fooled[k, hit] = True
+                adv[hit] = candidate[wrong]
+                standing[hit] = False
+            seconds.append(time.perf_counter() - start)
+        return SampleWiseResult(fooled, adv, seconds)
+
+
+def to_nhwc(x: torch.Tensor) -> np.ndarray:
+    return x.detach().permute(0, 2, 3, 1).float().cpu().numpy()
+
+
+def attack_batch(
+    model: AttackedModel, runners: Sequence[SampleWise | None], n_components: int, x: torch.Tensor, y: torch.Tensor,
+    seed: int, keep_adv: bool,
+) -> BatchResult:
+    """Clean flags, then each eps in turn on the points still standing (``None`` runner: eps 0,
+    where the threat set is the input itself, so nothing is attacked)."""
+    with own_rng(x.device, seed):
+        clean = model.predict(x) == y
+        standing, adv = clean.clone(), x.clone()
+        fooled = torch.zeros(len(runners), n_components, len(x), dtype=torch.bool, device=x.device)
+        seconds = np.zeros((len(runners), n_components))
+        advs = []
+        for e, runner in enumerate(runners):
+            if runner is not None and standing.any():
+                result = runner(x, y, standing, seed)
+                hit = result.fooled.any(dim=0)
+                fooled[e], seconds[e] = result.fooled, result.seconds
+                adv, standing = torch.where(hit.view(-1, 1, 1, 1), result.adv, adv), standing & ~hit
+            if keep_adv:
+                advs.append(to_nhwc(adv))
+    return BatchResult(clean.cpu().numpy(), fooled.cpu().numpy(), seconds, np.stack(advs) if keep_adv else None)
+
+
+# -- the run -------------------------------------------------------------------------------------
+def run_attack(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    config: AttackConfig,
+    *,
+    seed: int = 0,
+    runtime: Runtime | None = None,
+    batch_size: int = 128,
+    progress: Callable[[int], None] | None = None,
+    state_path: Path | None = None,
+    resume: bool = False,
+    keep_adv: bool = False,
+    fingerprint: dict[str, Any] | None = None,
+) -> AttackResults:
+    """Attack uint8 NHWC ``images`` at every eps of ``config`` (ascending) with one attack or AutoAttack.
+
+    Batch b is seeded from (seed, b), so a run, and a resumed run, repeats exactly; the caller's
+    torch RNG state is left as it was. ``progress(k)``: k of ``config.work_units(...)`` done.
+    ``state_path``: per-batch results saved there, continued with ``resume`` (``fingerprint`` names
+    the model in it, so another checkpoint's state is refused). ``keep_adv``: keep the examples.
+    Under torchrun each rank attacks its own whole batches (``distributed.shard_batches``), same
+    contents and seeds, and the per-sample flags are merged: every rank returns the results of a
+    single-process run with the same ``batch_size`` (``seconds``: the slowest rank's).
+    """
+    runtime = runtime or Runtime.create("cpu")
+    attacked = AttackedModel(runtime.prepare(model), runtime).eval()
+    first = runtime.to_input(images[:DIAGNOSTIC_IMAGES])
+    with own_rng(runtime.device):
+        diagnostics = diagnose(attacked, first, torch.from_numpy(np.asarray(labels[:DIAGNOSTIC_IMAGES])).to(runtime.device))
+        with torch.no_grad():
+            num_classes = int(attacked(first[:1]).shape[1])
+    runners = [None if e.value == 0 else SampleWise(attacked, build_components(attacked, config, e.value, num_classes),
+                                                    config.norm, e.value)
+               for e in config.eps]
+    components = list(config.components)
+    state = None
+    if state_path is not None:
+        policy = getattr(model, "lam_policy", None)
+        state = RunState(state_path, {
+            **config.state_fields(), "seed": seed, "n": len(images), "batch_size": batch_size, "keep_adv": keep_adv,
+            "precision": runtime.precision, "lam": None if policy is None else repr(policy), **(fingerprint or {}),
+        }, resume)
+    n, shape = len(images), (len(config.eps), len(components))
+    clean, fooled, seconds = np.zeros(n, dtype=bool), np.zeros((*shape, n), dtype=bool), np.zeros(shape)
+    adv = np.zeros((len(config.eps), n, *images.shape[1:]), dtype=np.float32) if keep_adv else None
+    for index in distributed.shard_batches(-(-n // batch_size)):
+        start, stop = index * batch_size, min((index + 1) * batch_size, n)
+        part = state.get(index) if state is not None else None
+        if part is None:
+            x = runtime.to_input(images[start:stop])
+            y = torch.from_numpy(np.asarray(labels[start:stop])).to(runtime.device)
+            part = attack_batch(attacked, runners, len(components), x, y, derive_seed(seed, index), keep_adv)
+            if state is not None:
+                state.put(index, part)
+        clean[start:stop], fooled[..., start:stop] = part.clean, part.fooled
+        seconds += part.seconds
+        if adv is not None:
+            adv[:, start:stop] = part.adv
+        if progress is not None:
+            progress((stop - start) * len(config.eps))
+    max_excess = max((r.max_excess for r in runners if r is not None), default=0.0)
+    diagnostics.max_excess = float(distributed.combine(np.array(max_excess), "max"))
+    results = AttackResults(
+        attack=config.attack, norm=config.norm, eps=list(config.eps), components=components,
+        clean=distributed.combine(clean, "sum"),
+        fooled=distributed.combine(fooled, "sum"),
+        seconds=distributed.combine(seconds, "max"),
+        diagnostics=diagnostics,
+        settings=next(([registry.describe(c) for c in r.components] for r in runners if r is not None), []),
+        adv=None if adv is None else distributed.combine(adv, "sum"),
+    )
+    diagnostics.square_gain = results.square_gain()
+    return results
+
+
+def requantized_robust_accuracy(
+    model: nn.Module, results: AttackResults, labels: np.ndarray, runtime: Runtime | None = None, batch_size: int = 256
+) -> dict[str, float]:
+    """Robust accuracy per eps when the kept examples are rounded to uint8 (rounding can undo an attack,
+    and for L2 can leave the ball): a separate, informative number, never the reported one."""
+    runtime = runtime or Runtime.create("cpu")
+    adv = results.kept_adversarials()
+    out = {}
+    for e, eps in enumerate(results.eps):
+        requantized = np.rint(adv[e] * 255).astype(np.uint8)
+        correct = predict_correct(model, requantized, labels, runtime, batch_size)
+        out[eps.text] = round(percent((correct & results.clean).sum(), len(labels)), 4)
+    return out

@@ -1,0 +1,92 @@
+"""Resumable state of a long attack run: finished batches on disk, so an interrupted run continues."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from ..reports import atomic_path, atomic_write_text
+
+
+@dataclass
+class BatchResult:
+    """One batch's outcome: what the state stores and the runner merges."""
+
+    clean: np.ndarray  # [B] bool
+    fooled: np.ndarray  # [E, K, B] bool
+    seconds: np.ndarray  # [E, K]
+    adv: np.ndarray | None  # [E, B, H, W, C] float32
+
+
+def _bits(flags: np.ndarray) -> str:
+    return "".join("1" if f else "0" for f in flags)
+
+
+def _unbits(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
+
+
+def images_dir(state_path: Path) -> Path:
+    """``<name>.state.adv/`` beside ``<name>.state.json``: per-batch adversarial images of a run that keeps them."""
+    return state_path.with_name(state_path.name.removesuffix(".json") + ".adv")
+
+
+class RunState:
+    """Finished batches of a long run in ``<name>.state.json`` (rewritten atomically after each batch;
+    adversarial images, when kept, in ``<name>.state.adv/``), so ``resume`` skips them.
+
+    ``config`` is everything the batches depend on (attack, seed, data, model fingerprint); a state
+    written under another config is refused rather than mixed in.
+    """
+
+    def __init__(self, path: Path, config: dict[str, Any], resume: bool) -> None:
+        self.path, self.config = Path(path), config
+        self.adv_dir = images_dir(self.path)
+        self.batches: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            if not resume:
+                raise UsageError(f"{self.path} holds an unfinished run; pass resume=True to continue it, or delete it",
+                                 parameter="resume")
+            saved = json.loads(self.path.read_text())
+            changed = sorted(k for k in set(config) | set(saved["config"]) if saved["config"].get(k) != config.get(k))
+            if changed:
+                raise UsageError(f"cannot resume {self.path}: it was started with different settings ({', '.join(changed)})",
+                                 parameter="resume")
+            self.batches = saved["batches"]
+
+    def get(self, index: int) -> BatchResult | None:
+        saved = self.batches.get(str(index))
+        if saved is None:
+            return None
+        adv_file = self.adv_dir / f"batch-{index:05d}.npy"
+        return BatchResult(
+            clean=_unbits(saved["clean"]),
+            fooled=np.array([[_unbits(f) for f in per_eps] for per_eps in saved["fooled"]]),
+            seconds=np.array(saved["seconds"], dtype=float),
+            adv=np.load(adv_file) if adv_file.is_file() else None,
+        )
+
+    def put(self, index: int, result: BatchResult) -> None:
+        if result.adv is not None:
+            self.adv_dir.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.adv_dir / f"batch-{index:05d}.npy") as tmp, open(tmp, "wb") as f:
+                np.save(f, result.adv)
+        self.batches[str(index)] = {
+            "clean": _bits(result.clean),
+            "fooled": [[_bits(f) for f in per_eps] for per_eps in result.fooled],
+            "seconds": result.seconds.tolist(),
+        }
+        atomic_write_text(self.path, json.dumps({"config": self.config, "batches": self.batches}) + "\n")
+
+
+def remove_state(path: Path) -> None:
+    """Delete a finished run's state file and its kept images."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    shutil.rmtree(images_dir(path), ignore_errors=True)

@@ -1,0 +1,91 @@
+"""Fitting the per-input lambda lines, and the lambda grids they are fitted on."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import UsageError
+
+
+def lambda_grid(lams: str | Sequence[float]) -> list[float]:
+    """The sorted, distinct lambdas (finite, >= 0) of ``lams``: a sequence of numbers, or text
+    ``start:stop:step`` (stop included) or a comma list."""
+    if isinstance(lams, str):
+        values = _grid_text(lams)
+    else:
+        try:
+            values = [float(v) for v in lams]
+        except (TypeError, ValueError):
+            raise UsageError(f"lams must be numbers, got {lams!r}", parameter="lams") from None
+    grid = sorted({round(v, 10) for v in values})
+    if not grid or any(not (math.isfinite(v) and v >= 0) for v in grid):
+        raise UsageError(f"lams needs at least one finite lambda >= 0, got {lams!r}", parameter="lams")
+    return grid
+
+
+def _grid_text(text: str) -> list[float]:
+    try:
+        if ":" in text:
+            start, stop, step = (float(p) for p in text.split(":"))
+            if not step > 0 or stop < start:
+                raise ValueError
+            count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            return [start + i * step for i in range(count)]
+        return [float(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise UsageError(
+            f"lams must be START:STOP:STEP (e.g. 0.1:1.4:0.1) or a comma list, got {text!r}", parameter="lams"
+        ) from None
+
+
+def fit_line(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Least-squares (slope, intercept) of y on x."""
+    xs, ys = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if xs.shape != ys.shape or len(xs) < 2:
+        raise UsageError("a line fit needs at least two points")
+    dx = xs - xs.mean()
+    spread = float((dx * dx).sum())
+    if spread <= 1e-12 * max(1.0, float((xs * xs).sum())):
+        raise UsageError("a line fit needs points with different x values")
+    slope = float((dx * (ys - ys.mean())).sum()) / spread
+    return slope, float(ys.mean() - slope * xs.mean())
+
+
+def fit_line_for_accuracy(features: Sequence[float], curves: np.ndarray, grid: Sequence[float]) -> tuple[float, float]:
+    """(slope, intercept) of the clamped line lambda = clamp(a * feature + b) that maximises the mean group accuracy.
+
+    ``curves[g, j]`` is group g's accuracy at ``grid[j]``; a group's accuracy at the line's lambda is
+    read off its curve (linear between grid points). Unlike a least-squares line through each group's
+    best lambda, this weighs a miss by what it costs: a group whose accuracy barely depends on
+    lambda cannot drag the line away from one whose accuracy falls steeply. The line is searched
+    through its values at the smallest and largest feature, in steps of a quarter of the grid's
+    smallest spacing, reaching one grid span beyond either end (the clamp cuts those back);
+    ties go to the line closest to the groups' best lambdas, then to the flattest.
+    """
+    xs = np.asarray(features, dtype=np.float64)
+    curves = np.asarray(curves, dtype=np.float64)
+    grid_values = np.asarray(grid, dtype=np.float64)
+    if curves.shape != (len(xs), len(grid_values)) or len(xs) < 2 or len(grid_values) < 2:
+        raise UsageError(
+            "an accuracy fit needs at least two groups and two grid lambdas, each group with an accuracy per lambda"
+        )
+    x_lo, x_hi = float(xs.min()), float(xs.max())
+    if x_hi - x_lo <= 1e-12 * max(1.0, abs(x_hi)):
+        raise UsageError("a line fit needs points with different x values")
+    order = np.argsort(grid_values)
+    grid_values, curves = grid_values[order], curves[:, order]
+    lo, hi = float(grid_values[0]), float(grid_values[-1])
+    best = grid_values[curves.argmax(axis=1)]
+    step = float(np.diff(grid_values).min()) / 4
+    candidates = np.arange(lo - (hi - lo), hi + (hi - lo) + step / 2, step)
+    start, end = (c.ravel() for c in np.meshgrid(candidates, candidates, indexing="ij"))
+    t = (xs - x_lo) / (x_hi - x_lo)
+    lams = np.clip(start[:, None] + t[None, :] * (end - start)[:, None], lo, hi)  # [lines, groups]
+    accuracy = np.stack([np.interp(lams[:, g], grid_values, curves[g]) for g in range(len(xs))], axis=1).mean(axis=1)
+    distance = np.abs(lams - best[None, :]).mean(axis=1)
+    chosen = np.lexsort((np.abs(end - start), distance, -np.round(accuracy, 9)))[0]
+    slope = (end[chosen] - start[chosen]) / (x_hi - x_lo)
+    return float(slope), float(start[chosen] - slope * x_lo)

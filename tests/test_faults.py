@@ -1,0 +1,464 @@
+"""Fault injection: damaged, crafted or inconsistent inputs are refused with one line naming the file.
+
+Every bad input is built in ``tmp_path`` (a 10-image CIFAR layout made from real test images, or a
+small CIFAR-10-C folder); each test asserts the error type, that the message is one line naming
+the culprit, that no temp file is left, and, for crafted pickles, that the payload never ran.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sdnet_cli.data.cells import Cell, CellSource
+from sdnet_cli.data.cifar import CIFAR100, DataError, label_names, load_cifar10, load_cifar100
+from sdnet_cli.data.cifar_c import (
+    CifarCError,
+    ensure_generated_cells,
+    generate_cifar_c,
+    read_cifar_c_cell,
+    sweep_stale_temps,
+    validate_release,
+)
+from sdnet_cli.errors import UsageError
+from sdnet_cli.models import CheckpointError, create_model, load_model
+
+REPO = Path(__file__).resolve().parents[1]
+N = 10  # images in the fake test split
+
+
+def one_line_naming(err: pytest.ExceptionInfo[BaseException], culprit: Path | str) -> str:
+    message = str(err.value)
+    assert isinstance(err.value, UsageError), type(err.value)
+    assert "\n" not in message, message
+    assert str(culprit) in message, message
+    return message
+
+
+def no_temp_files(root: Path) -> None:
+    assert not [p for p in root.rglob("*.tmp")], sorted(root.rglob("*.tmp"))
+
+
+# ---------------------------------------------------------------- a fake CIFAR layout
+
+
+def write_batch(
+    path: Path, images: np.ndarray, labels: np.ndarray, label_key: bytes = b"labels", extra: dict | None = None
+) -> None:
+    """A batch in the official python layout: planar uint8 rows [N, 3072], byte-string keys."""
+    batch = {b"batch_label": b"testing batch 1 of 1", label_key: [int(v) for v in labels],
+             b"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1), **(extra or {})}
+    with open(path, "wb") as f:
+        pickle.dump(batch, f)
+
+
+def fake_cifar10(root: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    write_batch(folder / "test_batch", images, labels)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({b"label_names": [f"class{i}".encode() for i in range(10)], b"num_vis": 3072}, f)
+    return folder
+
+
+@pytest.fixture
+def small(cifar_test_images: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = cifar_test_images
+    return images[:N], labels[:N]
+
+
+@pytest.fixture
+def cifar10(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> Path:
+    """Data dir holding a 10-image CIFAR-10 test split."""
+    fake_cifar10(tmp_path / "data", *small)
+    return tmp_path / "data"
+
+
+def test_fake_layout_reads_back(cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    """Control for the tests below: the untouched fake layout loads, pixels and labels intact."""
+    images, labels = load_cifar10(cifar10, "test", download=False)
+    np.testing.assert_array_equal(images, small[0])
+    np.testing.assert_array_equal(labels, small[1])
+    assert label_names(cifar10)[:2] == ["class0", "class1"]
+
+
+# ---------------------------------------------------------------- crafted pickles
+
+
+class SystemCall:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {self.marker}",))
+
+
+class BuiltinsCall:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def plant(root: Path, images: np.ndarray, labels: np.ndarray, target: str, evil: object) -> tuple[Path, object]:
+    """A CIFAR-10 or CIFAR-100 folder whose ``target`` file also carries ``evil``; returns it and its reader."""
+    extra = {b"payload": evil}
+    if target in ("test_batch", "batches.meta"):
+        folder = fake_cifar10(root, images, labels)
+        if target == "test_batch":
+            write_batch(folder / target, images, labels, extra=extra)
+            return folder / target, lambda: load_cifar10(root, "test", download=False)
+        with open(folder / target, "wb") as f:
+            pickle.dump({b"label_names": [b"name"] * 10, **extra}, f)
+        return folder / target, lambda: label_names(root)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    write_batch(folder / "test", images, labels * 10, b"fine_labels", extra if target == "test" else None)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({b"fine_label_names": [b"name"] * 100, **(extra if target == "meta" else {})}, f)
+    if target == "test":
+        return folder / target, lambda: load_cifar100(root, "test", download=False)
+    return folder / target, lambda: label_names(root, CIFAR100)
+
+
+@pytest.mark.parametrize("payload", [SystemCall, BuiltinsCall])
+@pytest.mark.parametrize("target", ["test_batch", "batches.meta", "test", "meta"])  # CIFAR-10's, then CIFAR-100's
+def test_pickle_that_runs_code_is_refused(
+    tmp_path: Path, small: tuple[np.ndarray, np.ndarray], payload: type, target: str
+) -> None:
+    marker = tmp_path / "pwned"
+    evil = payload(marker)
+    pickle.loads(pickle.dumps(evil))  # the payload does run under plain pickle ...
+    assert marker.exists()
+    marker.unlink()
+    culprit, read = plant(tmp_path / "data", *small, target, evil)
+    with pytest.raises(DataError) as err:
+        read()  # type: ignore[operator]
+    assert "refusing" in one_line_naming(err, culprit)
+    assert not marker.exists()  # ... and not here
+    no_temp_files(tmp_path)
+
+
+def test_real_batches_need_only_numpy_globals(data_dir: Path) -> None:
+    """The official files still load through the restricted unpickler (read-only real data)."""
+    assert label_names(data_dir) == [
+        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
+    ]
+
+
+# ---------------------------------------------------------------- damaged clean split
+
+
+@pytest.mark.parametrize("keep", [0, 0.5, 0.999])
+def test_truncated_or_empty_test_batch(cifar10: Path, keep: float) -> None:
+    culprit = cifar10 / "cifar-10-batches-py" / "test_batch"
+    raw = culprit.read_bytes()
+    culprit.write_bytes(raw[: int(len(raw) * keep)])
+    with pytest.raises(DataError) as err:
+        load_cifar10(cifar10, "test", download=False)
+    message = one_line_naming(err, culprit)
+    assert "truncated" in message and "download" in message
+
+
+def test_clean_labels_outside_the_class_range(cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    culprit = cifar10 / "cifar-10-batches-py" / "test_batch"
+    write_batch(culprit, small[0], 50 + np.arange(N))
+    with pytest.raises(DataError) as err:
+        load_cifar10(cifar10, "test", download=False)
+    assert "50..59" in one_line_naming(err, culprit)
+
+
+def test_batch_without_images(cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    culprit = cifar10 / "cifar-10-batches-py" / "test_batch"
+    with open(culprit, "wb") as f:
+        pickle.dump({b"labels": [0] * N, b"data": np.zeros((N, 100), np.float32)}, f)
+    with pytest.raises(DataError) as err:
+        load_cifar10(cifar10, "test", download=False)
+    assert "float32" in one_line_naming(err, culprit)
+
+
+# ---------------------------------------------------------------- CIFAR-10-C .npy files
+
+
+def release(root: Path, labels: np.ndarray, corruptions: tuple[str, ...] = ("fog", "snow"), n: int = N) -> Path:
+    """An official-looking CIFAR-10-C folder (no metadata.json) for the first ``n`` test images."""
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / "labels.npy", np.tile(labels[:n].astype(np.uint8), 5))
+    rng = np.random.default_rng(0)
+    for name in corruptions:
+        np.save(root / f"{name}.npy", rng.integers(0, 256, (5 * n, 32, 32, 3), dtype=np.uint8))
+    return root
+
+
+def test_good_release_passes_every_check(tmp_path: Path, cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    """Control: the checks accept a sound folder and the cell reads back."""
+    c_dir = release(tmp_path / "c", small[1])
+    source = CellSource(cifar10, c_dir, tmp_path / "cache", dataset="cifar10")
+    source.validate(["fog", "snow"])
+    images, labels = read_cifar_c_cell(c_dir, "snow", 3, num_classes=10)
+    np.testing.assert_array_equal(images, np.load(c_dir / "snow.npy")[20:30])
+    np.testing.assert_array_equal(labels, small[1])
+
+
+def test_missing_files_are_found_before_any_cell(tmp_path: Path, cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    c_dir = release(tmp_path / "c", small[1], ("fog",))
+    source = CellSource(cifar10, c_dir, tmp_path / "cache", dataset="cifar10")
+    with pytest.raises(CifarCError) as err:
+        source.validate(["fog", "snow", "frost"])
+    message = one_line_naming(err, c_dir)
+    assert "snow.npy" in message and "frost.npy" in message and "fog.npy" not in message
+    with pytest.raises(CifarCError):  # prepare validates too, so nothing is generated or evaluated
+        source.prepare(["fog", "snow"])
+
+
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]), "truncated"),
+        (lambda p: p.write_bytes(p.read_bytes()[:4]), "truncated"),
+        (lambda p: p.write_bytes(b""), "truncated"),
+        (lambda p: p.write_text("gaussian_noise,1,2,3\n" * 50), "not a NumPy array file"),
+        (lambda p: p.write_bytes(p.read_bytes()[:20]), "header"),
+        (lambda p: p.write_bytes(p.read_bytes() + b"\0" * 7), "longer than its header"),
+        (lambda p: np.save(p, np.zeros((50, 32, 32, 3), np.float32)), "float32"),
+        (lambda p: np.save(p, np.zeros((50, 3, 32, 32), np.uint8)), "(50, 3, 32, 32)"),
+        (lambda p: np.save(p, np.zeros((40, 32, 32, 3), np.uint8)), "(40, 32, 32, 3)"),
+    ],
+)
+def test_damaged_corruption_file(tmp_path: Path, cifar10: Path, small: tuple[np.ndarray, np.ndarray], damage, words: str) -> None:  # type: ignore[no-untyped-def]
+    c_dir = release(tmp_path / "c", small[1])
+    culprit = c_dir / "snow.npy"
+    damage(culprit)
+    source = CellSource(cifar10, c_dir, tmp_path / "cache", dataset="cifar10")
+    with pytest.raises(CifarCError) as err:
+        source.validate(["fog", "snow"])
+    message = one_line_naming(err, culprit)
+    assert words in message
+    with pytest.raises(CifarCError):  # the per-cell reader applies the same checks
+        read_cifar_c_cell(c_dir, "snow", 1)
+    no_temp_files(tmp_path)
+
+
+def test_pickled_npy_is_never_unpickled(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    marker = tmp_path / "pwned"
+    c_dir = release(tmp_path / "c", small[1])
+    evil = np.empty(50, dtype=object)
+    evil[0] = SystemCall(marker)
+    np.save(c_dir / "labels.npy", evil, allow_pickle=True)
+    with pytest.raises(CifarCError) as err:
+        validate_release(c_dir, ["fog"], N, 10)
+    assert "Python objects" in one_line_naming(err, c_dir / "labels.npy")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("bad", [np.arange(50, 60), np.arange(-1, 9)])
+def test_labels_outside_the_class_range(tmp_path: Path, cifar10: Path, small: tuple[np.ndarray, np.ndarray], bad: np.ndarray) -> None:
+    c_dir = release(tmp_path / "c", small[1])
+    np.save(c_dir / "labels.npy", np.tile(bad, 5))
+    source = CellSource(cifar10, c_dir, tmp_path / "cache", dataset="cifar10")
+    with pytest.raises(CifarCError) as err:
+        source.validate(["fog"])
+    assert f"{bad.min()}..{bad.max()}" in one_line_naming(err, c_dir / "labels.npy")
+    with pytest.raises(CifarCError, match=r"outside 0\.\.9"):
+        source.spec.corrupted.read_cell(c_dir, "fog", 2, source.images, source.labels, N)
+
+
+def test_float_labels_are_refused(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    c_dir = release(tmp_path / "c", small[1])
+    np.save(c_dir / "labels.npy", np.tile(small[1], 5).astype(np.float64))
+    with pytest.raises(CifarCError) as err:
+        validate_release(c_dir, ["fog"], N, 10)
+    assert "float64" in one_line_naming(err, c_dir / "labels.npy")
+
+
+def test_row_count_must_match_the_test_split(tmp_path: Path, cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    """A release for 8 images per severity does not fit a 10-image test split (all files agree with each other)."""
+    c_dir = release(tmp_path / "c", small[1], n=8)
+    source = CellSource(cifar10, c_dir, tmp_path / "cache", dataset="cifar10")
+    with pytest.raises(CifarCError) as err:
+        source.validate(["fog"])
+    assert "5 x 10 = 50" in one_line_naming(err, c_dir / "labels.npy")
+
+
+def test_generated_subset_follows_its_metadata(tmp_path: Path, cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    images, labels = small
+    c_dir = generate_cifar_c(images[:4], labels[:4], tmp_path / "c", ["contrast"], seed=0, workers=1)
+    validate_release(c_dir, ["contrast"], N, 10, n=4)  # 4 per severity, as metadata.json says
+    source = CellSource(cifar10, c_dir, tmp_path / "cache", n_examples=5, dataset="cifar10")
+    with pytest.raises(CifarCError) as err:
+        source.validate(["contrast"])
+    assert err.value.parameter == "n_examples" and "4 images per severity" in one_line_naming(err, c_dir)
+    meta = json.loads((c_dir / "metadata.json").read_text())
+    (c_dir / "metadata.json").write_text(json.dumps({**meta, "images_per_severity": 3}))
+    with pytest.raises(CifarCError) as err:
+        validate_release(c_dir, ["contrast"], N, 10)
+    assert "metadata.json" in one_line_naming(err, c_dir / "labels.npy")
+    (c_dir / "metadata.json").write_text("{not json")
+    with pytest.raises(CifarCError) as err:
+        validate_release(c_dir, ["contrast"], N, 10)
+    one_line_naming(err, c_dir / "metadata.json")
+
+
+def test_damaged_cache_file_says_to_delete_it(tmp_path: Path, cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    cache = tmp_path / "cache"
+    source = CellSource(cifar10, None, cache, seed=0, workers=1, dataset="cifar10")
+    source.prepare(["contrast"])
+    culprit = cache / "cifar10-c-seed0" / "contrast.npy"
+    culprit.write_bytes(culprit.read_bytes()[:1000])
+    fresh = CellSource(cifar10, None, cache, seed=0, workers=1, dataset="cifar10")
+    with pytest.raises(CifarCError) as err:
+        fresh.prepare(["contrast", "fog"])
+    assert "delete it" in one_line_naming(err, culprit)
+    assert not (cache / "cifar10-c-seed0" / "fog.npy").exists()  # refused before generating anything
+    culprit.unlink()  # what the message says to do
+    fresh.prepare(["contrast", "fog"])
+    images, labels = fresh.load(Cell("contrast", 1))
+    assert images.shape == (N, 32, 32, 3) and np.array_equal(labels, small[1])
+    no_temp_files(tmp_path)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def nan_model_file(tmp_path: Path, suffix: str, value: float) -> tuple[Path, str]:
+    state = {k: v.clone() for k, v in create_model("resnet18", width=8).network.state_dict().items()}
+    key = "layer2.0.conv1.weight"
+    state[key].view(-1)[3] = value
+    path = tmp_path / f"broken{suffix}"
+    if suffix == ".safetensors":
+        save_file(state, str(path))
+    else:
+        torch.save({"state_dict": state}, path)
+    return path, key
+
+
+@pytest.mark.parametrize("suffix, value", [(".safetensors", float("nan")), (".pth.tar", float("inf"))])
+def test_checkpoint_with_non_finite_weights(tmp_path: Path, suffix: str, value: float) -> None:
+    path, key = nan_model_file(tmp_path, suffix, value)
+    with pytest.raises(CheckpointError) as err:
+        load_model("resnet18", checkpoint=path)
+    message = one_line_naming(err, path)
+    assert key in message and "1 non-finite" in message
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_truncated_checkpoint(tmp_path: Path, suffix: str) -> None:
+    state = create_model("resnet18", width=8).network.state_dict()
+    path = tmp_path / f"cut{suffix}"
+    save_file(dict(state), str(path)) if suffix == ".safetensors" else torch.save(state, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError) as err:
+        load_model("resnet18", checkpoint=path)
+    one_line_naming(err, path)
+
+
+# ---------------------------------------------------------------- killed generation
+
+
+def test_stale_temp_files_of_dead_writers_are_swept(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+    images, labels = small
+    root = ensure_generated_cells(tmp_path, images, labels, ["contrast"], seed=0, workers=1)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = root / f".fog.npy.{dead.pid}.tmp"
+        busy = root / f".snow.npy.{alive.pid}.tmp"
+        stale.write_bytes(b"partial")
+        busy.write_bytes(b"partial")
+        # nothing is missing, so nothing is generated; the sweep happens anyway
+        ensure_generated_cells(tmp_path, images, labels, ["contrast"], seed=0, workers=1)
+        assert not stale.exists() and busy.exists()
+        assert sweep_stale_temps(root) == []
+    finally:
+        alive.kill()
+        alive.wait()
+    assert sweep_stale_temps(root) == [busy] and not busy.exists()
+
+
+GENERATE = """
+import os, signal, sys, time
+import multiprocessing
+import numpy as np
+from sdnet_cli.data.cifar_c import generate_cifar_c
+
+def interrupt(signum, frame):
+    raise KeyboardInterrupt  # what the CLI does with SIGTERM
+
+def started(k):
+    pids = [p.pid for p in multiprocessing.active_children()]
+    print("started", *pids, flush=True)
+    time.sleep(60)
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, interrupt)
+    images = np.random.default_rng(0).integers(0, 256, (2000, 32, 32, 3), dtype=np.uint8)
+    try:
+        generate_cifar_c(images, np.zeros(2000, np.int64), sys.argv[1], ["contrast"], seed=0,
+                         workers=int(sys.argv[2]), progress=started)
+    except KeyboardInterrupt:
+        sys.exit(130)
+"""
+
+
+def start_generation(tmp_path: Path, workers: int) -> tuple[subprocess.Popen[str], list[int]]:
+    script = tmp_path / "generate.py"
+    script.write_text(GENERATE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path / "out"), str(workers)], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, text=True,
+    )
+    line = child.stdout.readline().split() if child.stdout else []
+    assert line[:1] == ["started"], f"generator did not start: {line}"
+    return child, [int(pid) for pid in line[1:]]
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie waiting to be reaped counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_sigterm_during_generation_removes_the_temp_file(tmp_path: Path) -> None:
+    child, _ = start_generation(tmp_path, workers=1)
+    try:
+        temp = tmp_path / "out" / f".contrast.npy.{child.pid}.tmp"
+        assert temp.exists()  # the partial file is there while generation runs
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=30) == 130
+    finally:
+        child.kill()
+        child.wait()
+    no_temp_files(tmp_path)
+    assert not (tmp_path / "out" / "contrast.npy").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_pool_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
+    child, workers = start_generation(tmp_path, workers=2)
+    child.kill()  # SIGKILL: the parent cannot clean up or stop its pool
+    child.wait()
+    assert workers, "expected pool worker pids"
+    deadline = time.monotonic() + 20
+    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(running(pid) for pid in workers), "pool workers outlived their parent"
+    # its temp file stays behind; the next run sweeps it
+    assert sweep_stale_temps(tmp_path / "out") == [tmp_path / "out" / f".contrast.npy.{child.pid}.tmp"]
