@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import UsageError
+from .errors import Interrupted, UsageError
 from .reports import Report, base_meta, check_stem
 
 if TYPE_CHECKING:
@@ -59,8 +59,14 @@ def _strings(values: str | int | Sequence[str | int]) -> list[str]:
 
 
 def _load(model: str, checkpoint: Path | None, dataset: str, weights_dir: Path | None):  # type: ignore[no-untyped-def]
+    """(Classifier, ModelInfo) of what the user named; the dataset and checkpoint path are checked first,
+    so a typo is reported as itself, not as a missing checkpoint."""
+    from .data.datasets import dataset_spec
     from .models import load_model
 
+    dataset_spec(dataset)
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        raise UsageError(f"checkpoint {checkpoint} is a directory; give the checkpoint file", parameter="checkpoint")
     return load_model(model, Path(checkpoint) if checkpoint is not None else None, dataset, weights_dir)
 
 
@@ -120,8 +126,9 @@ def evaluate_corruptions(
     classifier, info = _load(model, checkpoint, dataset, weights_dir)
     cell_policy = oracle_lambdas(sweep, info, cells) if oracle else None  # type: ignore[arg-type]
     policy = None if oracle else resolve_policy(lam, classifier, info, calibration)
-    runtime.prepare(classifier)
     source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples, dataset=dataset)
+    source.validate(names)  # every file the run will read, before the first forward
+    runtime.prepare(classifier)
     _prepare_cells(source, names, progress)
     advance = progress.task(f"evaluating {info.name}", distributed.shard_size(source.n, batch_size) * len(cells))
     with classifier.using(policy):
@@ -179,71 +186,209 @@ def attack(
     file stem (default ``attack-<model>-<attack>``). ``save_adversarials``: an ``.npz`` of the examples.
     """
     from . import distributed
-    from .attacks import AttackConfig, requantized_robust_accuracy, run_attack, save_adversarials as save_npz
-    from .attacks import remove_state
-    from .data.datasets import dataset_spec
-    from .evaluate import Runtime
-    from .lam import ORACLE, lambda_label, resolve_policy
+    from .attacks import requantized_robust_accuracy, save_adversarials as save_npz
+    from .lam import ORACLE, resolve_policy
 
     progress = progress or Silent()
-    _at_least_one(n_examples, "n_examples")
-    _at_least_one(batch_size, "batch_size")
-    _check_seed(seed)
-    config = AttackConfig.create(
-        attack=attack, norm=norm, eps=[eps] if isinstance(eps, (str, float, int)) else list(eps), steps=steps,
-        restarts=restarts, version=version,
-    )
     if save_adversarials is not None and Path(save_adversarials).suffix != ".npz":
         raise UsageError(f"save_adversarials must end in .npz, got {save_adversarials}", parameter="save_adversarials")
     if lam == ORACLE:
         raise UsageError("lam='oracle' picks lambda per corruption cell using labels; it is no deployed pipeline to "
                          "attack", parameter="lam")
-    runtime = Runtime.create(distributed.init(device), precision)
-    classifier, info = _load(model, checkpoint, dataset, weights_dir)
+    setup = _AttackSetup.create(model, checkpoint, dataset, weights_dir, attack, norm, eps, steps, restarts, version,
+                                n_examples, batch_size, device, precision, seed, data_dir)
+    classifier, info = setup.classifier, setup.info
     policy = resolve_policy(lam, classifier, info, calibration)
-    images, labels = dataset_spec(dataset).load(data_dir, "test")
-    images, labels = images[:n_examples], labels[:n_examples]
-    stem = check_stem(name or f"attack-{info.name}-{config.attack}")
-    state_path = Path(state_dir) / f"{stem}{distributed.rank_suffix()}.state.json" if state_dir is not None else None
-    advance = progress.task(f"{config.attack} on {info.name}", config.work_units(len(images), batch_size))
+    stem = check_stem(name or f"attack-{info.name}-{setup.config.attack}")
+    advance = progress.task(f"{setup.config.attack} on {info.name}", setup.work_units())
     with classifier.using(policy):
-        results = run_attack(
-            classifier, images, labels, config, seed=seed, runtime=runtime, batch_size=batch_size, progress=advance,
-            state_path=state_path, resume=resume, keep_adv=save_adversarials is not None,
-            fingerprint={"model": info.name, "checkpoint_sha256": info.sha256, "dataset": dataset},
-        )
-        rows = results.rows({"model": info.name, "dataset": dataset, "lam": lambda_label(classifier)})
+        results, rows = setup.run(advance, state_dir, stem, resume, keep_adv=save_adversarials is not None)
         saved = None
         if save_adversarials is not None and distributed.is_main():
             saved = {
-                "path": str(save_npz(Path(save_adversarials), results, labels)),
+                "path": str(save_npz(Path(save_adversarials), results, setup.labels)),
                 "format": "float32 NHWC in [0,1], not rounded (rounding to uint8 can undo an attack)",
-                "uint8_robust_accuracy": requantized_robust_accuracy(classifier, results, labels, runtime, batch_size),
+                "uint8_robust_accuracy": requantized_robust_accuracy(classifier, results, setup.labels, setup.runtime,
+                                                                     batch_size),
             }
-    if state_path is not None:
-        remove_state(state_path)
-    meta = base_meta(
+    meta = setup.meta(
         "attack",
-        seed,
-        model=info.as_meta(),
-        checkpoint_sha256=info.sha256,
-        data_source={"dataset": dataset, "split": "test", "first_n": len(images)},
-        n_examples=len(images),
-        batch_size=batch_size,
-        **config.as_meta(),
         components=results.settings,
-        protocol="sample-wise: each attack runs only on points still classified correctly and each adversarial example "
-        "is judged once by the deployed model; robust = correct and fooled by no attack; over an eps sweep a point "
-        "fooled at a smaller eps counts as fooled at larger ones; eps 0 is the clean accuracy",
         lam_policy=repr(policy or "training lambda"),
         lambda_gradient=results.diagnostics.lambda_gradient,
         diagnostics=results.diagnostics.as_meta(),
         saved_adversarials=saved,
-        distributed=distributed.describe(),
-        **runtime.describe(),
     )
-    return Report(rows, meta, name=stem,
-                  title=f"sdnet attack: {info.name}, {config.attack} ({config.norm})")
+    return Report(rows, meta, name=stem, title=f"sdnet attack: {info.name}, {setup.config.attack} ({setup.config.norm})")
+
+
+def attack_vs_lambda(
+    *,
+    model: str = "sdnet18",
+    checkpoint: Path | None = None,
+    dataset: str = "cifar10",
+    lams: str | Sequence[float] = "0.1:1.0:0.1",
+    attack: str = "pgd",
+    norm: str = "Linf",
+    eps: str | float | Sequence[str | float] = ("1/255",),
+    steps: int | None = None,
+    restarts: int | None = None,
+    version: str = "standard",
+    baseline_model: str | None = None,
+    n_examples: int | None = None,
+    batch_size: int = 128,
+    device: str = "auto",
+    precision: str = "fp32",
+    seed: int = 0,
+    data_dir: Path | None = None,
+    weights_dir: Path | None = None,
+    name: str | None = None,
+    state_dir: Path | None = None,
+    resume: bool = False,
+    progress: Progress | None = None,
+) -> Report:
+    """Clean and robust accuracy for every test lambda of ``lams``, each attacked as deployed at that lambda.
+
+    SDNet's paper claims robustness to adversarial perturbations grows with the test-time lambda (Dai et
+    al., NeurIPS 2022); this measures it under an adaptive attack. Every lambda is a separate run of
+    ``attack`` (same images, seed and batches as ``attack(lam=...)``, so each point equals that call), with
+    its own gradient-masking diagnostics in the rows and meta. ``baseline_model`` adds that model's rows
+    (lam: its own) as a reference; the report's extra is the accuracy-vs-lambda plot.
+    """
+    from .lam import FixedLambda, lambda_grid, lambda_label
+
+    progress = progress or Silent()
+    grid = lambda_grid(lams)
+    setup = _AttackSetup.create(model, checkpoint, dataset, weights_dir, attack, norm, eps, steps, restarts, version,
+                                n_examples, batch_size, device, precision, seed, data_dir)
+    if not setup.classifier.csc_layers:
+        raise UsageError(f"{setup.info.name} has no CSC layers, so it has no lambda to sweep; use an SDNet model",
+                         parameter="model")
+    references = []
+    if baseline_model is not None:
+        references.append(_AttackSetup.create(baseline_model, None, dataset, weights_dir, attack, norm, eps, steps,
+                                              restarts, version, n_examples, batch_size, device, precision, seed,
+                                              data_dir))
+    stem = check_stem(name or f"sweep-lambda-{setup.info.name}-{setup.config.attack}")
+    advance = progress.task(f"{setup.config.attack} on {setup.info.name} at {len(grid)} lambdas",
+                            setup.work_units() * (len(grid) + len(references)))
+    rows: list[dict[str, Any]] = []
+    diagnostics: dict[str, Any] = {}
+    for lam in grid:
+        with setup.classifier.using(FixedLambda(lam)):
+            results, found = setup.run(advance, state_dir, f"{stem}.lam{lam:g}", resume)
+        diagnostics[f"{lam:g}"] = results.diagnostics.as_meta()
+        rows += [{**row, "masking_warnings": len(diagnostics[f"{lam:g}"]["warnings"])} for row in found]
+    for reference in references:
+        results, found = reference.run(advance, state_dir, f"{stem}.{reference.info.name}", resume)
+        diagnostics[reference.info.name] = results.diagnostics.as_meta()
+        rows += [{**row, "lam": lambda_label(reference.classifier), "masking_warnings": len(results.diagnostics.warnings())}
+                 for row in found]
+    meta = setup.meta("sweep-lambda-attack", grid=grid, baseline_model=references[0].info.as_meta() if references else None,
+                      components=results.settings, diagnostics=diagnostics)
+
+    def plot(out_dir: Path, file_stem: str) -> list[Path]:
+        from .sweep import save_attack_sweep_plot
+
+        return [save_attack_sweep_plot(rows, setup.info.name, out_dir / f"{file_stem}.png")]
+
+    report = Report(rows, meta, name=stem, title=f"sdnet sweep-lambda --attack: {setup.info.name}, {setup.config.attack}",
+                    extras=[plot])
+    report.markdown = _with_diagnostics(report, diagnostics, plot_name=f"{stem}.png")
+    return report
+
+
+def _with_diagnostics(report: Report, diagnostics: dict[str, Any], plot_name: str) -> str:
+    """The default Markdown plus, per lambda, the gradient-masking warnings (or that there were none)."""
+    from .reports import render_markdown
+
+    lines = [render_markdown(report.title, report.rows, report.meta), f"![accuracy vs lambda]({plot_name})", "",
+             "## Gradient-masking diagnostics per lambda", ""]
+    for key, found in diagnostics.items():
+        warnings = found["warnings"]
+        lines.append(f"- {key}: " + ("; ".join(warnings) if warnings else "no warning signs "
+                                     f"(zero-gradient fraction {found['zero_gradient_fraction']:.3f})"))
+    return "\n".join(lines) + "\n"
+
+
+class _AttackSetup:
+    """A loaded model, its test images and a validated attack config: what ``attack`` and
+    ``attack_vs_lambda`` share, so a sweep point is exactly an ``attack`` call."""
+
+    def __init__(self, classifier: Any, info: Any, config: Any, images: Any, labels: Any, runtime: "Runtime",
+                 seed: int, batch_size: int, dataset: str) -> None:
+        self.classifier, self.info, self.config = classifier, info, config
+        self.images, self.labels, self.runtime = images, labels, runtime
+        self.seed, self.batch_size, self.dataset = seed, batch_size, dataset
+
+    @classmethod
+    def create(cls, model: str, checkpoint: Path | None, dataset: str, weights_dir: Path | None, attack: str, norm: str,
+               eps: Any, steps: int | None, restarts: int | None, version: str, n_examples: int | None, batch_size: int,
+               device: str, precision: str, seed: int, data_dir: Path | None) -> "_AttackSetup":
+        from . import distributed
+        from .attacks import AttackConfig
+        from .data.datasets import dataset_spec
+        from .evaluate import Runtime
+
+        _at_least_one(n_examples, "n_examples")
+        _at_least_one(batch_size, "batch_size")
+        _check_seed(seed)
+        config = AttackConfig.create(attack=attack, norm=norm, eps=[eps] if isinstance(eps, (str, float, int)) else list(eps),
+                                     steps=steps, restarts=restarts, version=version)
+        runtime = Runtime.create(distributed.init(device), precision)
+        classifier, info = _load(model, checkpoint, dataset, weights_dir)
+        images, labels = dataset_spec(dataset).load(data_dir, "test")
+        return cls(classifier, info, config, images[:n_examples], labels[:n_examples], runtime, seed, batch_size, dataset)
+
+    def work_units(self) -> int:
+        return self.config.work_units(len(self.images), self.batch_size)
+
+    def run(self, advance: Callable[[int], None], state_dir: Path | None, stem: str, resume: bool,
+            keep_adv: bool = False) -> tuple[Any, list[dict[str, Any]]]:
+        """(AttackResults, rows) of the attack on the classifier with its policy as set by the caller;
+        progress saved under ``<state_dir>/<stem>.state.json`` when a folder is given."""
+        from . import distributed
+        from .attacks import run_attack
+        from .attacks.state import remove_state, saved_batches
+        from .lam import lambda_label
+
+        state_path = Path(state_dir) / f"{stem}{distributed.rank_suffix()}.state.json" if state_dir is not None else None
+        try:
+            results = run_attack(
+                self.classifier, self.images, self.labels, self.config, seed=self.seed, runtime=self.runtime,
+                batch_size=self.batch_size, progress=advance, state_path=state_path, resume=resume, keep_adv=keep_adv,
+                fingerprint={"model": self.info.name, "checkpoint_sha256": self.info.sha256, "dataset": self.dataset},
+            )
+        except KeyboardInterrupt:
+            saved = saved_batches(state_path) if state_path is not None else 0
+            if saved:
+                batches = -(-len(self.images) // self.batch_size)
+                raise Interrupted(f"{saved} finished batches of {batches} are saved in {state_path}; the same call with "
+                                  "resume=True continues", parameter="resume") from None
+            raise
+        if state_path is not None:
+            remove_state(state_path)
+        return results, results.rows({"model": self.info.name, "dataset": self.dataset, "lam": lambda_label(self.classifier)})
+
+    def meta(self, command: str, **extra: Any) -> dict[str, Any]:
+        from . import distributed
+
+        return base_meta(
+            command,
+            self.seed,
+            model=self.info.as_meta(),
+            checkpoint_sha256=self.info.sha256,
+            data_source={"dataset": self.dataset, "split": "test", "first_n": len(self.images)},
+            n_examples=len(self.images),
+            batch_size=self.batch_size,
+            **self.config.as_meta(),
+            protocol="sample-wise: each attack runs only on points still classified correctly and each adversarial "
+            "example is judged once by the deployed model; robust = correct and fooled by no attack; over an eps sweep "
+            "a point fooled at a smaller eps counts as fooled at larger ones; eps 0 is the clean accuracy",
+            **extra,
+            distributed=distributed.describe(),
+            **self.runtime.describe(),
+        )
 
 
 def sweep_lambda(
@@ -301,6 +446,7 @@ def sweep_lambda(
     spec = dataset_spec(dataset)
     train = spec.load(data_dir, "train") if fit else None
     source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples, dataset=dataset)
+    source.validate(names)
     _prepare_cells(source, names, progress)
     advance = progress.task(f"sweeping {info.name}", source.n * len(cells) * len(grid))
     base = {"model": info.name, "dataset": dataset}

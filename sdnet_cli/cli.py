@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import UsageError
+from .errors import Interrupted, UsageError
 
 if TYPE_CHECKING:
     from .reports import Report
@@ -28,6 +29,7 @@ app = typer.Typer(
     help="Robustness of sparse-coding networks (SDNet) and ResNet baselines: CIFAR-10-C, attacks, test-time lambda.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags shown as flags, not as '<bool>' values
 )
 console = Console(stderr=True)
 out = Console()
@@ -38,12 +40,13 @@ FLAGS = {"corruptions": "--corruption", "severities": "--severity", "fit_corrupt
 """API parameter -> CLI option where the option is not simply ``--`` + the parameter with dashes."""
 
 
-def flag_message(exc: UsageError) -> str:
+def flag_message(exc: UsageError | Interrupted) -> str:
     """The API's message, speaking of the CLI option instead of the Python parameter."""
     if exc.parameter is None:
         return str(exc)
     flag = FLAGS.get(exc.parameter, "--" + exc.parameter.replace("_", "-"))
-    return re.sub(rf"(?<![\w-]){re.escape(exc.parameter)}(?![\w-])", flag, str(exc), count=1)
+    name = re.escape(exc.parameter)
+    return re.sub(rf"(?<![\w-]){name}(=True)?(?![\w-])", flag, str(exc), count=1)
 
 
 def main_process() -> bool:
@@ -68,10 +71,12 @@ def user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except UsageError as exc:
-            console.print(f"[bold red]error:[/] {flag_message(exc)}", highlight=False, soft_wrap=True, markup=True)
+            console.print(f"[bold red]error:[/] {escape(flag_message(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            console.print(f"[yellow]{'terminated' if terminated else 'interrupted'}; no report was written[/]")
+        except KeyboardInterrupt as exc:
+            saved = f": {escape(flag_message(exc))}" if isinstance(exc, Interrupted) else ""
+            console.print(f"[yellow]{'terminated' if terminated else 'interrupted'}; no report was written{saved}[/]",
+                          highlight=False, soft_wrap=True)
             raise typer.Exit(143 if terminated else 130) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -194,6 +199,19 @@ CorruptionOpt = Annotated[list[str], typer.Option(
     help="Corruption name, repeatable; 'all' = the 15 benchmark corruptions, 'extra' = the 4 extras, 'none' = clean "
     "only. Clean accuracy is always reported alongside.")]
 SeverityOpt = Annotated[list[str], typer.Option("--severity", "-s", help="Severity 1..5, repeatable, or 'all'.")]
+EpsOpt = Annotated[list[str], typer.Option(
+    "--eps",
+    help="Budget in [0,1] pixel units: a fraction (8/255) or a decimal; repeatable for a sweep, where a point fooled "
+    "at a smaller eps counts as fooled at the larger ones.")]
+NormOpt = Annotated[str, typer.Option("--norm", help="Threat model: Linf or L2.")]
+StepsOpt = Annotated[Optional[int], typer.Option(
+    "--steps", help="Iterations of a single attack (square: queries); default pgd 20, apgd/fab 100, square 5000.")]
+RestartsOpt = Annotated[Optional[int], typer.Option("--restarts", help="Random restarts of a single attack (default 1).")]
+VersionOpt = Annotated[str, typer.Option(
+    "--version", help="autoattack version: standard, or rand (randomised models: APGD-CE and APGD-DLR with 20 EOT "
+    "iterations).")]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="Continue an interrupted run from <out>/<name>*.state.json, skipping finished batches.")]
 CalibrationOpt = Annotated[Optional[Path], typer.Option(
     "--calibration", help="Calibration JSON for --lam auto/noise (default: the checkpoint's own).")]
 
@@ -359,12 +377,40 @@ def sweep_lambda_command(
     weights_dir: WeightsDirOpt = None,
     out_dir: OutOpt = Path("reports"),
     name: NameOpt = None,
+    attack: Annotated[Optional[str], typer.Option(
+        "--attack", "-a",
+        help="Measure robust accuracy instead of corruptions: any attack of `sdnet attack` (pgd, apgd-ce, ..., "
+        "autoattack), run on the first --n-examples clean test images at every lambda of --lams, the deployed "
+        "model at that lambda attacked (corruption and --fit options are not used).")] = None,
+    eps: EpsOpt = ["1/255"],
+    norm: NormOpt = "Linf",
+    steps: StepsOpt = None,
+    restarts: RestartsOpt = None,
+    version: VersionOpt = "standard",
+    baseline_model: Annotated[Optional[str], typer.Option(
+        "--baseline-model", help="With --attack: also attack this model (e.g. resnet18) at its own lambda; its numbers "
+        "are drawn as horizontal reference lines.")] = None,
+    resume: ResumeOpt = False,
 ) -> None:
-    """Accuracy and stem reconstruction error for each test lambda on each cell; --fit calibrates --lam auto/noise."""
+    """Accuracy and stem reconstruction error for each test lambda on each cell; --fit calibrates --lam auto/noise.
+    With --attack: clean and robust accuracy for each test lambda (the paper's robustness vs lambda claim)."""
     from . import api
 
     single_process("sweep-lambda")
     preflight(out_dir, name)
+    if attack is not None:
+        if fit:
+            raise UsageError("--fit calibrates on corruptions; it does not combine with --attack")
+        with RichProgress() as progress:
+            report = api.attack_vs_lambda(
+                model=model, checkpoint=checkpoint, dataset=dataset, lams=lams, attack=attack, norm=norm, eps=eps,
+                steps=steps, restarts=restarts, version=version, baseline_model=baseline_model, n_examples=n_examples,
+                batch_size=batch_size, device=device, precision=precision, seed=seed, data_dir=data_dir,
+                weights_dir=weights_dir, name=name, state_dir=out_dir, resume=resume, progress=progress)
+        print_rows(f"{report.meta['model']['name']}: accuracy vs lambda", report.rows,
+                   ["model", "attack", "eps_text", "lam", "n", "clean_accuracy", "robust_accuracy", "masking_warnings"])
+        write(report, out_dir, None)
+        return
     with RichProgress() as progress:
         report = api.sweep_lambda(
             model=model, checkpoint=checkpoint, dataset=dataset, corruptions=corruption, severities=severity, lams=lams,
@@ -392,19 +438,11 @@ def attack_command(
         help="pgd, apgd-ce, apgd-dlr, apgd-t, fab-t, square, or autoattack: standard AutoAttack (APGD-CE, APGD-T, "
         "FAB-T, Square with the original settings), each attack only on points still correct, worst case per "
         "sample.")] = "autoattack",
-    norm: Annotated[str, typer.Option("--norm", help="Threat model: Linf or L2.")] = "Linf",
-    eps: Annotated[list[str], typer.Option(
-        "--eps",
-        help="Budget in [0,1] pixel units: a fraction (8/255) or a decimal; repeatable for a sweep, where a point "
-        "fooled at a smaller eps counts as fooled at the larger ones.")] = ["8/255"],
-    steps: Annotated[Optional[int], typer.Option(
-        "--steps", help="Iterations of a single attack (square: queries); default pgd 20, apgd/fab 100, square 5000.")
-    ] = None,
-    restarts: Annotated[Optional[int], typer.Option(
-        "--restarts", help="Random restarts of a single attack (default 1).")] = None,
-    version: Annotated[str, typer.Option(
-        "--version", help="autoattack version: standard, or rand (randomised models: APGD-CE and APGD-DLR with 20 EOT "
-        "iterations).")] = "standard",
+    norm: NormOpt = "Linf",
+    eps: EpsOpt = ["8/255"],
+    steps: StepsOpt = None,
+    restarts: RestartsOpt = None,
+    version: VersionOpt = "standard",
     lam: Annotated[Optional[str], typer.Option(
         "--lam",
         help="Test-time lambda of the CSC layers (SDNet only): a number, or 'auto'/'noise' (per input, calibrated by "
@@ -423,8 +461,7 @@ def attack_command(
     weights_dir: WeightsDirOpt = None,
     out_dir: OutOpt = Path("reports"),
     name: NameOpt = None,
-    resume: Annotated[bool, typer.Option(
-        "--resume", help="Continue an interrupted run from <out>/<name>.state.json, skipping finished batches.")] = False,
+    resume: ResumeOpt = False,
     save_adv: Annotated[Optional[Path], typer.Option(
         "--save-adv",
         help="Also write the adversarial examples (.npz: float32 NHWC in [0,1] per eps, labels, robust flags); robust "
@@ -446,7 +483,7 @@ def attack_command(
     if not main_process():
         return
     for warning in report.meta["diagnostics"]["warnings"]:
-        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     print_rows(f"{report.meta['model']['name']} on {dataset}", report.rows,
                ["attack", "norm", "eps_text", "lam", "n", "clean_accuracy", "robust_accuracy", "seconds"])
     write(report, out_dir, None)

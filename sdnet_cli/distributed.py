@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .errors import UsageError
+
 T = TypeVar("T")
 
 
@@ -35,7 +37,7 @@ def init(device: str) -> str:
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cuda:
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
+            raise UsageError("device cuda was asked for, but torch sees no CUDA GPU on this machine", parameter="device")
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"

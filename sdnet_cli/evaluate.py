@@ -17,6 +17,7 @@ from torch import nn
 
 from . import distributed
 from .data.cells import Cell, CellSource
+from .errors import UsageError
 from .lam import lambda_label
 from .metrics import percent
 from .models.classifier import Classifier, LambdaPolicy
@@ -36,13 +37,13 @@ class Runtime:
     @classmethod
     def create(cls, device: str = "auto", precision: str = "fp32") -> "Runtime":
         if precision not in ("fp32", "bf16"):
-            raise ValueError(f"unknown precision {precision!r}; use fp32 or bf16")
+            raise UsageError(f"unknown precision {precision!r}; use fp32 or bf16", parameter="precision")
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-            raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda")
+            raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda", parameter="device")
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for, but torch sees no CUDA GPU on this machine")
+            raise UsageError("device cuda was asked for, but torch sees no CUDA GPU on this machine", parameter="device")
         return cls(torch.device(device), precision)  # type: ignore[arg-type]
 
     def autocast(self) -> AbstractContextManager:

@@ -230,3 +230,46 @@ def _line_or_none(points: Sequence[dict]) -> tuple[float, float] | None:
         return fit_line([p["error"] for p in points], [p["best_lam"] for p in points])
     except UsageError:
         return None
+
+
+def save_attack_sweep_plot(rows: Sequence[dict], model: str, path: Path) -> Path:
+    """Clean and robust accuracy vs lambda (a line per eps) for ``model``'s rows of an attack sweep; any
+    other model's rows (a baseline at its own lambda) become dashed horizontal reference lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .reports import atomic_path
+
+    def final(rows_of: Sequence[dict]) -> list[dict]:  # AutoAttack: the worst case over its components
+        names = {r["attack"] for r in rows_of}
+        return [r for r in rows_of if r["attack"] == "worst" or "worst" not in names]
+
+    ours = final([r for r in rows if r["model"] == model])
+    frame = pd.DataFrame(ours).sort_values("lam")
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    clean = frame.drop_duplicates("lam")
+    ax.plot(clean["lam"], clean["clean_accuracy"], marker="o", markersize=3, color="black", label=f"{model} clean")
+    colours = {}
+    for i, (eps_text, group) in enumerate(frame.groupby("eps_text", sort=False)):
+        colours[eps_text] = f"C{i}"
+        ax.plot(group["lam"], group["robust_accuracy"], marker="o", markersize=3, color=colours[eps_text],
+                label=f"{model} robust, eps {eps_text}")
+    for reference in sorted({r["model"] for r in rows} - {model}):
+        theirs = final([r for r in rows if r["model"] == reference])
+        ax.axhline(theirs[0]["clean_accuracy"], color="black", linestyle="--", linewidth=1, label=f"{reference} clean")
+        for r in theirs:
+            ax.axhline(r["robust_accuracy"], color=colours.get(r["eps_text"], "gray"), linestyle="--", linewidth=1,
+                       label=f"{reference} robust, eps {r['eps_text']}")
+    ax.set_xlabel("test-time lambda")
+    ax.set_ylabel("accuracy (%)")
+    attack = "autoattack" if ours[0]["attack"] == "worst" else ours[0]["attack"]
+    ax.set_title(f"{model}: accuracy under {attack} vs lambda ({ours[0]['n']} images)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)

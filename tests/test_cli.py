@@ -78,7 +78,7 @@ def test_eval_lam_is_recorded_and_changes_nothing_for_same_value(
         (["--corruption", "rain"], "unknown corruption"),
         (["--severity", "6"], "severity must be 1..5"),
         (["--lam", "-1"], "--lam must be a finite number"),
-        (["--precision", "fp8"], "unknown precision"),
+        (["--precision", "fp8"], "unknown --precision"),
     ],
 )
 def test_eval_usage_errors_exit_2_without_report(

@@ -314,8 +314,8 @@ def test_torchvision_baselines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(ModelError, match="resnet18-f37072fd.pth") as missing:
         load_model("tv_resnet18", dataset="imagenet")
-    assert "never downloads" in str(missing.value) and "--checkpoint" in str(missing.value)
-    with pytest.raises(ModelError, match="--dataset imagenet"):
+    assert "never downloads" in str(missing.value) and "checkpoint file" in str(missing.value)
+    with pytest.raises(ModelError, match="dataset imagenet"):
         create_model("tv_resnet50", "cifar10")
 
     torch.manual_seed(0)

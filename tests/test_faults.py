@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from sdnet_cli.data.cifar_c import (
 from sdnet_cli.errors import UsageError
 from sdnet_cli.models import CheckpointError, create_model, load_model
 
+Split = tuple[np.ndarray, np.ndarray]  # uint8 images [N, 32, 32, 3], int64 labels [N]
 REPO = Path(__file__).resolve().parents[1]
 N = 10  # images in the fake test split
 
@@ -80,13 +82,13 @@ def small(cifar_test_images: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray,
 
 
 @pytest.fixture
-def cifar10(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> Path:
+def cifar10(tmp_path: Path, small: Split) -> Path:
     """Data dir holding a 10-image CIFAR-10 test split."""
     fake_cifar10(tmp_path / "data", *small)
     return tmp_path / "data"
 
 
-def test_fake_layout_reads_back(cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+def test_fake_layout_reads_back(cifar10: Path, small: Split) -> None:
     """Control for the tests below: the untouched fake layout loads, pixels and labels intact."""
     images, labels = load_cifar10(cifar10, "test", download=False)
     np.testing.assert_array_equal(images, small[0])
@@ -137,7 +139,7 @@ def plant(root: Path, images: np.ndarray, labels: np.ndarray, target: str, evil:
 @pytest.mark.parametrize("payload", [SystemCall, BuiltinsCall])
 @pytest.mark.parametrize("target", ["test_batch", "batches.meta", "test", "meta"])  # CIFAR-10's, then CIFAR-100's
 def test_pickle_that_runs_code_is_refused(
-    tmp_path: Path, small: tuple[np.ndarray, np.ndarray], payload: type, target: str
+    tmp_path: Path, small: Split, payload: type, target: str
 ) -> None:
     marker = tmp_path / "pwned"
     evil = payload(marker)
@@ -173,7 +175,7 @@ def test_truncated_or_empty_test_batch(cifar10: Path, keep: float) -> None:
     assert "truncated" in message and "download" in message
 
 
-def test_clean_labels_outside_the_class_range(cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+def test_clean_labels_outside_the_class_range(cifar10: Path, small: Split) -> None:
     culprit = cifar10 / "cifar-10-batches-py" / "test_batch"
     write_batch(culprit, small[0], 50 + np.arange(N))
     with pytest.raises(DataError) as err:
@@ -181,7 +183,7 @@ def test_clean_labels_outside_the_class_range(cifar10: Path, small: tuple[np.nda
     assert "50..59" in one_line_naming(err, culprit)
 
 
-def test_batch_without_images(cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+def test_batch_without_images(cifar10: Path, small: Split) -> None:
     culprit = cifar10 / "cifar-10-batches-py" / "test_batch"
     with open(culprit, "wb") as f:
         pickle.dump({b"labels": [0] * N, b"data": np.zeros((N, 100), np.float32)}, f)
@@ -203,7 +205,7 @@ def release(root: Path, labels: np.ndarray, corruptions: tuple[str, ...] = ("fog
     return root
 
 
-def test_good_release_passes_every_check(tmp_path: Path, cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+def test_good_release_passes_every_check(tmp_path: Path, cifar10: Path, small: Split) -> None:
     """Control: the checks accept a sound folder and the cell reads back."""
     c_dir = release(tmp_path / "c", small[1])
     source = CellSource(cifar10, c_dir, tmp_path / "cache", dataset="cifar10")
@@ -213,7 +215,7 @@ def test_good_release_passes_every_check(tmp_path: Path, cifar10: Path, small: t
     np.testing.assert_array_equal(labels, small[1])
 
 
-def test_missing_files_are_found_before_any_cell(tmp_path: Path, cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+def test_missing_files_are_found_before_any_cell(tmp_path: Path, cifar10: Path, small: Split) -> None:
     c_dir = release(tmp_path / "c", small[1], ("fog",))
     source = CellSource(cifar10, c_dir, tmp_path / "cache", dataset="cifar10")
     with pytest.raises(CifarCError) as err:
@@ -238,7 +240,9 @@ def test_missing_files_are_found_before_any_cell(tmp_path: Path, cifar10: Path, 
         (lambda p: np.save(p, np.zeros((40, 32, 32, 3), np.uint8)), "(40, 32, 32, 3)"),
     ],
 )
-def test_damaged_corruption_file(tmp_path: Path, cifar10: Path, small: tuple[np.ndarray, np.ndarray], damage, words: str) -> None:  # type: ignore[no-untyped-def]
+def test_damaged_corruption_file(
+    tmp_path: Path, cifar10: Path, small: Split, damage: Callable[[Path], object], words: str
+) -> None:
     c_dir = release(tmp_path / "c", small[1])
     culprit = c_dir / "snow.npy"
     damage(culprit)
@@ -252,7 +256,7 @@ def test_damaged_corruption_file(tmp_path: Path, cifar10: Path, small: tuple[np.
     no_temp_files(tmp_path)
 
 
-def test_pickled_npy_is_never_unpickled(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+def test_pickled_npy_is_never_unpickled(tmp_path: Path, small: Split) -> None:
     marker = tmp_path / "pwned"
     c_dir = release(tmp_path / "c", small[1])
     evil = np.empty(50, dtype=object)
@@ -265,7 +269,7 @@ def test_pickled_npy_is_never_unpickled(tmp_path: Path, small: tuple[np.ndarray,
 
 
 @pytest.mark.parametrize("bad", [np.arange(50, 60), np.arange(-1, 9)])
-def test_labels_outside_the_class_range(tmp_path: Path, cifar10: Path, small: tuple[np.ndarray, np.ndarray], bad: np.ndarray) -> None:
+def test_labels_outside_the_class_range(tmp_path: Path, cifar10: Path, small: Split, bad: np.ndarray) -> None:
     c_dir = release(tmp_path / "c", small[1])
     np.save(c_dir / "labels.npy", np.tile(bad, 5))
     source = CellSource(cifar10, c_dir, tmp_path / "cache", dataset="cifar10")
@@ -276,7 +280,7 @@ def test_labels_outside_the_class_range(tmp_path: Path, cifar10: Path, small: tu
         source.spec.corrupted.read_cell(c_dir, "fog", 2, source.images, source.labels, N)
 
 
-def test_float_labels_are_refused(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+def test_float_labels_are_refused(tmp_path: Path, small: Split) -> None:
     c_dir = release(tmp_path / "c", small[1])
     np.save(c_dir / "labels.npy", np.tile(small[1], 5).astype(np.float64))
     with pytest.raises(CifarCError) as err:
@@ -284,16 +288,25 @@ def test_float_labels_are_refused(tmp_path: Path, small: tuple[np.ndarray, np.nd
     assert "float64" in one_line_naming(err, c_dir / "labels.npy")
 
 
-def test_row_count_must_match_the_test_split(tmp_path: Path, cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
-    """A release for 8 images per severity does not fit a 10-image test split (all files agree with each other)."""
+def test_row_count_must_fit_the_test_split(tmp_path: Path, cifar10: Path, small: Split) -> None:
+    """A release holds the first k test images of each severity: k = 8 of a 10-image split reads 8 images
+    but not 10; 12 per severity, or a count that is no multiple of 5, cannot belong to this split."""
     c_dir = release(tmp_path / "c", small[1], n=8)
-    source = CellSource(cifar10, c_dir, tmp_path / "cache", dataset="cifar10")
+    CellSource(cifar10, c_dir, tmp_path / "cache", n_examples=8, dataset="cifar10").validate(["fog"])
     with pytest.raises(CifarCError) as err:
-        source.validate(["fog"])
-    assert "5 x 10 = 50" in one_line_naming(err, c_dir / "labels.npy")
+        CellSource(cifar10, c_dir, tmp_path / "cache", dataset="cifar10").validate(["fog"])
+    assert err.value.parameter == "n_examples" and "8 images per severity" in str(err.value)
+    too_many = release(tmp_path / "d", np.concatenate([small[1], small[1][:2]]), n=12)
+    with pytest.raises(CifarCError) as err:
+        CellSource(cifar10, too_many, tmp_path / "cache", n_examples=4, dataset="cifar10").validate(["fog"])
+    assert "5 x k for some k up to 10" in one_line_naming(err, too_many / "labels.npy")
+    np.save(c_dir / "labels.npy", np.zeros(41, dtype=np.int64))
+    with pytest.raises(CifarCError) as err:
+        CellSource(cifar10, c_dir, tmp_path / "cache", n_examples=4, dataset="cifar10").validate(["fog"])
+    assert "(41,)" in one_line_naming(err, c_dir / "labels.npy")
 
 
-def test_generated_subset_follows_its_metadata(tmp_path: Path, cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+def test_generated_subset_follows_its_metadata(tmp_path: Path, cifar10: Path, small: Split) -> None:
     images, labels = small
     c_dir = generate_cifar_c(images[:4], labels[:4], tmp_path / "c", ["contrast"], seed=0, workers=1)
     validate_release(c_dir, ["contrast"], N, 10, n=4)  # 4 per severity, as metadata.json says
@@ -312,7 +325,7 @@ def test_generated_subset_follows_its_metadata(tmp_path: Path, cifar10: Path, sm
     one_line_naming(err, c_dir / "metadata.json")
 
 
-def test_damaged_cache_file_says_to_delete_it(tmp_path: Path, cifar10: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+def test_damaged_cache_file_says_to_delete_it(tmp_path: Path, cifar10: Path, small: Split) -> None:
     cache = tmp_path / "cache"
     source = CellSource(cifar10, None, cache, seed=0, workers=1, dataset="cifar10")
     source.prepare(["contrast"])
@@ -368,7 +381,7 @@ def test_truncated_checkpoint(tmp_path: Path, suffix: str) -> None:
 # ---------------------------------------------------------------- killed generation
 
 
-def test_stale_temp_files_of_dead_writers_are_swept(tmp_path: Path, small: tuple[np.ndarray, np.ndarray]) -> None:
+def test_stale_temp_files_of_dead_writers_are_swept(tmp_path: Path, small: Split) -> None:
     images, labels = small
     root = ensure_generated_cells(tmp_path, images, labels, ["contrast"], seed=0, workers=1)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])

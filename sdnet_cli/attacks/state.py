@@ -53,7 +53,7 @@ class RunState:
             if not resume:
                 raise UsageError(f"{self.path} holds an unfinished run; pass resume=True to continue it, or delete it",
                                  parameter="resume")
-            saved = json.loads(self.path.read_text())
+            saved = read_state(self.path)
             changed = sorted(k for k in set(config) | set(saved["config"]) if saved["config"].get(k) != config.get(k))
             if changed:
                 raise UsageError(f"cannot resume {self.path}: it was started with different settings ({', '.join(changed)})",
@@ -83,6 +83,26 @@ class RunState:
             "seconds": result.seconds.tolist(),
         }
         atomic_write_text(self.path, json.dumps({"config": self.config, "batches": self.batches}) + "\n")
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """A state file's contents; a damaged one is named, with what to do."""
+    try:
+        saved = json.loads(Path(path).read_text())
+        if not isinstance(saved.get("config"), dict) or not isinstance(saved.get("batches"), dict):
+            raise ValueError("no config and batches")
+        return saved
+    except (OSError, ValueError, AttributeError) as exc:
+        raise UsageError(f"the resume state {path} is damaged ({exc}); delete it to start the run afresh",
+                         parameter="resume") from None
+
+
+def saved_batches(path: Path) -> int:
+    """How many finished batches a state file holds (0 when there is none or it is unreadable)."""
+    try:
+        return len(read_state(path)["batches"])
+    except UsageError:
+        return 0
 
 
 def remove_state(path: Path) -> None:

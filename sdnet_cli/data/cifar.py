@@ -130,13 +130,11 @@ def read_batch(path: Path, layout: CifarLayout = CIFAR10) -> tuple[np.ndarray, n
     except ValueError:  # ragged nesting
         labels = np.asarray(None)
     if labels.dtype.kind not in "iu" or labels.shape != (len(data),):
-        raise _damaged(
-            path, layout, f"should hold {layout.label_key!r}, {len(data)} integer labels, but holds {labels.dtype} {labels.shape}"
-        )
+        found = f"{labels.dtype} {labels.shape}"
+        raise _damaged(path, layout, f"should hold {layout.label_key!r}, {len(data)} integer labels, but holds {found}")
     if len(labels) and not 0 <= labels.min() <= labels.max() < layout.num_classes:
-        raise _damaged(
-            path, layout, f"has labels {labels.min()}..{labels.max()}, outside {layout.title}'s 0..{layout.num_classes - 1}"
-        )
+        found = f"{labels.min()}..{labels.max()}"
+        raise _damaged(path, layout, f"has labels {found}, outside {layout.title}'s 0..{layout.num_classes - 1}")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels.astype(np.int64)
 

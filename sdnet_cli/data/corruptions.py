@@ -1,7 +1,8 @@
 """The 19 common corruptions at CIFAR-10-C strengths, batched and seeded.
 
-These follow Hendrycks & Dietterich's CIFAR-10-C generation code, with the strength
-table of SPEC section 3 (``CIFAR_STRENGTHS``). The ``imagecorruptions`` package has
+These follow Hendrycks & Dietterich's CIFAR-10-C generation code ("Benchmarking Neural Network
+Robustness to Common Corruptions and Perturbations", ICLR 2019), with its CIFAR strength table
+(``CIFAR_STRENGTHS``). The ``imagecorruptions`` package has
 the same algorithms but only ImageNet-C strengths, which are far too strong for 32x32
 images, so here it only supplies the defocus disk kernel and the frost textures, and
 runs ``strength="imagenet"``. Its plasma fractal and motion blur are re-done batched
@@ -50,7 +51,7 @@ BENCHMARK_CORRUPTIONS: tuple[str, ...] = (
 EXTRA_CORRUPTIONS: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 ALL_CORRUPTIONS: tuple[str, ...] = BENCHMARK_CORRUPTIONS + EXTRA_CORRUPTIONS
 
-# CIFAR-10-C strengths for severities 1..5 (SPEC section 3); pixel values in [0, 1].
+# CIFAR-10-C strengths for severities 1..5, as in Hendrycks & Dietterich's CIFAR generation script; pixel values in [0, 1].
 # This table is the single source: the generator also copies it into its metadata.
 CIFAR_STRENGTHS: dict[str, list[Any]] = {
     "gaussian_noise": [0.04, 0.06, 0.08, 0.09, 0.10],  # sigma

@@ -1,6 +1,6 @@
 """ImageNet validation folders and ImageNet-C: readers, standard preprocessing, seeded generation.
 
-Layouts (SPEC section 3):
+Layouts (ImageNet's ImageFolder convention; ImageNet-C as released by Hendrycks & Dietterich, ICLR 2019):
 
 - ImageNet: ``<root>/val/<wnid>/<image>`` (and ``<root>/train/<wnid>/...``), ImageFolder style.
   The label of an image is the position of its class folder among the sorted folder names,

@@ -75,7 +75,7 @@ def create_model(
     spec = dataset_spec(dataset)
     if name in TORCHVISION_MODELS:
         if spec.stem != "imagenet":
-            raise ModelError(f"{name} is torchvision's ImageNet model; use it with --dataset imagenet")
+            raise ModelError(f"{name} is torchvision's ImageNet model; use it with dataset imagenet", parameter="dataset")
         import torchvision.models
 
         classes = num_classes or spec.num_classes
@@ -132,7 +132,8 @@ def _hub_checkpoint(name: str) -> tuple[Path, str]:
         raise ModelError(
             f"no weights for {name}: {path} does not exist and sdnet never downloads. Copy {path.name} "
             f"(torchvision's {TORCHVISION_MODELS[name]} IMAGENET1K_V1 file, https://download.pytorch.org/models/{path.name}) "
-            f"there, set $TORCH_HOME to the folder whose hub/checkpoints holds it, or pass --checkpoint PATH"
+            f"there, set $TORCH_HOME to the folder whose hub/checkpoints holds it, or give a checkpoint file",
+            parameter="checkpoint",
         )
     digest = sha256_of(path)
     if not digest.startswith(path.stem.rsplit("-", 1)[-1]):
@@ -185,7 +186,7 @@ def load_model(
     if settings["num_classes"] != classes:
         raise ModelError(
             f"{checkpoint} has {settings['num_classes']} output classes but {dataset} has {classes}; "
-            "pass the --dataset it was trained on"
+            "give the dataset it was trained on", parameter="dataset"
         )
     classifier = create_model(architecture, dataset=dataset, **settings)
     load_into(classifier.network, state, str(checkpoint))

@@ -1,0 +1,31 @@
+"""The README's Python API example runs as written and does what it says."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def python_api_example() -> str:
+    section = README.read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert blocks, "the README's Python API section has no python block"
+    return blocks[0]
+
+
+def test_python_api_example_runs(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SDNET_DATA", str(data_dir))
+    monkeypatch.chdir(tmp_path)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(python_api_example(), str(README), "exec"), {})
+    written = sorted(p.name for p in (tmp_path / "reports" / "notebook").iterdir())
+    assert written == ["eval-sdnet18-w32-cifar10.csv", "eval-sdnet18-w32-cifar10.json", "eval-sdnet18-w32-cifar10.md"]
+    text = printed.getvalue()
+    assert "gaussian_noise" in text and "robust_accuracy" in text
