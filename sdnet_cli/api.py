@@ -58,16 +58,18 @@ def _strings(values: str | int | Sequence[str | int]) -> list[str]:
     return [str(values)] if isinstance(values, (str, int)) else [str(v) for v in values]
 
 
-def _load(model: str, checkpoint: Path | None, dataset: str, weights_dir: Path | None):  # type: ignore[no-untyped-def]
+def _load(model: str, checkpoint: Path | None, dataset: str, weights_dir: Path | None,  # type: ignore[no-untyped-def]
+          n_steps: int | None = None):
     """(Classifier, ModelInfo) of what the user named; the dataset and checkpoint path are checked first,
-    so a typo is reported as itself, not as a missing checkpoint."""
+    so a typo is reported as itself, not as a missing checkpoint. ``n_steps`` overrides the checkpoint's
+    FISTA step count."""
     from .data.datasets import dataset_spec
     from .models import load_model
 
     dataset_spec(dataset)
     if checkpoint is not None and Path(checkpoint).is_dir():
         raise UsageError(f"checkpoint {checkpoint} is a directory; give the checkpoint file", parameter="checkpoint")
-    return load_model(model, Path(checkpoint) if checkpoint is not None else None, dataset, weights_dir)
+    return load_model(model, Path(checkpoint) if checkpoint is not None else None, dataset, weights_dir, n_steps=n_steps)
 
 
 def _prepare_cells(source: Any, corruptions: Sequence[str], progress: Progress) -> None:
@@ -98,6 +100,7 @@ def evaluate_corruptions(
     data_dir: Path | None = None,
     cache_dir: Path | None = None,
     weights_dir: Path | None = None,
+    n_steps: int | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Accuracy on the clean test split and on every (corruption, severity) cell, plus their mean.
@@ -106,6 +109,7 @@ def evaluate_corruptions(
     rules calibrated by ``sweep_lambda(fit=True)``; ``"oracle"``, the best lambda of each cell from the
     sweep report ``sweep``, which uses labels). Corrupted images come from ``cifar_c_dir`` (an official
     release) or are generated with ``seed`` and cached in ``cache_dir``. ImageNet also gets mCE.
+    ``n_steps``: FISTA steps of the CSC layers, overriding the checkpoint's (weights trained with another count).
     """
     from . import distributed
     from .data.cells import CellSource, expand_cells, parse_corruptions, parse_severities
@@ -123,7 +127,7 @@ def evaluate_corruptions(
     if oracle and sweep is None:
         raise UsageError("lam='oracle' needs sweep, a sweep-lambda JSON report of this checkpoint", parameter="sweep")
     runtime = Runtime.create(distributed.init(device), precision)
-    classifier, info = _load(model, checkpoint, dataset, weights_dir)
+    classifier, info = _load(model, checkpoint, dataset, weights_dir, n_steps)
     cell_policy = oracle_lambdas(sweep, info, cells) if oracle else None  # type: ignore[arg-type]
     policy = None if oracle else resolve_policy(lam, classifier, info, calibration)
     source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples, dataset=dataset)
@@ -176,6 +180,7 @@ def attack(
     state_dir: Path | None = None,
     resume: bool = False,
     save_adversarials: Path | None = None,
+    n_steps: int | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Robust accuracy of the deployed model (lambda policy included) under one attack or standard
@@ -184,6 +189,7 @@ def attack(
     ``state_dir``: finished batches are saved to ``<state_dir>/<name>.state.json``, so an interrupted run
     continues with ``resume`` (the file is removed once the run completes); ``name`` is the report's
     file stem (default ``attack-<model>-<attack>``). ``save_adversarials``: an ``.npz`` of the examples.
+    ``n_steps``: FISTA steps of the CSC layers, overriding the checkpoint's.
     """
     from . import distributed
     from .attacks import requantized_robust_accuracy, save_adversarials as save_npz
@@ -196,7 +202,7 @@ def attack(
         raise UsageError("lam='oracle' picks lambda per corruption cell using labels; it is no deployed pipeline to "
                          "attack", parameter="lam")
     setup = _AttackSetup.create(model, checkpoint, dataset, weights_dir, attack, norm, eps, steps, restarts, version,
-                                n_examples, batch_size, device, precision, seed, data_dir)
+                                n_examples, batch_size, device, precision, seed, data_dir, n_steps)
     classifier, info = setup.classifier, setup.info
     policy = resolve_policy(lam, classifier, info, calibration)
     stem = check_stem(name or f"attack-{info.name}-{setup.config.attack}")
@@ -245,6 +251,7 @@ def attack_vs_lambda(
     name: str | None = None,
     state_dir: Path | None = None,
     resume: bool = False,
+    n_steps: int | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Clean and robust accuracy for every test lambda of ``lams``, each attacked as deployed at that lambda.
@@ -253,14 +260,15 @@ def attack_vs_lambda(
     al., NeurIPS 2022); this measures it under an adaptive attack. Every lambda is a separate run of
     ``attack`` (same images, seed and batches as ``attack(lam=...)``, so each point equals that call), with
     its own gradient-masking diagnostics in the rows and meta. ``baseline_model`` adds that model's rows
-    (lam: its own) as a reference; the report's extra is the accuracy-vs-lambda plot.
+    (lam: its own) as a reference; the report's extra is the accuracy-vs-lambda plot. ``n_steps``: FISTA
+    steps of ``model``'s CSC layers, overriding its checkpoint's (not applied to ``baseline_model``).
     """
     from .lam import FixedLambda, lambda_grid, lambda_label
 
     progress = progress or Silent()
     grid = lambda_grid(lams)
     setup = _AttackSetup.create(model, checkpoint, dataset, weights_dir, attack, norm, eps, steps, restarts, version,
-                                n_examples, batch_size, device, precision, seed, data_dir)
+                                n_examples, batch_size, device, precision, seed, data_dir, n_steps)
     if not setup.classifier.csc_layers:
         raise UsageError(f"{setup.info.name} has no CSC layers, so it has no lambda to sweep; use an SDNet model",
                          parameter="model")
@@ -324,7 +332,8 @@ class _AttackSetup:
     @classmethod
     def create(cls, model: str, checkpoint: Path | None, dataset: str, weights_dir: Path | None, attack: str, norm: str,
                eps: Any, steps: int | None, restarts: int | None, version: str, n_examples: int | None, batch_size: int,
-               device: str, precision: str, seed: int, data_dir: Path | None) -> "_AttackSetup":
+               device: str, precision: str, seed: int, data_dir: Path | None,
+               n_steps: int | None = None) -> "_AttackSetup":
         from . import distributed
         from .attacks import AttackConfig
         from .data.datasets import dataset_spec
@@ -336,7 +345,7 @@ class _AttackSetup:
         config = AttackConfig.create(attack=attack, norm=norm, eps=[eps] if isinstance(eps, (str, float, int)) else list(eps),
                                      steps=steps, restarts=restarts, version=version)
         runtime = Runtime.create(distributed.init(device), precision)
-        classifier, info = _load(model, checkpoint, dataset, weights_dir)
+        classifier, info = _load(model, checkpoint, dataset, weights_dir, n_steps)
         images, labels = dataset_spec(dataset).load(data_dir, "test")
         return cls(classifier, info, config, images[:n_examples], labels[:n_examples], runtime, seed, batch_size, dataset)
 
@@ -412,13 +421,15 @@ def sweep_lambda(
     data_dir: Path | None = None,
     cache_dir: Path | None = None,
     weights_dir: Path | None = None,
+    n_steps: int | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Accuracy and the stem's mean reconstruction error for every test lambda on every cell.
 
     ``fit``: also calibrate the per-input rules of ``lam="auto"``/``"noise"`` on corrupted TRAINING
     images (never the test set) and write the calibration beside the checkpoint (or ``calibration_out``).
-    The report's extras are the accuracy-vs-lambda and best-lambda-vs-error plots.
+    The report's extras are the accuracy-vs-lambda and best-lambda-vs-error plots. ``n_steps``: FISTA steps
+    of the CSC layers, overriding the checkpoint's.
     """
     from .data.cells import CellSource, expand_cells, parse_corruptions, parse_severities
     from .data.datasets import dataset_spec
@@ -438,7 +449,7 @@ def sweep_lambda(
     cells = expand_cells(names, severity_list)
     fit_names = parse_corruptions(_strings(fit_corruptions)) if fit_corruptions else names
     runtime = Runtime.create(device, precision)
-    classifier, info = _load(model, checkpoint, dataset, weights_dir)
+    classifier, info = _load(model, checkpoint, dataset, weights_dir, n_steps)
     if not classifier.csc_layers:
         raise UsageError(f"{info.name} has no CSC layers, so it has no lambda to sweep; use an SDNet model (e.g. sdnet18)",
                          parameter="model")
@@ -483,6 +494,183 @@ def sweep_lambda(
                   extras=[plots])
 
 
+
+def compare_lambda_rules(
+    *,
+    model: str = "sdnet18",
+    checkpoint: Path | None = None,
+    dataset: str = "cifar10",
+    corruptions: str | Sequence[str] = ("gaussian_noise",),
+    severities: str | int | Sequence[str | int] = ("all",),
+    rules: Sequence[float | str] = (0.1, "recon", "noise", "auto"),
+    lams: str | Sequence[float] = "0.1:1.4:0.05",
+    calibration: Path | None = None,
+    cifar_c_dir: Path | None = None,
+    n_examples: int | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    precision: str = "fp32",
+    seed: int = 0,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    weights_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Every lambda of ``rules`` (numbers, ``"recon"``, ``"noise"``, ``"auto"``) on the same cells, beside
+    the per-cell and per-input oracles computed from one sweep of ``lams`` over the same images.
+
+    The oracles use the test labels (rows say ``uses_labels``): they are the ceilings of one lambda per
+    cell and of one grid lambda per input. Per-input rules' rows carry the chosen lambda's mean and
+    10th/90th percentiles. The Markdown leads with each method's gain over the first of ``rules``.
+    """
+    from .data.cells import CellSource, expand_cells, parse_corruptions, parse_severities
+    from .evaluate import Runtime
+    from .lam import lambda_grid, resolve_policy
+    from .reports import markdown_table, render_markdown
+    from .sweep import ORACLE_NOTE, compare_rules, rule_summary
+
+    progress = progress or Silent()
+    _at_least_one(n_examples, "n_examples")
+    _at_least_one(batch_size, "batch_size")
+    _check_seed(seed)
+    if not rules:
+        raise UsageError("rules needs at least one lambda or rule name", parameter="rules")
+    grid = lambda_grid(lams)
+    names = parse_corruptions(_strings(corruptions))
+    cells = expand_cells(names, parse_severities(_strings(severities)))
+    runtime = Runtime.create(device, precision)
+    classifier, info = _load(model, checkpoint, dataset, weights_dir)
+    if not classifier.csc_layers:
+        raise UsageError(f"{info.name} has no CSC layers, so it has no lambda to choose; use an SDNet model",
+                         parameter="model")
+    policies = [resolve_policy(rule, classifier, info, calibration) for rule in rules]
+    runtime.prepare(classifier)
+    source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples, dataset=dataset)
+    source.validate(names)
+    _prepare_cells(source, names, progress)
+    advance = progress.task(f"{len(rules)} rules and a {len(grid)}-lambda sweep on {info.name}",
+                            source.n * len(cells) * (len(rules) + len(grid)))
+    rows = compare_rules(classifier, cells, source, runtime, policies, grid, {"model": info.name, "dataset": dataset},
+                         batch_size, advance)
+    summary = rule_summary(rows, rows[0]["lam"])
+    meta = base_meta("lambda-rules", seed, model=info.as_meta(), checkpoint_sha256=info.sha256,
+                     data_source=source.describe(), n_examples=source.n, batch_size=batch_size, grid=grid,
+                     rules=[str(rule) for rule in rules], policies=[repr(p) for p in policies], summary=summary,
+                     oracle_note=ORACLE_NOTE, **runtime.describe())
+    title = f"sdnet lambda rules: {info.name}"
+    wide = _wide_accuracy(rows)
+    markdown = "\n".join([
+        render_markdown(title, summary, meta).rstrip(), "", f"Gain and clean change: accuracy points against "
+        f"`{rows[0]['lam']}`; corrupted_mean: mean over the corrupted cells. {ORACLE_NOTE}", "",
+        "## Accuracy per cell (%)", "", markdown_table(wide), "", "## All rows", "", markdown_table(rows), ""])
+    return Report(rows, meta, name=f"lambda-rules-{info.name}", title=title, markdown=markdown)
+
+
+def _wide_accuracy(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per cell, a column of accuracy per method (``lam``)."""
+    table: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for r in rows:
+        table.setdefault((r["corruption"], r["severity"]), {"corruption": r["corruption"], "severity": r["severity"]})[
+            str(r["lam"])] = r["accuracy"]
+    return list(table.values())
+
+
+def lambda_hold_out(
+    *,
+    model: str = "sdnet18",
+    checkpoint: Path | None = None,
+    dataset: str = "cifar10",
+    hold_out: str | Sequence[str] = ("all", "extra"),
+    rule: str = "auto",
+    reference_lam: float = 0.1,
+    severities: str | int | Sequence[str | int] = ("all",),
+    calibration: Path | None = None,
+    fit_corruptions: str | Sequence[str] = ("all", "extra"),
+    fit_n: int = 1000,
+    fit_lams: str | Sequence[float] = "0.1,0.2,0.3,0.4,0.6,0.8,1.0,1.2,1.4",
+    calibration_out: Path | None = None,
+    cifar_c_dir: Path | None = None,
+    n_examples: int | None = None,
+    batch_size: int = 256,
+    device: str = "auto",
+    precision: str = "fp32",
+    seed: int = 0,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    weights_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Does the label-free rule work on corruptions it was not calibrated on? For each corruption of
+    ``hold_out`` in turn, ``rule`` refitted without that corruption's training groups (clean and the other
+    groups stay) is evaluated on its test cells, beside the same rule fitted with it and ``reference_lam``.
+
+    The calibration sweep over the groups runs once (on ``fit_n`` corrupted TRAINING images per group of
+    ``fit_corruptions``, at ``fit_lams``; written to ``calibration_out`` when given), or is read from
+    ``calibration`` (a file whose groups include every held-out corruption); each held-out line is refitted
+    from the stored group curves. The Markdown leads with one row per held-out corruption.
+    """
+    from .data.cells import CLEAN, CellSource, parse_corruptions, parse_severities
+    from .data.datasets import dataset_spec
+    from .evaluate import Runtime
+    from .lam import AUTO, RULES, lambda_grid, load_calibration
+    from .reports import markdown_table, render_markdown
+    from .sweep import calibrate, hold_out as run_hold_out, hold_out_summary
+
+    progress = progress or Silent()
+    _at_least_one(n_examples, "n_examples")
+    _at_least_one(batch_size, "batch_size")
+    _check_seed(seed)
+    if rule != AUTO and rule not in RULES:
+        raise UsageError(f"rule must be {AUTO!r} or one of {', '.join(RULES)}, got {rule!r}", parameter="rule")
+    if fit_n < 2:
+        raise UsageError(f"fit_n must be >= 2, got {fit_n}", parameter="fit_n")
+    held = [c for c in parse_corruptions(_strings(hold_out)) if c != CLEAN]
+    if not held:
+        raise UsageError("hold_out needs at least one corruption", parameter="hold_out")
+    severity_list = parse_severities(_strings(severities))
+    runtime = Runtime.create(device, precision)
+    classifier, info = _load(model, checkpoint, dataset, weights_dir)
+    if not classifier.csc_layers:
+        raise UsageError(f"{info.name} has no CSC layers, so it has no lambda to choose; use an SDNet model",
+                         parameter="model")
+    runtime.prepare(classifier)
+    source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples, dataset=dataset)
+    source.validate(held)
+    if calibration is not None:
+        full = load_calibration(info, Path(calibration))
+    else:
+        spec = dataset_spec(dataset)
+        train = spec.load(data_dir, "train")
+        fit_names = [c for c in parse_corruptions(_strings(fit_corruptions)) if c != CLEAN]
+        fit_grid = lambda_grid(fit_lams)
+        advance = progress.task("calibrating on training images",
+                                min(fit_n, len(train[0])) * (1 + len(fit_names) * 5) * len(fit_grid))
+        full = calibrate(classifier, *train, runtime, fit_grid, fit_names, [1, 2, 3, 4, 5], fit_n, seed, advance,
+                         batch_size, info.sha256 or "", spec.strength)
+        if calibration_out is not None:
+            full.save(Path(calibration_out))
+    missing = [c for c in held if c not in full.corruptions]
+    if missing:
+        raise UsageError(f"the calibration has no training groups of {', '.join(missing)} to hold out; include them "
+                         "in fit_corruptions", parameter="hold_out")
+    _prepare_cells(source, held, progress)
+    advance = progress.task(f"held-out evaluation on {info.name}", source.n * len(held) * len(severity_list) * 3)
+    rows = run_hold_out(classifier, full, held, source, runtime, severity_list, {"model": info.name, "dataset": dataset},
+                        rule, reference_lam, batch_size, advance)
+    summary = hold_out_summary(rows)
+    meta = base_meta("lambda-hold-out", seed, model=info.as_meta(), checkpoint_sha256=info.sha256,
+                     data_source=source.describe(), n_examples=source.n, batch_size=batch_size, rule=rule,
+                     reference_lam=reference_lam, calibration=full.to_json(), calibration_file=str(calibration or
+                     calibration_out or ""), summary=summary, **runtime.describe())
+    title = f"sdnet lambda hold-out: {info.name}, rule {rule}"
+    note = (f"Per held-out corruption: mean test accuracy over severities {', '.join(map(str, severity_list))} at "
+            f"lambda {reference_lam:g}, and the gain (points) of rule `{rule}` over it when the corruption's training "
+            "groups are in the calibration and when they are left out (refitted from the stored group curves of clean "
+            "and the other corruptions). kept = held-out gain / in-calibration gain. No test labels choose anything.")
+    markdown = "\n".join([render_markdown(title, summary, meta).rstrip(), "", note, "", "## All rows", "",
+                          markdown_table(rows), ""])
+    return Report(rows, meta, name=f"lambda-hold-out-{info.name}", title=title, markdown=markdown)
+
 def generate_corruptions(
     *,
     out_dir: Path,
@@ -512,6 +700,35 @@ def generate_corruptions(
     advance = progress.task(f"generating {len(names)} corruptions (seed {seed})", len(names) * 5 * n)
     spec.corrupted.generate(Path(out_dir), names, images, labels, n, seed, workers or os.cpu_count() or 1, advance)
     return Path(out_dir)
+
+
+EXPORT_FORMATS = ("official",)
+"""``official``: the plain ``torch.save`` state_dict the authors' SDNet code loads (their key names, unit-norm atoms)."""
+
+
+def export_checkpoint(
+    *,
+    out: Path,
+    model: str = "sdnet18",
+    checkpoint: Path | None = None,
+    dataset: str = "cifar10",
+    format: str = "official",
+    weights_dir: Path | None = None,
+) -> Path:
+    """Write a loaded model's weights in another code base's format and return the path. ``official``: what the
+    authors' code (SDNet, Dai et al., NeurIPS 2022) loads and runs unchanged; set its config's lambda and FISTA
+    step count (``NUM_LAYERS``) to the model's, which the file does not hold."""
+    from .data.datasets import dataset_spec
+    from .models.checkpoints import export_official
+
+    if format not in EXPORT_FORMATS:
+        raise UsageError(f"unknown format {format!r}; use one of: {', '.join(EXPORT_FORMATS)}", parameter="format")
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"out {out} is a directory; give the file to write (e.g. model_best.pth)")
+    classifier, _ = _load(model, checkpoint, dataset, weights_dir)
+    export_official(classifier.network, out, dataset_spec(dataset).image_size)
+    return out
 
 
 def train(

@@ -214,6 +214,9 @@ ResumeOpt = Annotated[bool, typer.Option(
     "--resume", help="Continue an interrupted run from <out>/<name>*.state.json, skipping finished batches.")]
 CalibrationOpt = Annotated[Optional[Path], typer.Option(
     "--calibration", help="Calibration JSON for --lam auto/noise (default: the checkpoint's own).")]
+NStepsOpt = Annotated[Optional[int], typer.Option(
+    "--n-steps", help="FISTA steps of the CSC layers (SDNet only), for weights trained with another count than the "
+    "checkpoint records (default: the checkpoint's; 2 for the authors' files).")]
 
 
 @app.command("eval")
@@ -242,6 +245,7 @@ def eval_command(
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     weights_dir: WeightsDirOpt = None,
+    n_steps: NStepsOpt = None,
     out_dir: OutOpt = Path("reports"),
     name: NameOpt = None,
 ) -> None:
@@ -255,7 +259,7 @@ def eval_command(
             model=model, checkpoint=checkpoint, dataset=dataset, corruptions=corruption, severities=severity, lam=lam,
             calibration=calibration, sweep=sweep, cifar_c_dir=cifar_c_dir, n_examples=n_examples, batch_size=batch_size,
             device=device, precision=precision, seed=seed, data_dir=data_dir, cache_dir=cache_dir,
-            weights_dir=weights_dir, progress=progress)
+            weights_dir=weights_dir, n_steps=n_steps, progress=progress)
     if not main_process():
         return
     print_rows(f"{report.meta['model']['name']} on {dataset}", report.rows, ["corruption", "severity", "lam", "n", "accuracy"])
@@ -391,6 +395,7 @@ def sweep_lambda_command(
         "--baseline-model", help="With --attack: also attack this model (e.g. resnet18) at its own lambda; its numbers "
         "are drawn as horizontal reference lines.")] = None,
     resume: ResumeOpt = False,
+    n_steps: NStepsOpt = None,
 ) -> None:
     """Accuracy and stem reconstruction error for each test lambda on each cell; --fit calibrates --lam auto/noise.
     With --attack: clean and robust accuracy for each test lambda (the paper's robustness vs lambda claim)."""
@@ -406,7 +411,7 @@ def sweep_lambda_command(
                 model=model, checkpoint=checkpoint, dataset=dataset, lams=lams, attack=attack, norm=norm, eps=eps,
                 steps=steps, restarts=restarts, version=version, baseline_model=baseline_model, n_examples=n_examples,
                 batch_size=batch_size, device=device, precision=precision, seed=seed, data_dir=data_dir,
-                weights_dir=weights_dir, name=name, state_dir=out_dir, resume=resume, progress=progress)
+                weights_dir=weights_dir, name=name, state_dir=out_dir, resume=resume, n_steps=n_steps, progress=progress)
         print_rows(f"{report.meta['model']['name']}: accuracy vs lambda", report.rows,
                    ["model", "attack", "eps_text", "lam", "n", "clean_accuracy", "robust_accuracy", "masking_warnings"])
         write(report, out_dir, None)
@@ -416,7 +421,8 @@ def sweep_lambda_command(
             model=model, checkpoint=checkpoint, dataset=dataset, corruptions=corruption, severities=severity, lams=lams,
             fit=fit, fit_corruptions=fit_corruption, fit_n=fit_n, calibration_out=calibration_out,
             cifar_c_dir=cifar_c_dir, n_examples=n_examples, batch_size=batch_size, device=device, precision=precision,
-            seed=seed, data_dir=data_dir, cache_dir=cache_dir, weights_dir=weights_dir, progress=progress)
+            seed=seed, data_dir=data_dir, cache_dir=cache_dir, weights_dir=weights_dir, n_steps=n_steps,
+            progress=progress)
     best = [{**r, "mean_error": f"{r['mean_error']:.4g}"} for r in report.rows if r["oracle"]]
     print_rows(f"{report.meta['model']['name']}: best lambda per cell", best,
                ["corruption", "severity", "lam", "n", "accuracy", "mean_error"])
@@ -466,6 +472,7 @@ def attack_command(
         "--save-adv",
         help="Also write the adversarial examples (.npz: float32 NHWC in [0,1] per eps, labels, robust flags); robust "
         "accuracy after rounding them to uint8 goes into the report meta, separately.")] = None,
+    n_steps: NStepsOpt = None,
 ) -> None:
     """Robust accuracy under white-box and black-box attacks (torchattacks), written as JSON, CSV and Markdown."""
     from . import api
@@ -479,7 +486,7 @@ def attack_command(
             restarts=restarts, version=version, lam=lam, calibration=calibration, n_examples=n_examples,
             batch_size=batch_size, device=device, precision=precision, seed=seed, data_dir=data_dir,
             weights_dir=weights_dir, name=name, state_dir=out_dir, resume=resume, save_adversarials=save_adv,
-            progress=progress)
+            n_steps=n_steps, progress=progress)
     if not main_process():
         return
     for warning in report.meta["diagnostics"]["warnings"]:
@@ -552,6 +559,29 @@ def compare_command(
     preflight(out_dir, name)
     for path in api.compare(sources, out_dir=out_dir, name=name, title=title, note=note):
         out.print(f"wrote {path}")
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    out_path: Annotated[Path, typer.Argument(
+        help="File to write, e.g. model_best.pth.", show_default=False)],
+    model: ModelOpt = "sdnet18",
+    checkpoint: CheckpointOpt = None,
+    dataset: DatasetOpt = "cifar10",
+    format: Annotated[str, typer.Option(
+        "--format", help="official: the state_dict the authors' SDNet code loads and runs unchanged (their key names, "
+        "unit-norm atoms); set their config's LAMBDA and NUM_LAYERS to the model's.")] = "official",
+    weights_dir: WeightsDirOpt = None,
+) -> None:
+    """Write a model's weights in another code base's format (the authors' SDNet code)."""
+    from . import api
+
+    single_process("export")
+    preflight(out_path.parent, parameter="out")
+    path = api.export_checkpoint(out=out_path, model=model, checkpoint=checkpoint, dataset=dataset, format=format,
+                                 weights_dir=weights_dir)
+    out.print(f"wrote {path}")
 
 
 def main() -> None:

@@ -18,11 +18,15 @@ from torch import nn
 from . import distributed
 from .data.cells import Cell, CellSource
 from .errors import UsageError
-from .lam import lambda_label
+from .lam import FixedLambda, lambda_label
 from .metrics import percent
 from .models.classifier import Classifier, LambdaPolicy
 
 Precision = Literal["fp32", "bf16"]
+
+
+class NonFiniteOutput(UsageError):
+    """The model's outputs are not numbers for these inputs and settings: no accuracy can be reported."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,11 @@ def predict(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch.Tensor
     (test-time optimisation) switches gradients back on inside, which inference mode forbids.
     """
     with torch.no_grad(), runtime.autocast():
-        return model(x).argmax(dim=1)
+        logits = model(x)
+    if not torch.isfinite(logits).all():  # argmax would still pick a class: a silent wrong number
+        raise NonFiniteOutput("the model returned NaN or infinite logits (e.g. a test-time lambda at which the "
+                              "sparse-coding solve diverges)")
+    return logits.argmax(dim=1)
 
 
 def predict_correct(
@@ -158,6 +166,51 @@ def cell_row(base: dict, corruption: str, severity: int | str, counts: Counts) -
     }
 
 
+def lambda_columns(lams: np.ndarray) -> dict[str, float]:
+    """The chosen lambdas of a per-input policy over a cell's images: mean and 10th/90th percentiles."""
+    return {
+        "lam_mean": round(float(np.mean(lams)), 4),
+        "lam_p10": round(float(np.percentile(lams, 10)), 4),
+        "lam_p90": round(float(np.percentile(lams, 90)), 4),
+    }
+
+
+class _NotingLambdas:
+    """The policy in force, unchanged, plus a note of every per-input lambda it returns, in batch order
+    (a float lambda is the same for every input: nothing to note). Lives for one cell of one call."""
+
+    def __init__(self, policy: LambdaPolicy) -> None:
+        self.policy = policy
+        self.name = policy.name
+        self.noted: list[np.ndarray] = []
+
+    def __call__(self, model: Classifier, x_normalized: torch.Tensor):  # type: ignore[no-untyped-def]
+        lam = self.policy(model, x_normalized)
+        if isinstance(lam, torch.Tensor) and lam.ndim == 1:
+            self.noted.append(lam.detach().float().cpu().numpy())
+        return lam
+
+
+def _count_with_lambdas(
+    model: Classifier, images: np.ndarray, labels: np.ndarray, runtime: Runtime, batch_size: int,
+    progress: Callable[[int], None] | None,
+) -> tuple[Counts, np.ndarray | None]:
+    """Counts of one cell (summed over torchrun's ranks) and, for a per-input policy, the lambda it chose
+    for each image (None for one lambda for all)."""
+    part = distributed.shard(len(images), batch_size)
+    policy = model.lam_policy
+    if policy is None or isinstance(policy, FixedLambda):
+        return combined(count_correct(model, images[part], labels[part], runtime, batch_size, progress)), None
+    noting = _NotingLambdas(policy)
+    with model.using(noting):
+        counts = combined(count_correct(model, images[part], labels[part], runtime, batch_size, progress))
+    if not noting.noted:
+        return counts, None
+    lams = np.zeros(len(images), dtype=np.float64)
+    lams[part] = np.concatenate(noting.noted)
+    return counts, distributed.combine(lams, "sum")
+
+
 def mean_row(rows: list[dict]) -> dict | None:
     """``corruption: "mean"``: the plain mean over corrupted cells (the usual CIFAR-C summary)."""
     corrupted = [r for r in rows if r["severity"] != 0]
@@ -185,17 +238,26 @@ def evaluate_cells(
     those rows name it, and the mean row keeps ``row_base``'s lam. Under torchrun each rank counts
     its own whole batches of every cell (``distributed.shard``) and the counts are summed, so every
     rank returns exactly the rows of a single-process run; ``progress`` sees this rank's images.
+    Under a per-input policy each row also carries ``lambda_columns`` of the lambdas it chose (the
+    mean row: over every corrupted image); rows of one lambda for all have no such columns.
     """
-    rows = []
+    rows, corrupted_lams = [], []
     for cell in cells:
         images, labels = source.load(cell)
         policy = cell_policy(cell) if cell_policy is not None else model.lam_policy
         with model.using(policy):
             base = {**row_base, "lam": lambda_label(model)} if cell_policy is not None else row_base
-            part = distributed.shard(len(images), batch_size)
-            counts = combined(count_correct(model, images[part], labels[part], runtime, batch_size, progress))
-        rows.append(cell_row(base, cell.corruption, cell.severity, counts))
+            try:
+                counts, lams = _count_with_lambdas(model, images, labels, runtime, batch_size, progress)
+            except NonFiniteOutput as exc:
+                raise NonFiniteOutput(f"{cell.corruption} severity {cell.severity}: {exc}") from None
+        rows.append({**cell_row(base, cell.corruption, cell.severity, counts),
+                     **(lambda_columns(lams) if lams is not None else {})})
+        if lams is not None and cell.severity != 0:
+            corrupted_lams.append(lams)
     summary = mean_row(rows)
     if summary:
         summary["lam"] = row_base["lam"]
+        if corrupted_lams:  # over every corrupted image, as the mean row's accuracy is
+            summary.update(lambda_columns(np.concatenate(corrupted_lams)))
     return rows + ([summary] if summary else [])

@@ -151,6 +151,8 @@ def check_writable_dir(path: Path, parameter: str) -> Path:
     existing = next((p for p in (path, *path.parents) if p.exists()), None)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{parameter} {path} exists and is not a folder", parameter=parameter)
+    if existing is not None and not existing.is_dir():
+        raise UsageError(f"{parameter} {path} cannot be created: {existing} is a file", parameter=parameter)
     if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"{parameter} {path} is not writable ({existing} is read-only)", parameter=parameter)
     return path

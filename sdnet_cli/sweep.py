@@ -2,16 +2,19 @@
 
 ``sweep_lambda`` evaluates every (cell, lambda) pair through the ordinary evaluation loop with a
 ``FixedLambda`` policy and records the stem's mean reconstruction error; ``calibrate`` runs the
-same sweep on corrupted TRAINING images and fits the lines that ``AutoLambda`` and
-``NoiseLevelLambda`` apply per input. SDNet's robust inference (Dai et al., NeurIPS 2022) sweeps the
+same sweep on corrupted TRAINING images and fits the lines that ``ReconErrorLambda`` and
+``NoiseLevelLambda`` apply per input; ``compare_rules`` sets rules beside both label-using oracles
+and ``hold_out`` refits the calibration without one corruption at a time. SDNet's robust inference (Dai et al., NeurIPS 2022) sweeps the
 stem's lambda the same way and relates each corruption's best lambda to its mean reconstruction
 error; the calibration never sees a test image, so test accuracies of the rules stay honest.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,14 +23,28 @@ import torch
 from .data.cells import CLEAN, Cell, expand_cells
 from .data.corruptions import ALL_CORRUPTIONS, corrupt
 from .errors import UsageError
-from .evaluate import Batch, Counts, Runtime, cell_row, count_correct, iter_batches
-from .lam import AutoLambda, Calibration, FixedLambda, LineRule, NoiseLevelLambda, fit_line, fit_line_for_accuracy, lambda_grid
-from .models.classifier import Classifier
+from .evaluate import Batch, Counts, Runtime, cell_row, evaluate_cells, iter_batches, lambda_columns, mean_row, predict_correct
+from .lam import (
+    AUTO,
+    NOISE,
+    POINT_FEATURES,
+    RECON,
+    RULES,
+    Calibration,
+    FixedLambda,
+    fit_line,
+    fit_rules,
+    lambda_grid,
+    lambda_label,
+    oracle_scores,
+    recommend,
+)
+from .models.classifier import Classifier, LambdaPolicy
 from .models.csc import CSCLayer
 from .reports import save_line_plot, save_points_plot
 
-FEATURES: dict[str, type[LineRule]] = {"error": AutoLambda, "noise": NoiseLevelLambda}
-"""Point key -> the rule whose per-input feature it averages."""
+FEATURES = {key: RULES[name].feature for name, key in POINT_FEATURES.items()}
+"""Calibration point key -> the per-input feature it averages (a rule's ``feature``)."""
 
 
 class ImageSource(Protocol):
@@ -65,6 +82,56 @@ def _stem(model: Classifier) -> CSCLayer:
     return stem
 
 
+@dataclass(frozen=True)
+class CellSweep:
+    """One cell swept over a lambda grid: which images each lambda classifies correctly (``correct[j, i]``
+    for ``grid[j]`` and image i), and the stem's mean reconstruction error and the seconds at each lambda.
+    Both oracles (``lam.oracle_scores``) are functions of ``correct`` alone."""
+
+    cell: Cell
+    grid: list[float]
+    correct: np.ndarray
+    mean_error: list[float]
+    seconds: list[float]
+
+
+def sweep_cells(
+    model: Classifier,
+    cells: Sequence[Cell],
+    source: ImageSource,
+    runtime: Runtime,
+    lams: Sequence[float],
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> list[CellSweep]:
+    """Every (cell, lambda) pair through the evaluation loop with a ``FixedLambda`` policy; ``lams`` is read
+    by ``lambda_grid`` (sorted, distinct)."""
+    stem = _stem(model)
+    grid = lambda_grid(lams)
+    sweeps = []
+    for cell in cells:
+        images, labels = source.load(cell)
+        runs = [_run_at(model, stem, lam, images, labels, runtime, batch_size, progress) for lam in grid]
+        sweeps.append(CellSweep(cell, grid, np.stack([correct for correct, _, _ in runs]),
+                                [error for _, error, _ in runs], [seconds for _, _, seconds in runs]))
+    return sweeps
+
+
+def sweep_rows(sweeps: Sequence[CellSweep], row_base: dict) -> list[dict]:
+    """One row per (cell, lambda): the eval columns plus the stem's ``mean_error`` at that lambda and
+    ``oracle`` (true on the first most accurate lambda of each cell)."""
+    rows: list[dict] = []
+    for found in sweeps:
+        cell_rows = []
+        for j, lam in enumerate(found.grid):
+            counts = Counts(found.correct.shape[1], int(found.correct[j].sum()), found.seconds[j])
+            row = cell_row({**row_base, "lam": lam}, found.cell.corruption, found.cell.severity, counts)
+            cell_rows.append({**row, "mean_error": found.mean_error[j], "oracle": False})
+        cell_rows[int(np.argmax([r["correct"] for r in cell_rows]))]["oracle"] = True
+        rows += cell_rows
+    return rows
+
+
 def sweep_lambda(
     model: Classifier,
     cells: Sequence[Cell],
@@ -75,22 +142,8 @@ def sweep_lambda(
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
 ) -> list[dict]:
-    """One row per (cell, lambda): the eval columns plus the stem's ``mean_error`` at that lambda and
-    ``oracle`` (true on the first most accurate lambda of each cell). ``lams`` is read by ``lambda_grid``
-    (sorted, distinct)."""
-    stem = _stem(model)
-    grid = lambda_grid(lams)
-    rows: list[dict] = []
-    for cell in cells:
-        images, labels = source.load(cell)
-        cell_rows = []
-        for lam in grid:
-            counts, mean_error = _run_at(model, stem, lam, images, labels, runtime, batch_size, progress)
-            row = cell_row({**row_base, "lam": lam}, cell.corruption, cell.severity, counts)
-            cell_rows.append({**row, "mean_error": mean_error, "oracle": False})
-        cell_rows[int(np.argmax([r["correct"] for r in cell_rows]))]["oracle"] = True
-        rows += cell_rows
-    return rows
+    """``sweep_rows`` of ``sweep_cells``: one row per (cell, lambda)."""
+    return sweep_rows(sweep_cells(model, cells, source, runtime, lams, batch_size, progress), row_base)
 
 
 def _run_at(
@@ -102,16 +155,18 @@ def _run_at(
     runtime: Runtime,
     batch_size: int,
     progress: Callable[[int], None] | None,
-) -> tuple[Counts, float]:
-    """The counts at ``lam`` and the stem's mean reconstruction error there, from the same forwards."""
+) -> tuple[np.ndarray, float, float]:
+    """Per-image correctness at ``lam``, the stem's mean reconstruction error there (from the same
+    forwards) and the seconds it took."""
     errors = np.zeros(len(images), dtype=np.float64)
     with model.using(FixedLambda(lam)), stem.recording_error() as record:
 
         def observe(batch: Batch) -> None:
             errors[batch.rows] = record.error.cpu().numpy()  # type: ignore[union-attr]
 
-        counts = count_correct(model, images, labels, runtime, batch_size, progress, observe)
-    return counts, float(errors.mean())
+        start = time.perf_counter()
+        correct = predict_correct(model, images, labels, runtime, batch_size, progress, observe)
+    return correct, float(errors.mean()), time.perf_counter() - start
 
 
 def mean_features(
@@ -123,8 +178,8 @@ def mean_features(
     with torch.no_grad(), runtime.autocast():
         for batch in iter_batches(images, labels, runtime, batch_size):
             xn = model.normalize(batch.x)
-            for key, rule in FEATURES.items():
-                sums[key] += float(rule.feature(model, xn).double().sum())
+            for key, feature in FEATURES.items():
+                sums[key] += float(feature(model, xn).double().sum())
     return {key: total / len(images) for key, total in sums.items()}
 
 
@@ -163,8 +218,8 @@ def calibrate(
 
     Per (corruption, severity) group (and clean): the accuracy-optimal lambda on the grid and the
     group's mean feature; the line is the one that maximises the groups' mean accuracy, each read off
-    its sweep curve (``fit_line_for_accuracy``). ``strength`` is the dataset's corruption strength
-    table ("cifar" or "imagenet").
+    its sweep curve (``fit_line_for_accuracy``); ``lam="auto"`` will run the rule with the higher
+    mean group accuracy. ``strength`` is the dataset's corruption strength table ("cifar" or "imagenet").
     """
     if n < 1:
         raise UsageError(f"n must be >= 1, got {n}", parameter="n")
@@ -177,17 +232,11 @@ def calibrate(
     accuracy = {(r["corruption"], r["severity"], r["lam"]): r["accuracy"] for r in rows}
     for p in points:
         p["curve"] = [accuracy[(p["corruption"], p["severity"], lam)] for lam in grid]
-    curves = np.array([p["curve"] for p in points])
-    try:
-        rules = {key: rule(*fit_line_for_accuracy([p[key] for p in points], curves, grid), grid[0], grid[-1])
-                 for key, rule in FEATURES.items()}
-    except UsageError as exc:
-        raise UsageError(
-            f"calibration failed ({exc}): give more corruptions/severities so the groups differ", parameter="corruptions"
-        ) from None
+    rules = fit_rules(points, grid)
     return Calibration(
-        auto=rules["error"],  # type: ignore[arg-type]
-        noise=rules["noise"],  # type: ignore[arg-type]
+        recon=rules[RECON],  # type: ignore[arg-type]
+        noise=rules[NOISE],  # type: ignore[arg-type]
+        recommended=recommend(rules, points, grid),
         grid=grid,
         points=points,
         corruptions=list(corruptions),
@@ -199,6 +248,135 @@ def calibrate(
     )
 
 
+# -- rules beside the label-using references ------------------------------------------------------
+ORACLE_CELL, ORACLE_INPUT = "oracle:per-cell", "oracle:per-input"
+ORACLE_NOTE = (
+    "Rows with uses_labels = true are references, not methods: they choose lambda with the test labels of the "
+    "very images they are scored on. oracle:per-cell is the best single grid lambda of each cell (the ceiling of "
+    "any one-lambda-per-cell method); oracle:per-input counts an image correct if any grid lambda classifies it "
+    "correctly (the ceiling of any rule picking a grid lambda per input)."
+)
+
+
+def oracle_rows(sweeps: Sequence[CellSweep], row_base: dict) -> list[dict]:
+    """Both oracles of every swept cell as eval rows (plus their mean rows); ``seconds`` is what the sweep
+    of the cell took. The per-cell oracle's lambda columns give the lambda it chose."""
+    rows = []
+    for lam, pick in ((ORACLE_CELL, "cell"), (ORACLE_INPUT, "input")):
+        found, chosen = [], []
+        for swept in sweeps:
+            scores = oracle_scores(swept.correct, swept.grid)
+            counts = Counts(scores.n, scores.cell_correct if pick == "cell" else scores.input_correct, sum(swept.seconds))
+            row = cell_row({**row_base, "lam": lam}, swept.cell.corruption, swept.cell.severity, counts)
+            if pick == "cell":
+                row.update(lambda_columns(np.full(1, scores.cell_lam)))
+                if swept.cell.severity != 0:
+                    chosen.append(np.full(scores.n, scores.cell_lam))
+            found.append(row)
+        summary = mean_row(found)
+        if summary and chosen:
+            summary.update(lambda_columns(np.concatenate(chosen)))
+        rows += [{**r, "uses_labels": True} for r in found + ([summary] if summary else [])]
+    return rows
+
+
+def compare_rules(
+    model: Classifier,
+    cells: Sequence[Cell],
+    source: ImageSource,
+    runtime: Runtime,
+    policies: Sequence[LambdaPolicy | None],
+    lams: Sequence[float],
+    row_base: dict,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """Eval rows of every policy on ``cells`` (through ``evaluate_cells``, so per-input policies carry
+    their lambda columns), then both oracles from one sweep of ``lams`` over the same images."""
+    rows = []
+    for policy in policies:
+        with model.using(policy):
+            found = evaluate_cells(model, cells, source, runtime, {**row_base, "lam": lambda_label(model)}, batch_size,  # type: ignore[arg-type]
+                                   progress)
+        rows += [{**r, "uses_labels": False} for r in found]
+    return rows + oracle_rows(sweep_cells(model, cells, source, runtime, lams, batch_size, progress), row_base)
+
+
+def rule_summary(rows: Sequence[dict], reference: float | str) -> list[dict]:
+    """Per method (``lam``): accuracy on clean and averaged over the corrupted cells, each as the change
+    from the ``reference`` method's, and its mean chosen lambda."""
+    by_lam: dict[Any, dict[str, dict]] = {}
+    for r in rows:
+        by_lam.setdefault(r["lam"], {})[r["corruption"]] = r
+    base = by_lam[reference]
+    table = []
+    for lam, found in by_lam.items():
+        corrupted = found.get("mean")
+        entry = {"lam": lam, "uses_labels": bool(next(iter(found.values())).get("uses_labels", False))}
+        if corrupted is not None:
+            entry.update({"corrupted_mean": corrupted["accuracy"],
+                          "gain": round(corrupted["accuracy"] - base["mean"]["accuracy"], 4)})
+        if CLEAN in found:
+            entry.update({"clean": found[CLEAN]["accuracy"],
+                          "clean_change": round(found[CLEAN]["accuracy"] - base[CLEAN]["accuracy"], 4)})
+        entry["lam_mean"] = (corrupted or {}).get("lam_mean")
+        table.append(entry)
+    return table
+
+
+# -- generalisation to corruptions the calibration never saw ------------------------------------------
+HELD_OUT, IN_CALIBRATION, REFERENCE = "held-out", "in-calibration", "reference"
+
+
+def hold_out(
+    model: Classifier,
+    full: Calibration,
+    held_out: Sequence[str],
+    source: ImageSource,
+    runtime: Runtime,
+    severities: Sequence[int],
+    row_base: dict,
+    rule: str = AUTO,
+    reference_lam: float = 0.1,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """For each corruption of ``held_out`` in turn: its test cells under ``reference_lam``, under ``rule`` of the
+    full calibration (``in-calibration``) and under ``rule`` refitted from the stored group curves without
+    that corruption's groups (``held-out``: ``Calibration.without``). Rows carry ``held_out`` and ``variant``."""
+    rows = []
+    for corruption in held_out:
+        variants = {REFERENCE: FixedLambda(reference_lam), IN_CALIBRATION: full.policy(rule),
+                    HELD_OUT: full.without([corruption]).policy(rule)}
+        cells = [Cell(corruption, s) for s in severities]
+        for variant, policy in variants.items():
+            with model.using(policy):
+                found = evaluate_cells(model, cells, source, runtime, {**row_base, "lam": lambda_label(model)},  # type: ignore[arg-type]
+                                       batch_size, progress)
+            rows += [{**r, "held_out": corruption, "variant": variant} for r in found]
+    return rows
+
+
+def hold_out_summary(rows: Sequence[dict]) -> list[dict]:
+    """One row per held-out corruption: mean accuracy over its severities at the reference lambda, the
+    rule's gain over it with the corruption in the calibration and held out, and the share of the gain
+    kept (held-out gain / in-calibration gain; undefined when the in-calibration gain is not positive)."""
+    means = {(r["held_out"], r["variant"]): r for r in rows if r["corruption"] == "mean"}
+    table = []
+    for corruption in dict.fromkeys(r["held_out"] for r in rows):
+        reference, inside, outside = (means[(corruption, v)] for v in (REFERENCE, IN_CALIBRATION, HELD_OUT))
+        gain_in = round(inside["accuracy"] - reference["accuracy"], 4)
+        gain_out = round(outside["accuracy"] - reference["accuracy"], 4)
+        table.append({
+            "held_out": corruption, "reference_lam": reference["lam"], "reference_accuracy": reference["accuracy"],
+            "rule_in_calibration": inside["lam"], "gain_in_calibration": gain_in,
+            "rule_held_out": outside["lam"], "gain_held_out": gain_out,
+            "kept": round(gain_out / gain_in, 4) if gain_in > 0 else None,
+            "lam_mean_held_out": outside.get("lam_mean"),
+        })
+    return table
+
+
 def _cell_label(corruption: str, severity: int) -> str:
     return corruption if severity == 0 else f"{corruption} s{severity}"
 
@@ -208,7 +386,7 @@ def save_sweep_plots(
 ) -> list[Path]:
     """``<name>-accuracy.png`` (accuracy vs lambda, a line per cell) and ``<name>-fit.png`` (best lambda
     vs the stem's error at the training lambda: the test cells with their least-squares line, and the
-    training groups with the calibrated ``auto`` line when given)."""
+    training groups with the calibrated ``recon`` line when given)."""
     frame = pd.DataFrame(list(rows))
     frame["cell"] = [_cell_label(c, s) for c, s in zip(frame["corruption"], frame["severity"])]
     wide = frame.pivot(index="lam", columns="cell", values="accuracy")
@@ -218,7 +396,7 @@ def save_sweep_plots(
     series = [("test cells", [p["error"] for p in points], [p["best_lam"] for p in points], _line_or_none(points))]
     if calibration is not None:
         series.append(("training groups (calibration)", [p["error"] for p in calibration.points],
-                       [p["best_lam"] for p in calibration.points], (calibration.auto.a, calibration.auto.b)))
+                       [p["best_lam"] for p in calibration.points], (calibration.recon.a, calibration.recon.b)))
     fit = save_points_plot(series, Path(out_dir) / f"{name}-fit.png", f"{title}: best lambda vs reconstruction error",
                            "mean stem reconstruction error at the training lambda", "best lambda")
     return [accuracy, fit]

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .evaluate import Runtime, count_correct
+from .metrics import percent
 from .models.classifier import Classifier
 from .reports import atomic_path
 
@@ -175,7 +176,7 @@ def train(
         log = EpochLog(
             epoch=epoch + 1,
             train_loss=loss_sum / len(images),
-            train_accuracy=100.0 * correct / len(images),
+            train_accuracy=percent(correct, len(images)),
             test_accuracy=test.accuracy,
             lr=optimizer.param_groups[0]["lr"],
             seconds=seconds,

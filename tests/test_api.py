@@ -110,3 +110,35 @@ def test_version_matches_the_package_metadata() -> None:
 
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"sdnet-cli {version('sdnet-cli')}"
+
+
+def test_non_finite_logits_stop_the_run_naming_the_cell(cifar_test_images) -> None:  # type: ignore[no-untyped-def]
+    from sdnet_cli.data.cells import Cell
+    from sdnet_cli.evaluate import NonFiniteOutput, evaluate_cells
+    from sdnet_cli.models import create_model
+
+    images, labels = cifar_test_images
+
+    class NaNFromSecondBatch(nn.Module):
+        """Finite logits for the first 8 images, NaN afterwards: counted as wrong, argmax would hide it."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen = 0
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.seen += len(x)
+            return torch.full((len(x), 10), float("nan") if self.seen > 8 else 0.0)
+
+    with pytest.raises(NonFiniteOutput):
+        predict_correct(NaNFromSecondBatch(), images[:16], labels[:16], CPU, batch_size=8)
+
+    class Source:
+        def load(self, cell: Cell):  # type: ignore[no-untyped-def]
+            return images[:16], labels[:16]
+
+    classifier = create_model("sdnet18", width=4)
+    classifier.network = NaNFromSecondBatch()  # type: ignore[assignment]
+    with pytest.raises(NonFiniteOutput, match="fog severity 2"):
+        evaluate_cells(classifier, [Cell("fog", 2)], Source(), CPU, {"model": "m", "dataset": "cifar10", "lam": None},
+                       batch_size=8)

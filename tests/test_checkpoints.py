@@ -189,3 +189,59 @@ def test_concurrent_manifest_updates_keep_every_entry(tmp_path: Path) -> None:
     assert [w.exitcode for w in writers] == [0, 0, 0]
     names = {e["name"] for e in read_manifest(tmp_path)}
     assert names == {f"{p}{i}" for p in ("a", "b", "c") for i in range(40)}
+
+
+def scaled_atoms(model: torch.nn.Module) -> torch.nn.Module:
+    """Atom norms spread over 0.2 .. 1.7, as training leaves them, so a missing normalisation shows."""
+    with torch.no_grad():
+        for layer in model.csc_layers:
+            layer.weight.mul_(torch.linspace(0.2, 1.7, layer.out_channels).view(-1, 1, 1, 1))
+    return model
+
+
+def atom_norms(weight: torch.Tensor) -> torch.Tensor:
+    return weight.double().flatten(1).norm(dim=1)
+
+
+def test_saved_dictionaries_have_unit_norm_atoms_and_the_same_outputs(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    source = scaled_atoms(randomized(create_model("sdnet18_all", width=8))).eval()
+    assert (atom_norms(source.network.layer0[0].dn.weight) - 1).abs().max() > 0.5
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(source.network, path, {"architecture": "sdnet18_all"})
+    stored = load_file(str(path))
+    dictionaries = [k for k in stored if k.endswith("dn.weight")]
+    assert len(dictionaries) == 17  # the stem and the 16 block convs
+    for key in dictionaries:
+        torch.testing.assert_close(atom_norms(stored[key]), torch.ones(stored[key].shape[0], dtype=torch.float64))
+    other = "layer1.0.bn1.weight"
+    assert torch.equal(stored[other], source.network.state_dict()[other])  # nothing else is touched
+    model, _ = load_model("sdnet18_all", checkpoint=path)
+    x = torch.rand(3, 3, 32, 32)
+    torch.testing.assert_close(model(x), source(x), rtol=1e-5, atol=1e-5)
+
+
+def test_n_steps_overrides_the_checkpoint_setting(tmp_path: Path) -> None:
+    source = randomized(create_model("sdnet18", width=8)).eval()
+    path = tmp_path / "m.safetensors"
+    save_checkpoint(source.network, path, {"architecture": "sdnet18", "n_steps": 2})
+    x = torch.rand(2, 3, 32, 32)
+    two, info_two = load_model("sdnet18", checkpoint=path)
+    five, info_five = load_model("sdnet18", checkpoint=path, n_steps=5)
+    assert (info_two.n_steps, info_five.n_steps) == (2, 5)
+    assert info_five.as_meta()["n_steps"] == 5
+    assert [layer.n_steps for layer in five.csc_layers] == [5]
+    source.network.layer0[0].dn.n_steps = 5  # the same weights, solved with five steps
+    torch.testing.assert_close(five(x), source(x), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(five(x), two(x), atol=1e-4)
+
+
+def test_n_steps_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
+    path = tmp_path / "r.safetensors"
+    save_checkpoint(create_model("resnet18", width=4).network, path, {"architecture": "resnet18"})
+    with pytest.raises(ModelError, match="no CSC layers") as info:
+        load_model("resnet18", checkpoint=path, n_steps=3)
+    assert info.value.parameter == "n_steps"
+    with pytest.raises(ModelError, match="n_steps must be >= 1"):
+        load_model("resnet18", checkpoint=path, n_steps=0)

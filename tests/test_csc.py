@@ -1,4 +1,5 @@
-"""The CSC layer against independent float64 references (explicit matrices, long projected gradient)."""
+"""The CSC layer against independent float64 references (explicit matrices, long projected gradient,
+plain-loop transcriptions of the authors' and of textbook FISTA)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_synthesis_is_adjoint_of_analysis(stride: int) -> None:
 
 def test_many_steps_converge_to_nonnegative_lasso_solution() -> None:
     # fewer atoms than pixels: D has full column rank, so the solution is unique
-    layer = make_layer(cin=4, cout=2, n_steps=1500).eval()
+    layer = make_layer(cin=4, cout=2, n_steps=1500, fista="textbook").eval()
     x = torch.randn(1, 4, 6, 6)
     lam = 0.1
     with torch.no_grad():
@@ -76,6 +77,99 @@ def test_two_steps_are_two_ista_steps() -> None:
     z1 = torch.relu(eta * layer.analysis(x, atoms) - 0.2 * eta)
     z2 = torch.relu(z1 + eta * layer.analysis(x - layer.synthesis(z1, atoms, (7, 7)), atoms) - 0.2 * eta)
     torch.testing.assert_close(z, z2)
+
+
+def authors_fista(D: np.ndarray, x: np.ndarray, lam: float, eta: float, n_steps: int, square_noise: bool) -> np.ndarray:
+    """The update order of the authors' released CSC layer, in float64 on explicit matrices, step by step
+    as they wrote it: a soft-threshold followed by a ReLU; t set to the golden ratio after the second
+    step; from the third step on, the point a = ((t_pre + t - 1) c + (1 - t_pre) c_pre) / t, the gradient
+    taken at the current iterate c and the step made from a."""
+
+    def shrink(v: np.ndarray) -> np.ndarray:
+        return np.maximum(np.sign(v) * np.maximum(np.abs(v) - lam * eta, 0.0), 0.0)
+
+    def gradient_at(c: np.ndarray) -> np.ndarray:
+        r = x - D @ c
+        if not square_noise:
+            r = 0.5 * r / max(np.linalg.norm(r), 1e-12)
+        return D.T @ r
+
+    c = c_pre = np.zeros(D.shape[1])
+    t = 1.0
+    for i in range(n_steps):
+        if i == 0:
+            c = shrink(eta * (D.T @ x))
+        elif i == 1:
+            c_pre, c = c, shrink(c + eta * gradient_at(c))
+            t = (np.sqrt(5.0) + 1.0) / 2.0
+        else:
+            t_pre = t
+            t = (np.sqrt(1.0 + 4.0 * t_pre * t_pre) + 1.0) / 2.0
+            a = (t_pre + t - 1.0) / t * c + (1.0 - t_pre) / t * c_pre
+            c_pre, c = c, shrink(a + eta * gradient_at(c))
+    return c
+
+
+def textbook_fista(D: np.ndarray, x: np.ndarray, lam: float, eta: float, n_steps: int) -> np.ndarray:
+    """FISTA as in Beck & Teboulle (2009): x_0 = y_1 = 0, t_1 = 1; x_k = prox(y_k - eta grad(y_k)),
+    t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2, y_{k+1} = x_k + (t_k - 1) / t_{k+1} (x_k - x_{k-1})."""
+    x_prev = y = np.zeros(D.shape[1])
+    t = 1.0
+    for _ in range(n_steps):
+        x_k = np.maximum(y + eta * (D.T @ (x - D @ y)) - lam * eta, 0.0)
+        t_next = (1.0 + np.sqrt(1.0 + 4.0 * t * t)) / 2.0
+        y = x_k + (t - 1.0) / t_next * (x_k - x_prev)
+        x_prev, t = x_k, t_next
+    return x_prev
+
+
+def codes_in_float64(layer: CSCLayer, x: torch.Tensor, lam: float) -> tuple[np.ndarray, float]:
+    """The layer's codes [B, n_code] computed in float64, and the step size it used."""
+    layer = layer.double()
+    with torch.no_grad():
+        z, _ = layer.solve(x.double(), lam)
+    assert z.dtype == torch.float64
+    return z.flatten(1).numpy(), float(layer.step_size)
+
+
+@pytest.mark.parametrize("square_noise", [True, False])
+@pytest.mark.parametrize("n_steps", [3, 5, 10])
+def test_default_update_order_is_the_authors(n_steps: int, square_noise: bool) -> None:
+    layer = make_layer(cin=2, cout=3, stride=2, n_steps=n_steps, square_noise=square_noise).eval()
+    x = torch.randn(2, 2, 7, 7, generator=torch.Generator().manual_seed(n_steps))
+    lam = 0.05
+    codes, eta = codes_in_float64(layer, x, lam)
+    D = synthesis_matrix(layer, (7, 7))
+    for i in range(2):
+        reference = authors_fista(D, x[i].double().flatten().numpy(), lam, eta, n_steps, square_noise)
+        assert (reference > 0).any() and (reference == 0).any()  # a non-trivial sparse code
+        np.testing.assert_allclose(codes[i], reference, rtol=0, atol=1e-10)
+        textbook = textbook_fista(D, x[i].double().flatten().numpy(), lam, eta, n_steps)
+        if square_noise:  # the two orders really differ from the third step on
+            assert np.abs(textbook - reference).max() > 1e-3
+
+
+@pytest.mark.parametrize("n_steps", [2, 3, 5, 10])
+def test_textbook_update_order_is_beck_and_teboulle(n_steps: int) -> None:
+    layer = make_layer(cin=2, cout=3, n_steps=n_steps, fista="textbook").eval()
+    x = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(n_steps))
+    codes, eta = codes_in_float64(layer, x, 0.05)
+    D = synthesis_matrix(layer, (6, 6))
+    for i in range(2):
+        reference = textbook_fista(D, x[i].double().flatten().numpy(), 0.05, eta, n_steps)
+        np.testing.assert_allclose(codes[i], reference, rtol=0, atol=1e-10)
+
+
+def test_both_orders_agree_bit_for_bit_at_two_steps() -> None:
+    x = torch.randn(3, 2, 8, 8)
+    authors, textbook = make_layer(n_steps=2).eval(), make_layer(n_steps=2, fista="textbook").eval()
+    assert torch.equal(authors.solve(x, 0.1)[0], textbook.solve(x, 0.1)[0])
+
+
+def test_unknown_fista_order_is_refused() -> None:
+    with pytest.raises(UsageError, match="FISTA order") as info:
+        make_layer(fista="nesterov")  # type: ignore[arg-type]
+    assert info.value.parameter == "fista"
 
 
 def test_step_size_is_point_nine_over_largest_eigenvalue() -> None:

@@ -475,3 +475,51 @@ def test_pool_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     assert not any(running(pid) for pid in workers), "pool workers outlived their parent"
     # its temp file stays behind; the next run sweeps it
     assert sweep_stale_temps(tmp_path / "out") == [tmp_path / "out" / f".contrast.npy.{child.pid}.tmp"]
+
+
+def test_cli_output_and_cache_folders_are_checked_before_any_work(tmp_path: Path, data_dir: Path) -> None:
+    """A read-only --out, an --out that is a file, or a read-only --cache-dir: one line, exit 2, nothing written."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from sdnet_cli.cli import app
+
+    if os.geteuid() == 0:  # root writes anywhere; make the folder a file instead for the read-only cases
+        locked = tmp_path / "locked"
+        locked.write_text("not a folder")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    base = ["eval", "--model", "sdnet18", "-n", "8", "--data-dir", str(data_dir)]
+    for extra in (["--out", str(not_a_folder)], ["--out", str(locked / "reports")],
+                  ["-c", "fog", "--cache-dir", str(locked / "cache"), "--out", str(tmp_path / "out")]):
+        result = CliRunner().invoke(app, [*base, *extra])
+        assert result.exit_code == 2, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+        assert ("--out" in lines[0]) or ("--cache-dir" in lines[0])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["-n", "0"], "--n-examples must be >= 1"), (["--batch-size", "0"], "--batch-size must be >= 1"),
+     (["--seed", "-1"], "--seed must be in 0 .. 2**32-1"), (["--seed", "99999999999999999999"], "--seed must be in"),
+     (["--name", "../escaped"], "--name must be a plain file name"), (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+     (["--checkpoint", "."], "is a directory")],
+)
+def test_cli_bad_options_one_line_exit_2(args: list[str], message: str, tmp_path: Path, data_dir: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sdnet_cli.cli import app
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["eval", "--model", "sdnet18", "--data-dir", str(data_dir), "--out", str(out), *args])
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert not out.exists() and not (tmp_path / "escaped.json").exists()
+    assert not list(tmp_path.glob("cifar10-c-seed*"))

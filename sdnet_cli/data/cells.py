@@ -117,6 +117,10 @@ class CellSource:
             store.validate(self.c_dir, needed, self.images, self.labels, self.n)
         else:
             store.validate_cache(self.cache_dir, needed, self.images, self.labels, self.n, self.seed)
+            if self.missing_images(needed):  # generation will write into the cache
+                from ..reports import check_writable_dir
+
+                check_writable_dir(self.cache_dir, "cache_dir")
 
     def prepare(self, corruptions: Sequence[str], progress: Callable[[int], None] | None = None) -> None:
         """Check the files (``validate``), then generate (once, cached) what an official folder would provide."""

@@ -1,33 +1,72 @@
 """The calibration file of one checkpoint: the fitted per-input rules and the evidence behind them.
 
-File layout (``schema`` 2)::
+File layout (``schema`` 3)::
 
-    {"rules": {"auto": {"a", "b", "lo", "hi"}, "noise": {"a", "b", "lo", "hi"}},
+    {"rules": {"recon": {"a", "b", "lo", "hi"}, "noise": {"a", "b", "lo", "hi"}}, "recommended": "noise",
      "grid": [...], "points": [...], "corruptions": [...], "severities": [...], "n", "seed",
-     "training_lam", "checkpoint_sha256", "split", "schema": 2}
+     "training_lam", "checkpoint_sha256", "split", "schema": 3}
 
-Files written before schema 2 hold the ``auto`` rule's ``a, b, lo, hi`` at the top level and the
-``noise`` rule under ``"noise"``; they still load (the shipped checkpoints' calibrations are such
-files).
+``recommended`` is the rule ``lam="auto"`` runs: the one with the higher mean accuracy over the
+calibration groups. Older files still load: schema 2 names the reconstruction-error rule ``auto``
+under ``rules``; the first layout (the shipped checkpoints' files) holds it at the top level and
+``noise`` nested. Neither records a recommendation, so it is computed from the file's own group
+curves by the same criterion.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
-from ..data.cells import Cell
+import numpy as np
+
+from ..data.cells import CLEAN, Cell
 from ..errors import UsageError
 from ..models.classifier import LambdaPolicy
 from ..models.registry import ModelInfo
 from ..models.weights import update_manifest
-from .policies import AUTO, NOISE, ORACLE, RULES, AutoLambda, FixedLambda, LineRule, NoiseLevelLambda
+from .fit import fit_line_for_accuracy, mean_group_accuracy
+from .policies import AUTO, NOISE, ORACLE, RECON, RULES, FixedLambda, LineRule, NoiseLevelLambda, ReconErrorLambda
 
 CALIBRATION_SUFFIX = ".lambda.json"
-SCHEMA = 2
+SCHEMA = 3
 _LINE_KEYS = ("a", "b", "lo", "hi")
+POINT_FEATURES = {RECON: "error", NOISE: "noise"}
+"""Rule name -> the key under which each calibration point stores the group's mean feature."""
+PREFERENCE = (NOISE, RECON)
+"""Order in which a tie for the recommendation is broken: the model-free rule first (it is cheaper)."""
+
+
+def fit_rules(points: Sequence[dict[str, Any]], grid: Sequence[float]) -> dict[str, LineRule]:
+    """Each rule's line lambda = clamp(a * feature + b, min grid, max grid) maximising the groups' mean
+    accuracy, each group's read off its ``curve`` over ``grid`` (``fit_line_for_accuracy``)."""
+    curves = np.array([p["curve"] for p in points], dtype=np.float64)
+    lo, hi = float(min(grid)), float(max(grid))
+    try:
+        return {name: RULES[name](*fit_line_for_accuracy([p[key] for p in points], curves, grid), lo, hi)
+                for name, key in POINT_FEATURES.items()}
+    except UsageError as exc:
+        raise UsageError(
+            f"calibration failed ({exc}): give more corruptions/severities so the groups differ", parameter="corruptions"
+        ) from None
+
+
+def rule_accuracy(rule: LineRule, points: Sequence[dict[str, Any]], grid: Sequence[float]) -> float:
+    """Mean calibration-group accuracy of ``rule``: each group's accuracy at the rule's lambda for the
+    group's mean feature, read off the group's curve."""
+    features = np.array([p[POINT_FEATURES[rule.rule]] for p in points], dtype=np.float64)
+    lams = np.clip(rule.a * features + rule.b, rule.lo, rule.hi)
+    return mean_group_accuracy(lams, np.array([p["curve"] for p in points]), grid)
+
+
+def recommend(rules: dict[str, LineRule], points: Sequence[dict[str, Any]], grid: Sequence[float]) -> str:
+    """The rule ``lam="auto"`` runs: the higher mean calibration-group accuracy (ties: ``PREFERENCE``)."""
+    if not points or any("curve" not in p for p in points):
+        raise UsageError("the calibration has no per-group accuracy curves to choose its recommended rule from; "
+                         "fit it again", parameter="calibration")
+    return max(PREFERENCE, key=lambda name: rule_accuracy(rules[name], points, grid))
 
 
 @dataclass(frozen=True)
@@ -36,11 +75,12 @@ class Calibration:
 
     ``points`` has one dict per (corruption, severity) group: its accuracy-optimal lambda on
     ``grid``, its accuracy at every grid lambda (``curve``) and the group means of each rule's
-    feature (``error`` for auto, ``noise`` for noise).
+    feature (``POINT_FEATURES``). ``recommended`` names the rule ``lam="auto"`` runs.
     """
 
-    auto: AutoLambda
+    recon: ReconErrorLambda
     noise: NoiseLevelLambda
+    recommended: str
     grid: list[float]
     points: list[dict[str, Any]]
     corruptions: list[str]
@@ -51,27 +91,64 @@ class Calibration:
     checkpoint_sha256: str
     split: str = "train"
 
+    def __post_init__(self) -> None:
+        if self.recommended not in RULES:
+            raise UsageError(f"recommended must be one of {', '.join(RULES)}, got {self.recommended!r}",
+                             parameter="recommended")
+
     def policy(self, name: str) -> LambdaPolicy:
-        """The fitted rule called ``name`` (a key of ``RULES``)."""
-        return {AUTO: self.auto, NOISE: self.noise}[name]
+        """The fitted rule called ``name`` (a key of ``RULES``), or for ``"auto"`` the recommended one,
+        labelled so reports say which rule ran (``auto:noise``)."""
+        if name == AUTO:
+            return replace(self.rules[self.recommended], label=AUTO)
+        return self.rules[name]
+
+    @property
+    def rules(self) -> dict[str, LineRule]:
+        return {RECON: self.recon, NOISE: self.noise}
+
+    def without(self, corruptions: Collection[str]) -> "Calibration":
+        """The calibration refitted from the stored group curves with every group of ``corruptions`` left
+        out (clean always stays): what a fit that never saw those corruptions would give."""
+        held_out = set(corruptions) - {CLEAN}
+        unknown = held_out - set(self.corruptions)
+        if unknown:
+            raise UsageError(f"corruptions {sorted(unknown)} are not among the calibration's groups "
+                             f"({', '.join(self.corruptions)})", parameter="hold_out")
+        kept = [p for p in self.points if p["corruption"] not in held_out]
+        assert not any(p["corruption"] in held_out for p in kept)  # the held-out groups never reach the fit
+        rules = fit_rules(kept, self.grid)
+        return replace(self, recon=rules[RECON], noise=rules[NOISE], recommended=recommend(rules, kept, self.grid),
+                       points=kept, corruptions=[c for c in self.corruptions if c not in held_out])
 
     def to_json(self) -> dict[str, Any]:
-        body = {key: value for key, value in asdict(self).items() if key not in RULES}
-        return {"rules": {name: asdict(self.policy(name)) for name in RULES}, **body, "schema": SCHEMA}
+        rules = {name: {key: getattr(rule, key) for key in _LINE_KEYS} for name, rule in self.rules.items()}
+        body = {key: getattr(self, key) for key in ("recommended", "grid", "points", "corruptions", "severities", "n",
+                                                     "seed", "training_lam", "checkpoint_sha256", "split")}
+        return {"rules": rules, **body, "schema": SCHEMA}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "Calibration":
-        """Either layout: ``rules`` (schema 2), or ``auto`` at the top level and ``noise`` nested."""
-        lines = data["rules"] if "rules" in data else {AUTO: data, NOISE: data[NOISE]}
-
-        def rule(name: str) -> LineRule:
-            return RULES[name](*(float(lines[name][key]) for key in _LINE_KEYS))
-
+        """Any layout: ``rules`` with ``recon`` (schema 3) or ``auto`` (schema 2) for the
+        reconstruction-error rule, or that rule at the top level and ``noise`` nested (schema 1)."""
+        if "rules" in data:
+            lines = data["rules"]
+            recon_line = lines[RECON] if RECON in lines else lines[AUTO]
+        else:
+            lines, recon_line = data, data
+        rules: dict[str, LineRule] = {
+            RECON: ReconErrorLambda(*(float(recon_line[key]) for key in _LINE_KEYS)),
+            NOISE: NoiseLevelLambda(*(float(lines[NOISE][key]) for key in _LINE_KEYS)),
+        }
+        grid = [float(v) for v in data["grid"]]
+        points = list(data["points"])
+        recommended = data["recommended"] if "recommended" in data else recommend(rules, points, grid)
         return cls(
-            auto=rule(AUTO),  # type: ignore[arg-type]
-            noise=rule(NOISE),  # type: ignore[arg-type]
-            grid=[float(v) for v in data["grid"]],
-            points=list(data["points"]),
+            recon=rules[RECON],  # type: ignore[arg-type]
+            noise=rules[NOISE],  # type: ignore[arg-type]
+            recommended=str(recommended),
+            grid=grid,
+            points=points,
             corruptions=list(data["corruptions"]),
             severities=[int(s) for s in data["severities"]],
             n=int(data["n"]),

@@ -89,3 +89,13 @@ def fit_line_for_accuracy(features: Sequence[float], curves: np.ndarray, grid: S
     chosen = np.lexsort((np.abs(end - start), distance, -np.round(accuracy, 9)))[0]
     slope = (end[chosen] - start[chosen]) / (x_hi - x_lo)
     return float(slope), float(start[chosen] - slope * x_lo)
+
+
+def mean_group_accuracy(lams: Sequence[float], curves: np.ndarray, grid: Sequence[float]) -> float:
+    """Mean over groups of group g's accuracy at ``lams[g]``, read off its sweep curve ``curves[g]``
+    (linear between grid points): the score ``fit_line_for_accuracy`` maximises, and the one that
+    decides which rule ``lam="auto"`` recommends."""
+    grid_values = np.asarray(grid, dtype=np.float64)
+    order = np.argsort(grid_values)
+    curves = np.asarray(curves, dtype=np.float64)[:, order]
+    return float(np.mean([np.interp(lam, grid_values[order], curve) for lam, curve in zip(lams, curves)]))

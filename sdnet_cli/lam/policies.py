@@ -3,8 +3,9 @@
 A policy maps (model, normalised batch) to a float or a per-sample [B] tensor; the
 ``Classifier`` applies it on every forward (set it with ``Classifier.using``), so evaluation,
 sweeps and attacks all see the same deployed pipeline. The label-free per-input rules
-(``AutoLambda``, ``NoiseLevelLambda``) read a scalar feature of each input off a clamped line
-fitted on corrupted training images (see ``calibration``).
+(``ReconErrorLambda``, ``NoiseLevelLambda``) read a scalar feature of each input off a clamped line
+fitted on corrupted training images (see ``calibration``); ``lam="auto"`` is whichever of them the
+calibration recommends.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from ..models.classifier import Classifier
 
-AUTO, NOISE, ORACLE = "auto", "noise", "oracle"
+AUTO, RECON, NOISE, ORACLE = "auto", "recon", "noise", "oracle"
 
 
 @dataclass(frozen=True)
@@ -80,14 +81,23 @@ def noise_sigma(model: Classifier, x_normalized: torch.Tensor) -> torch.Tensor:
 # -- per-input rules -----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LineRule:
-    """lambda(x) = clamp(a * feature(x) + b, lo, hi), one lambda per input in one batched forward."""
+    """lambda(x) = clamp(a * feature(x) + b, lo, hi), one lambda per input in one batched forward.
+
+    ``label`` tags how the user asked for it: ``"auto"`` when the calibration's recommendation
+    picked it, so reports say ``auto:noise`` rather than hiding which rule ran.
+    """
 
     a: float
     b: float
     lo: float
     hi: float
-    name: ClassVar[str]
+    label: str = ""
+    rule: ClassVar[str]
     feature: ClassVar[Callable[[Classifier, torch.Tensor], torch.Tensor]]
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}:{self.rule}" if self.label else self.rule
 
     def __call__(self, model: Classifier, x_normalized: torch.Tensor) -> torch.Tensor:
         values = type(self).feature(model, x_normalized)
@@ -95,7 +105,7 @@ class LineRule:
 
 
 @dataclass(frozen=True)
-class AutoLambda(LineRule):
+class ReconErrorLambda(LineRule):
     """Per-input lambda read off the stem's reconstruction error at the training lambda.
 
     SDNet's robust inference (Dai et al., NeurIPS 2022) tunes the stem's lambda per corruption and
@@ -103,7 +113,7 @@ class AutoLambda(LineRule):
     rule reads that line per input, so it needs no labels.
     """
 
-    name: ClassVar[str] = AUTO
+    rule: ClassVar[str] = RECON
     feature: ClassVar = staticmethod(stem_error)
 
 
@@ -111,12 +121,12 @@ class AutoLambda(LineRule):
 class NoiseLevelLambda(LineRule):
     """Per-input lambda read off an estimate of the input's pixel noise level (a model-free feature)."""
 
-    name: ClassVar[str] = NOISE
+    rule: ClassVar[str] = NOISE
     feature: ClassVar = staticmethod(noise_sigma)
 
 
-RULES: dict[str, type[LineRule]] = {AUTO: AutoLambda, NOISE: NoiseLevelLambda}
-"""Rule name (a ``lam`` value) -> the rule class a calibration fits."""
+RULES: dict[str, type[LineRule]] = {RECON: ReconErrorLambda, NOISE: NoiseLevelLambda}
+"""Rule name (a ``lam`` value) -> the rule class a calibration fits; ``"auto"`` names the recommended one."""
 
 
 def lambda_label(model: Classifier) -> float | str | None:

@@ -9,22 +9,23 @@ from ..errors import UsageError
 from ..models.classifier import Classifier, LambdaPolicy
 from ..models.registry import ModelInfo
 from .calibration import load_calibration
-from .policies import AUTO, NOISE, ORACLE, RULES, FixedLambda
+from .policies import AUTO, NOISE, ORACLE, RECON, RULES, FixedLambda
 
 
 def resolve_policy(
     lam: float | str | None, model: Classifier, info: ModelInfo | None = None, calibration: Path | None = None
 ) -> LambdaPolicy | None:
-    """``lam`` -> policy: a number (or its text), ``"auto"`` or ``"noise"`` (the rule fitted for the
-    checkpoint ``info`` describes, or read from ``calibration``). None keeps each CSC layer's
-    training lambda. ``"oracle"`` depends on the cell, not the input: see ``oracle_lambdas``."""
+    """``lam`` -> policy: a number (or its text); ``"recon"`` or ``"noise"``, the rule of that name fitted
+    for the checkpoint ``info`` describes (or read from ``calibration``); ``"auto"``, the rule that
+    calibration recommends. None keeps each CSC layer's training lambda. ``"oracle"`` depends on the
+    cell, not the input: see ``oracle_lambdas``."""
     if lam is None:
         return None
     if not model.csc_layers:
         raise UsageError(
             "lam was given, but this model has no CSC layers (only SDNet models have a lambda)", parameter="lam"
         )
-    if lam in RULES:
+    if lam == AUTO or lam in RULES:
         if info is None:
             raise UsageError(f"lam={lam!r} needs info (the checkpoint's ModelInfo) to find and check its calibration",
                              parameter="info")
@@ -38,7 +39,8 @@ def resolve_policy(
     try:
         value = float(lam)
     except (TypeError, ValueError):
-        raise UsageError(f"lam must be a number, {AUTO!r}, {NOISE!r} or {ORACLE!r}, got {lam!r}", parameter="lam") from None
+        raise UsageError(f"lam must be a number, {AUTO!r}, {RECON!r}, {NOISE!r} or {ORACLE!r}, got {lam!r}",
+                         parameter="lam") from None
     if isinstance(lam, bool) or not (math.isfinite(value) and value >= 0):
         raise UsageError(f"lam must be a finite number >= 0, got {lam!r}", parameter="lam")
     return FixedLambda(value)

@@ -4,6 +4,11 @@ Our own format is a safetensors file whose keys are the key names of the authors
 (SDNet, Dai et al., NeurIPS 2022), so one loader serves our files, the authors' released
 ``.pth.tar`` files and users' own. Weights that are not finite (NaN, inf) are refused at load:
 the logits would be NaN, and argmax still picks a class, so a broken model would report an accuracy.
+
+Dictionaries are written with unit-norm atoms (the forward normalises them anyway): the authors'
+code computes a batch's step size from the stored weight before normalising it in place, so only
+unit-norm atoms give it the right step size from the first batch on. ``export_official`` writes
+the plain ``torch.save`` state_dict that code loads.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..reports import atomic_path
+from .csc import CSCLayer, normalize_atoms
 
 
 class CheckpointError(UsageError):
@@ -107,16 +113,57 @@ def load_into(network: nn.Module, state: Mapping[str, torch.Tensor], source: str
     network.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()})
 
 
-def save_checkpoint(network: nn.Module, path: Path, metadata: Mapping[str, object], half: bool = False) -> str:
-    """Write the network's state_dict as safetensors (atomically) and return its sha256."""
-    tensors = {}
+def unit_norm_state(network: nn.Module) -> dict[str, torch.Tensor]:
+    """The network's state_dict on the CPU with every CSC dictionary rescaled to unit-norm atoms."""
+    dictionaries = {f"{name}.weight" for name, module in network.named_modules() if isinstance(module, CSCLayer)}
+    state = {}
     for key, value in network.state_dict().items():
-        value = value.detach().cpu().contiguous()
+        value = value.detach().cpu()
+        if key in dictionaries:
+            value = normalize_atoms(value.float()).to(value.dtype)
+        state[key] = value.contiguous()
+    return state
+
+
+def save_checkpoint(network: nn.Module, path: Path, metadata: Mapping[str, object], half: bool = False) -> str:
+    """Write the network's state_dict (unit-norm atoms) as safetensors, atomically, and return its sha256."""
+    tensors = {}
+    for key, value in unit_norm_state(network).items():
         if half and value.is_floating_point() and not key.endswith(("running_mean", "running_var")):
             value = value.half()
         tensors[key] = value
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={k: json.dumps(v) for k, v in metadata.items()})
+    return sha256_of(path)
+
+
+def official_key(key: str, all_sparse: bool) -> str:
+    """Our key -> the authors' name for it: their SDNet-All keeps each stage's blocks under ``layers``."""
+    return re.sub(r"^(layer[1-4])\.", r"\1.layers.", key) if all_sparse else key
+
+
+def export_official(network: nn.Module, path: Path, image_size: int) -> str:
+    """Write ``network`` (one of our ResNet/SDNet builds) as the authors' code saves and loads it: a plain
+    ``torch.save`` of a state_dict of float32 tensors under their key names, unit-norm atoms, each step size
+    0.9/L for ``image_size`` inputs. Their code reads the lambda and FISTA step count from its config file,
+    not from the checkpoint. Returns the file's sha256."""
+    from .resnet import ResNet
+
+    if not isinstance(network, ResNet):
+        raise CheckpointError(f"only our ResNet/SDNet builds have an official layout, not {type(network).__name__}",
+                              parameter="model")
+    layers = [m for m in network.modules() if isinstance(m, CSCLayer)]
+    if layers:  # an eval forward brings every step-size buffer up to date with the weights and this input size
+        was_training = network.training
+        network.eval()
+        with torch.no_grad():
+            network(torch.zeros(1, 3, image_size, image_size, device=layers[0].weight.device))
+        network.train(was_training)
+    all_sparse = any(isinstance(m, CSCLayer) for m in network.layer1.modules())
+    state = {official_key(k, all_sparse): v.float() if v.is_floating_point() else v
+             for k, v in unit_norm_state(network).items()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return sha256_of(path)
 
 

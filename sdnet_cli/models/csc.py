@@ -10,6 +10,13 @@ over a dictionary A of unit-norm atoms, computed by a fixed number of unrolled F
 Problems", SIAM J. Imaging Sciences 2009) with step size 0.9 / L, L the largest eigenvalue of
 A A^T. It is differentiable end to end and has exactly the parameters of the convolution it
 replaces.
+
+The default update order is the one of the authors' released implementation, so a checkpoint
+trained there with any step count is the same model here: both orders share the momentum
+schedule (t = 1, then t' = (1 + sqrt(1 + 4 t^2)) / 2, extrapolated point y = z + (t - 1)/t' (z - z_prev)),
+but the authors take the gradient of the data term at the current iterate z and step from y,
+where textbook FISTA takes it at y. With 1 or 2 steps the momentum is still zero and the two
+coincide (plain ISTA steps).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Union
+from typing import Iterator, Literal, Union
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +34,11 @@ from ..errors import UsageError
 
 Lambda = Union[float, torch.Tensor]
 """A sparsity weight: one float for the whole batch, or a tensor of shape [B] (per sample)."""
+
+FistaOrder = Literal["authors", "textbook"]
+"""Where a FISTA step takes its gradient: at the current iterate (the authors' released code, the
+default) or at the extrapolated point (Beck & Teboulle 2009; converges to the lasso minimiser)."""
+FISTA_ORDERS: tuple[str, ...] = ("authors", "textbook")
 
 
 def normalize_atoms(weight: torch.Tensor) -> torch.Tensor:
@@ -75,10 +87,14 @@ class CSCLayer(nn.Module):
         square_noise: bool = True,
         power_iters: int = 50,
         power_tol: float = 1e-5,
+        fista: FistaOrder = "authors",
     ) -> None:
         super().__init__()
         if n_steps < 1:
             raise UsageError("a CSC layer needs at least one FISTA step", parameter="n_steps")
+        if fista not in FISTA_ORDERS:
+            raise UsageError(f"unknown FISTA order {fista!r}; use one of {', '.join(FISTA_ORDERS)}", parameter="fista")
+        self.fista = fista
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.lam = lam
@@ -96,7 +112,8 @@ class CSCLayer(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding}, lam={self.lam}, n_steps={self.n_steps}, square_noise={self.square_noise}"
+            f"padding={self.padding}, lam={self.lam}, n_steps={self.n_steps}, square_noise={self.square_noise}, "
+            f"fista={self.fista}"
         )
 
     # -- the two linear operators -------------------------------------------------------------
@@ -147,23 +164,24 @@ class CSCLayer(nn.Module):
     def solve(
         self, x: torch.Tensor, lam: Lambda | None = None, with_error: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Sparse code z of x and (if asked) the per-sample error ||x - A^T z||^2, in float32."""
+        """Sparse code z of x and (if asked) the per-sample error ||x - A^T z||^2, in float32 (float64
+        inputs stay float64): lower precision would move the thresholded codes."""
         with torch.autocast(device_type=x.device.type, enabled=False):
-            x = x.float()
-            atoms = normalize_atoms(self.weight.float())
+            x = x.to(torch.promote_types(x.dtype, torch.float32))
+            atoms = normalize_atoms(self.weight.to(x.dtype))
             in_hw = (x.shape[2], x.shape[3])
             eta = self._eta(atoms, in_hw)
             threshold = per_sample(self.lam if lam is None else lam, x.shape[0], x) * eta
-            z = torch.relu(eta * self.analysis(x, atoms) - threshold)
-            y, t = z, 1.0
-            for step in range(1, self.n_steps):
-                residual = self._data_gradient(x - self.synthesis(y, atoms, in_hw))
-                z_next = torch.relu(y + eta * self.analysis(residual, atoms) - threshold)
+            z = torch.relu(eta * self.analysis(x, atoms) - threshold)  # the first step, from z = 0
+            z_prev, t = z, 1.0
+            for _ in range(1, self.n_steps):
                 t_next = (1.0 + math.sqrt(1.0 + 4.0 * t * t)) / 2.0
                 momentum = (t - 1.0) / t_next
-                # the momentum point is only needed by a following step, and is y = z when momentum = 0
-                y = z_next + momentum * (z_next - z) if step + 1 < self.n_steps and momentum else z_next
-                z, t = z_next, t_next
+                y = z + momentum * (z - z_prev) if momentum else z  # zero on the second step
+                at = z if self.fista == "authors" else y
+                residual = self._data_gradient(x - self.synthesis(at, atoms, in_hw))
+                z_prev, z = z, torch.relu(y + eta * self.analysis(residual, atoms) - threshold)
+                t = t_next
             error = self.reconstruction_error(x, z, atoms) if with_error else None
         return z, error
 

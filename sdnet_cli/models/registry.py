@@ -146,14 +146,18 @@ def load_model(
     checkpoint: Path | None = None,
     dataset: str = "cifar10",
     weights_dir: Path | None = None,
+    n_steps: int | None = None,
 ) -> tuple[Classifier, ModelInfo]:
     """Resolve ``--model`` / ``--checkpoint`` to a model in eval mode and where it came from.
 
     Without ``checkpoint``, ``model`` names a shipped entry or an architecture whose default
     shipped checkpoint is used; a shipped file must match the manifest's sha256. Shipped
     checkpoints are looked up in ``weights_dir``, else ``$SDNET_WEIGHTS``, else those installed
-    with the package (see ``resolve_weights_dir``).
+    with the package (see ``resolve_weights_dir``). ``n_steps`` overrides the FISTA step count the
+    checkpoint records (2 when it records none, as in the authors' files), for weights trained with another.
     """
+    if n_steps is not None and n_steps < 1:
+        raise ModelError(f"n_steps must be >= 1, got {n_steps}", parameter="n_steps")
     entry: dict[str, Any] = {}
     digest: str | None = None
     if checkpoint is None and model in TORCHVISION_MODELS:
@@ -182,6 +186,12 @@ def load_model(
     checkpoint = Path(checkpoint)
     state = read_state_dict(checkpoint)
     settings = infer_settings(state, read_metadata(checkpoint))
+    sparse = architecture in ARCHITECTURES and ARCHITECTURES[architecture][1] != "none"
+    if n_steps is not None:
+        if not sparse:
+            raise ModelError(f"{architecture} has no CSC layers, so n_steps does not apply; use an SDNet model",
+                             parameter="n_steps")
+        settings["n_steps"] = n_steps
     classes = dataset_spec(dataset).num_classes
     if settings["num_classes"] != classes:
         raise ModelError(
@@ -191,7 +201,6 @@ def load_model(
     classifier = create_model(architecture, dataset=dataset, **settings)
     load_into(classifier.network, state, str(checkpoint))
     classifier.eval()
-    sparse = architecture in ARCHITECTURES and ARCHITECTURES[architecture][1] != "none"
     info = ModelInfo(
         name=entry.get("name", architecture),
         architecture=architecture,
