@@ -27,6 +27,7 @@ JOBS: list[tuple[list[str], dict[str, str]]] = [
     (["throughput.py", "--width", "16", "--width", "32", "--repeats", "3", "--scaling"], {}),
     (["train_step.py", "--width", "32", "--batch-size", "128", "--repeats", "3"], {}),
     (["lambda_throughput.py", "--width", "32", "--rounds", "3"], {}),
+    (["stem_precision.py", "--width", "32", "--batch-size", "256", "--repeats", "5"], {}),
     (["pgd_step.py", "--width", "32", "--batch-size", "64", "--steps", "5"], {}),
     (["cifar_c_rate.py", "--images", "200", "--pipeline-images", "1000"], {"OMP_NUM_THREADS": "1"}),
     (["cli_startup.py", "--repeats", "5"], {}),

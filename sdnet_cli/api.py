@@ -105,8 +105,8 @@ def evaluate_corruptions(
 ) -> Report:
     """Accuracy on the clean test split and on every (corruption, severity) cell, plus their mean.
 
-    ``lam``: the test-time lambda of every CSC layer (a number; ``"auto"``/``"noise"``, the per-input
-    rules calibrated by ``sweep_lambda(fit=True)``; ``"oracle"``, the best lambda of each cell from the
+    ``lam``: the test-time lambda of every CSC layer (a number; ``"recon"``/``"noise"``, the per-input
+    rules calibrated by ``sweep_lambda(fit=True)``, or ``"auto"``, the one the calibration recommends; ``"oracle"``, the best lambda of each cell from the
     sweep report ``sweep``, which uses labels). Corrupted images come from ``cifar_c_dir`` (an official
     release) or are generated with ``seed`` and cached in ``cache_dir``. ImageNet also gets mCE.
     ``n_steps``: FISTA steps of the CSC layers, overriding the checkpoint's (weights trained with another count).
@@ -426,8 +426,9 @@ def sweep_lambda(
 ) -> Report:
     """Accuracy and the stem's mean reconstruction error for every test lambda on every cell.
 
-    ``fit``: also calibrate the per-input rules of ``lam="auto"``/``"noise"`` on corrupted TRAINING
-    images (never the test set) and write the calibration beside the checkpoint (or ``calibration_out``).
+    ``fit``: also calibrate the per-input rules of ``lam="recon"``/``"noise"`` on corrupted TRAINING images
+    (never the test set), record which one ``lam="auto"`` runs (the higher mean accuracy on the calibration
+    groups) and write the calibration beside the checkpoint (or ``calibration_out``).
     The report's extras are the accuracy-vs-lambda and best-lambda-vs-error plots. ``n_steps``: FISTA steps
     of the CSC layers, overriding the checkpoint's.
     """
@@ -484,6 +485,7 @@ def sweep_lambda(
         points=points,
         calibration=str(calibration_path) if calibration_path else None,
         calibration_rules=calibration.to_json().get("rules") if calibration is not None else None,
+        calibration_recommended=calibration.recommended if calibration is not None else None,
         **runtime.describe(),
     )
 

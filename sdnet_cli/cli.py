@@ -36,7 +36,7 @@ out = Console()
 F = TypeVar("F", bound=Callable[..., None])
 
 FLAGS = {"corruptions": "--corruption", "severities": "--severity", "fit_corruptions": "--fit-corruption",
-         "out_dir": "--out", "save_adversarials": "--save-adv", "cifar_c_dir": "--cifar-c-dir"}
+         "rules": "--rule", "out_dir": "--out", "save_adversarials": "--save-adv", "cifar_c_dir": "--cifar-c-dir"}
 """API parameter -> CLI option where the option is not simply ``--`` + the parameter with dashes."""
 
 
@@ -213,7 +213,7 @@ VersionOpt = Annotated[str, typer.Option(
 ResumeOpt = Annotated[bool, typer.Option(
     "--resume", help="Continue an interrupted run from <out>/<name>*.state.json, skipping finished batches.")]
 CalibrationOpt = Annotated[Optional[Path], typer.Option(
-    "--calibration", help="Calibration JSON for --lam auto/noise (default: the checkpoint's own).")]
+    "--calibration", help="Calibration JSON for --lam auto/recon/noise (default: the checkpoint's own).")]
 NStepsOpt = Annotated[Optional[int], typer.Option(
     "--n-steps", help="FISTA steps of the CSC layers (SDNet only), for weights trained with another count than the "
     "checkpoint records (default: the checkpoint's; 2 for the authors' files).")]
@@ -229,9 +229,10 @@ def eval_command(
     severity: SeverityOpt = ["all"],
     lam: Annotated[Optional[str], typer.Option(
         "--lam",
-        help="Test-time lambda of every CSC layer (SDNet only): a number; 'auto' (per input, from the stem's "
+        help="Test-time lambda of every CSC layer (SDNet only): a number; 'recon' (per input, from the stem's "
         "reconstruction error) or 'noise' (per input, from the estimated pixel noise), both calibrated by "
-        "`sdnet sweep-lambda --fit`; or 'oracle' (best lambda per cell from --sweep: uses labels). "
+        "`sdnet sweep-lambda --fit`; 'auto' (the one of them the calibration recommends); or 'oracle' (best "
+        "lambda per cell from --sweep: uses labels). "
         "Default: the training lambda.")] = None,
     calibration: CalibrationOpt = None,
     sweep: Annotated[Optional[Path], typer.Option(
@@ -363,7 +364,7 @@ def sweep_lambda_command(
         "--lams", help="Test lambdas of the CSC layers (SDNet-18: the stem): START:STOP:STEP (stop included) or a "
         "comma list.")] = "0.1:1.4:0.1",
     fit: Annotated[bool, typer.Option(
-        "--fit", help="Also calibrate the per-input rules of --lam auto/noise on corrupted TRAINING images (never the "
+        "--fit", help="Also calibrate the per-input rules of --lam recon/noise/auto on corrupted TRAINING images (never the "
         "test set) and write <checkpoint stem>.lambda.json beside the checkpoint.")] = False,
     fit_corruption: Annotated[Optional[list[str]], typer.Option(
         "--fit-corruption", help="Corruptions of the calibration groups, repeatable (default: --corruption).")] = None,
@@ -428,10 +429,110 @@ def sweep_lambda_command(
                ["corruption", "severity", "lam", "n", "accuracy", "mean_error"])
     for rule, line in (report.meta["calibration_rules"] or {}).items():
         out.print(f"{rule}: lambda = clamp({line['a']:.4g} * feature + {line['b']:.4g}, {line['lo']:g}, {line['hi']:g})")
+    if report.meta.get("calibration_recommended"):
+        out.print(f"auto: {report.meta['calibration_recommended']} (the higher mean accuracy on the calibration groups)")
     if report.meta["calibration"]:
         out.print(f"wrote {report.meta['calibration']}")
     write(report, out_dir, name)
 
+
+
+@app.command("lambda-rules")
+@user_errors
+def lambda_rules_command(
+    model: ModelOpt = "sdnet18",
+    checkpoint: CheckpointOpt = None,
+    dataset: DatasetOpt = "cifar10",
+    corruption: CorruptionOpt = ["gaussian_noise"],
+    severity: SeverityOpt = ["all"],
+    rule: Annotated[list[str], typer.Option(
+        "--rule", "-r", help="A --lam value to compare, repeatable: a number, recon, noise or auto (the first is the "
+        "reference the gains are measured against).")] = ["0.1", "recon", "noise", "auto"],
+    lams: Annotated[str, typer.Option(
+        "--lams", help="Grid of the per-cell and per-input oracles (they use labels): START:STOP:STEP or a comma "
+        "list.")] = "0.1:1.4:0.05",
+    calibration: CalibrationOpt = None,
+    cifar_c_dir: CDirOpt = None,
+    n_examples: NExamplesOpt = None,
+    batch_size: BatchOpt = 256,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    weights_dir: WeightsDirOpt = None,
+    out_dir: OutOpt = Path("reports"),
+    name: NameOpt = None,
+) -> None:
+    """Label-free lambda rules side by side with the per-cell and per-input oracles (which use labels),
+    with the chosen lambdas' mean and 10th/90th percentiles per cell."""
+    from . import api
+
+    single_process("lambda-rules")
+    preflight(out_dir, name)
+    with RichProgress() as progress:
+        report = api.compare_lambda_rules(
+            model=model, checkpoint=checkpoint, dataset=dataset, corruptions=corruption, severities=severity,
+            rules=rule, lams=lams, calibration=calibration, cifar_c_dir=cifar_c_dir, n_examples=n_examples,
+            batch_size=batch_size, device=device, precision=precision, seed=seed, data_dir=data_dir,
+            cache_dir=cache_dir, weights_dir=weights_dir, progress=progress)
+    print_rows(f"{report.meta['model']['name']}: lambda rules (oracle rows use labels)", report.meta["summary"],
+               ["lam", "uses_labels", "corrupted_mean", "gain", "clean", "clean_change", "lam_mean"])
+    write(report, out_dir, name)
+
+
+@app.command("lambda-hold-out")
+@user_errors
+def lambda_hold_out_command(
+    model: ModelOpt = "sdnet18",
+    checkpoint: CheckpointOpt = None,
+    dataset: DatasetOpt = "cifar10",
+    hold_out: Annotated[list[str], typer.Option(
+        "--hold-out", help="Corruption to leave out of the calibration and evaluate, repeatable; 'all' and 'extra' "
+        "(each in turn).")] = ["all", "extra"],
+    rule: Annotated[str, typer.Option("--rule", help="auto, recon or noise.")] = "auto",
+    reference_lam: Annotated[float, typer.Option("--reference-lam", help="The fixed lambda gains are measured "
+                                                 "against.")] = 0.1,
+    severity: SeverityOpt = ["all"],
+    calibration: Annotated[Optional[Path], typer.Option(
+        "--calibration", help="A calibration JSON whose groups include every held-out corruption (skips the "
+        "calibration sweep).")] = None,
+    fit_corruption: Annotated[list[str], typer.Option(
+        "--fit-corruption", help="Corruptions of the calibration groups, repeatable.")] = ["all", "extra"],
+    fit_n: Annotated[int, typer.Option("--fit-n", help="Training images per calibration group (>= 2).")] = 1000,
+    fit_lams: Annotated[str, typer.Option("--fit-lams", help="Calibration grid.")] = "0.1,0.2,0.3,0.4,0.6,0.8,1.0,1.2,1.4",
+    calibration_out: Annotated[Optional[Path], typer.Option(
+        "--calibration-out", help="Also write the calibration fitted on every group here (to reuse with "
+        "--calibration).")] = None,
+    cifar_c_dir: CDirOpt = None,
+    n_examples: NExamplesOpt = None,
+    batch_size: BatchOpt = 256,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    weights_dir: WeightsDirOpt = None,
+    out_dir: OutOpt = Path("reports"),
+    name: NameOpt = None,
+) -> None:
+    """Generalisation of the lambda rule: each corruption left out of the calibration in turn, evaluated on its
+    test cells beside the rule fitted with it and a fixed lambda."""
+    from . import api
+
+    single_process("lambda-hold-out")
+    preflight(out_dir, name)
+    with RichProgress() as progress:
+        report = api.lambda_hold_out(
+            model=model, checkpoint=checkpoint, dataset=dataset, hold_out=hold_out, rule=rule,
+            reference_lam=reference_lam, severities=severity, calibration=calibration, fit_corruptions=fit_corruption,
+            fit_n=fit_n, fit_lams=fit_lams, calibration_out=calibration_out, cifar_c_dir=cifar_c_dir,
+            n_examples=n_examples, batch_size=batch_size, device=device, precision=precision, seed=seed,
+            data_dir=data_dir, cache_dir=cache_dir, weights_dir=weights_dir, progress=progress)
+    print_rows(f"{report.meta['model']['name']}: gain over lambda {reference_lam:g}, corruption held out",
+               report.meta["summary"], ["held_out", "reference_accuracy", "gain_in_calibration", "rule_held_out",
+                                        "gain_held_out", "kept"])
+    write(report, out_dir, name)
 
 @app.command("attack")
 @user_errors
@@ -451,8 +552,8 @@ def attack_command(
     version: VersionOpt = "standard",
     lam: Annotated[Optional[str], typer.Option(
         "--lam",
-        help="Test-time lambda of the CSC layers (SDNet only): a number, or 'auto'/'noise' (per input, calibrated by "
-        "`sdnet sweep-lambda --fit`). The attack differentiates the deployed pipeline, lambda(x) included (its clamp "
+        help="Test-time lambda of the CSC layers (SDNet only): a number, or 'recon'/'noise'/'auto' (per input, "
+        "calibrated by `sdnet sweep-lambda --fit`; auto: the recommended one). The attack differentiates the deployed pipeline, lambda(x) included (its clamp "
         "straight-through). Default: the training lambda.")] = None,
     calibration: CalibrationOpt = None,
     n_examples: Annotated[Optional[int], typer.Option(

@@ -523,3 +523,83 @@ def test_cli_bad_options_one_line_exit_2(args: list[str], message: str, tmp_path
     assert len(lines) == 1 and message in lines[0], result.output
     assert not out.exists() and not (tmp_path / "escaped.json").exists()
     assert not list(tmp_path.glob("cifar10-c-seed*"))
+
+
+def test_cli_sigterm_exits_143_and_leaves_nothing(tmp_path: Path, data_dir: Path) -> None:
+    """The real CLI under SIGTERM while generating CIFAR-10-C: exit 143, no report, no temp file."""
+    import subprocess
+    import sys
+    import time
+
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    env = {**__import__("os").environ, "SDNET_DATA": str(data_dir), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "sdnet_cli", "eval", "--model", "sdnet18", "-c", "glass_blur", "-c", "zoom_blur",
+         "--cache-dir", str(cache), "--out", str(out)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    deadline = time.monotonic() + 90
+    while not list(cache.rglob("*.tmp")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert child.poll() is None, "the run ended before generation started"
+    child.send_signal(signal.SIGTERM)
+    output, _ = child.communicate(timeout=120)
+    assert child.returncode == 143, output
+    assert "terminated; no report was written" in output
+    assert not list(tmp_path.rglob("*.tmp")) and not out.exists()
+
+
+def test_interrupted_attack_says_what_was_saved_and_resume_finishes_it(tiny_checkpoint: Path, data_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    from sdnet_cli import api
+    from sdnet_cli.errors import Interrupted
+
+    common = dict(model="sdnet18", checkpoint=tiny_checkpoint, attack="pgd", eps=["1/255"], steps=2, n_examples=24,
+                  batch_size=8, data_dir=data_dir, device="cpu", name="run", state_dir=tmp_path)
+
+    class StopAfterTwoBatches:
+        def task(self, description: str, total: int):  # type: ignore[no-untyped-def]
+            seen = []
+
+            def advance(k: int) -> None:
+                seen.append(k)
+                if len(seen) == 2:
+                    raise KeyboardInterrupt
+
+            return advance
+
+        def note(self, text: str) -> None:
+            pass
+
+    with pytest.raises(Interrupted) as caught:
+        api.attack(**common, progress=StopAfterTwoBatches())
+    assert "2 finished batches of 3 are saved in" in str(caught.value) and (tmp_path / "run.state.json").is_file()
+    resumed = api.attack(**common, resume=True)
+    straight = api.attack(**{**common, "state_dir": None})
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.rows] == \
+        [{k: v for k, v in r.items() if k != "seconds"} for r in straight.rows]
+    assert not (tmp_path / "run.state.json").exists()
+
+
+def test_damaged_attack_state_is_named(tiny_checkpoint: Path, data_dir: Path, tmp_path: Path) -> None:
+    from sdnet_cli import api
+    from sdnet_cli.errors import UsageError
+
+    (tmp_path / "run.state.json").write_text('{"config": {"attack": "pg')
+    with pytest.raises(UsageError) as caught:
+        api.attack(model="sdnet18", checkpoint=tiny_checkpoint, attack="pgd", eps=["1/255"], steps=1, n_examples=8,
+                   data_dir=data_dir, device="cpu", name="run", state_dir=tmp_path, resume=True)
+    assert "run.state.json is damaged" in str(caught.value) and caught.value.parameter == "resume"
+
+
+def test_help_shows_flags_as_flags() -> None:
+    from typer.testing import CliRunner
+
+    from sdnet_cli.cli import app
+
+    for command in ("eval", "attack", "train", "sweep-lambda", "check"):
+        result = CliRunner().invoke(app, [command, "--help"])
+        assert result.exit_code == 0 and "<bool>" not in result.output, result.output
+    attack_help = CliRunner().invoke(app, ["attack", "--help"]).output
+    assert any(line.split()[:1] == ["--resume"] and len(line.split()) > 1 and line.split()[1] != "<bool>"
+               for line in attack_help.splitlines())

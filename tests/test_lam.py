@@ -1,10 +1,12 @@
 """Lambda policies against independent references: per-input lambda vs per-sample runs and vs a
 model trained at that lambda, the noise estimator vs known noise, the line fits vs numpy.polyfit and
-hand-worked accuracy curves, and the calibration file in both layouts."""
+hand-worked accuracy curves, the calibration file in every layout (which rule ``auto`` names, refits
+without a corruption), and both oracles on correctness matrices whose answers are known by construction."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,16 +16,23 @@ import torch.nn.functional as F
 
 from sdnet_cli.errors import UsageError
 from sdnet_cli.lam import (
-    AutoLambda,
+    OracleScores,
     Calibration,
     FixedLambda,
     NoiseLevelLambda,
+    ReconErrorLambda,
     estimate_noise_sigma,
     fit_line,
     fit_line_for_accuracy,
     lambda_grid,
+    lambda_label,
     load_calibration,
+    oracle_scores,
+    per_cell_oracle,
+    per_input_oracle,
+    recommend,
     resolve_policy,
+    rule_accuracy,
     store_calibration,
 )
 from sdnet_cli.models import ModelInfo, create_model
@@ -74,13 +83,13 @@ def line_through(e1: float, lam1: float, e2: float, lam2: float) -> tuple[float,
     return a, lam1 - a * e1
 
 
-def test_auto_lambda_is_the_clamped_line_of_the_stem_error(model: torch.nn.Module, mixed_batch: torch.Tensor) -> None:
+def test_recon_lambda_is_the_clamped_line_of_the_stem_error(model: torch.nn.Module, mixed_batch: torch.Tensor) -> None:
     errors = reference_stem_error(model, mixed_batch)
     assert np.ptp(errors) > 0.1 * errors.mean()  # the noise levels really give different errors
     # the line from lambda 0.2 at one error to 1.0 at another, both inside the batch's range: the
     # inputs outside them sit at the clamps, exactly what np.interp does beyond its end points
     e1, e2 = np.quantile(errors, [0.2, 0.8])
-    policy = AutoLambda(*line_through(e1, 0.2, e2, 1.0), lo=0.2, hi=1.0)
+    policy = ReconErrorLambda(*line_through(e1, 0.2, e2, 1.0), lo=0.2, hi=1.0)
     with torch.no_grad():
         lam = policy(model, model.normalize(mixed_batch)).numpy()
     np.testing.assert_allclose(lam, np.interp(errors, [e1, e2], [0.2, 1.0]), rtol=1e-4, atol=1e-5)
@@ -89,7 +98,7 @@ def test_auto_lambda_is_the_clamped_line_of_the_stem_error(model: torch.nn.Modul
 
 def test_per_input_lambda_equals_each_sample_alone(model: torch.nn.Module, mixed_batch: torch.Tensor) -> None:
     errors = reference_stem_error(model, mixed_batch)
-    policy = AutoLambda(*line_through(errors.min(), 0.1, errors.max(), 1.4), lo=0.1, hi=1.4)
+    policy = ReconErrorLambda(*line_through(errors.min(), 0.1, errors.max(), 1.4), lo=0.1, hi=1.4)
     lams = np.interp(errors, [errors.min(), errors.max()], [0.1, 1.4])
     assert len(np.unique(lams.round(3))) >= 4
     with torch.no_grad():
@@ -139,9 +148,9 @@ def test_using_blocks_nest_and_restore_the_outer_policy(model: torch.nn.Module, 
         model.lam_policy = outer  # read-only: policies change only through ``using``
 
 
-def test_auto_lambda_keeps_the_graph_for_attacks(model: torch.nn.Module, mixed_batch: torch.Tensor) -> None:
+def test_recon_lambda_keeps_the_graph_for_attacks(model: torch.nn.Module, mixed_batch: torch.Tensor) -> None:
     x = mixed_batch.clone().requires_grad_(True)
-    lam = AutoLambda(a=1e-3, b=0.1, lo=0.0, hi=float("inf"))(model, model.normalize(x))
+    lam = ReconErrorLambda(a=1e-3, b=0.1, lo=0.0, hi=float("inf"))(model, model.normalize(x))
     assert lam.requires_grad
     (grad,) = torch.autograd.grad(lam.sum(), x)
     assert grad.abs().sum() > 0
@@ -208,12 +217,51 @@ def test_resolve_policy(model: torch.nn.Module) -> None:
         resolve_policy("auto", model)
 
 
-def make_calibration(sha: str) -> Calibration:
+# Two calibration groups on the grid 0.1, 0.7, 1.4, worked by hand. recon: lambda = 0.01 * error + 0.05,
+# noise: lambda = 8 * noise + 0.1 (both clamped to [0.1, 1.4]).
+#   clean (error 5, noise 0.01): recon 0.1 -> 90; noise 0.18 -> 90 - 10 * 0.08 / 0.6 = 88.667
+#   noisy (error 50, noise 0.1): recon 0.55 -> 40 + 30 * 0.45 / 0.6 = 62.5; noise 0.9 -> 70 - 10 * 0.2 / 0.7 = 67.143
+# mean: recon 76.25 < noise 77.905, so ``auto`` is noise. With the noisy curve ending at 20 instead of 60
+# the noise rule reads 70 - 50 * 0.2 / 0.7 = 55.714 there (mean 72.19) and recon wins.
+GROUPS = [
+    {"corruption": "clean", "severity": 0, "best_lam": 0.1, "accuracy": 90.0, "error": 5.0, "noise": 0.01,
+     "curve": [90.0, 80.0, 50.0]},
+    {"corruption": "gaussian_noise", "severity": 5, "best_lam": 0.7, "accuracy": 70.0, "error": 50.0, "noise": 0.1,
+     "curve": [40.0, 70.0, 60.0]},
+]
+RECON_LINE, NOISE_LINE = {"a": 0.01, "b": 0.05, "lo": 0.1, "hi": 1.4}, {"a": 8.0, "b": 0.1, "lo": 0.1, "hi": 1.4}
+
+
+def make_calibration(sha: str, points: list[dict] | None = None, recommended: str = "noise") -> Calibration:
     return Calibration(
-        auto=AutoLambda(0.01, 0.05, 0.1, 1.4), noise=NoiseLevelLambda(8.0, 0.1, 0.1, 1.4), grid=[0.1, 0.7, 1.4],
-        points=[{"corruption": "clean", "severity": 0, "best_lam": 0.1, "accuracy": 90.0, "error": 5.0, "noise": 0.01}],
-        corruptions=["gaussian_noise"], severities=[1, 5], n=100, seed=4, training_lam=0.1, checkpoint_sha256=sha,
+        recon=ReconErrorLambda(**RECON_LINE), noise=NoiseLevelLambda(**NOISE_LINE), recommended=recommended,
+        grid=[0.1, 0.7, 1.4], points=GROUPS if points is None else points, corruptions=["gaussian_noise"],
+        severities=[5], n=100, seed=4, training_lam=0.1, checkpoint_sha256=sha,
     )
+
+
+def test_rule_accuracy_and_recommendation_by_hand() -> None:
+    calibration = make_calibration("ab" * 32)
+    assert rule_accuracy(calibration.recon, GROUPS, calibration.grid) == pytest.approx(76.25)
+    assert rule_accuracy(calibration.noise, GROUPS, calibration.grid) == pytest.approx((88 + 2 / 3 + 70 - 2 / 0.7) / 2)
+    assert recommend(calibration.rules, GROUPS, calibration.grid) == "noise"
+    steep = [GROUPS[0], {**GROUPS[1], "curve": [40.0, 70.0, 20.0]}]
+    assert rule_accuracy(calibration.noise, steep, calibration.grid) == pytest.approx((88 + 2 / 3 + 70 - 10 / 0.7) / 2)
+    assert recommend(calibration.rules, steep, calibration.grid) == "recon"
+    with pytest.raises(UsageError, match="curves"):
+        recommend(calibration.rules, [{k: v for k, v in GROUPS[0].items() if k != "curve"}], calibration.grid)
+
+
+def test_auto_names_the_recommended_rule_and_says_so(model: torch.nn.Module) -> None:
+    calibration = make_calibration("ab" * 32)
+    auto = calibration.policy("auto")
+    assert auto.name == "auto:noise" and (auto.a, auto.b, auto.lo, auto.hi) == tuple(NOISE_LINE.values())
+    assert calibration.policy("noise").name == "noise" and calibration.policy("recon").name == "recon"
+    assert make_calibration("ab" * 32, recommended="recon").policy("auto").name == "auto:recon"
+    with model.using(auto):  # what an eval row's lam column says
+        assert lambda_label(model) == "auto:noise"
+    with pytest.raises(UsageError, match="recommended"):
+        make_calibration("ab" * 32, recommended="auto")
 
 
 def test_calibration_is_stored_beside_a_shipped_checkpoint_and_named_in_its_manifest(tmp_path: Path) -> None:
@@ -226,18 +274,18 @@ def test_calibration_is_stored_beside_a_shipped_checkpoint_and_named_in_its_mani
     path = store_calibration(make_calibration(entry["sha256"]), info)
     assert path == weights / "sdnet18-w8.lambda.json"
     saved = json.loads(path.read_text())
-    assert saved["rules"] == {"auto": {"a": 0.01, "b": 0.05, "lo": 0.1, "hi": 1.4},
-                              "noise": {"a": 8.0, "b": 0.1, "lo": 0.1, "hi": 1.4}}
+    assert saved["rules"] == {"recon": RECON_LINE, "noise": NOISE_LINE} and saved["recommended"] == "noise"
     assert {"grid", "points", "corruptions", "severities", "n", "seed", "checkpoint_sha256"} <= set(saved)
-    assert saved["split"] == "train" and saved["schema"] == 2
+    assert saved["split"] == "train" and saved["schema"] == 3
     manifest = json.loads((weights / "manifest.json").read_text())["models"]
     assert manifest == [{**entry, "calibration": "sdnet18-w8.lambda.json"}]
     # found through the manifest entry, and round-trips
     shipped = ModelInfo(**{**info.__dict__, "manifest_entry": manifest[0]})
     assert load_calibration(shipped) == make_calibration(entry["sha256"])
     model = create_model("sdnet18", width=8)
-    assert resolve_policy("auto", model, shipped) == AutoLambda(0.01, 0.05, 0.1, 1.4)
-    assert resolve_policy("noise", model, shipped) == NoiseLevelLambda(8.0, 0.1, 0.1, 1.4)
+    assert resolve_policy("recon", model, shipped) == ReconErrorLambda(**RECON_LINE)
+    assert resolve_policy("noise", model, shipped) == NoiseLevelLambda(**NOISE_LINE)
+    assert resolve_policy("auto", model, shipped) == NoiseLevelLambda(**NOISE_LINE, label="auto")
     # a calibration of another checkpoint is refused
     other = ModelInfo(**{**shipped.__dict__, "sha256": "cd" * 32})
     with pytest.raises(UsageError, match="another checkpoint"):
@@ -250,42 +298,101 @@ def test_calibration_is_stored_beside_a_shipped_checkpoint_and_named_in_its_mani
 def test_missing_calibration_says_how_to_make_one(tmp_path: Path) -> None:
     info = ModelInfo("sdnet18", "sdnet18", "cifar10", 8, 10, 0.1, 2, True, "cifar",
                      checkpoint=str(tmp_path / "m.safetensors"), sha256="ab" * 32)
-    with pytest.raises(UsageError, match="calibrate.*calibration=PATH") as raised:
-        resolve_policy("auto", create_model("sdnet18", width=8), info)
-    assert raised.value.parameter == "calibration"
+    for lam in ("auto", "recon", "noise"):
+        with pytest.raises(UsageError, match="calibrate.*calibration=PATH") as raised:
+            resolve_policy(lam, create_model("sdnet18", width=8), info)
+        assert raised.value.parameter == "calibration"
 
 
-OLD_LAYOUT = {  # a calibration as written before the "rules" layout: auto at the top level, noise nested
-    "a": 0.01, "b": 0.05, "lo": 0.1, "hi": 1.4, "noise": {"a": 8.0, "b": 0.1, "lo": 0.1, "hi": 1.4},
-    "grid": [0.1, 0.7, 1.4],
-    "points": [{"corruption": "clean", "severity": 0, "best_lam": 0.1, "accuracy": 90.0, "error": 5.0, "noise": 0.01}],
-    "corruptions": ["gaussian_noise"], "severities": [1, 5], "n": 100, "seed": 4, "training_lam": 0.1,
-    "checkpoint_sha256": "ab" * 32, "split": "train",
-}
+COMMON = {"grid": [0.1, 0.7, 1.4], "points": GROUPS, "corruptions": ["gaussian_noise"], "severities": [5], "n": 100,
+          "seed": 4, "training_lam": 0.1, "checkpoint_sha256": "ab" * 32, "split": "train"}
+SCHEMA_1 = {**RECON_LINE, "noise": NOISE_LINE, **COMMON}  # the reconstruction-error rule at the top level
+SCHEMA_2 = {"rules": {"auto": RECON_LINE, "noise": NOISE_LINE}, **COMMON, "schema": 2}  # ... named "auto"
 
 
-def test_old_and_new_calibration_layouts_load_to_the_same_calibration(tmp_path: Path) -> None:
-    old = tmp_path / "old.lambda.json"
-    old.write_text(json.dumps(OLD_LAYOUT))
-    new = make_calibration("ab" * 32).save(tmp_path / "new.lambda.json")
-    assert "rules" in json.loads(new.read_text()) and "a" not in json.loads(new.read_text())
-    assert Calibration.load(old) == Calibration.load(new) == make_calibration("ab" * 32)
+@pytest.mark.parametrize("steep", [False, True])
+def test_old_layouts_load_and_auto_picks_the_better_rule_from_their_curves(tmp_path: Path, steep: bool) -> None:
+    points = [GROUPS[0], {**GROUPS[1], "curve": [40.0, 70.0, 20.0]}] if steep else GROUPS
+    expected = make_calibration("ab" * 32, points, recommended="recon" if steep else "noise")
+    for number, layout in ((1, SCHEMA_1), (2, SCHEMA_2)):
+        path = tmp_path / f"schema{number}.lambda.json"
+        path.write_text(json.dumps({**layout, "points": points}))
+        assert Calibration.load(path) == expected
+    new = expected.save(tmp_path / "new.lambda.json")
+    assert "a" not in json.loads(new.read_text()) and Calibration.load(new) == expected
     broken = tmp_path / "broken.lambda.json"
-    broken.write_text(json.dumps({**OLD_LAYOUT, "noise": {"a": 1.0}}))
+    broken.write_text(json.dumps({**SCHEMA_1, "noise": {"a": 1.0}}))
     with pytest.raises(UsageError, match="not a readable lambda calibration"):
         Calibration.load(broken)
+    no_curves = tmp_path / "no_curves.lambda.json"
+    no_curves.write_text(json.dumps({**SCHEMA_1, "points": [{k: v for k, v in GROUPS[0].items() if k != "curve"}]}))
+    with pytest.raises(UsageError, match="curves"):
+        Calibration.load(no_curves)
 
 
-def test_shipped_calibrations_load_and_resave_in_the_new_layout(tmp_path: Path) -> None:
+def test_shipped_calibrations_load_recommend_noise_and_stay_untouched(tmp_path: Path) -> None:
     weights = Path(__file__).resolve().parents[1] / "weights"
     shipped = sorted(weights.glob("*.lambda.json"))
     assert shipped
     for path in shipped:
-        raw = json.loads(path.read_text())
+        before = path.read_bytes()
+        raw = json.loads(before)
         calibration = Calibration.load(path)
-        assert calibration.auto == AutoLambda(raw["a"], raw["b"], raw["lo"], raw["hi"])
+        assert calibration.recon == ReconErrorLambda(raw["a"], raw["b"], raw["lo"], raw["hi"])
         assert calibration.noise == NoiseLevelLambda(**raw["noise"])
+        # the noise rule reads the higher mean accuracy off the file's own training-group curves
+        assert calibration.recommended == "noise"
+        assert calibration.policy("auto").name == "auto:noise"
         assert Calibration.load(calibration.save(tmp_path / path.name)) == calibration
+        assert path.read_bytes() == before
+
+
+def test_refit_without_a_corruption_never_sees_its_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three groups; leaving gaussian_noise out must refit on clean + contrast only (the lines through
+    their two peaks), whatever gaussian_noise's curve says."""
+    import sdnet_cli.lam.calibration as calibration_module
+
+    grid = [0.1, 0.7, 1.4]
+    points = [GROUPS[0],
+              {"corruption": "contrast", "severity": 5, "error": 20.0, "noise": 0.05, "curve": [10.0, 20.0, 80.0]},
+              {"corruption": "gaussian_noise", "severity": 5, "error": 50.0, "noise": 0.1, "curve": [99.0, 0.0, 0.0]}]
+    full = replace(make_calibration("ab" * 32, points), grid=grid, corruptions=["contrast", "gaussian_noise"])
+    seen: list[list[float]] = []
+    real_fit = calibration_module.fit_line_for_accuracy
+
+    def spy(features, curves, grid):  # type: ignore[no-untyped-def]
+        seen.append([float(c) for c in np.asarray(curves)[:, 0]])
+        return real_fit(features, curves, grid)
+
+    monkeypatch.setattr(calibration_module, "fit_line_for_accuracy", spy)
+    refit = full.without(["gaussian_noise"])
+    assert seen and all(99.0 not in first_values for first_values in seen)  # the held-out curve never reached a fit
+    assert [p["corruption"] for p in refit.points] == ["clean", "contrast"] and refit.corruptions == ["contrast"]
+    # two groups: each clamped line reaches both peaks (clean at 0.1, contrast at 1.4), which gaussian_noise's
+    # curve (best at 0.1, between them) would have forbidden
+    for rule, clean, contrast in ((refit.recon, 5.0, 20.0), (refit.noise, 0.01, 0.05)):
+        lams = np.clip(rule.a * np.array([clean, contrast]) + rule.b, rule.lo, rule.hi)
+        np.testing.assert_allclose(lams, [0.1, 1.4], atol=1e-9)
+    with pytest.raises(UsageError, match="not among") as raised:
+        full.without(["fog"])
+    assert raised.value.parameter == "hold_out"
+
+
+def test_oracles_of_a_correctness_matrix_known_by_construction() -> None:
+    grid = [0.1, 0.5, 1.0]
+    # 6 images; lambda 0.5 gets 4 right, 0.1 gets 3, 1.0 gets 2; images 0-4 are right at some lambda, 5 never
+    correct = np.array([[1, 1, 1, 0, 0, 0],
+                        [1, 1, 0, 1, 1, 0],
+                        [0, 0, 0, 1, 1, 0]], dtype=bool)
+    assert per_cell_oracle(correct, grid) == (0.5, 4)
+    assert per_input_oracle(correct) == 5
+    assert oracle_scores(correct, grid) == OracleScores(n=6, cell_lam=0.5, cell_correct=4, input_correct=5)
+    tie = np.array([[1, 0], [0, 1]], dtype=bool)
+    assert per_cell_oracle(tie, [0.3, 0.2]) == (0.2, 1)  # a tie goes to the smaller lambda
+    with pytest.raises(UsageError, match="boolean"):
+        per_input_oracle(correct.astype(int))
+    with pytest.raises(UsageError, match="grid"):
+        per_cell_oracle(correct, grid[:2])
 
 
 def test_accuracy_fit_passes_through_two_groups_peaks() -> None:

@@ -21,7 +21,7 @@ from sdnet_cli.cli import app
 from sdnet_cli.data.cells import Cell, CellSource
 from sdnet_cli.evaluate import Runtime
 from sdnet_cli.errors import UsageError
-from sdnet_cli.lam import AutoLambda, Calibration, FixedLambda, estimate_noise_sigma, fit_line_for_accuracy
+from sdnet_cli.lam import RULES, Calibration, FixedLambda, estimate_noise_sigma, fit_line_for_accuracy, rule_accuracy
 from sdnet_cli.models import create_model, load_model, save_checkpoint
 from sdnet_cli.models.csc import normalize_atoms
 from sdnet_cli.compare import Source, compare
@@ -130,10 +130,12 @@ def test_calibration_uses_only_training_images(
     curves = np.array([p["curve"] for p in calibration.points])
     assert curves.shape == (5, len(LAMS))
     assert [LAMS[j] for j in curves.argmax(axis=1)] == [p["best_lam"] for p in calibration.points]
-    for rule, key in ((calibration.auto, "error"), (calibration.noise, "noise")):
+    for rule, key in ((calibration.recon, "error"), (calibration.noise, "noise")):
         expected = fit_line_for_accuracy([p[key] for p in calibration.points], curves, LAMS)
         assert (rule.a, rule.b) == pytest.approx(expected, rel=1e-8, abs=1e-12)
-    assert (calibration.auto.lo, calibration.auto.hi) == (0.1, 1.2) == (calibration.noise.lo, calibration.noise.hi)
+    assert (calibration.recon.lo, calibration.recon.hi) == (0.1, 1.2) == (calibration.noise.lo, calibration.noise.hi)
+    scores = {name: rule_accuracy(rule, calibration.points, LAMS) for name, rule in calibration.rules.items()}
+    assert scores[calibration.recommended] == max(scores.values())  # auto: the rule with the higher group mean
 
 
 def test_sweep_and_calibration_refuse_what_they_cannot_do(source: CellSource) -> None:
@@ -216,14 +218,19 @@ def test_sweep_fit_then_eval_auto_noise_oracle(
         return json.loads((out / "e.json").read_text())
 
     auto = eval_rows("--lam", "auto")
-    assert [r["lam"] for r in auto["rows"]] == ["auto"] * 4 and auto["meta"]["oracle"] is False
-    # independent recount of the clean cell: plain batched forward with the policy from the JSON
+    stored = json.loads(calibration_path.read_text())
+    recommended = stored["recommended"]
+    assert [r["lam"] for r in auto["rows"]] == [f"auto:{recommended}"] * 4 and auto["meta"]["oracle"] is False
+    # independent recount of the clean cell: plain batched forward with the recommended rule from the JSON
     model, _ = load_model("sdnet18", checkpoint=checkpoint)
-    rule = json.loads(calibration_path.read_text())["rules"]["auto"]
+    rule = stored["rules"][recommended]
     images, labels = real_load(data_dir, "test")
-    with torch.no_grad(), model.using(AutoLambda(rule["a"], rule["b"], rule["lo"], rule["hi"])):
+    with torch.no_grad(), model.using(RULES[recommended](rule["a"], rule["b"], rule["lo"], rule["hi"])):
         logits = model(torch.from_numpy(images[:40]).permute(0, 3, 1, 2).float() / 255)
     assert auto["rows"][0]["correct"] == int((logits.argmax(1).numpy() == labels[:40]).sum())
+    assert {"lam_mean", "lam_p10", "lam_p90"} <= set(auto["rows"][0])
+    recon = eval_rows("--lam", "recon")
+    assert [r["lam"] for r in recon["rows"]] == ["recon"] * 4
 
     noise = eval_rows("--lam", "noise")
     assert [r["lam"] for r in noise["rows"]] == ["noise"] * 4
