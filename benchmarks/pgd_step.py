@@ -1,5 +1,6 @@
 """Time of one PGD step (forward + backward of the deployed model, as ``sdnet attack`` runs it) for
-resnet18, sdnet18 with a fixed lambda and sdnet18 with the per-input ``auto`` lambda, in one run.
+resnet18, sdnet18 with a fixed lambda and sdnet18 with the per-input ``recon`` lambda (it re-solves
+the stem, the costlier rule), in one run.
 
     python benchmarks/pgd_step.py --width 16 --batch-size 64 --steps 5
 
@@ -19,7 +20,7 @@ from bench import median_seconds, print_table
 
 from sdnet_cli.attacks import AttackedModel, registry
 from sdnet_cli.evaluate import Runtime
-from sdnet_cli.lam import AutoLambda, FixedLambda
+from sdnet_cli.lam import FixedLambda, ReconErrorLambda
 from sdnet_cli.models import create_model
 
 
@@ -39,7 +40,7 @@ def main() -> None:
     configs = [
         ("resnet18", "-", None),
         ("sdnet18", "fixed 0.1", FixedLambda(0.1)),
-        ("sdnet18", "auto", AutoLambda(a=1e-3, b=0.1, lo=0.1, hi=1.4)),
+        ("sdnet18", "recon", ReconErrorLambda(a=1e-3, b=0.1, lo=0.1, hi=1.4)),
     ]
     attacked, pgd = {}, {}
     with ExitStack() as policies:  # each model runs with its lambda policy for the whole benchmark

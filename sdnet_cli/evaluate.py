@@ -204,10 +204,12 @@ def _count_with_lambdas(
     noting = _NotingLambdas(policy)
     with model.using(noting):
         counts = combined(count_correct(model, images[part], labels[part], runtime, batch_size, progress))
-    if not noting.noted:
+    # asked of every rank (a rank whose shard is empty noted nothing but must join the all-reduce)
+    if not distributed.combine(np.array(bool(noting.noted)), "max"):
         return counts, None
     lams = np.zeros(len(images), dtype=np.float64)
-    lams[part] = np.concatenate(noting.noted)
+    if noting.noted:
+        lams[part] = np.concatenate(noting.noted)
     return counts, distributed.combine(lams, "sum")
 
 

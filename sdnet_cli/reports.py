@@ -130,12 +130,11 @@ class Report:
         return pd.DataFrame(self.rows)
 
     def write(self, out_dir: Path, name: str | None = None) -> list[Path]:
-        """``<out_dir>/<name>.{json,csv,md}`` and the extra files; each written atomically."""
+        """``<out_dir>/<name>.{json,csv,md}`` and the extra files, each written atomically; the extras go
+        first, so a report whose tables exist is complete."""
         stem = check_stem(name or self.name)
-        paths = write_report(self.rows, self.meta, Path(out_dir), stem, title=self.title, markdown=self.markdown)
-        for extra in self.extras:
-            paths += extra(Path(out_dir), stem)
-        return paths
+        extras = [path for extra in self.extras for path in extra(Path(out_dir), stem)]  # plots first: the tables
+        return write_report(self.rows, self.meta, Path(out_dir), stem, title=self.title, markdown=self.markdown) + extras
 
 
 def check_stem(name: str) -> str:

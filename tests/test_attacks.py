@@ -27,7 +27,7 @@ from sdnet_cli.cli import app
 from sdnet_cli.data.cifar import load_cifar10
 from sdnet_cli.errors import UsageError
 from sdnet_cli.evaluate import Runtime, count_correct, predict
-from sdnet_cli.lam import AutoLambda, Calibration, NoiseLevelLambda
+from sdnet_cli.lam import Calibration, NoiseLevelLambda, ReconErrorLambda
 from sdnet_cli.models import Classifier, create_model, load_model
 from sdnet_cli.models.checkpoints import sha256_of
 from sdnet_cli.train import TrainConfig, train
@@ -320,7 +320,7 @@ def test_autoattack_rand_runs_on_a_randomised_model(cifar_test: Pair) -> None:
 
 
 # -- adaptive attack on a per-input lambda -----------------------------------------------------
-@pytest.mark.parametrize("rule", [AutoLambda, NoiseLevelLambda])
+@pytest.mark.parametrize("rule", [ReconErrorLambda, NoiseLevelLambda])
 def test_adaptive_gradient_flows_through_lambda_and_matches_finite_differences(rule: type) -> None:
     """Per-input lambda(x) inside the clamp. An 8x8 input, float32 throughout: the CSC solve runs in
     float32 by design, so a float64 check is not available; a scalar of the logits keeps FD noise low."""
@@ -358,7 +358,7 @@ def test_adaptive_gradient_flows_through_lambda_and_matches_finite_differences(r
 def test_clamped_lambda_still_passes_a_straight_through_gradient() -> None:
     torch.manual_seed(0)
     model = create_model("sdnet18", width=8).eval()
-    policy = AutoLambda(a=100.0, b=0.0, lo=0.0, hi=0.2)  # every input clamped at hi
+    policy = ReconErrorLambda(a=100.0, b=0.0, lo=0.0, hi=0.2)  # every input clamped at hi
     x = torch.rand(2, 3, 8, 8)
 
     def input_grad(net: nn.Module) -> torch.Tensor:
@@ -422,7 +422,7 @@ def test_diagnostics_stay_quiet_on_normal_models() -> None:
     x, y = torch.rand(8, 3, 16, 16), torch.arange(8)
     assert diagnose(AttackedModel(Small(), CPU), x, y).warnings() == []
     sdnet = create_model("sdnet18", width=8).eval()
-    with sdnet.using(AutoLambda(a=0.01, b=0.1, lo=0.0, hi=2.0)):
+    with sdnet.using(ReconErrorLambda(a=0.01, b=0.1, lo=0.0, hi=2.0)):
         found = diagnose(AttackedModel(sdnet, CPU), torch.rand(4, 3, 32, 32), torch.arange(4))
     assert found.warnings() == [] and found.output_difference == 0.0 and found.zero_gradient_fraction == 0.0
 
@@ -582,7 +582,8 @@ def test_cli_autoattack_against_auto_lambda(
     checkpoint = tmp_path / "sdnet18-w8.safetensors"
     shutil.copy(tiny_checkpoint, checkpoint)
     calibration = Calibration(
-        auto=AutoLambda(0.01, 0.1, 0.05, 2.0), noise=NoiseLevelLambda(1.0, 0.1, 0.05, 2.0), grid=[0.1, 0.2], points=[],
+        recon=ReconErrorLambda(0.01, 0.1, 0.05, 2.0), noise=NoiseLevelLambda(1.0, 0.1, 0.05, 2.0), recommended="recon",
+        grid=[0.1, 0.2], points=[],
         corruptions=["gaussian_noise"], severities=[1], n=10, seed=0, training_lam=0.1,
         checkpoint_sha256=sha256_of(checkpoint),
     )
@@ -596,11 +597,11 @@ def test_cli_autoattack_against_auto_lambda(
     report = json.loads((out / "aa.json").read_text())
     rows, meta = report["rows"], report["meta"]
     assert [r["attack"] for r in rows] == ["apgd-ce", "apgd-t", "fab-t", "square", "worst"]
-    assert all(set(r) == ROW_KEYS and r["lam"] == "auto" for r in rows)
+    assert all(set(r) == ROW_KEYS and r["lam"] == "auto:recon" for r in rows)
     # the worst case, judged again by a freshly loaded deployed model on the saved examples
     saved = np.load(tmp_path / "aa.npz")
     fresh, _ = load_model("sdnet18", checkpoint, "cifar10")
-    with fresh.using(calibration.auto):
+    with fresh.using(calibration.policy("auto")):
         again = (predict(fresh, torch.from_numpy(saved["images"][0]).permute(0, 3, 1, 2).contiguous(), CPU).numpy()
                  == cifar_test[1][:8])
     assert (again == saved["robust"][0]).all()
