@@ -1,6 +1,7 @@
 """Run every benchmark once, one after another, and write their tables to reports/benchmarks.md.
 
     OMP_NUM_THREADS=2 SDNET_DATA=../shared/data python benchmarks/run_all.py
+    OMP_NUM_THREADS=2 SDNET_DATA=../shared/data python benchmarks/run_all.py --only cli_startup.py
 
 Each script runs in its own process (never two at a time); its printed tables go into the report
 as they are, so every ratio in it was measured within one run of one script. The report is
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,12 +41,25 @@ def commit() -> str:
     return result.stdout.strip() or "unknown"
 
 
+def block(script: str, shown: str, output: str) -> str:
+    """One script's tables between markers, so ``--only`` can replace them in place later."""
+    stamp = f"_`{shown}`, measured {datetime.date.today().isoformat()} at commit {commit()}._"
+    return f"<!-- run: {script} -->\n{stamp}\n\n{output.strip()}\n<!-- end: {script} -->"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks.md")
+    parser.add_argument("--only", action="append", metavar="SCRIPT",
+                        help="Run only this script (repeatable, e.g. cli_startup.py) and replace its tables in --out, "
+                        "keeping the others (appended if it had none).")
     args = parser.parse_args()
-    sections, commands = [], []
-    for script, env in JOBS:
+    jobs = [(script, env) for script, env in JOBS if not args.only or script[0] in args.only]
+    unknown = set(args.only or ()) - {script[0] for script, _ in JOBS}
+    if unknown:
+        sys.exit(f"unknown benchmark {', '.join(sorted(unknown))}; choose from {', '.join(s[0] for s, _ in JOBS)}")
+    blocks = {}
+    for script, env in jobs:
         command = [sys.executable, str(HERE / script[0]), *script[1:]]
         shown = " ".join([*(f"{k}={v}" for k, v in env.items()), "python", f"benchmarks/{script[0]}", *script[1:]])
         print(f"running {shown}", file=sys.stderr, flush=True)
@@ -52,19 +67,24 @@ def main() -> None:
         if result.returncode:
             sys.exit(f"{shown} failed:\n{result.stderr}")
         print(result.stdout, flush=True)
-        sections.append(result.stdout.strip())
-        commands.append(shown)
-    threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    header = (
-        "# Benchmarks\n\n"
-        f"Measured {datetime.date.today().isoformat()} at commit {commit()} by `python benchmarks/run_all.py` "
-        f"(OMP_NUM_THREADS={threads} unless a command below sets it). The machine may have been shared with other "
-        "work while these ran, so absolute numbers can be low; each ratio was computed within one run of one script. "
-        "Numbers are measured, not extrapolated, except where a table says so.\n\n"
-        "Commands:\n\n" + "\n".join(f"- `{c}`" for c in commands) + "\n"
-    )
+        blocks[script[0]] = block(script[0], shown, result.stdout)
+    if args.only and args.out.is_file():
+        text = args.out.read_text()
+        for script, new in blocks.items():
+            found = re.search(rf"<!-- run: {re.escape(script)} -->.*?<!-- end: {re.escape(script)} -->", text, flags=re.S)
+            text = text[:found.start()] + new + text[found.end():] if found else text.rstrip() + "\n\n" + new + "\n"
+    else:
+        threads = os.environ.get("OMP_NUM_THREADS", "unset")
+        text = (
+            "# Benchmarks\n\n"
+            f"Written by `python benchmarks/run_all.py` (OMP_NUM_THREADS={threads} unless a command sets it); each "
+            "script's tables say when and at which commit they were measured (`--only SCRIPT` re-measures one). The "
+            "machine may have been shared with other work while these ran, so absolute numbers can be low; each ratio "
+            "was computed within one run of one script. Numbers are measured, not extrapolated, except where a table "
+            "says so.\n\n" + "\n\n".join(blocks.values()) + "\n"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, header + "\n" + "\n\n".join(sections) + "\n")
+    atomic_write_text(args.out, text)
     print(f"wrote {args.out}", file=sys.stderr)
 
 
