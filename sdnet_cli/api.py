@@ -72,6 +72,13 @@ def _load(model: str, checkpoint: Path | None, dataset: str, weights_dir: Path |
     return load_model(model, Path(checkpoint) if checkpoint is not None else None, dataset, weights_dir, n_steps=n_steps)
 
 
+def _require_lambda(classifier: Any, info: Any) -> None:
+    """Lambda sweeps, rules and hold-outs need a model with CSC layers (an SDNet)."""
+    if not classifier.csc_layers:
+        raise UsageError(f"{info.name} has no CSC layers, so it has no lambda to sweep or choose; use an SDNet model "
+                         "(e.g. sdnet18)", parameter="model")
+
+
 def _prepare_cells(source: Any, corruptions: Sequence[str], progress: Progress) -> None:
     """Generate (once, cached) the corrupted images the cache still lacks."""
     from . import distributed
@@ -269,9 +276,7 @@ def attack_vs_lambda(
     grid = lambda_grid(lams)
     setup = _AttackSetup.create(model, checkpoint, dataset, weights_dir, attack, norm, eps, steps, restarts, version,
                                 n_examples, batch_size, device, precision, seed, data_dir, n_steps)
-    if not setup.classifier.csc_layers:
-        raise UsageError(f"{setup.info.name} has no CSC layers, so it has no lambda to sweep; use an SDNet model",
-                         parameter="model")
+    _require_lambda(setup.classifier, setup.info)
     references = []
     if baseline_model is not None:
         references.append(_AttackSetup.create(baseline_model, None, dataset, weights_dir, attack, norm, eps, steps,
@@ -451,9 +456,7 @@ def sweep_lambda(
     fit_names = parse_corruptions(_strings(fit_corruptions)) if fit_corruptions else names
     runtime = Runtime.create(device, precision)
     classifier, info = _load(model, checkpoint, dataset, weights_dir, n_steps)
-    if not classifier.csc_layers:
-        raise UsageError(f"{info.name} has no CSC layers, so it has no lambda to sweep; use an SDNet model (e.g. sdnet18)",
-                         parameter="model")
+    _require_lambda(classifier, info)
     runtime.prepare(classifier)
     spec = dataset_spec(dataset)
     train = spec.load(data_dir, "train") if fit else None
@@ -542,9 +545,7 @@ def compare_lambda_rules(
     cells = expand_cells(names, parse_severities(_strings(severities)))
     runtime = Runtime.create(device, precision)
     classifier, info = _load(model, checkpoint, dataset, weights_dir)
-    if not classifier.csc_layers:
-        raise UsageError(f"{info.name} has no CSC layers, so it has no lambda to choose; use an SDNet model",
-                         parameter="model")
+    _require_lambda(classifier, info)
     policies = [resolve_policy(rule, classifier, info, calibration) for rule in rules]
     runtime.prepare(classifier)
     source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples, dataset=dataset)
@@ -632,9 +633,7 @@ def lambda_hold_out(
     severity_list = parse_severities(_strings(severities))
     runtime = Runtime.create(device, precision)
     classifier, info = _load(model, checkpoint, dataset, weights_dir)
-    if not classifier.csc_layers:
-        raise UsageError(f"{info.name} has no CSC layers, so it has no lambda to choose; use an SDNet model",
-                         parameter="model")
+    _require_lambda(classifier, info)
     runtime.prepare(classifier)
     source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples, dataset=dataset)
     source.validate(held)
