@@ -14,9 +14,10 @@ from sdnet_cli.models import create_model, save_checkpoint
 
 
 def data_root() -> Path:
-    """Folder holding ``cifar-10-batches-py``: $SDNET_DATA, else ../shared/data beside the repo."""
+    """Folder holding ``cifar-10-batches-py``: $SDNET_DATA, else ../shared/data beside the repo; absolute, so
+    tests that change the working folder still find it."""
     env = os.environ.get("SDNET_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+    return Path(env).resolve() if env else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
