@@ -2,6 +2,9 @@
 
     OMP_NUM_THREADS=2 SDNET_DATA=../shared/data python benchmarks/run_all.py
     OMP_NUM_THREADS=2 SDNET_DATA=../shared/data python benchmarks/run_all.py --only cli_startup.py
+    OMP_NUM_THREADS=2 SDNET_DATA=../shared/data python benchmarks/run_all.py --only authors_speed.py --authors-src ../SDNet
+    OMP_NUM_THREADS=2 SDNET_DATA=../shared/data python benchmarks/run_all.py --only autoattack_reference.py \
+        --reference-src ../auto-attack
 
 Each script runs in its own process (never two at a time); its printed tables go into the report
 as they are, so every ratio in it was measured within one run of one script. The report is
@@ -33,6 +36,10 @@ JOBS: list[tuple[list[str], dict[str, str]]] = [
     (["pgd_step.py", "--width", "32", "--batch-size", "64", "--steps", "5"], {}),
     (["cifar_c_rate.py", "--images", "200", "--pipeline-images", "1000"], {"OMP_NUM_THREADS": "1"}),
     (["cli_startup.py", "--repeats", "5"], {}),
+    (["eval_batch_size.py", "--n-images", "1024", "--repeats", "3"], {}),
+    (["compile_speed.py"], {}),
+    (["authors_speed.py", "--n-images", "1024", "--repeats", "5"], {}),  # + --authors-src when run_all has it
+    (["autoattack_reference.py", "--n-images", "300", "--eps", "2/255"], {}),  # + --reference-src likewise
 ]
 
 
@@ -53,6 +60,12 @@ def main() -> None:
     parser.add_argument("--only", action="append", metavar="SCRIPT",
                         help="Run only this script (repeatable, e.g. cli_startup.py) and replace its tables in --out, "
                         "keeping the others (appended if it had none).")
+    parser.add_argument("--authors-src", type=Path,
+                        help="A checkout of github.com/Delay-Xili/SDNet for authors_speed.py (without it, that script "
+                        "only says what to pass).")
+    parser.add_argument("--reference-src", type=Path,
+                        help="A checkout of github.com/fra31/auto-attack for autoattack_reference.py (without it, that "
+                        "script only says what to pass).")
     args = parser.parse_args()
     jobs = [(script, env) for script, env in JOBS if not args.only or script[0] in args.only]
     unknown = set(args.only or ()) - {script[0] for script, _ in JOBS}
@@ -60,6 +73,10 @@ def main() -> None:
         sys.exit(f"unknown benchmark {', '.join(sorted(unknown))}; choose from {', '.join(s[0] for s, _ in JOBS)}")
     blocks = {}
     for script, env in jobs:
+        if script[0] == "authors_speed.py" and args.authors_src:
+            script = [*script, "--authors-src", str(args.authors_src.resolve())]
+        if script[0] == "autoattack_reference.py" and args.reference_src:
+            script = [*script, "--reference-src", str(args.reference_src.resolve())]
         command = [sys.executable, str(HERE / script[0]), *script[1:]]
         shown = " ".join([*(f"{k}={v}" for k, v in env.items()), "python", f"benchmarks/{script[0]}", *script[1:]])
         print(f"running {shown}", file=sys.stderr, flush=True)

@@ -100,7 +100,7 @@ def evaluate_corruptions(
     sweep: Path | None = None,
     cifar_c_dir: Path | None = None,
     n_examples: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
     seed: int = 0,
@@ -108,6 +108,7 @@ def evaluate_corruptions(
     cache_dir: Path | None = None,
     weights_dir: Path | None = None,
     n_steps: int | None = None,
+    compile: bool = False,
     progress: Progress | None = None,
 ) -> Report:
     """Accuracy on the clean test split and on every (corruption, severity) cell, plus their mean.
@@ -117,6 +118,7 @@ def evaluate_corruptions(
     sweep report ``sweep``, which uses labels). Corrupted images come from ``cifar_c_dir`` (an official
     release) or are generated with ``seed`` and cached in ``cache_dir``. ImageNet also gets mCE.
     ``n_steps``: FISTA steps of the CSC layers, overriding the checkpoint's (weights trained with another count).
+    ``compile``: run inference through ``torch.compile`` (a one-off compile, then faster; see ``Runtime``).
     """
     from . import distributed
     from .data.cells import CellSource, expand_cells, parse_corruptions, parse_severities
@@ -133,7 +135,8 @@ def evaluate_corruptions(
     oracle = lam == ORACLE
     if oracle and sweep is None:
         raise UsageError("lam='oracle' needs sweep, a sweep-lambda JSON report of this checkpoint", parameter="sweep")
-    runtime = Runtime.create(distributed.init(device), precision)
+    runtime = Runtime.create(distributed.init(device), precision, compile)
+    batch_size = batch_size or runtime.eval_batch_size
     classifier, info = _load(model, checkpoint, dataset, weights_dir, n_steps)
     cell_policy = oracle_lambdas(sweep, info, cells) if oracle else None  # type: ignore[arg-type]
     policy = None if oracle else resolve_policy(lam, classifier, info, calibration)
@@ -178,6 +181,7 @@ def attack(
     calibration: Path | None = None,
     n_examples: int | None = None,
     batch_size: int = 128,
+    pool_batches: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
     seed: int = 0,
@@ -193,8 +197,10 @@ def attack(
     """Robust accuracy of the deployed model (lambda policy included) under one attack or standard
     AutoAttack, on the first ``n_examples`` test images, at every ``eps``.
 
-    ``state_dir``: finished batches are saved to ``<state_dir>/<name>.state.json``, so an interrupted run
-    continues with ``resume`` (the file is removed once the run completes); ``name`` is the report's
+    ``pool_batches``: the images are attacked in pools of this many batches (default 8): before each attack
+    the points still standing in a pool are gathered into full batches; results depend on it as on
+    ``batch_size``. ``state_dir``: finished pools are saved to ``<state_dir>/<name>.state.json``, so an
+    interrupted run continues with ``resume`` (the file is removed once the run completes); ``name`` is the report's
     file stem (default ``attack-<model>-<attack>``). ``save_adversarials``: an ``.npz`` of the examples.
     ``n_steps``: FISTA steps of the CSC layers, overriding the checkpoint's.
     """
@@ -209,7 +215,7 @@ def attack(
         raise UsageError("lam='oracle' picks lambda per corruption cell using labels; it is no deployed pipeline to "
                          "attack", parameter="lam")
     setup = _AttackSetup.create(model, checkpoint, dataset, weights_dir, attack, norm, eps, steps, restarts, version,
-                                n_examples, batch_size, device, precision, seed, data_dir, n_steps)
+                                n_examples, batch_size, pool_batches, device, precision, seed, data_dir, n_steps)
     classifier, info = setup.classifier, setup.info
     policy = resolve_policy(lam, classifier, info, calibration)
     stem = check_stem(name or f"attack-{info.name}-{setup.config.attack}")
@@ -250,6 +256,7 @@ def attack_vs_lambda(
     baseline_model: str | None = None,
     n_examples: int | None = None,
     batch_size: int = 128,
+    pool_batches: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
     seed: int = 0,
@@ -275,13 +282,13 @@ def attack_vs_lambda(
     progress = progress or Silent()
     grid = lambda_grid(lams)
     setup = _AttackSetup.create(model, checkpoint, dataset, weights_dir, attack, norm, eps, steps, restarts, version,
-                                n_examples, batch_size, device, precision, seed, data_dir, n_steps)
+                                n_examples, batch_size, pool_batches, device, precision, seed, data_dir, n_steps)
     _require_lambda(setup.classifier, setup.info)
     references = []
     if baseline_model is not None:
         references.append(_AttackSetup.create(baseline_model, None, dataset, weights_dir, attack, norm, eps, steps,
-                                              restarts, version, n_examples, batch_size, device, precision, seed,
-                                              data_dir))
+                                              restarts, version, n_examples, batch_size, pool_batches, device,
+                                              precision, seed, data_dir))
     stem = check_stem(name or f"sweep-lambda-{setup.info.name}-{setup.config.attack}")
     advance = progress.task(f"{setup.config.attack} on {setup.info.name} at {len(grid)} lambdas",
                             setup.work_units() * (len(grid) + len(references)))
@@ -329,33 +336,37 @@ class _AttackSetup:
     ``attack_vs_lambda`` share, so a sweep point is exactly an ``attack`` call."""
 
     def __init__(self, classifier: Any, info: Any, config: Any, images: Any, labels: Any, runtime: "Runtime",
-                 seed: int, batch_size: int, dataset: str) -> None:
+                 seed: int, batch_size: int, pool_batches: int, dataset: str) -> None:
         self.classifier, self.info, self.config = classifier, info, config
         self.images, self.labels, self.runtime = images, labels, runtime
-        self.seed, self.batch_size, self.dataset = seed, batch_size, dataset
+        self.seed, self.batch_size, self.pool_batches, self.dataset = seed, batch_size, pool_batches, dataset
 
     @classmethod
     def create(cls, model: str, checkpoint: Path | None, dataset: str, weights_dir: Path | None, attack: str, norm: str,
                eps: Any, steps: int | None, restarts: int | None, version: str, n_examples: int | None, batch_size: int,
-               device: str, precision: str, seed: int, data_dir: Path | None,
+               pool_batches: int | None, device: str, precision: str, seed: int, data_dir: Path | None,
                n_steps: int | None = None) -> "_AttackSetup":
         from . import distributed
         from .attacks import AttackConfig
+        from .attacks.config import POOL_BATCHES
         from .data.datasets import dataset_spec
         from .evaluate import Runtime
 
         _at_least_one(n_examples, "n_examples")
         _at_least_one(batch_size, "batch_size")
+        pool_batches = POOL_BATCHES if pool_batches is None else pool_batches
+        _at_least_one(pool_batches, "pool_batches")
         _check_seed(seed)
         config = AttackConfig.create(attack=attack, norm=norm, eps=[eps] if isinstance(eps, (str, float, int)) else list(eps),
                                      steps=steps, restarts=restarts, version=version)
         runtime = Runtime.create(distributed.init(device), precision)
         classifier, info = _load(model, checkpoint, dataset, weights_dir, n_steps)
         images, labels = dataset_spec(dataset).load(data_dir, "test")
-        return cls(classifier, info, config, images[:n_examples], labels[:n_examples], runtime, seed, batch_size, dataset)
+        return cls(classifier, info, config, images[:n_examples], labels[:n_examples], runtime, seed, batch_size,
+                   pool_batches, dataset)
 
     def work_units(self) -> int:
-        return self.config.work_units(len(self.images), self.batch_size)
+        return self.config.work_units(len(self.images), self.batch_size, self.pool_batches)
 
     def run(self, advance: Callable[[int], None], state_dir: Path | None, stem: str, resume: bool,
             keep_adv: bool = False) -> tuple[Any, list[dict[str, Any]]]:
@@ -363,22 +374,25 @@ class _AttackSetup:
         progress saved under ``<state_dir>/<stem>.state.json`` when a folder is given."""
         from . import distributed
         from .attacks import run_attack
-        from .attacks.state import remove_state, saved_batches
+        from .attacks.state import remove_state, saved_pools
         from .lam import lambda_label
 
         state_path = Path(state_dir) / f"{stem}{distributed.rank_suffix()}.state.json" if state_dir is not None else None
         try:
             results = run_attack(
                 self.classifier, self.images, self.labels, self.config, seed=self.seed, runtime=self.runtime,
-                batch_size=self.batch_size, progress=advance, state_path=state_path, resume=resume, keep_adv=keep_adv,
+                batch_size=self.batch_size, pool_batches=self.pool_batches, progress=advance, state_path=state_path,
+                resume=resume, keep_adv=keep_adv,
                 fingerprint={"model": self.info.name, "checkpoint_sha256": self.info.sha256, "dataset": self.dataset},
             )
         except KeyboardInterrupt:
-            saved = saved_batches(state_path) if state_path is not None else 0
+            saved = saved_pools(state_path) if state_path is not None else 0
             if saved:
-                batches = -(-len(self.images) // self.batch_size)
-                raise Interrupted(f"{saved} finished batches of {batches} are saved in {state_path}; the same call with "
-                                  "resume=True continues", parameter="resume") from None
+                pool_size = self.batch_size * self.pool_batches
+                pools = -(-len(self.images) // pool_size)
+                raise Interrupted(f"{saved} finished pools of {pools} ({pool_size} images each) "
+                                  f"are saved in {state_path}; the same call with resume=True continues",
+                                  parameter="resume") from None
             raise
         if state_path is not None:
             remove_state(state_path)
@@ -395,10 +409,12 @@ class _AttackSetup:
             data_source={"dataset": self.dataset, "split": "test", "first_n": len(self.images)},
             n_examples=len(self.images),
             batch_size=self.batch_size,
+            pool_size=self.batch_size * self.pool_batches,
             **self.config.as_meta(),
             protocol="sample-wise: each attack runs only on points still classified correctly and each adversarial "
             "example is judged once by the deployed model; robust = correct and fooled by no attack; over an eps sweep "
-            "a point fooled at a smaller eps counts as fooled at larger ones; eps 0 is the clean accuracy",
+            "a point fooled at a smaller eps counts as fooled at larger ones; eps 0 is the clean accuracy; before each "
+            "attack the points still standing in a pool of pool_size images are gathered into full batches",
             **extra,
             distributed=distributed.describe(),
             **self.runtime.describe(),
@@ -419,7 +435,7 @@ def sweep_lambda(
     calibration_out: Path | None = None,
     cifar_c_dir: Path | None = None,
     n_examples: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
     seed: int = 0,
@@ -427,6 +443,7 @@ def sweep_lambda(
     cache_dir: Path | None = None,
     weights_dir: Path | None = None,
     n_steps: int | None = None,
+    compile: bool = False,
     progress: Progress | None = None,
 ) -> Report:
     """Accuracy and the stem's mean reconstruction error for every test lambda on every cell.
@@ -435,7 +452,7 @@ def sweep_lambda(
     (never the test set), record which one ``lam="auto"`` runs (the higher mean accuracy on the calibration
     groups) and write the calibration beside the checkpoint (or ``calibration_out``).
     The report's extras are the accuracy-vs-lambda and best-lambda-vs-error plots. ``n_steps``: FISTA steps
-    of the CSC layers, overriding the checkpoint's.
+    of the CSC layers, overriding the checkpoint's. ``compile``: inference through ``torch.compile``.
     """
     from .data.cells import CellSource, expand_cells, parse_corruptions, parse_severities
     from .data.datasets import dataset_spec
@@ -454,7 +471,8 @@ def sweep_lambda(
     severity_list = parse_severities(_strings(severities))
     cells = expand_cells(names, severity_list)
     fit_names = parse_corruptions(_strings(fit_corruptions)) if fit_corruptions else names
-    runtime = Runtime.create(device, precision)
+    runtime = Runtime.create(device, precision, compile)
+    batch_size = batch_size or runtime.eval_batch_size
     classifier, info = _load(model, checkpoint, dataset, weights_dir, n_steps)
     _require_lambda(classifier, info)
     runtime.prepare(classifier)
@@ -488,6 +506,7 @@ def sweep_lambda(
         points=points,
         calibration=str(calibration_path) if calibration_path else None,
         calibration_rules=calibration.to_json().get("rules") if calibration is not None else None,
+        calibration_formulas={name: rule.formula for name, rule in calibration.rules.items()} if calibration else None,
         calibration_recommended=calibration.recommended if calibration is not None else None,
         **runtime.describe(),
     )
@@ -512,7 +531,7 @@ def compare_lambda_rules(
     calibration: Path | None = None,
     cifar_c_dir: Path | None = None,
     n_examples: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
     seed: int = 0,
@@ -544,6 +563,7 @@ def compare_lambda_rules(
     names = parse_corruptions(_strings(corruptions))
     cells = expand_cells(names, parse_severities(_strings(severities)))
     runtime = Runtime.create(device, precision)
+    batch_size = batch_size or runtime.eval_batch_size
     classifier, info = _load(model, checkpoint, dataset, weights_dir)
     _require_lambda(classifier, info)
     policies = [resolve_policy(rule, classifier, info, calibration) for rule in rules]
@@ -594,7 +614,7 @@ def lambda_hold_out(
     calibration_out: Path | None = None,
     cifar_c_dir: Path | None = None,
     n_examples: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
     seed: int = 0,
@@ -632,6 +652,7 @@ def lambda_hold_out(
         raise UsageError("hold_out needs at least one corruption", parameter="hold_out")
     severity_list = parse_severities(_strings(severities))
     runtime = Runtime.create(device, precision)
+    batch_size = batch_size or runtime.eval_batch_size
     classifier, info = _load(model, checkpoint, dataset, weights_dir)
     _require_lambda(classifier, info)
     runtime.prepare(classifier)

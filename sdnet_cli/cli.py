@@ -190,6 +190,9 @@ PrecisionOpt = Annotated[str, typer.Option(
     help="fp32, or bf16 autocast: faster on GPUs and CPUs with AMX/AVX512-BF16, much slower on plain AVX2 CPUs "
     "(see benchmarks/throughput.py). CSC solves stay fp32.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per forward.")]
+EvalBatchOpt = Annotated[Optional[int], typer.Option(
+    "--batch-size", help="Images per forward (default: 64 on CPU, the fastest measured by benchmarks/eval_batch_size.py; "
+    "256 on GPU). Accuracy does not depend on it.")]
 NExamplesOpt = Annotated[Optional[int], typer.Option(
     "--n-examples", "-n", help="Use only the first N test images (of each cell).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Folder for the JSON, CSV and Markdown reports.")]
@@ -211,9 +214,16 @@ VersionOpt = Annotated[str, typer.Option(
     "--version", help="autoattack version: standard, or rand (randomised models: APGD-CE and APGD-DLR with 20 EOT "
     "iterations).")]
 ResumeOpt = Annotated[bool, typer.Option(
-    "--resume", help="Continue an interrupted run from <out>/<name>*.state.json, skipping finished batches.")]
+    "--resume", help="Continue an interrupted run from <out>/<name>*.state.json, skipping finished pools of images.")]
+PoolOpt = Annotated[Optional[int], typer.Option(
+    "--pool-batches", help="Attacks run on pools of this many batches (default 8): before each attack the points "
+    "still standing in a pool are gathered into full batches. Results depend on it as on --batch-size; torchrun "
+    "splits and --resume saves whole pools.")]
 CalibrationOpt = Annotated[Optional[Path], typer.Option(
     "--calibration", help="Calibration JSON for --lam auto/recon/noise (default: the checkpoint's own).")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile", help="Run inference through torch.compile: a one-off compile (about 3-16 s per model on a 2-core "
+    "CPU), then about 1.2x faster; predictions equal eager ones up to float rounding. Pays off for long runs.")]
 NStepsOpt = Annotated[Optional[int], typer.Option(
     "--n-steps", help="FISTA steps of the CSC layers (SDNet only), for weights trained with another count than the "
     "checkpoint records (default: the checkpoint's; 2 for the authors' files).")]
@@ -230,7 +240,8 @@ def eval_command(
     lam: Annotated[Optional[str], typer.Option(
         "--lam",
         help="Test-time lambda of every CSC layer (SDNet only): a number; 'recon' (per input, from the stem's "
-        "reconstruction error) or 'noise' (per input, from the estimated pixel noise), both calibrated by "
+        "reconstruction error) or 'noise' (per input, from the estimated pixel noise: its noise sigma and its "
+        "fraction of salt-and-pepper values), both calibrated by "
         "`sdnet sweep-lambda --fit`; 'auto' (the one of them the calibration recommends); or 'oracle' (best "
         "lambda per cell from --sweep: uses labels). "
         "Default: the training lambda.")] = None,
@@ -239,7 +250,7 @@ def eval_command(
         "--sweep", help="sweep-lambda JSON report whose best lambdas --lam oracle uses.")] = None,
     cifar_c_dir: CDirOpt = None,
     n_examples: NExamplesOpt = None,
-    batch_size: BatchOpt = 256,
+    batch_size: EvalBatchOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     seed: SeedOpt = 0,
@@ -247,6 +258,7 @@ def eval_command(
     cache_dir: CacheDirOpt = None,
     weights_dir: WeightsDirOpt = None,
     n_steps: NStepsOpt = None,
+    compile: CompileOpt = False,
     out_dir: OutOpt = Path("reports"),
     name: NameOpt = None,
 ) -> None:
@@ -260,7 +272,7 @@ def eval_command(
             model=model, checkpoint=checkpoint, dataset=dataset, corruptions=corruption, severities=severity, lam=lam,
             calibration=calibration, sweep=sweep, cifar_c_dir=cifar_c_dir, n_examples=n_examples, batch_size=batch_size,
             device=device, precision=precision, seed=seed, data_dir=data_dir, cache_dir=cache_dir,
-            weights_dir=weights_dir, n_steps=n_steps, progress=progress)
+            weights_dir=weights_dir, n_steps=n_steps, compile=compile, progress=progress)
     if not main_process():
         return
     print_rows(f"{report.meta['model']['name']} on {dataset}", report.rows, ["corruption", "severity", "lam", "n", "accuracy"])
@@ -373,7 +385,7 @@ def sweep_lambda_command(
         "--calibration-out", help="Write the calibration here instead of beside the checkpoint.")] = None,
     cifar_c_dir: CDirOpt = None,
     n_examples: NExamplesOpt = None,
-    batch_size: BatchOpt = 256,
+    batch_size: EvalBatchOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     seed: SeedOpt = 0,
@@ -395,8 +407,12 @@ def sweep_lambda_command(
     baseline_model: Annotated[Optional[str], typer.Option(
         "--baseline-model", help="With --attack: also attack this model (e.g. resnet18) at its own lambda; its numbers "
         "are drawn as horizontal reference lines.")] = None,
+    pool_batches: PoolOpt = None,
     resume: ResumeOpt = False,
     n_steps: NStepsOpt = None,
+    compile: Annotated[bool, typer.Option(
+        "--compile", help="Run the corruption sweep's inference through torch.compile (see `sdnet eval --help`; not "
+        "used with --attack).")] = False,
 ) -> None:
     """Accuracy and stem reconstruction error for each test lambda on each cell; --fit calibrates --lam auto/noise.
     With --attack: clean and robust accuracy for each test lambda (the paper's robustness vs lambda claim)."""
@@ -411,8 +427,9 @@ def sweep_lambda_command(
             report = api.attack_vs_lambda(
                 model=model, checkpoint=checkpoint, dataset=dataset, lams=lams, attack=attack, norm=norm, eps=eps,
                 steps=steps, restarts=restarts, version=version, baseline_model=baseline_model, n_examples=n_examples,
-                batch_size=batch_size, device=device, precision=precision, seed=seed, data_dir=data_dir,
-                weights_dir=weights_dir, name=name, state_dir=out_dir, resume=resume, n_steps=n_steps, progress=progress)
+                pool_batches=pool_batches, device=device, precision=precision, seed=seed, data_dir=data_dir,
+                weights_dir=weights_dir, name=name, state_dir=out_dir, resume=resume, n_steps=n_steps, progress=progress,
+                **({} if batch_size is None else {"batch_size": batch_size}))  # else the attacks' own default
         print_rows(f"{report.meta['model']['name']}: accuracy vs lambda", report.rows,
                    ["model", "attack", "eps_text", "lam", "n", "clean_accuracy", "robust_accuracy", "masking_warnings"])
         write(report, out_dir, None)
@@ -422,13 +439,13 @@ def sweep_lambda_command(
             model=model, checkpoint=checkpoint, dataset=dataset, corruptions=corruption, severities=severity, lams=lams,
             fit=fit, fit_corruptions=fit_corruption, fit_n=fit_n, calibration_out=calibration_out,
             cifar_c_dir=cifar_c_dir, n_examples=n_examples, batch_size=batch_size, device=device, precision=precision,
-            seed=seed, data_dir=data_dir, cache_dir=cache_dir, weights_dir=weights_dir, n_steps=n_steps,
+            seed=seed, data_dir=data_dir, cache_dir=cache_dir, weights_dir=weights_dir, n_steps=n_steps, compile=compile,
             progress=progress)
     best = [{**r, "mean_error": f"{r['mean_error']:.4g}"} for r in report.rows if r["oracle"]]
     print_rows(f"{report.meta['model']['name']}: best lambda per cell", best,
                ["corruption", "severity", "lam", "n", "accuracy", "mean_error"])
-    for rule, line in (report.meta["calibration_rules"] or {}).items():
-        out.print(f"{rule}: lambda = clamp({line['a']:.4g} * feature + {line['b']:.4g}, {line['lo']:g}, {line['hi']:g})")
+    for rule, formula in (report.meta["calibration_formulas"] or {}).items():
+        out.print(f"{rule}: lambda = {formula}")
     if report.meta.get("calibration_recommended"):
         out.print(f"auto: {report.meta['calibration_recommended']} (the higher mean accuracy on the calibration groups)")
     if report.meta["calibration"]:
@@ -454,7 +471,7 @@ def lambda_rules_command(
     calibration: CalibrationOpt = None,
     cifar_c_dir: CDirOpt = None,
     n_examples: NExamplesOpt = None,
-    batch_size: BatchOpt = 256,
+    batch_size: EvalBatchOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     seed: SeedOpt = 0,
@@ -506,7 +523,7 @@ def lambda_hold_out_command(
         "--calibration).")] = None,
     cifar_c_dir: CDirOpt = None,
     n_examples: NExamplesOpt = None,
-    batch_size: BatchOpt = 256,
+    batch_size: EvalBatchOpt = None,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     seed: SeedOpt = 0,
@@ -553,12 +570,14 @@ def attack_command(
     lam: Annotated[Optional[str], typer.Option(
         "--lam",
         help="Test-time lambda of the CSC layers (SDNet only): a number, or 'recon'/'noise'/'auto' (per input, "
-        "calibrated by `sdnet sweep-lambda --fit`; auto: the recommended one). The attack differentiates the deployed pipeline, lambda(x) included (its clamp "
-        "straight-through). Default: the training lambda.")] = None,
+        "calibrated by `sdnet sweep-lambda --fit`; auto: the recommended one). The attack differentiates the "
+        "deployed pipeline, lambda(x) included (its clamp straight-through; the salt-and-pepper fraction of 'noise' "
+        "is piecewise constant and passes no gradient). Default: the training lambda.")] = None,
     calibration: CalibrationOpt = None,
     n_examples: Annotated[Optional[int], typer.Option(
         "--n-examples", "-n", help="Attack only the first N test images (default: all).")] = None,
     batch_size: BatchOpt = 128,
+    pool_batches: PoolOpt = None,
     device: DeviceOpt = "auto",
     precision: Annotated[str, typer.Option(
         "--precision", help="fp32 (default: attacks take gradients in fp32), or bf16 autocast for forwards and "
@@ -585,8 +604,9 @@ def attack_command(
         report = api.attack(
             model=model, checkpoint=checkpoint, dataset=dataset, attack=attack, norm=norm, eps=eps, steps=steps,
             restarts=restarts, version=version, lam=lam, calibration=calibration, n_examples=n_examples,
-            batch_size=batch_size, device=device, precision=precision, seed=seed, data_dir=data_dir,
-            weights_dir=weights_dir, name=name, state_dir=out_dir, resume=resume, save_adversarials=save_adv,
+            batch_size=batch_size, pool_batches=pool_batches, device=device, precision=precision, seed=seed,
+            data_dir=data_dir, weights_dir=weights_dir, name=name, state_dir=out_dir, resume=resume,
+            save_adversarials=save_adv,
             n_steps=n_steps, progress=progress)
     if not main_process():
         return

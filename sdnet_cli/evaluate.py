@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal, Sequence
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -33,13 +33,17 @@ class NonFiniteOutput(UsageError):
 class Runtime:
     """Where and how forwards run. bf16 autocast + channels_last is faster than fp32 on GPUs and on
     CPUs with AMX or AVX-512 BF16, several times slower on AVX2-only CPUs (benchmarks/); CSC solves
-    stay float32 regardless (see ``CSCLayer.solve``)."""
+    stay float32 regardless (see ``CSCLayer.solve``). ``compile`` runs a classifier's no-grad
+    inference through ``torch.compile`` (``Classifier.compile_inference``; attacks' gradient passes
+    stay eager, compiled ones were slower on CPU): faster evaluation after a one-off compile of
+    seconds to a minute, logits equal to eager up to float rounding (benchmarks/compile_speed.py)."""
 
     device: torch.device
     precision: Precision = "fp32"
+    compile: bool = False
 
     @classmethod
-    def create(cls, device: str = "auto", precision: str = "fp32") -> "Runtime":
+    def create(cls, device: str = "auto", precision: str = "fp32", compile: bool = False) -> "Runtime":
         if precision not in ("fp32", "bf16"):
             raise UsageError(f"unknown precision {precision!r}; use fp32 or bf16", parameter="precision")
         if device == "auto":
@@ -48,23 +52,37 @@ class Runtime:
             raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda", parameter="device")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError("device cuda was asked for, but torch sees no CUDA GPU on this machine", parameter="device")
-        return cls(torch.device(device), precision)  # type: ignore[arg-type]
+        return cls(torch.device(device), precision, compile)  # type: ignore[arg-type]
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Images per forward when a caller does not say. Measured on a 2-core AVX-512 CPU
+        (benchmarks/eval_batch_size.py): 64 was fastest or within 3.5% of it for both models in fp32
+        and bf16, 256 ran at 0.64-0.85 of that. GPUs: 256, not yet measured."""
+        return 64 if self.device.type == "cpu" else 256
 
     def autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Move a model to the device in channels_last layout, in eval mode."""
-        return model.to(self.device, memory_format=torch.channels_last).eval()
+        """Move a model to the device in channels_last layout, in eval mode, and (``compile``) compile
+        its inference path. In place: returns the same model, so ``using`` and attacks work as before."""
+        model = model.to(self.device, memory_format=torch.channels_last).eval()
+        if self.compile:
+            if not isinstance(model, Classifier):
+                raise UsageError("compile applies to classifiers (models.load_model) only", parameter="compile")
+            model.compile_inference()
+        return model
 
     def to_input(self, images: np.ndarray) -> torch.Tensor:
         """uint8 NHWC -> float [0,1] NCHW (channels_last) on the device."""
         x = torch.from_numpy(np.array(images)).to(self.device)  # a copy: cells may be read-only memmaps
         return x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
-    def describe(self) -> dict[str, str]:
+    def describe(self) -> dict[str, Any]:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return {"device": str(self.device), "device_name": name, "precision": self.precision}
+        return {"device": str(self.device), "device_name": name, "precision": self.precision,
+                "compiled": self.compile}
 
 
 @dataclass

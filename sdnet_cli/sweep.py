@@ -26,8 +26,8 @@ from .errors import UsageError
 from .evaluate import Batch, Counts, Runtime, cell_row, evaluate_cells, iter_batches, lambda_columns, mean_row, predict_correct
 from .lam import (
     AUTO,
+    FEATURES,
     NOISE,
-    POINT_FEATURES,
     RECON,
     RULES,
     Calibration,
@@ -42,10 +42,6 @@ from .lam import (
 from .models.classifier import Classifier, LambdaPolicy
 from .models.csc import CSCLayer
 from .reports import save_line_plot, save_points_plot
-
-FEATURES = {key: RULES[name].feature for name, key in POINT_FEATURES.items()}
-"""Calibration point key -> the per-input feature it averages (a rule's ``feature``)."""
-
 
 class ImageSource(Protocol):
     def load(self, cell: Cell) -> tuple[np.ndarray, np.ndarray]: ...

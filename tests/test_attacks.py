@@ -27,7 +27,7 @@ from sdnet_cli.cli import app
 from sdnet_cli.data.cifar import load_cifar10
 from sdnet_cli.errors import UsageError
 from sdnet_cli.evaluate import Runtime, count_correct, predict
-from sdnet_cli.lam import Calibration, NoiseLevelLambda, ReconErrorLambda
+from sdnet_cli.lam import FEATURES, Calibration, NoiseLevelLambda, ReconErrorLambda
 from sdnet_cli.models import Classifier, create_model, load_model
 from sdnet_cli.models.checkpoints import sha256_of
 from sdnet_cli.train import TrainConfig, train
@@ -335,7 +335,7 @@ def test_adaptive_gradient_flows_through_lambda_and_matches_finite_differences(r
         xg = x.clone().requires_grad_(True)
         return torch.autograd.grad(f(net, xg), xg)[0]
 
-    feature = float(rule.feature(model, model.normalize(x)).detach())
+    feature = float(FEATURES[rule.terms[0][1]](model, model.normalize(x)).detach())
     deployed = rule(a=0.5 / feature, b=0.3, lo=0.0, hi=10.0)  # lambda(x) = 0.8
     with model.using(deployed):
         attacked = AttackedModel(model, CPU)
@@ -512,10 +512,11 @@ def test_requantized_accuracy_at_eps_zero_is_the_clean_accuracy(pgd_sweep: Attac
 
 
 # -- resume ------------------------------------------------------------------------------------
-def test_resume_skips_finished_batches_and_repeats_the_run(trained: Classifier, first128, tmp_path: Path) -> None:
+def test_resume_skips_finished_pools_and_repeats_the_run(trained: Classifier, first128, tmp_path: Path) -> None:
     images, labels = first128[0][:48], first128[1][:48]
     args = (trained, images, labels, config("pgd", ["1/255", "2/255"], steps=5))
-    kwargs = dict(seed=3, runtime=CPU, batch_size=16, keep_adv=True, fingerprint={"checkpoint_sha256": "aaa"})
+    kwargs = dict(seed=3, runtime=CPU, batch_size=16, pool_batches=1, keep_adv=True,
+                  fingerprint={"checkpoint_sha256": "aaa"})
     straight = run_attack(*args, **kwargs)  # type: ignore[arg-type]
     state = tmp_path / "run.state.json"
 
@@ -524,15 +525,15 @@ def test_resume_skips_finished_batches_and_repeats_the_run(trained: Classifier, 
 
     seen: list[int] = []
 
-    def stop_after_two_batches(k: int) -> None:
+    def stop_in_the_third_pool(k: int) -> None:
         seen.append(k)
-        if len(seen) == 2:
+        if len(seen) == 5:
             raise Stop
 
     with pytest.raises(Stop):
-        run_attack(*args, **kwargs, state_path=state, progress=stop_after_two_batches)  # type: ignore[arg-type]
-    assert seen == [32, 32]  # 16 images times 2 budgets per batch
-    assert sorted(json.loads(state.read_text())["batches"]) == ["0", "1"]
+        run_attack(*args, **kwargs, state_path=state, progress=stop_in_the_third_pool)  # type: ignore[arg-type]
+    assert seen == [16] * 5  # 16 images per pool, once per budget
+    assert sorted(json.loads(state.read_text())["pools"]) == ["0", "1"]
     with pytest.raises(UsageError, match="resume=True"):
         run_attack(*args, **kwargs, state_path=state)  # type: ignore[arg-type]
     with pytest.raises(UsageError, match=r"different settings \(seed\)"):
@@ -608,3 +609,39 @@ def test_cli_autoattack_against_auto_lambda(
     assert rows[-1]["robust_accuracy"] == pytest.approx(100 * again.mean(), abs=1e-4)
     assert "straight-through (BPDA)" in meta["lambda_gradient"] and meta["version"] == "standard"
     assert [c["name"] for c in meta["components"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]
+
+
+# -- pooling ---------------------------------------------------------------------------------------
+class _BrightnessJudge:
+    """Stand-in for AttackedModel: says class 1 when an image's mean exceeds 0.5, else class 0."""
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.flatten(1).mean(dim=1) > 0.5).long()
+
+
+class _Brighten:
+    """An 'attack' that adds eps to every pixel and records the size of each batch it is handed."""
+
+    def __init__(self, eps: float) -> None:
+        self.eps, self.calls = eps, []
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.calls.append(len(x))
+        return x + self.eps
+
+
+def test_later_attacks_get_the_pools_survivors_in_full_batches() -> None:
+    from sdnet_cli.attacks.runner import SampleWise
+
+    # 32 images of class 0, alternately at brightness 0.49 (one 0.02 step from class 1) and 0.30 (out of reach)
+    levels = torch.tensor([0.49, 0.30] * 16)
+    x = levels.view(-1, 1, 1, 1).expand(-1, 3, 4, 4).clone()
+    y = torch.zeros(32, dtype=torch.long)
+    first, second = _Brighten(0.02), _Brighten(0.02)
+    components = [registry.Component("first", first), registry.Component("second", second)]  # type: ignore[arg-type]
+    result = SampleWise(_BrightnessJudge(), components, "Linf", 0.02, batch_size=8)(  # type: ignore[arg-type]
+        x, y, torch.ones(32, dtype=torch.bool), seed=0)
+    assert first.calls == [8, 8, 8, 8]
+    assert second.calls == [8, 8]  # the 16 survivors of the whole pool, not four half-empty batches of 4
+    assert result.fooled[0].tolist() == [True, False] * 16 and not result.fooled[1].any()
+    assert torch.equal(result.adv[0], x[0] + 0.02) and torch.equal(result.adv[1], x[1])

@@ -71,6 +71,19 @@ def test_eval_lam_is_recorded_and_changes_nothing_for_same_value(
     assert row_a["lam"] == 0.1 and row_a["correct"] == row_b["correct"]
 
 
+def test_eval_compile_counts_the_same_as_eager_and_says_so(tiny_checkpoint: Path, data_dir: Path, tmp_path: Path) -> None:
+    # 40 images in batches of 16: two compiled batches and an eager partial one
+    common = ["eval", "--model", "sdnet18", "--checkpoint", str(tiny_checkpoint), "-n", "40", "--batch-size", "16",
+              "--data-dir", str(data_dir)]
+    eager = run(*common, "--out", str(tmp_path / "eager"))
+    compiled = run(*common, "--compile", "--out", str(tmp_path / "compiled"))
+    assert eager.exit_code == 0 and compiled.exit_code == 0, eager.output + compiled.output
+    one = json.loads((tmp_path / "eager" / "eval-sdnet18.json").read_text())
+    two = json.loads((tmp_path / "compiled" / "eval-sdnet18.json").read_text())
+    assert two["rows"][0]["correct"] == one["rows"][0]["correct"] and two["rows"][0]["n"] == 40
+    assert two["meta"]["compiled"] is True and one["meta"]["compiled"] is False
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

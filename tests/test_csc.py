@@ -227,13 +227,16 @@ def test_wrong_lambda_shape_is_refused() -> None:
         layer.solve(torch.randn(2, 2, 6, 6), torch.tensor([0.1, 0.2, 0.3]))
 
 
-def test_solve_stays_float32_under_bf16_autocast() -> None:
+def test_solve_stays_float32_under_bf16_autocast_and_hands_on_bf16() -> None:
     layer = make_layer().eval()
     x = torch.randn(2, 2, 6, 6)
+    reference = layer(x.bfloat16().float())  # no autocast: float32 throughout
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        z = layer(x.bfloat16())
-    assert z.dtype == torch.float32
-    torch.testing.assert_close(z, layer(x.bfloat16().float()))
+        solved, _ = layer.solve(x.bfloat16())
+        handed_on = layer(x.bfloat16())
+    assert solved.dtype == torch.float32 and handed_on.dtype == torch.bfloat16
+    torch.testing.assert_close(solved, reference)
+    assert torch.equal(handed_on, reference.bfloat16())  # the float32 code, rounded once at the end
 
 
 def test_sqrt_lasso_variant_uses_normalised_residual() -> None:

@@ -80,9 +80,9 @@ def test_torchrun_eval_equals_a_single_process(data_dir: Path, release: Path, tm
 
 
 def test_torchrun_attack_equals_a_single_process_sample_by_sample(data_dir: Path, tmp_path: Path) -> None:
-    # 24 images in batches of 8: rank 0 attacks batch 0, rank 1 batches 1 and 2, each with its own seed
+    # 24 images in pools of 2 batches of 4: rank 0 attacks pool 0, rank 1 pools 1 and 2, each with its own seed
     args = ["attack", "--model", "sdnet18", "--attack", "pgd", "--steps", "2", "--eps", "2/255", "--eps", "8/255",
-            "-n", "24", "--batch-size", "8", "--seed", "1", "--device", "cpu", "--data-dir", str(data_dir), "--name", "pgd"]
+            "-n", "24", "--batch-size", "4", "--pool-batches", "2", "--seed", "1", "--device", "cpu", "--data-dir", str(data_dir), "--name", "pgd"]
     single = CliRunner().invoke(app, args + ["--out", str(tmp_path / "single"), "--save-adv", str(tmp_path / "single.npz")])
     assert single.exit_code == 0, single.output
     shared = torchrun(*args, "--out", str(tmp_path / "shared"), "--save-adv", str(tmp_path / "shared.npz"))

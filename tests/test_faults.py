@@ -555,15 +555,15 @@ def test_interrupted_attack_says_what_was_saved_and_resume_finishes_it(tiny_chec
     from sdnet_cli.errors import Interrupted
 
     common = dict(model="sdnet18", checkpoint=tiny_checkpoint, attack="pgd", eps=["1/255"], steps=2, n_examples=24,
-                  batch_size=8, data_dir=data_dir, device="cpu", name="run", state_dir=tmp_path)
+                  batch_size=8, pool_batches=1, data_dir=data_dir, device="cpu", name="run", state_dir=tmp_path)
 
-    class StopAfterTwoBatches:
+    class StopAfterTwoPools:
         def task(self, description: str, total: int):  # type: ignore[no-untyped-def]
             seen = []
 
             def advance(k: int) -> None:
                 seen.append(k)
-                if len(seen) == 2:
+                if len(seen) == 3:  # inside the third pool
                     raise KeyboardInterrupt
 
             return advance
@@ -572,8 +572,8 @@ def test_interrupted_attack_says_what_was_saved_and_resume_finishes_it(tiny_chec
             pass
 
     with pytest.raises(Interrupted) as caught:
-        api.attack(**common, progress=StopAfterTwoBatches())
-    assert "2 finished batches of 3 are saved in" in str(caught.value) and (tmp_path / "run.state.json").is_file()
+        api.attack(**common, progress=StopAfterTwoPools())
+    assert "2 finished pools of 3 (8 images each) are saved in" in str(caught.value) and (tmp_path / "run.state.json").is_file()
     resumed = api.attack(**common, resume=True)
     straight = api.attack(**{**common, "state_dir": None})
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.rows] == \

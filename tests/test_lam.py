@@ -27,6 +27,7 @@ from sdnet_cli.lam import (
     lambda_grid,
     lambda_label,
     load_calibration,
+    noise_sigma,
     oracle_scores,
     per_cell_oracle,
     per_input_oracle,
@@ -274,9 +275,9 @@ def test_calibration_is_stored_beside_a_shipped_checkpoint_and_named_in_its_mani
     path = store_calibration(make_calibration(entry["sha256"]), info)
     assert path == weights / "sdnet18-w8.lambda.json"
     saved = json.loads(path.read_text())
-    assert saved["rules"] == {"recon": RECON_LINE, "noise": NOISE_LINE} and saved["recommended"] == "noise"
+    assert saved["rules"] == {"recon": RECON_LINE, "noise": {**NOISE_LINE, "c": 0.0}} and saved["recommended"] == "noise"
     assert {"grid", "points", "corruptions", "severities", "n", "seed", "checkpoint_sha256"} <= set(saved)
-    assert saved["split"] == "train" and saved["schema"] == 3
+    assert saved["split"] == "train" and saved["schema"] == 4
     manifest = json.loads((weights / "manifest.json").read_text())["models"]
     assert manifest == [{**entry, "calibration": "sdnet18-w8.lambda.json"}]
     # found through the manifest entry, and round-trips
@@ -308,16 +309,19 @@ COMMON = {"grid": [0.1, 0.7, 1.4], "points": GROUPS, "corruptions": ["gaussian_n
           "seed": 4, "training_lam": 0.1, "checkpoint_sha256": "ab" * 32, "split": "train"}
 SCHEMA_1 = {**RECON_LINE, "noise": NOISE_LINE, **COMMON}  # the reconstruction-error rule at the top level
 SCHEMA_2 = {"rules": {"auto": RECON_LINE, "noise": NOISE_LINE}, **COMMON, "schema": 2}  # ... named "auto"
+SCHEMA_3 = {"rules": {"recon": RECON_LINE, "noise": NOISE_LINE}, **COMMON, "schema": 3}  # no impulse term yet
 
 
 @pytest.mark.parametrize("steep", [False, True])
 def test_old_layouts_load_and_auto_picks_the_better_rule_from_their_curves(tmp_path: Path, steep: bool) -> None:
     points = [GROUPS[0], {**GROUPS[1], "curve": [40.0, 70.0, 20.0]}] if steep else GROUPS
     expected = make_calibration("ab" * 32, points, recommended="recon" if steep else "noise")
-    for number, layout in ((1, SCHEMA_1), (2, SCHEMA_2)):
+    schema_3 = {**SCHEMA_3, "recommended": expected.recommended}
+    for number, layout in ((1, SCHEMA_1), (2, SCHEMA_2), (3, schema_3)):
         path = tmp_path / f"schema{number}.lambda.json"
         path.write_text(json.dumps({**layout, "points": points}))
         assert Calibration.load(path) == expected
+        assert Calibration.load(path).noise.c == 0.0
     new = expected.save(tmp_path / "new.lambda.json")
     assert "a" not in json.loads(new.read_text()) and Calibration.load(new) == expected
     broken = tmp_path / "broken.lambda.json"
@@ -330,6 +334,25 @@ def test_old_layouts_load_and_auto_picks_the_better_rule_from_their_curves(tmp_p
         Calibration.load(no_curves)
 
 
+def test_old_layouts_give_the_lambdas_they_always_gave(tmp_path: Path, model: torch.nn.Module,
+                                                         mixed_batch: torch.Tensor) -> None:
+    """A file without the impulse term runs lambda = clamp(a * sigma + b) bit for bit as before it existed
+    (the float64 line agrees to float32 rounding), for salt-and-pepper inputs too."""
+    salted = mixed_batch.clone()
+    salted[:, :, ::5, ::7] = 1.0
+    x = model.normalize(torch.cat([mixed_batch, salted]))
+    sigma = estimate_noise_sigma(torch.cat([mixed_batch, salted]).double()).numpy()
+    for number, layout in ((1, SCHEMA_1), (2, SCHEMA_2), (3, {**SCHEMA_3, "recommended": "noise"})):
+        path = tmp_path / f"schema{number}.lambda.json"
+        path.write_text(json.dumps(layout))
+        policy = Calibration.load(path).policy("auto")
+        with torch.no_grad():
+            lam = policy(model, x)
+            before = (NOISE_LINE["a"] * noise_sigma(model, x) + NOISE_LINE["b"]).clamp(0.1, 1.4)  # the one-feature code
+        assert torch.equal(lam, before)
+        np.testing.assert_allclose(lam.numpy(), np.clip(8.0 * sigma + 0.1, 0.1, 1.4), atol=1e-5)
+
+
 def test_shipped_calibrations_load_recommend_noise_and_stay_untouched(tmp_path: Path) -> None:
     weights = Path(__file__).resolve().parents[1] / "weights"
     shipped = sorted(weights.glob("*.lambda.json"))
@@ -338,8 +361,9 @@ def test_shipped_calibrations_load_recommend_noise_and_stay_untouched(tmp_path: 
         before = path.read_bytes()
         raw = json.loads(before)
         calibration = Calibration.load(path)
-        assert calibration.recon == ReconErrorLambda(raw["a"], raw["b"], raw["lo"], raw["hi"])
-        assert calibration.noise == NoiseLevelLambda(**raw["noise"])
+        lines = raw.get("rules", {"recon": raw, "noise": raw.get("noise")})
+        assert calibration.recon == ReconErrorLambda(*(lines["recon"][key] for key in ("a", "b", "lo", "hi")))
+        assert calibration.noise == NoiseLevelLambda(**lines["noise"])
         # the noise rule reads the higher mean accuracy off the file's own training-group curves
         assert calibration.recommended == "noise"
         assert calibration.policy("auto").name == "auto:noise"
@@ -358,13 +382,13 @@ def test_refit_without_a_corruption_never_sees_its_groups(monkeypatch: pytest.Mo
               {"corruption": "gaussian_noise", "severity": 5, "error": 50.0, "noise": 0.1, "curve": [99.0, 0.0, 0.0]}]
     full = replace(make_calibration("ab" * 32, points), grid=grid, corruptions=["contrast", "gaussian_noise"])
     seen: list[list[float]] = []
-    real_fit = calibration_module.fit_line_for_accuracy
+    real_fit = calibration_module.fit_rule_for_accuracy
 
     def spy(features, curves, grid):  # type: ignore[no-untyped-def]
         seen.append([float(c) for c in np.asarray(curves)[:, 0]])
         return real_fit(features, curves, grid)
 
-    monkeypatch.setattr(calibration_module, "fit_line_for_accuracy", spy)
+    monkeypatch.setattr(calibration_module, "fit_rule_for_accuracy", spy)
     refit = full.without(["gaussian_noise"])
     assert seen and all(99.0 not in first_values for first_values in seen)  # the held-out curve never reached a fit
     assert [p["corruption"] for p in refit.points] == ["clean", "contrast"] and refit.corruptions == ["contrast"]

@@ -21,7 +21,10 @@ from sdnet_cli.cli import app
 from sdnet_cli.data.cells import Cell, CellSource
 from sdnet_cli.evaluate import Runtime
 from sdnet_cli.errors import UsageError
-from sdnet_cli.lam import RULES, Calibration, FixedLambda, estimate_noise_sigma, fit_line_for_accuracy, rule_accuracy
+from sdnet_cli.lam import (
+    RULES, Calibration, FixedLambda, estimate_impulse_fraction, estimate_noise_sigma, fit_line_for_accuracy,
+    fit_rule_for_accuracy, rule_accuracy,
+)
 from sdnet_cli.models import create_model, load_model, save_checkpoint
 from sdnet_cli.models.csc import normalize_atoms
 from sdnet_cli.compare import Source, compare
@@ -93,6 +96,7 @@ def test_sweep_rows_oracle_errors_and_plots(model: torch.nn.Module, source: Cell
     x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255
     assert points[1]["noise"] == pytest.approx(float(estimate_noise_sigma(x).mean()), rel=1e-4)
     assert points[1]["noise"] > points[0]["noise"]  # gaussian noise at severity 5 is visible to the estimator
+    assert points[1]["impulse"] == pytest.approx(float(estimate_impulse_fraction(x).mean()), rel=1e-6, abs=1e-12)
     paths = save_sweep_plots(rows, points, tmp_path, "sweep", "w8")
     assert [p.name for p in paths] == ["sweep-accuracy.png", "sweep-fit.png"]
     for path in paths:
@@ -130,9 +134,10 @@ def test_calibration_uses_only_training_images(
     curves = np.array([p["curve"] for p in calibration.points])
     assert curves.shape == (5, len(LAMS))
     assert [LAMS[j] for j in curves.argmax(axis=1)] == [p["best_lam"] for p in calibration.points]
-    for rule, key in ((calibration.recon, "error"), (calibration.noise, "noise")):
-        expected = fit_line_for_accuracy([p[key] for p in calibration.points], curves, LAMS)
-        assert (rule.a, rule.b) == pytest.approx(expected, rel=1e-8, abs=1e-12)
+    expected = fit_line_for_accuracy([p["error"] for p in calibration.points], curves, LAMS)
+    assert (calibration.recon.a, calibration.recon.b) == pytest.approx(expected, rel=1e-8, abs=1e-12)
+    (a, c), b = fit_rule_for_accuracy(np.array([[p["noise"], p["impulse"]] for p in calibration.points]), curves, LAMS)
+    assert (calibration.noise.a, calibration.noise.c, calibration.noise.b) == pytest.approx((a, c, b), rel=1e-8, abs=1e-12)
     assert (calibration.recon.lo, calibration.recon.hi) == (0.1, 1.2) == (calibration.noise.lo, calibration.noise.hi)
     scores = {name: rule_accuracy(rule, calibration.points, LAMS) for name, rule in calibration.rules.items()}
     assert scores[calibration.recommended] == max(scores.values())  # auto: the rule with the higher group mean

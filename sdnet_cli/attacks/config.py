@@ -12,6 +12,9 @@ from ..errors import UsageError
 from .registry import AUTOATTACK, AUTOATTACK_VERSIONS, attack_names, registered
 
 NORMS = ("Linf", "L2")
+POOL_BATCHES = 8
+"""Batches whose surviving points are pooled before each later attack (``run_attack``): later attacks get
+full batches, while whole pools still spread over torchrun ranks and resume from disk."""
 
 _NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _EPS = re.compile(rf"(?P<num>{_NUMBER})(?:/(?P<den>{_NUMBER}))?")
@@ -145,9 +148,9 @@ class AttackConfig:
         """Iterations (Square: queries) of component ``name``: a budget, the given steps, else its default."""
         return dict(self.budgets).get(name) or self.steps or registered(name).default_steps
 
-    def work_units(self, n_images: int, batch_size: int) -> int:
+    def work_units(self, n_images: int, batch_size: int, pool_batches: int = POOL_BATCHES) -> int:
         """The total ``run_attack`` reports to ``progress`` on this process: its images times the budgets."""
-        return distributed.shard_size(n_images, batch_size) * len(self.eps)
+        return distributed.shard_size(n_images, batch_size * pool_batches) * len(self.eps)
 
     def as_meta(self) -> dict[str, Any]:
         """The report-meta fields of the run (``budgets`` only when AutoAttack was shortened)."""

@@ -24,9 +24,9 @@ from ..lam import FixedLambda
 from ..metrics import percent
 from . import registry
 from .checks import DIAGNOSTIC_IMAGES, diagnose
-from .config import AttackConfig
+from .config import POOL_BATCHES, AttackConfig
 from .results import AttackResults
-from .state import BatchResult, RunState
+from .state import PoolResult, RunState
 
 
 # -- what attacks differentiate ------------------------------------------------------------------
@@ -43,13 +43,13 @@ class StraightThroughLine:
         self.name = rule.name
 
     def __call__(self, model: nn.Module, x_normalized: torch.Tensor) -> torch.Tensor:
-        line = self.rule.a * self.rule.feature(model, x_normalized) + self.rule.b
+        line = self.rule.line(model, x_normalized)
         deployed = torch.as_tensor(self.rule(model, x_normalized), dtype=line.dtype, device=line.device).detach()
         return deployed + (line - line.detach())  # exactly the deployed value; the line's gradient
 
 
 def is_line_rule(policy: Any) -> bool:
-    return all(hasattr(policy, key) for key in ("a", "b", "lo", "hi", "feature"))
+    return all(hasattr(policy, key) for key in ("line", "lo", "hi"))
 
 
 class _PlainGradient(torch.autograd.Function):
@@ -93,8 +93,8 @@ class AttackedModel(nn.Module):
         if policy is None or isinstance(policy, FixedLambda):
             return "constant lambda (no per-input rule): nothing to differentiate through"
         if is_line_rule(policy):
-            return (f"per-input lambda '{policy.name}' = clamp(a*{policy.feature.__name__}(x)+b, {policy.lo:g}, "
-                    f"{policy.hi:g}): gradients flow through lambda(x) by autograd; the clamp is straight-through (BPDA)")
+            return (f"per-input lambda '{policy.name}' = {policy.formula}: gradients flow through lambda(x) by "
+                    "autograd; the clamp is straight-through (BPDA)")
         with torch.enable_grad():
             lam = policy(self.model, self.model.normalize(x).requires_grad_(True))
         if isinstance(lam, torch.Tensor) and lam.requires_grad:
@@ -151,69 +151,83 @@ def build_components(model: nn.Module, config: AttackConfig, eps: float, num_cla
 
 @dataclass
 class SampleWiseResult:
-    fooled: torch.Tensor  # [K, B] bool: component k's example fooled the deployed model
-    adv: torch.Tensor  # [B, C, H, W]: the fooling example where one was found, else the input
+    fooled: torch.Tensor  # [K, P] bool: component k's example fooled the deployed model
+    adv: torch.Tensor  # [P, C, H, W]: the fooling example where one was found, else the input
     seconds: list[float]  # per component
 
 
 class SampleWise:
     """Attacks one after another, each only on the points that every earlier one failed on; a point is
-    robust only if no attack fooled it (the per-sample worst case). Each attack's output is judged once."""
+    robust only if no attack fooled it (the per-sample worst case). Each attack's output is judged once.
 
-    def __init__(self, model: AttackedModel, components: list[registry.Component], norm: str, eps: float) -> None:
-        self.model, self.components, self.norm, self.eps = model, components, norm, eps
+    It works on a pool of several batches: before each attack the points still standing in the whole
+    pool are gathered and attacked ``batch_size`` at a time, so a later attack gets a few full batches
+    instead of many nearly empty ones (as the reference AutoAttack does over its whole input).
+    """
+
+    def __init__(self, model: AttackedModel, components: list[registry.Component], norm: str, eps: float,
+                 batch_size: int) -> None:
+        self.model, self.components, self.norm, self.eps, self.batch_size = model, components, norm, eps, batch_size
         self.max_excess = 0.0  # largest raw overshoot of the threat set seen (clipped before judging)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, active: torch.Tensor, seed: int) -> SampleWiseResult:
+        """``seed`` fixes every draw: attack k's run r on the s-th batch of standing points uses (seed, k, r, s)."""
         fooled = torch.zeros(len(self.components), len(x), dtype=torch.bool, device=x.device)
         adv, standing, seconds = x.clone(), active.clone(), []
         for k, component in enumerate(self.components):
             start = time.perf_counter()
             for run in range(component.runs):
-                idx = standing.nonzero().flatten()
-                if len(idx) == 0:
+                pooled = standing.nonzero().flatten()
+                if len(pooled) == 0:  # split() would still hand out one empty batch
                     break
-                run_seed = derive_seed(seed, run)
-                if hasattr(component.attack, "seed"):
-                    component.attack.seed = run_seed
-                with own_rng(x.device, run_seed):
-                    raw = component.attack(x[idx].contiguous(), y[idx]).detach()
-                    self.max_excess = max(self.max_excess, excess(raw, x[idx], self.eps, self.norm))
-                    candidate = project(raw, x[idx], self.eps, self.norm)
-                    wrong = self.model.predict(candidate) != y[idx]
-                hit = idx[wrong]
-                fooled[k, hit] = True
-                adv[hit] = candidate[wrong]
-                standing[hit] = False
+                for s, idx in enumerate(pooled.split(self.batch_size)):
+                    wrong, candidate = self._attack(component, x[idx], y[idx], derive_seed(seed, k, run, s))
+                    hit = idx[wrong]
+                    fooled[k, hit] = True
+                    adv[hit] = candidate[wrong]
+                    standing[hit] = False
             seconds.append(time.perf_counter() - start)
         return SampleWiseResult(fooled, adv, seconds)
+
+    def _attack(self, component: registry.Component, x: torch.Tensor, y: torch.Tensor,
+                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(fooled flags, example inside the threat set) of one attack on one batch."""
+        if hasattr(component.attack, "seed"):
+            component.attack.seed = seed
+        with own_rng(x.device, seed):
+            raw = component.attack(x.contiguous(), y).detach()
+            self.max_excess = max(self.max_excess, excess(raw, x, self.eps, self.norm))
+            candidate = project(raw, x, self.eps, self.norm)
+            return self.model.predict(candidate) != y, candidate
 
 
 def to_nhwc(x: torch.Tensor) -> np.ndarray:
     return x.detach().permute(0, 2, 3, 1).float().cpu().numpy()
 
 
-def attack_batch(
+def attack_pool(
     model: AttackedModel, runners: Sequence[SampleWise | None], n_components: int, x: torch.Tensor, y: torch.Tensor,
-    seed: int, keep_adv: bool,
-) -> BatchResult:
+    seed: int, batch_size: int, keep_adv: bool, progress: Callable[[int], None] | None,
+) -> PoolResult:
     """Clean flags, then each eps in turn on the points still standing (``None`` runner: eps 0,
     where the threat set is the input itself, so nothing is attacked)."""
     with own_rng(x.device, seed):
-        clean = model.predict(x) == y
-        standing, adv = clean.clone(), x.clone()
-        fooled = torch.zeros(len(runners), n_components, len(x), dtype=torch.bool, device=x.device)
-        seconds = np.zeros((len(runners), n_components))
-        advs = []
-        for e, runner in enumerate(runners):
-            if runner is not None and standing.any():
-                result = runner(x, y, standing, seed)
-                hit = result.fooled.any(dim=0)
-                fooled[e], seconds[e] = result.fooled, result.seconds
-                adv, standing = torch.where(hit.view(-1, 1, 1, 1), result.adv, adv), standing & ~hit
-            if keep_adv:
-                advs.append(to_nhwc(adv))
-    return BatchResult(clean.cpu().numpy(), fooled.cpu().numpy(), seconds, np.stack(advs) if keep_adv else None)
+        clean = torch.cat([model.predict(part) for part in x.split(batch_size)]) == y
+    standing, adv = clean.clone(), x.clone()
+    fooled = torch.zeros(len(runners), n_components, len(x), dtype=torch.bool, device=x.device)
+    seconds = np.zeros((len(runners), n_components))
+    advs = []
+    for e, runner in enumerate(runners):
+        if runner is not None and standing.any():
+            result = runner(x, y, standing, derive_seed(seed, e))
+            hit = result.fooled.any(dim=0)
+            fooled[e], seconds[e] = result.fooled, result.seconds
+            adv, standing = torch.where(hit.view(-1, 1, 1, 1), result.adv, adv), standing & ~hit
+        if keep_adv:
+            advs.append(to_nhwc(adv))
+        if progress is not None:
+            progress(len(x))
+    return PoolResult(clean.cpu().numpy(), fooled.cpu().numpy(), seconds, np.stack(advs) if keep_adv else None)
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -226,6 +240,7 @@ def run_attack(
     seed: int = 0,
     runtime: Runtime | None = None,
     batch_size: int = 128,
+    pool_batches: int = POOL_BATCHES,
     progress: Callable[[int], None] | None = None,
     state_path: Path | None = None,
     resume: bool = False,
@@ -234,13 +249,15 @@ def run_attack(
 ) -> AttackResults:
     """Attack uint8 NHWC ``images`` at every eps of ``config`` (ascending) with one attack or AutoAttack.
 
-    Batch b is seeded from (seed, b), so a run, and a resumed run, repeats exactly; the caller's
-    torch RNG state is left as it was. ``progress(k)``: k of ``config.work_units(...)`` done.
-    ``state_path``: per-batch results saved there, continued with ``resume`` (``fingerprint`` names
-    the model in it, so another checkpoint's state is refused). ``keep_adv``: keep the examples.
-    Under torchrun each rank attacks its own whole batches (``distributed.shard_batches``), same
-    contents and seeds, and the per-sample flags are merged: every rank returns the results of a
-    single-process run with the same ``batch_size`` (``seconds``: the slowest rank's).
+    The images are cut into pools of ``pool_batches`` batches; within a pool each attack runs on the
+    points every earlier attack left standing, ``batch_size`` at a time (``SampleWise``). Pool p is
+    seeded from (seed, p), so a run, and a resumed run, repeats exactly; the caller's torch RNG state
+    is left as it was. ``progress(k)``: k of ``config.work_units(...)`` done. ``state_path``: per-pool
+    results saved there, continued with ``resume`` (``fingerprint`` names the model in it, so another
+    checkpoint's state is refused). ``keep_adv``: keep the examples. Under torchrun each rank attacks
+    its own whole pools (``distributed.shard_batches``), same contents and seeds, and the per-sample
+    flags are merged: every rank returns the results of a single-process run with the same
+    ``batch_size`` and ``pool_batches`` (``seconds``: the slowest rank's).
     """
     runtime = runtime or Runtime.create("cpu")
     attacked = AttackedModel(runtime.prepare(model), runtime).eval()
@@ -250,34 +267,37 @@ def run_attack(
         with torch.no_grad():
             num_classes = int(attacked(first[:1]).shape[1])
     runners = [None if e.value == 0 else SampleWise(attacked, build_components(attacked, config, e.value, num_classes),
-                                                    config.norm, e.value)
+                                                    config.norm, e.value, batch_size)
                for e in config.eps]
     components = list(config.components)
     state = None
     if state_path is not None:
         policy = getattr(model, "lam_policy", None)
         state = RunState(state_path, {
-            **config.state_fields(), "seed": seed, "n": len(images), "batch_size": batch_size, "keep_adv": keep_adv,
+            **config.state_fields(), "seed": seed, "n": len(images), "batch_size": batch_size,
+            "pool_batches": pool_batches, "keep_adv": keep_adv,
             "precision": runtime.precision, "lam": None if policy is None else repr(policy), **(fingerprint or {}),
         }, resume)
     n, shape = len(images), (len(config.eps), len(components))
     clean, fooled, seconds = np.zeros(n, dtype=bool), np.zeros((*shape, n), dtype=bool), np.zeros(shape)
     adv = np.zeros((len(config.eps), n, *images.shape[1:]), dtype=np.float32) if keep_adv else None
-    for index in distributed.shard_batches(-(-n // batch_size)):
-        start, stop = index * batch_size, min((index + 1) * batch_size, n)
+    pool_size = batch_size * pool_batches
+    for index in distributed.shard_batches(-(-n // pool_size)):
+        start, stop = index * pool_size, min((index + 1) * pool_size, n)
         part = state.get(index) if state is not None else None
         if part is None:
             x = runtime.to_input(images[start:stop])
             y = torch.from_numpy(np.asarray(labels[start:stop])).to(runtime.device)
-            part = attack_batch(attacked, runners, len(components), x, y, derive_seed(seed, index), keep_adv)
+            part = attack_pool(attacked, runners, len(components), x, y, derive_seed(seed, index), batch_size, keep_adv,
+                               progress)
             if state is not None:
                 state.put(index, part)
+        elif progress is not None:
+            progress((stop - start) * len(config.eps))
         clean[start:stop], fooled[..., start:stop] = part.clean, part.fooled
         seconds += part.seconds
         if adv is not None:
             adv[:, start:stop] = part.adv
-        if progress is not None:
-            progress((stop - start) * len(config.eps))
     max_excess = max((r.max_excess for r in runners if r is not None), default=0.0)
     diagnostics.max_excess = float(distributed.combine(np.array(max_excess), "max"))
     results = AttackResults(

@@ -1,4 +1,4 @@
-"""Resumable state of a long attack run: finished batches on disk, so an interrupted run continues."""
+"""Resumable state of a long attack run: finished pools of images on disk, so an interrupted run continues."""
 
 from __future__ import annotations
 
@@ -15,13 +15,13 @@ from ..reports import atomic_path, atomic_write_text
 
 
 @dataclass
-class BatchResult:
-    """One batch's outcome: what the state stores and the runner merges."""
+class PoolResult:
+    """One pool's outcome (``runner.attack_pool``): what the state stores and the runner merges."""
 
-    clean: np.ndarray  # [B] bool
-    fooled: np.ndarray  # [E, K, B] bool
+    clean: np.ndarray  # [P] bool
+    fooled: np.ndarray  # [E, K, P] bool
     seconds: np.ndarray  # [E, K]
-    adv: np.ndarray | None  # [E, B, H, W, C] float32
+    adv: np.ndarray | None  # [E, P, H, W, C] float32
 
 
 def _bits(flags: np.ndarray) -> str:
@@ -33,22 +33,22 @@ def _unbits(text: str) -> np.ndarray:
 
 
 def images_dir(state_path: Path) -> Path:
-    """``<name>.state.adv/`` beside ``<name>.state.json``: per-batch adversarial images of a run that keeps them."""
+    """``<name>.state.adv/`` beside ``<name>.state.json``: per-pool adversarial images of a run that keeps them."""
     return state_path.with_name(state_path.name.removesuffix(".json") + ".adv")
 
 
 class RunState:
-    """Finished batches of a long run in ``<name>.state.json`` (rewritten atomically after each batch;
+    """Finished pools of a long run in ``<name>.state.json`` (rewritten atomically after each pool;
     adversarial images, when kept, in ``<name>.state.adv/``), so ``resume`` skips them.
 
-    ``config`` is everything the batches depend on (attack, seed, data, model fingerprint); a state
+    ``config`` is everything the pools depend on (attack, seed, data, model fingerprint); a state
     written under another config is refused rather than mixed in.
     """
 
     def __init__(self, path: Path, config: dict[str, Any], resume: bool) -> None:
         self.path, self.config = Path(path), config
         self.adv_dir = images_dir(self.path)
-        self.batches: dict[str, dict[str, Any]] = {}
+        self.pools: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
             if not resume:
                 raise UsageError(f"{self.path} holds an unfinished run; pass resume=True to continue it, or delete it",
@@ -58,49 +58,51 @@ class RunState:
             if changed:
                 raise UsageError(f"cannot resume {self.path}: it was started with different settings ({', '.join(changed)})",
                                  parameter="resume")
-            self.batches = saved["batches"]
+            self.pools = saved["pools"]
 
-    def get(self, index: int) -> BatchResult | None:
-        saved = self.batches.get(str(index))
+    def get(self, index: int) -> PoolResult | None:
+        saved = self.pools.get(str(index))
         if saved is None:
             return None
-        adv_file = self.adv_dir / f"batch-{index:05d}.npy"
-        return BatchResult(
+        adv_file = self.adv_dir / f"pool-{index:05d}.npy"
+        return PoolResult(
             clean=_unbits(saved["clean"]),
             fooled=np.array([[_unbits(f) for f in per_eps] for per_eps in saved["fooled"]]),
             seconds=np.array(saved["seconds"], dtype=float),
             adv=np.load(adv_file) if adv_file.is_file() else None,
         )
 
-    def put(self, index: int, result: BatchResult) -> None:
+    def put(self, index: int, result: PoolResult) -> None:
         if result.adv is not None:
             self.adv_dir.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.adv_dir / f"batch-{index:05d}.npy") as tmp, open(tmp, "wb") as f:
+            with atomic_path(self.adv_dir / f"pool-{index:05d}.npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, result.adv)
-        self.batches[str(index)] = {
+        self.pools[str(index)] = {
             "clean": _bits(result.clean),
             "fooled": [[_bits(f) for f in per_eps] for per_eps in result.fooled],
             "seconds": result.seconds.tolist(),
         }
-        atomic_write_text(self.path, json.dumps({"config": self.config, "batches": self.batches}) + "\n")
+        atomic_write_text(self.path, json.dumps({"config": self.config, "pools": self.pools}) + "\n")
 
 
 def read_state(path: Path) -> dict[str, Any]:
     """A state file's contents; a damaged one is named, with what to do."""
     try:
         saved = json.loads(Path(path).read_text())
-        if not isinstance(saved.get("config"), dict) or not isinstance(saved.get("batches"), dict):
-            raise ValueError("no config and batches")
+        if isinstance(saved.get("batches"), dict) and "pools" not in saved:
+            raise ValueError("written by an earlier sdnet-cli that saved batches, not pools")
+        if not isinstance(saved.get("config"), dict) or not isinstance(saved.get("pools"), dict):
+            raise ValueError("no config and pools")
         return saved
     except (OSError, ValueError, AttributeError) as exc:
         raise UsageError(f"the resume state {path} is damaged ({exc}); delete it to start the run afresh",
                          parameter="resume") from None
 
 
-def saved_batches(path: Path) -> int:
-    """How many finished batches a state file holds (0 when there is none or it is unreadable)."""
+def saved_pools(path: Path) -> int:
+    """How many finished pools a state file holds (0 when there is none or it is unreadable)."""
     try:
-        return len(read_state(path)["batches"])
+        return len(read_state(path)["pools"])
     except UsageError:
         return 0
 

@@ -1,8 +1,9 @@
 """Test-time lambda: which sparsity weight each input's CSC layers use.
 
 - ``policies``: what a policy is (``FixedLambda``, the per-input rules ``ReconErrorLambda`` and
-  ``NoiseLevelLambda`` with their label-free features) and how reports name it.
-- ``fit``: lambda grids and the line fits behind the per-input rules.
+  ``NoiseLevelLambda``), their label-free features (``FEATURES``: reconstruction error, noise sigma,
+  salt-and-pepper fraction) and how reports name a policy.
+- ``fit``: lambda grids and the line fits (one feature or several) behind the per-input rules.
 - ``calibration``: a checkpoint's fitted rules on disk (and which one ``"auto"`` runs), refits
   without some corruptions, and oracle lambdas from a sweep report.
 - ``oracles``: the label-using ceilings (per-cell and per-input oracle) from per-image correctness.
@@ -13,7 +14,6 @@ Sweeps and the calibration itself run models, so they live in ``sdnet_cli.sweep`
 
 from .calibration import (
     CALIBRATION_SUFFIX,
-    POINT_FEATURES,
     Calibration,
     default_calibration_path,
     fit_rules,
@@ -24,9 +24,10 @@ from .calibration import (
     rule_accuracy,
     store_calibration,
 )
-from .fit import fit_line, fit_line_for_accuracy, lambda_grid, mean_group_accuracy
+from .fit import fit_line, fit_line_for_accuracy, fit_rule_for_accuracy, lambda_grid, mean_group_accuracy
 from .policies import (
     AUTO,
+    FEATURES,
     NOISE,
     ORACLE,
     RECON,
@@ -35,7 +36,9 @@ from .policies import (
     LineRule,
     NoiseLevelLambda,
     ReconErrorLambda,
+    estimate_impulse_fraction,
     estimate_noise_sigma,
+    impulse_fraction,
     lambda_label,
     noise_sigma,
     stem_error,
@@ -46,9 +49,9 @@ from .resolve import resolve_policy
 __all__ = [
     "AUTO",
     "CALIBRATION_SUFFIX",
+    "FEATURES",
     "NOISE",
     "ORACLE",
-    "POINT_FEATURES",
     "RECON",
     "RULES",
     "Calibration",
@@ -58,11 +61,14 @@ __all__ = [
     "OracleScores",
     "ReconErrorLambda",
     "default_calibration_path",
+    "estimate_impulse_fraction",
     "estimate_noise_sigma",
     "find_calibration",
     "fit_line",
     "fit_line_for_accuracy",
+    "fit_rule_for_accuracy",
     "fit_rules",
+    "impulse_fraction",
     "lambda_grid",
     "lambda_label",
     "load_calibration",

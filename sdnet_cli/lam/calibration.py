@@ -1,22 +1,24 @@
 """The calibration file of one checkpoint: the fitted per-input rules and the evidence behind them.
 
-File layout (``schema`` 3)::
+File layout (``schema`` 4)::
 
-    {"rules": {"recon": {"a", "b", "lo", "hi"}, "noise": {"a", "b", "lo", "hi"}}, "recommended": "noise",
+    {"rules": {"recon": {"a", "b", "lo", "hi"}, "noise": {"a", "c", "b", "lo", "hi"}}, "recommended": "noise",
      "grid": [...], "points": [...], "corruptions": [...], "severities": [...], "n", "seed",
-     "training_lam", "checkpoint_sha256", "split", "schema": 3}
+     "training_lam", "checkpoint_sha256", "split", "schema": 4}
 
-``recommended`` is the rule ``lam="auto"`` runs: the one with the higher mean accuracy over the
-calibration groups. Older files still load: schema 2 names the reconstruction-error rule ``auto``
-under ``rules``; the first layout (the shipped checkpoints' files) holds it at the top level and
-``noise`` nested. Neither records a recommendation, so it is computed from the file's own group
-curves by the same criterion.
+Each rule holds its line's coefficients (``LineRule.terms``); each point holds its group's mean of
+every feature in ``FEATURES`` that was measured. ``recommended`` is the rule ``lam="auto"`` runs: the
+one with the higher mean accuracy over the calibration groups. Older files still load and give the
+same lambdas: schema 3 has no impulse coefficient ``c`` (so it is 0) and no ``impulse`` means in its
+points (so a refit leaves that term out); schema 2 also names the reconstruction-error rule ``auto``
+under ``rules``; the first layout holds that rule at the top level and ``noise`` nested. Neither
+records a recommendation, so it is computed from the file's own group curves by the same criterion.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Collection, Sequence
 
@@ -27,37 +29,40 @@ from ..errors import UsageError
 from ..models.classifier import LambdaPolicy
 from ..models.registry import ModelInfo
 from ..models.weights import update_manifest
-from .fit import fit_line_for_accuracy, mean_group_accuracy
+from .fit import fit_rule_for_accuracy, mean_group_accuracy
 from .policies import AUTO, NOISE, ORACLE, RECON, RULES, FixedLambda, LineRule, NoiseLevelLambda, ReconErrorLambda
 
 CALIBRATION_SUFFIX = ".lambda.json"
-SCHEMA = 3
-_LINE_KEYS = ("a", "b", "lo", "hi")
-POINT_FEATURES = {RECON: "error", NOISE: "noise"}
-"""Rule name -> the key under which each calibration point stores the group's mean feature."""
+SCHEMA = 4
 PREFERENCE = (NOISE, RECON)
 """Order in which a tie for the recommendation is broken: the model-free rule first (it is cheaper)."""
 
 
 def fit_rules(points: Sequence[dict[str, Any]], grid: Sequence[float]) -> dict[str, LineRule]:
-    """Each rule's line lambda = clamp(a * feature + b, min grid, max grid) maximising the groups' mean
-    accuracy, each group's read off its ``curve`` over ``grid`` (``fit_line_for_accuracy``)."""
+    """Each rule's line lambda = clamp(a * f1 + c * f2 + ... + b, min grid, max grid) maximising the
+    groups' mean accuracy, each group's read off its ``curve`` over ``grid`` (``fit_rule_for_accuracy``).
+    A further feature that some point lacks (measured before that feature existed) is left out: its
+    coefficient stays 0."""
     curves = np.array([p["curve"] for p in points], dtype=np.float64)
     lo, hi = float(min(grid)), float(max(grid))
-    try:
-        return {name: RULES[name](*fit_line_for_accuracy([p[key] for p in points], curves, grid), lo, hi)
-                for name, key in POINT_FEATURES.items()}
-    except UsageError as exc:
-        raise UsageError(
-            f"calibration failed ({exc}): give more corruptions/severities so the groups differ", parameter="corruptions"
-        ) from None
+    rules: dict[str, LineRule] = {}
+    for name, rule_type in RULES.items():
+        first, *rest = rule_type.terms
+        used = [first] + [(field, key) for field, key in rest if all(key in p for p in points)]
+        features = np.array([[p[key] for _, key in used] for p in points], dtype=np.float64)
+        try:
+            coefficients, b = fit_rule_for_accuracy(features, curves, grid)
+        except UsageError as exc:
+            raise UsageError(f"calibration failed ({exc}): give more corruptions/severities so the groups differ",
+                             parameter="corruptions") from None
+        rules[name] = rule_type(**{field: c for (field, _), c in zip(used, coefficients)}, b=b, lo=lo, hi=hi)
+    return rules
 
 
 def rule_accuracy(rule: LineRule, points: Sequence[dict[str, Any]], grid: Sequence[float]) -> float:
     """Mean calibration-group accuracy of ``rule``: each group's accuracy at the rule's lambda for the
-    group's mean feature, read off the group's curve."""
-    features = np.array([p[POINT_FEATURES[rule.rule]] for p in points], dtype=np.float64)
-    lams = np.clip(rule.a * features + rule.b, rule.lo, rule.hi)
+    group's mean features, read off the group's curve."""
+    lams = np.clip(rule.line_at(lambda key: np.array([p[key] for p in points], dtype=np.float64)), rule.lo, rule.hi)
     return mean_group_accuracy(lams, np.array([p["curve"] for p in points]), grid)
 
 
@@ -75,7 +80,7 @@ class Calibration:
 
     ``points`` has one dict per (corruption, severity) group: its accuracy-optimal lambda on
     ``grid``, its accuracy at every grid lambda (``curve``) and the group means of each rule's
-    feature (``POINT_FEATURES``). ``recommended`` names the rule ``lam="auto"`` runs.
+    feature (``FEATURES``). ``recommended`` names the rule ``lam="auto"`` runs.
     """
 
     recon: ReconErrorLambda
@@ -122,7 +127,8 @@ class Calibration:
                        points=kept, corruptions=[c for c in self.corruptions if c not in held_out])
 
     def to_json(self) -> dict[str, Any]:
-        rules = {name: {key: getattr(rule, key) for key in _LINE_KEYS} for name, rule in self.rules.items()}
+        rules = {name: {f.name: getattr(rule, f.name) for f in fields(rule) if f.name != "label"}
+                 for name, rule in self.rules.items()}
         body = {key: getattr(self, key) for key in ("recommended", "grid", "points", "corruptions", "severities", "n",
                                                      "seed", "training_lam", "checkpoint_sha256", "split")}
         return {"rules": rules, **body, "schema": SCHEMA}
@@ -136,10 +142,7 @@ class Calibration:
             recon_line = lines[RECON] if RECON in lines else lines[AUTO]
         else:
             lines, recon_line = data, data
-        rules: dict[str, LineRule] = {
-            RECON: ReconErrorLambda(*(float(recon_line[key]) for key in _LINE_KEYS)),
-            NOISE: NoiseLevelLambda(*(float(lines[NOISE][key]) for key in _LINE_KEYS)),
-        }
+        rules = {RECON: _rule_from_json(ReconErrorLambda, recon_line), NOISE: _rule_from_json(NoiseLevelLambda, lines[NOISE])}
         grid = [float(v) for v in data["grid"]]
         points = list(data["points"])
         recommended = data["recommended"] if "recommended" in data else recommend(rules, points, grid)
@@ -172,6 +175,12 @@ class Calibration:
             raise UsageError(
                 f"{path} is not a readable lambda calibration ({exc.__class__.__name__}: {exc})", parameter="calibration"
             ) from None
+
+
+def _rule_from_json(rule: type[LineRule], line: dict[str, Any]) -> LineRule:
+    """The rule from its stored coefficients; one an older layout lacks (a further term's) keeps its default 0."""
+    return rule(**{f.name: float(line[f.name]) for f in fields(rule)
+                   if f.name != "label" and (f.name in line or f.default is MISSING)})
 
 
 def default_calibration_path(checkpoint: Path) -> Path:

@@ -1,7 +1,8 @@
-"""Fitting the per-input lambda lines, and the lambda grids they are fitted on."""
+"""Fitting the per-input lambda lines (one feature or several), and the lambda grids they are fitted on."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Sequence
 
@@ -65,14 +66,32 @@ def fit_line_for_accuracy(features: Sequence[float], curves: np.ndarray, grid: S
     smallest spacing, reaching one grid span beyond either end (the clamp cuts those back);
     ties go to the line closest to the groups' best lambdas, then to the flattest.
     """
+    coefficients, intercept = fit_rule_for_accuracy(np.asarray(features, dtype=np.float64)[:, None], curves, grid)
+    return coefficients[0], intercept
+
+
+def fit_rule_for_accuracy(
+    features: np.ndarray, curves: np.ndarray, grid: Sequence[float]
+) -> tuple[tuple[float, ...], float]:
+    """((a, c, ...), b) of lambda = clamp(a * f1 + c * f2 + ... + b) maximising the mean group accuracy.
+
+    ``features[g, k]`` is group g's mean of feature k. The line in the first feature is searched as
+    ``fit_line_for_accuracy`` describes, once for every combination of the further coefficients; each
+    of those steps its term's value at the feature's largest magnitude by the same quarter grid
+    spacing, up to two grid spans either way (from a line one span below the grid, a term can still
+    reach its top), so the cost grows as (16 x grid span / smallest spacing) ** (features - 1). Ties go to
+    the lambdas closest to the groups' best ones, then to the flattest first-feature line, then to
+    the smallest further terms; a further feature that is 0 in every group gets coefficient 0.
+    """
     xs = np.asarray(features, dtype=np.float64)
     curves = np.asarray(curves, dtype=np.float64)
     grid_values = np.asarray(grid, dtype=np.float64)
-    if curves.shape != (len(xs), len(grid_values)) or len(xs) < 2 or len(grid_values) < 2:
+    if xs.ndim != 2 or curves.shape != (len(xs), len(grid_values)) or len(xs) < 2 or len(grid_values) < 2:
         raise UsageError(
             "an accuracy fit needs at least two groups and two grid lambdas, each group with an accuracy per lambda"
         )
-    x_lo, x_hi = float(xs.min()), float(xs.max())
+    first = xs[:, 0]
+    x_lo, x_hi = float(first.min()), float(first.max())
     if x_hi - x_lo <= 1e-12 * max(1.0, abs(x_hi)):
         raise UsageError("a line fit needs points with different x values")
     order = np.argsort(grid_values)
@@ -82,13 +101,26 @@ def fit_line_for_accuracy(features: Sequence[float], curves: np.ndarray, grid: S
     step = float(np.diff(grid_values).min()) / 4
     candidates = np.arange(lo - (hi - lo), hi + (hi - lo) + step / 2, step)
     start, end = (c.ravel() for c in np.meshgrid(candidates, candidates, indexing="ij"))
-    t = (xs - x_lo) / (x_hi - x_lo)
-    lams = np.clip(start[:, None] + t[None, :] * (end - start)[:, None], lo, hi)  # [lines, groups]
-    accuracy = np.stack([np.interp(lams[:, g], grid_values, curves[g]) for g in range(len(xs))], axis=1).mean(axis=1)
-    distance = np.abs(lams - best[None, :]).mean(axis=1)
-    chosen = np.lexsort((np.abs(end - start), distance, -np.round(accuracy, 9)))[0]
-    slope = (end[chosen] - start[chosen]) / (x_hi - x_lo)
-    return float(slope), float(start[chosen] - slope * x_lo)
+    t = (first - x_lo) / (x_hi - x_lo)
+    lines = start[:, None] + t[None, :] * (end - start)[:, None]  # [lines, groups], before the further terms
+    reach = int(round(2 * (hi - lo) / step))
+    scales = np.abs(xs[:, 1:]).max(axis=0)  # each further feature's largest magnitude over the groups
+    further = [np.arange(-reach, reach + 1) * step / scale if scale > 0 else np.zeros(1) for scale in scales]
+    chosen: tuple | None = None
+    for extra in itertools.product(*further):
+        lams = np.clip(lines + xs[:, 1:] @ np.asarray(extra, dtype=np.float64), lo, hi)
+        accuracy = np.stack([np.interp(lams[:, g], grid_values, curves[g]) for g in range(len(xs))], axis=1)
+        accuracy = accuracy.mean(axis=1)
+        distance = np.abs(lams - best[None, :]).mean(axis=1)
+        k = np.lexsort((np.abs(end - start), distance, -np.round(accuracy, 9)))[0]
+        size = float(np.abs(np.asarray(extra, dtype=np.float64) * scales).sum())
+        key = (-round(float(accuracy[k]), 9), float(distance[k]), float(abs(end[k] - start[k])), size)
+        if chosen is None or key < chosen[0]:
+            chosen = (key, k, extra)
+    assert chosen is not None
+    _, k, extra = chosen
+    slope = (end[k] - start[k]) / (x_hi - x_lo)
+    return (float(slope), *(float(c) for c in extra)), float(start[k] - slope * x_lo)
 
 
 def mean_group_accuracy(lams: Sequence[float], curves: np.ndarray, grid: Sequence[float]) -> float:
