@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import inspect
 import io
 import shutil
 import sys
@@ -48,11 +47,6 @@ from sdnet_cli import api
 from sdnet_cli.data.cifar import load_cifar10
 from sdnet_cli.evaluate import Runtime, iter_batches, predict, predict_correct
 from sdnet_cli.models import load_model
-
-
-def cli_default_batch_size() -> int:
-    """The batch size ``sdnet eval`` uses when none is given."""
-    return int(inspect.signature(api.evaluate_corruptions).parameters["batch_size"].default)
 
 
 def width_patches(width: int) -> list[tuple[str, str]]:
@@ -164,7 +158,7 @@ def main() -> None:
         fp32.prepare(model)  # the same preparation serves both precisions
     images, labels = load_cifar10(None, "test", download=False)
     images, labels = np.ascontiguousarray(images[:args.n_images]), labels[:args.n_images]
-    batch_sizes = list(dict.fromkeys(args.batch_size or [128, cli_default_batch_size()]))
+    batch_sizes = list(dict.fromkeys(args.batch_size or [128, fp32.eval_batch_size]))  # and the CLI default
     with tempfile.TemporaryDirectory(prefix="sdnet-authors-") as tmp:
         checkpoint = api.export_checkpoint(out=Path(tmp) / "sdnet18.pth", model="sdnet18")
         stem = ours.stem_csc

@@ -191,8 +191,8 @@ PrecisionOpt = Annotated[str, typer.Option(
     "(see benchmarks/throughput.py). CSC solves stay fp32.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", help="Images per forward.")]
 EvalBatchOpt = Annotated[Optional[int], typer.Option(
-    "--batch-size", help="Images per forward (default: 64 on CPU, the fastest measured by benchmarks/eval_batch_size.py; "
-    "256 on GPU). Accuracy does not depend on it.")]
+    "--batch-size", help="Images per forward (default: 64 on CPU, the fastest in fp32 and within 5% of it in bf16 by "
+    "benchmarks/eval_batch_size.py; 256 on GPU). Accuracy does not depend on it.")]
 NExamplesOpt = Annotated[Optional[int], typer.Option(
     "--n-examples", "-n", help="Use only the first N test images (of each cell).")]
 OutOpt = Annotated[Path, typer.Option("--out", help="Folder for the JSON, CSV and Markdown reports.")]

@@ -205,6 +205,7 @@ def test_sweep_fit_then_eval_auto_noise_oracle(
     result = run("sweep-lambda", *common, "--lams", "0.1,0.5,1.2", "--fit", "--fit-corruption", "gaussian_noise",
                  "--fit-corruption", "contrast", "--fit-n", "32", "--out", str(out))
     assert result.exit_code == 0, result.output
+    assert "noise: lambda = clamp(" in result.output and "recon: lambda = clamp(" in result.output
     assert splits == ["train", "test"]  # the calibration's split, then the evaluated cells'
     report = json.loads((out / "sweep-lambda-sdnet18.json").read_text())
     assert len(report["rows"]) == 3 * 3 and sum(r["oracle"] for r in report["rows"]) == 3
