@@ -180,7 +180,7 @@ def attack(
     lam: float | str | None = None,
     calibration: Path | None = None,
     n_examples: int | None = None,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     pool_batches: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
@@ -197,12 +197,13 @@ def attack(
     """Robust accuracy of the deployed model (lambda policy included) under one attack or standard
     AutoAttack, on the first ``n_examples`` test images, at every ``eps``.
 
-    ``pool_batches``: the images are attacked in pools of this many batches (default 8): before each attack
-    the points still standing in a pool are gathered into full batches; results depend on it as on
-    ``batch_size``. ``state_dir``: finished pools are saved to ``<state_dir>/<name>.state.json``, so an
-    interrupted run continues with ``resume`` (the file is removed once the run completes); ``name`` is the report's
-    file stem (default ``attack-<model>-<attack>``). ``save_adversarials``: an ``.npz`` of the examples.
-    ``n_steps``: FISTA steps of the CSC layers, overriding the checkpoint's.
+    ``batch_size``: images per attacked batch (default 128). ``pool_batches``: the images are attacked in
+    pools of this many batches (default 8): before each attack the points still standing in a pool are
+    gathered into full batches; results depend on it as on ``batch_size``. ``state_dir``: finished pools
+    are saved to ``<state_dir>/<name>.state.json``, so an interrupted run continues with ``resume`` (the
+    file is removed once the run completes); ``name`` is the report's file stem (default
+    ``attack-<model>-<attack>``). ``save_adversarials``: an ``.npz`` of the examples. ``n_steps``: FISTA
+    steps of the CSC layers, overriding the checkpoint's.
     """
     from . import distributed
     from .attacks import requantized_robust_accuracy, save_adversarials as save_npz
@@ -228,7 +229,7 @@ def attack(
                 "path": str(save_npz(Path(save_adversarials), results, setup.labels)),
                 "format": "float32 NHWC in [0,1], not rounded (rounding to uint8 can undo an attack)",
                 "uint8_robust_accuracy": requantized_robust_accuracy(classifier, results, setup.labels, setup.runtime,
-                                                                     batch_size),
+                                                                     setup.batch_size),
             }
     meta = setup.meta(
         "attack",
@@ -255,7 +256,7 @@ def attack_vs_lambda(
     version: str = "standard",
     baseline_model: str | None = None,
     n_examples: int | None = None,
-    batch_size: int = 128,
+    batch_size: int | None = None,
     pool_batches: int | None = None,
     device: str = "auto",
     precision: str = "fp32",
@@ -343,17 +344,18 @@ class _AttackSetup:
 
     @classmethod
     def create(cls, model: str, checkpoint: Path | None, dataset: str, weights_dir: Path | None, attack: str, norm: str,
-               eps: Any, steps: int | None, restarts: int | None, version: str, n_examples: int | None, batch_size: int,
-               pool_batches: int | None, device: str, precision: str, seed: int, data_dir: Path | None,
+               eps: Any, steps: int | None, restarts: int | None, version: str, n_examples: int | None,
+               batch_size: int | None, pool_batches: int | None, device: str, precision: str, seed: int, data_dir: Path | None,
                n_steps: int | None = None) -> "_AttackSetup":
         from . import distributed
         from .attacks import AttackConfig
-        from .attacks.config import POOL_BATCHES
+        from .attacks.config import BATCH_SIZE, POOL_BATCHES
         from .data.datasets import dataset_spec
         from .evaluate import Runtime
 
         _at_least_one(n_examples, "n_examples")
         _at_least_one(batch_size, "batch_size")
+        batch_size = BATCH_SIZE if batch_size is None else batch_size
         pool_batches = POOL_BATCHES if pool_batches is None else pool_batches
         _at_least_one(pool_batches, "pool_batches")
         _check_seed(seed)

@@ -398,7 +398,8 @@ def sweep_lambda_command(
         "--attack", "-a",
         help="Measure robust accuracy instead of corruptions: any attack of `sdnet attack` (pgd, apgd-ce, ..., "
         "autoattack), run on the first --n-examples clean test images at every lambda of --lams, the deployed "
-        "model at that lambda attacked (corruption and --fit options are not used).")] = None,
+        "model at that lambda attacked (corruption and --fit options are not used; --batch-size defaults to 128, "
+        "as in `sdnet attack`).")] = None,
     eps: EpsOpt = ["1/255"],
     norm: NormOpt = "Linf",
     steps: StepsOpt = None,
@@ -429,7 +430,7 @@ def sweep_lambda_command(
                 steps=steps, restarts=restarts, version=version, baseline_model=baseline_model, n_examples=n_examples,
                 pool_batches=pool_batches, device=device, precision=precision, seed=seed, data_dir=data_dir,
                 weights_dir=weights_dir, name=name, state_dir=out_dir, resume=resume, n_steps=n_steps, progress=progress,
-                **({} if batch_size is None else {"batch_size": batch_size}))  # else the attacks' own default
+                batch_size=batch_size)
         print_rows(f"{report.meta['model']['name']}: accuracy vs lambda", report.rows,
                    ["model", "attack", "eps_text", "lam", "n", "clean_accuracy", "robust_accuracy", "masking_warnings"])
         write(report, out_dir, None)

@@ -12,6 +12,8 @@ from ..errors import UsageError
 from .registry import AUTOATTACK, AUTOATTACK_VERSIONS, attack_names, registered
 
 NORMS = ("Linf", "L2")
+BATCH_SIZE = 128
+"""Images per attacked batch when a caller does not say."""
 POOL_BATCHES = 8
 """Batches whose surviving points are pooled before each later attack (``run_attack``): later attacks get
 full batches, while whole pools still spread over torchrun ranks and resume from disk."""

@@ -24,7 +24,7 @@ from ..lam import FixedLambda
 from ..metrics import percent
 from . import registry
 from .checks import DIAGNOSTIC_IMAGES, diagnose
-from .config import POOL_BATCHES, AttackConfig
+from .config import BATCH_SIZE, POOL_BATCHES, AttackConfig
 from .results import AttackResults
 from .state import PoolResult, RunState
 
@@ -239,7 +239,7 @@ def run_attack(
     *,
     seed: int = 0,
     runtime: Runtime | None = None,
-    batch_size: int = 128,
+    batch_size: int = BATCH_SIZE,
     pool_batches: int = POOL_BATCHES,
     progress: Callable[[int], None] | None = None,
     state_path: Path | None = None,

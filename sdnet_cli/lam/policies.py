@@ -71,11 +71,15 @@ def estimate_noise_sigma(images: torch.Tensor) -> torch.Tensor:
     return response.abs().median(dim=1).values / scale
 
 
+def _pixels(model: Classifier, x_normalized: torch.Tensor) -> torch.Tensor:
+    """The input in [0,1] pixel units, float32 (undoes the normalisation); call with autocast off."""
+    return x_normalized.float() * model.std + model.mean
+
+
 def noise_sigma(model: Classifier, x_normalized: torch.Tensor) -> torch.Tensor:
     """[B] estimated noise level of the input in [0,1] pixel units (undoes the normalisation)."""
     with torch.autocast(device_type=x_normalized.device.type, enabled=False):
-        x = x_normalized.float() * model.std + model.mean
-        return estimate_noise_sigma(x)
+        return estimate_noise_sigma(_pixels(model, x_normalized))
 
 
 _EXTREME = 1.5 / 255  # within this of 0 or 1: the 8-bit values 0, 1, 254, 255 (robust to float round-off)
@@ -110,8 +114,7 @@ def impulse_fraction(model: Classifier, x_normalized: torch.Tensor) -> torch.Ten
     """[B] fraction of salt-and-pepper values of the input in [0,1] pixels (undoes the normalisation).
     Piecewise constant in x: it passes no gradient, so attacks see lambda move only through the others."""
     with torch.no_grad(), torch.autocast(device_type=x_normalized.device.type, enabled=False):
-        x = x_normalized.float() * model.std + model.mean
-        return estimate_impulse_fraction(x)
+        return estimate_impulse_fraction(_pixels(model, x_normalized))
 
 
 Feature = Callable[[Classifier, torch.Tensor], torch.Tensor]
