@@ -36,8 +36,9 @@ import shutil
 import sys
 import tempfile
 import types
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -138,26 +139,31 @@ class Authors:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--authors-src", type=Path, help="a checkout of github.com/Delay-Xili/SDNet")
-    parser.add_argument("--batch-size", type=int, action="append",
-                        help="repeatable; default 128 and sdnet eval's default")
+    parser.add_argument(
+        "--batch-size", type=int, action="append", help="repeatable; default 128 and sdnet eval's default"
+    )
     parser.add_argument("--n-images", type=int, default=1024, help="CIFAR-10 test images per timed pass")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     if args.authors_src is None:
-        print("authors_speed.py: pass --authors-src DIR, a checkout of github.com/Delay-Xili/SDNet, to compare with "
-              "the authors' implementation; nothing measured.")
+        print(
+            "authors_speed.py: pass --authors-src DIR, a checkout of github.com/Delay-Xili/SDNet, to compare with "
+            "the authors' implementation; nothing measured."
+        )
         return
     torch.set_num_threads(args.threads)
     ours, info = load_model("sdnet18")
     resnet, resnet_info = load_model("resnet18")
     if resnet_info.width != info.width:
-        sys.exit(f"the shipped resnet18 has width {resnet_info.width}, sdnet18 {info.width}: no like-for-like reference")
+        sys.exit(
+            f"the shipped resnet18 has width {resnet_info.width}, sdnet18 {info.width}: no like-for-like reference"
+        )
     fp32, bf16 = Runtime.create("cpu"), Runtime.create("cpu", "bf16")
     for model in (ours, resnet):
         fp32.prepare(model)  # the same preparation serves both precisions
     images, labels = load_cifar10(None, "test", download=False)
-    images, labels = np.ascontiguousarray(images[:args.n_images]), labels[:args.n_images]
+    images, labels = np.ascontiguousarray(images[: args.n_images]), labels[: args.n_images]
     batch_sizes = list(dict.fromkeys(args.batch_size or [128, fp32.eval_batch_size]))  # and the CLI default
     with tempfile.TemporaryDirectory(prefix="sdnet-authors-") as tmp:
         checkpoint = api.export_checkpoint(out=Path(tmp) / "sdnet18.pth", model="sdnet18")
@@ -165,7 +171,7 @@ def main() -> None:
         authors = Authors(args.authors_src, Path(tmp), checkpoint, info.width, stem.lam, stem.n_steps)
         x = ours.normalize(fp32.to_input(images)).contiguous()  # their input: normalised, NCHW
         y = torch.from_numpy(labels.astype(np.int64))
-        batches = {b: [(x[i:i + b], y[i:i + b]) for i in range(0, len(x), b)] for b in batch_sizes}
+        batches = {b: [(x[i : i + b], y[i : i + b]) for i in range(0, len(x), b)] for b in batch_sizes}
 
         def ours_eval(model: torch.nn.Module, runtime: Runtime, b: int) -> Callable[[], Any]:
             return lambda: predict_correct(model, images, labels, runtime, b)
@@ -178,24 +184,42 @@ def main() -> None:
                     works[(b, name, runtime.precision)] = ours_eval(model, runtime, b)
         seconds = median_seconds(works, args.repeats, fp32.device)
         theirs = authors.predictions(batches[batch_sizes[0]])
-    rows = [{"batch": b, "implementation": name, "precision": p, "images_per_s": round(len(images) / s, 1),
-             "vs authors": round(seconds[(b, "authors sdnet18", "fp32")] / s, 3),
-             "vs our resnet18 (same precision)": round(seconds[(b, "ours resnet18", p)] / s, 3)}
-            for (b, name, p), s in seconds.items()]
-    print_table(f"sdnet18 eval: the authors' code vs ours (width {info.width}, {args.threads} threads)", rows,
-                f"{len(images)} CIFAR-10 test images per pass, same weights (ours exported to their layout); median of "
-                f"{args.repeats} passes after a warm-up, all rows interleaved. Authors: their validate() loop on "
-                "normalised in-memory batches (their data loading untimed); ours: predict_correct as sdnet eval runs "
-                "it, from uint8 images.")
+    rows = [
+        {
+            "batch": b,
+            "implementation": name,
+            "precision": p,
+            "images_per_s": round(len(images) / s, 1),
+            "vs authors": round(seconds[(b, "authors sdnet18", "fp32")] / s, 3),
+            "vs our resnet18 (same precision)": round(seconds[(b, "ours resnet18", p)] / s, 3),
+        }
+        for (b, name, p), s in seconds.items()
+    ]
+    print_table(
+        f"sdnet18 eval: the authors' code vs ours (width {info.width}, {args.threads} threads)",
+        rows,
+        f"{len(images)} CIFAR-10 test images per pass, same weights (ours exported to their layout); median of "
+        f"{args.repeats} passes after a warm-up, all rows interleaved. Authors: their validate() loop on "
+        "normalised in-memory batches (their data loading untimed); ours: predict_correct as sdnet eval runs "
+        "it, from uint8 images.",
+    )
     agree = []
     for runtime in (fp32, bf16):
         batches_ours = iter_batches(images, labels, runtime, batch_sizes[0])
         mine = np.concatenate([predict(ours, b.x, runtime).cpu().numpy() for b in batches_ours])
-        agree.append({"ours": f"sdnet18, {runtime.precision}", "same prediction as authors": f"{(mine == theirs).sum()}"
-                      f"/{len(mine)}", "accuracy ours (%)": round(100 * float((mine == labels).mean()), 2),
-                      "accuracy authors (%)": round(100 * float((theirs == labels).mean()), 2)})
-    print_table("sdnet18 predictions: the authors' code vs ours", agree,
-                f"The timed images, batch {batch_sizes[0]}; their step size re-estimated per batch as in their loop.")
+        agree.append(
+            {
+                "ours": f"sdnet18, {runtime.precision}",
+                "same prediction as authors": f"{(mine == theirs).sum()}/{len(mine)}",
+                "accuracy ours (%)": round(100 * float((mine == labels).mean()), 2),
+                "accuracy authors (%)": round(100 * float((theirs == labels).mean()), 2),
+            }
+        )
+    print_table(
+        "sdnet18 predictions: the authors' code vs ours",
+        agree,
+        f"The timed images, batch {batch_sizes[0]}; their step size re-estimated per batch as in their loop.",
+    )
 
 
 if __name__ == "__main__":

@@ -22,16 +22,16 @@ import argparse
 import collections
 import sys
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from bench import print_table
 
-from sdnet_cli.attacks import AttackConfig, run_attack
-from sdnet_cli.attacks import runner
+from sdnet_cli.attacks import AttackConfig, run_attack, runner
 from sdnet_cli.attacks.runner import AttackedModel
 from sdnet_cli.data.datasets import dataset_spec
 from sdnet_cli.evaluate import Runtime
@@ -52,8 +52,9 @@ def timed(method: Callable[..., Any], seconds: dict[str, float], name: str) -> C
     return call
 
 
-def ours(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, eps: str, pool_batches: int,
-         runtime: Runtime) -> tuple[dict[str, float], np.ndarray]:
+def ours(
+    model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, eps: str, pool_batches: int, runtime: Runtime
+) -> tuple[dict[str, float], np.ndarray]:
     """CPU seconds per attack and robust flags of our runner (its per-batch attack call timed)."""
     seconds: dict[str, float] = collections.defaultdict(float)
     attack_one = runner.SampleWise._attack
@@ -63,15 +64,24 @@ def ours(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, eps: st
 
     runner.SampleWise._attack = timed_attack  # type: ignore[method-assign]
     try:
-        results = run_attack(model, images, labels, AttackConfig.create(attack="autoattack", norm="Linf", eps=[eps]),
-                             seed=0, runtime=runtime, batch_size=128, pool_batches=pool_batches)
+        results = run_attack(
+            model,
+            images,
+            labels,
+            AttackConfig.create(attack="autoattack", norm="Linf", eps=[eps]),
+            seed=0,
+            runtime=runtime,
+            batch_size=128,
+            pool_batches=pool_batches,
+        )
     finally:
         runner.SampleWise._attack = attack_one  # type: ignore[method-assign]
     return dict(seconds), results.clean & ~results.fooled[0].any(axis=0)
 
 
-def reference(source: Path, model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, eps: str,
-              runtime: Runtime) -> tuple[dict[str, float], np.ndarray]:
+def reference(
+    source: Path, model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, eps: str, runtime: Runtime
+) -> tuple[dict[str, float], np.ndarray]:
     """CPU seconds per attack and robust flags of the reference implementation on the same function."""
     sys.path.insert(0, str(source.resolve()))
     from autoattack import AutoAttack  # the reference checkout, outside this repository
@@ -79,8 +89,9 @@ def reference(source: Path, model: torch.nn.Module, images: np.ndarray, labels: 
     forward = AttackedModel(runtime.prepare(model), runtime).eval()
     x = runtime.to_input(images).contiguous()
     y = torch.from_numpy(labels.astype(np.int64))
-    adversary = AutoAttack(forward, norm="Linf", eps=float(Fraction(eps)), version="standard", device="cpu", seed=0,
-                           verbose=False)
+    adversary = AutoAttack(
+        forward, norm="Linf", eps=float(Fraction(eps)), version="standard", device="cpu", seed=0, verbose=False
+    )
     seconds: dict[str, float] = collections.defaultdict(float)
     for name, attribute in REFERENCE_PARTS.items():
         part = getattr(adversary, attribute)
@@ -98,27 +109,48 @@ def main() -> None:
     parser.add_argument("--model", default="sdnet18")
     args = parser.parse_args()
     if args.reference_src is None:
-        print("autoattack_reference.py: pass --reference-src DIR, a checkout of github.com/fra31/auto-attack, to "
-              "compare standard AutoAttack with the reference implementation")
+        print(
+            "autoattack_reference.py: pass --reference-src DIR, a checkout of github.com/fra31/auto-attack, to "
+            "compare standard AutoAttack with the reference implementation"
+        )
         return
     runtime = Runtime.create("cpu")
     model, _ = load_model(args.model)
     images, labels = dataset_spec("cifar10").load(None, "test")
     images, labels = images[: args.n_images], labels[: args.n_images]
-    runs = {f"ours, pool_batches {p}": ours(model, images, labels, args.eps, p, runtime)
-            for p in args.pool_batches or [8]}
+    runs = {
+        f"ours, pool_batches {p}": ours(model, images, labels, args.eps, p, runtime) for p in args.pool_batches or [8]
+    }
     ref_seconds, ref_robust = reference(args.reference_src, model, images, labels, args.eps, runtime)
-    rows = [{"attack": name, "reference cpu s": round(ref_seconds.get(name, 0.0), 1),
-             **{f"{label} cpu s": round(seconds.get(name, 0.0), 1) for label, (seconds, _) in runs.items()},
-             **{f"{label} / reference": round(seconds.get(name, 0.0) / ref_seconds[name], 3) if ref_seconds.get(name)
-                else None for label, (seconds, _) in runs.items()}}
-            for name in REFERENCE_PARTS]
-    print_table(f"Standard AutoAttack vs the reference implementation ({args.model}, Linf {args.eps}, "
-                f"{args.n_images} images, batch 128)", rows,
-                "CPU seconds of each attack's calls, one run after another in one process.")
-    agreement = [{"run": label, "robust (ours)": int(robust.sum()), "robust (reference)": int(ref_robust.sum()),
-                  "same flag": f"{int((robust == ref_robust).sum())}/{len(robust)}"}
-                 for label, (_, robust) in runs.items()]
+    rows = [
+        {
+            "attack": name,
+            "reference cpu s": round(ref_seconds.get(name, 0.0), 1),
+            **{f"{label} cpu s": round(seconds.get(name, 0.0), 1) for label, (seconds, _) in runs.items()},
+            **{
+                f"{label} / reference": round(seconds.get(name, 0.0) / ref_seconds[name], 3)
+                if ref_seconds.get(name)
+                else None
+                for label, (seconds, _) in runs.items()
+            },
+        }
+        for name in REFERENCE_PARTS
+    ]
+    print_table(
+        f"Standard AutoAttack vs the reference implementation ({args.model}, Linf {args.eps}, "
+        f"{args.n_images} images, batch 128)",
+        rows,
+        "CPU seconds of each attack's calls, one run after another in one process.",
+    )
+    agreement = [
+        {
+            "run": label,
+            "robust (ours)": int(robust.sum()),
+            "robust (reference)": int(ref_robust.sum()),
+            "same flag": f"{int((robust == ref_robust).sum())}/{len(robust)}",
+        }
+        for label, (_, robust) in runs.items()
+    ]
     print_table("Per-image agreement of the robust flags", agreement, "")
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Callable, Hashable, Sequence, TypeVar
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, TypeVar
 
 import pandas as pd
 import torch
@@ -15,7 +16,9 @@ from sdnet_cli.train import hardware
 K = TypeVar("K", bound=Hashable)
 
 
-def median_seconds(works: dict[K, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1) -> dict[K, float]:
+def median_seconds(
+    works: dict[K, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1
+) -> dict[K, float]:
     """Median wall time of each ``work()`` over ``repeats`` rounds that call every work once in turn,
     after ``warmup`` untimed rounds (kernel selection, step-size caches). Interleaving makes background
     load on a shared machine hit every work alike, so ratios between them hold; CUDA is synchronised

@@ -31,7 +31,9 @@ FULL = 10_000  # CIFAR-10 test images per severity
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200, help="images per severity for the per-corruption rates")
-    parser.add_argument("--pipeline-images", type=int, default=1000, help="images per severity for the pipeline run; 0 skips it")
+    parser.add_argument(
+        "--pipeline-images", type=int, default=1000, help="images per severity for the pipeline run; 0 skips it"
+    )
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     cv2.setNumThreads(1)
@@ -44,13 +46,27 @@ def main() -> None:
         rate = args.images * len(SEVERITIES) / (time.perf_counter() - start)
         seconds = FULL * len(SEVERITIES) / rate
         one_core += seconds
-        rows.append({"corruption": name, "images/s (1 core)": round(rate, 1), "full 5 x 10,000 on 1 core (s)": round(seconds, 1)})
-    rows.append({"corruption": "all 19, 1 core", "images/s (1 core)": round(len(rows) * FULL * len(SEVERITIES) / one_core, 1),
-                 "full 5 x 10,000 on 1 core (s)": round(one_core, 1)})
-    print_table(f"CIFAR-10-C generation rate per corruption ({args.images} images x 5 severities each)", rows,
-                f"Sum over corruptions: {one_core:.0f} s on one core, so about {one_core / args.workers:.0f} s "
-                f"({one_core / args.workers / 60:.1f} min) for all 19 x 5 x 10,000 images on {args.workers} cores "
-                "(target: under 20 min).")
+        rows.append(
+            {
+                "corruption": name,
+                "images/s (1 core)": round(rate, 1),
+                "full 5 x 10,000 on 1 core (s)": round(seconds, 1),
+            }
+        )
+    rows.append(
+        {
+            "corruption": "all 19, 1 core",
+            "images/s (1 core)": round(len(rows) * FULL * len(SEVERITIES) / one_core, 1),
+            "full 5 x 10,000 on 1 core (s)": round(one_core, 1),
+        }
+    )
+    print_table(
+        f"CIFAR-10-C generation rate per corruption ({args.images} images x 5 severities each)",
+        rows,
+        f"Sum over corruptions: {one_core:.0f} s on one core, so about {one_core / args.workers:.0f} s "
+        f"({one_core / args.workers / 60:.1f} min) for all 19 x 5 x 10,000 images on {args.workers} cores "
+        "(target: under 20 min).",
+    )
     if args.pipeline_images:
         n = args.pipeline_images
         with tempfile.TemporaryDirectory() as out:
@@ -58,11 +74,21 @@ def main() -> None:
             generate_cifar_c(images[:n], labels[:n], Path(out), ALL_CORRUPTIONS, seed=0, workers=args.workers)
             seconds = time.perf_counter() - start
         total = len(ALL_CORRUPTIONS) * len(SEVERITIES) * n
-        print_table("CIFAR-10-C generation pipeline (generate_cifar_c, all 19 corruptions)", [{
-            "workers": args.workers, "images per severity": n, "images": total, "seconds": round(seconds, 1),
-            "images/s": round(total / seconds, 1), "extrapolated to 10,000 per severity (s)": round(seconds * FULL / n, 1),
-        }], "Measured end to end (spawned pool, files written); extrapolation scales linearly by 10,000 / images per "
-            "severity.")
+        print_table(
+            "CIFAR-10-C generation pipeline (generate_cifar_c, all 19 corruptions)",
+            [
+                {
+                    "workers": args.workers,
+                    "images per severity": n,
+                    "images": total,
+                    "seconds": round(seconds, 1),
+                    "images/s": round(total / seconds, 1),
+                    "extrapolated to 10,000 per severity (s)": round(seconds * FULL / n, 1),
+                }
+            ],
+            "Measured end to end (spawned pool, files written); extrapolation scales linearly by 10,000 / images per "
+            "severity.",
+        )
 
 
 if __name__ == "__main__":

@@ -43,14 +43,20 @@ def main() -> None:
     rows = []
     for name, command in CASES.items():
         times, peaks = zip(*(measure(command) for _ in range(args.repeats)))
-        rows.append({"command": name, "wall s (median)": round(statistics.median(times), 3), "peak MB": round(max(peaks))})
+        rows.append(
+            {"command": name, "wall s (median)": round(statistics.median(times), 3), "peak MB": round(max(peaks))}
+        )
     from bench import print_table  # imports torch: only after the measurements
 
     reference = rows[-1]["wall s (median)"]
     for row in rows:
         row["x import torch"] = round(row["wall s (median)"] / reference, 2)
-    print_table("CLI start-up", rows, f"Fresh interpreter per run, median of {args.repeats} runs; peak resident memory "
-                "of the process. Target: help and version within 0.5 s and 150 MB.")
+    print_table(
+        "CLI start-up",
+        rows,
+        f"Fresh interpreter per run, median of {args.repeats} runs; peak resident memory "
+        "of the process. Target: help and version within 0.5 s and 150 MB.",
+    )
 
 
 if __name__ == "__main__":

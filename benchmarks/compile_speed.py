@@ -32,6 +32,7 @@ def forward(model: torch.nn.Module, runtime: Runtime, batch: torch.Tensor):  # t
     def work() -> torch.Tensor:
         with torch.no_grad(), runtime.autocast():
             return model(batch)
+
     return work
 
 
@@ -55,7 +56,8 @@ def main() -> None:
                 model = runtime.prepare(load_model(name)[0])
                 if batch is None:
                     batch = torch.rand(args.batch_size, 3, 32, 32, device=runtime.device).contiguous(
-                        memory_format=torch.channels_last)
+                        memory_format=torch.channels_last
+                    )
                 work = forward(model, runtime, batch)
                 work()  # eager either way: fills the step-size caches, fixes the compiled shape
                 if compiled:
@@ -69,14 +71,22 @@ def main() -> None:
     for name in models:
         for precision in precisions:
             eager, compiled = seconds[(name, precision, "eager")], seconds[(name, precision, "compiled")]
-            rows.append({"model": name, "precision": precision,
-                         "eager images/s": round(args.batch_size / eager, 1),
-                         "compiled images/s": round(args.batch_size / compiled, 1),
-                         "compiled / eager": round(eager / compiled, 3),
-                         "compile s": round(compile_seconds[(name, precision)] - compiled, 1)})
-    print_table("torch.compile vs eager evaluation", rows,
-                f"No-grad forwards of the shipped width-32 checkpoints on batches of {args.batch_size} random "
-                f"images, median of {args.repeats} interleaved rounds; compile s: one-off, into an empty cache.")
+            rows.append(
+                {
+                    "model": name,
+                    "precision": precision,
+                    "eager images/s": round(args.batch_size / eager, 1),
+                    "compiled images/s": round(args.batch_size / compiled, 1),
+                    "compiled / eager": round(eager / compiled, 3),
+                    "compile s": round(compile_seconds[(name, precision)] - compiled, 1),
+                }
+            )
+    print_table(
+        "torch.compile vs eager evaluation",
+        rows,
+        f"No-grad forwards of the shipped width-32 checkpoints on batches of {args.batch_size} random "
+        f"images, median of {args.repeats} interleaved rounds; compile s: one-off, into an empty cache.",
+    )
     if args.agree:
         images, labels = load_cifar10(None, "test", download=False)
         images, labels = images[: args.agree], labels[: args.agree]
@@ -89,12 +99,22 @@ def main() -> None:
                     batches = list(iter_batches(images, labels, runtime, args.batch_size))
                     predictions[kind] = torch.cat([predict(model, b.x, runtime) for b in batches])
                     correct[kind] = int((predictions[kind] == torch.cat([b.y for b in batches])).sum())
-                rows.append({"model": name, "precision": precision, "images": len(images),
-                             "predictions that differ": int((predictions["eager"] != predictions["compiled"]).sum()),
-                             "eager correct": correct["eager"], "compiled correct": correct["compiled"]})
-        print_table("torch.compile vs eager predictions", rows,
-                    f"The first {len(images)} CIFAR-10 test images, batches of {args.batch_size} (a last partial "
-                    "batch would run eagerly in the compiled model: use a batch size that divides the count).")
+                rows.append(
+                    {
+                        "model": name,
+                        "precision": precision,
+                        "images": len(images),
+                        "predictions that differ": int((predictions["eager"] != predictions["compiled"]).sum()),
+                        "eager correct": correct["eager"],
+                        "compiled correct": correct["compiled"],
+                    }
+                )
+        print_table(
+            "torch.compile vs eager predictions",
+            rows,
+            f"The first {len(images)} CIFAR-10 test images, batches of {args.batch_size} (a last partial "
+            "batch would run eagerly in the compiled model: use a batch size that divides the count).",
+        )
 
 
 if __name__ == "__main__":

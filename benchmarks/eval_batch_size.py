@@ -31,26 +31,39 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     images, labels = load_cifar10(None, "test", download=False)
-    images, labels = np.ascontiguousarray(images[:args.n_images]), labels[:args.n_images]
+    images, labels = np.ascontiguousarray(images[: args.n_images]), labels[: args.n_images]
     runtimes = {p: Runtime.create(args.device, p) for p in args.precision or ["fp32", "bf16"]}
     runtime = next(iter(runtimes.values()))  # prepare() is the same for every precision
     models = {name: runtime.prepare(load_model(name)[0]) for name in args.model or ["sdnet18", "resnet18"]}
     batch_sizes = args.batch_size or [16, 32, 64, 128, 256, 512]
-    works = {(name, p, b): (lambda model=model, runtime=runtime, b=b: predict_correct(model, images, labels, runtime, b))
-             for name, model in models.items() for p, runtime in runtimes.items() for b in batch_sizes}
+    works = {
+        (name, p, b): (lambda model=model, runtime=runtime, b=b: predict_correct(model, images, labels, runtime, b))
+        for name, model in models.items()
+        for p, runtime in runtimes.items()
+        for b in batch_sizes
+    }
     seconds = median_seconds(works, args.repeats, runtime.device)
     rows = []
     for name in models:
         for p in runtimes:
             best = min(batch_sizes, key=lambda b: seconds[(name, p, b)])
             for b in batch_sizes:
-                rows.append({"model": name, "precision": p, "batch_size": b,
-                             "images_per_s": round(len(images) / seconds[(name, p, b)], 1),
-                             "vs best": round(seconds[(name, p, best)] / seconds[(name, p, b)], 3),
-                             "best": "yes" if b == best else ""})
-    print_table(f"Eval throughput by batch size ({runtime.describe()['device_name']}, {torch.get_num_threads()} threads)", rows,
-                f"predict_correct (the loop of sdnet eval) over the first {len(images)} CIFAR-10 test images with the "
-                f"shipped weights; median of {args.repeats} passes after a warm-up pass, every row interleaved.")
+                rows.append(
+                    {
+                        "model": name,
+                        "precision": p,
+                        "batch_size": b,
+                        "images_per_s": round(len(images) / seconds[(name, p, b)], 1),
+                        "vs best": round(seconds[(name, p, best)] / seconds[(name, p, b)], 3),
+                        "best": "yes" if b == best else "",
+                    }
+                )
+    print_table(
+        f"Eval throughput by batch size ({runtime.describe()['device_name']}, {torch.get_num_threads()} threads)",
+        rows,
+        f"predict_correct (the loop of sdnet eval) over the first {len(images)} CIFAR-10 test images with the "
+        f"shipped weights; median of {args.repeats} passes after a warm-up pass, every row interleaved.",
+    )
 
 
 if __name__ == "__main__":

@@ -37,9 +37,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -89,8 +90,14 @@ class Stage:
         start = time.monotonic()
         with open(self.log_path, "a") as log:
             try:  # a session of its own, so a timeout ends its workers too (pytest-xdist, torchrun, make-c)
-                process = subprocess.Popen(command, cwd=ROOT, env={**self.env, **(env or {})}, stdout=log,
-                                           stderr=subprocess.STDOUT, start_new_session=True)
+                process = subprocess.Popen(
+                    command,
+                    cwd=ROOT,
+                    env={**self.env, **(env or {})},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             except OSError as exc:  # e.g. a program that is not installed
                 log.write(f"{exc}\n")
                 process = None
@@ -138,8 +145,10 @@ def pack() -> None:
             if path.is_dir():
                 shutil.copytree(path, site / top, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     size = sum(p.stat().st_size for p in CARRY.rglob("*") if p.is_file()) / 2**20
-    print(f"wrote {CARRY.relative_to(ROOT)} ({size:.1f} MiB); on the GPU machine, carrying it:\n"
-          "  PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py run --out $OUT")
+    print(
+        f"wrote {CARRY.relative_to(ROOT)} ({size:.1f} MiB); on the GPU machine, carrying it:\n"
+        "  PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py run --out $OUT"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- run (there)
@@ -166,8 +175,14 @@ def environment(work: Path, data: Path, quick: bool) -> dict[str, str]:
     under ``work`` (nothing written to the home folder), unbuffered output so a timed-out log is whole."""
     paths = [str(CARRY / "site")] if (CARRY / "site").is_dir() else []
     paths += [str(ROOT), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "SDNET_DATA": str(data),
-           "SDNET_CACHE": str(work / "cache"), "PYTHONUNBUFFERED": "1", "MPLBACKEND": "Agg"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(p for p in paths if p),
+        "SDNET_DATA": str(data),
+        "SDNET_CACHE": str(work / "cache"),
+        "PYTHONUNBUFFERED": "1",
+        "MPLBACKEND": "Agg",
+    }
     if quick:
         env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "1")
     return env
@@ -204,8 +219,10 @@ def stage_env(stage: Stage) -> None:
     found = re.findall(r"^facts: (.*)$", stage.output(), flags=re.M)
     if found:
         facts = json.loads(found[-1])
-        stage.outcome.result = (f"{facts['device']}, torch {facts['torch']} (CUDA {facts['cuda']}, NCCL {facts['nccl']}), "
-                                f"{facts['cpus']} CPUs")
+        stage.outcome.result = (
+            f"{facts['device']}, torch {facts['torch']} (CUDA {facts['cuda']}, NCCL {facts['nccl']}), "
+            f"{facts['cpus']} CPUs"
+        )
 
 
 def stage_tests(stage: Stage, quick: bool) -> None:
@@ -219,8 +236,23 @@ def stage_tests(stage: Stage, quick: bool) -> None:
         workers = ["-n", str(max(1, min(12, (os.cpu_count() or 2) - 2)))]
     env = {"PYTHONPATH": os.pathsep.join([str(HERE), stage.env["PYTHONPATH"]]), "OMP_NUM_THREADS": "1"}
     limits = ["--timeout", "150"] if importlib.util.find_spec("pytest_timeout") else []  # one hung test, not the stage
-    stage.run(python("-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "gpu_check", "--durations", "10", *workers,
-                     *limits, *selection), env=env)
+    stage.run(
+        python(
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "gpu_check",
+            "--durations",
+            "10",
+            *workers,
+            *limits,
+            *selection,
+        ),
+        env=env,
+    )
     lines = stage.output().splitlines()
     totals = [line.strip("= ") for line in lines if re.search(r"\d+ (passed|failed|error)", line)]
     cuda = [line for line in lines if line.startswith("CUDA: ")]
@@ -234,9 +266,30 @@ def stage_throughput(stage: Stage, device: str, quick: bool) -> None:
         stage.run(python(script, "--device", device, "--width", "4", "--batch-size", "8", "--repeats", "1"))
     else:
         stage.run(python(script, "--device", device, "--width", "32", "--batch-size", "256", "--repeats", "20"))
-        stage.run(python(script, "--device", device, "--width", "32", "--batch-size", "1024", "--repeats", "10",
-                         "--scaling", "--n-examples", "2000", "--n-examples", "10000", "--scaling-batch-size", "256",
-                         "--scaling-batch-size", "1024", "--scaling-batch-size", "4096"))
+        stage.run(
+            python(
+                script,
+                "--device",
+                device,
+                "--width",
+                "32",
+                "--batch-size",
+                "1024",
+                "--repeats",
+                "10",
+                "--scaling",
+                "--n-examples",
+                "2000",
+                "--n-examples",
+                "10000",
+                "--scaling-batch-size",
+                "256",
+                "--scaling-batch-size",
+                "1024",
+                "--scaling-batch-size",
+                "4096",
+            )
+        )
     rows = re.findall(r"^\|\s+\d+ \| (fp32|bf16)\s+\| (\w+)\s+\|\s+\d+ \|\s+([\d.]+) \|", stage.output(), flags=re.M)
     stage.outcome.result = ", ".join(f"{model} {precision} {speed} img/s" for precision, model, speed in rows[:4])
 
@@ -262,8 +315,19 @@ def stage_cifar_c(stage: Stage, work: Path, out: Path, device: str, n: int) -> P
     if rc:
         return None
     facts = [f"make-c {N_CELLS} cells x {n:,}: {generate:.0f} s on {workers} workers"]
-    common = ["eval", "-m", "sdnet18", "-s", "all", "--cifar-c-dir", str(folder), "--device", device,
-              "--out", str(work / "reports")]
+    common = [
+        "eval",
+        "-m",
+        "sdnet18",
+        "-s",
+        "all",
+        "--cifar-c-dir",
+        str(folder),
+        "--device",
+        device,
+        "--out",
+        str(work / "reports"),
+    ]
     rc, probe_wall = stage.run(sdnet(*common, "-c", EQUALITY_CELLS[0], "-n", str(n), "--name", "probe"))
     images, seconds = cell_seconds(read_rows(work / "reports" / "probe.json"))
     if rc or not seconds:
@@ -273,8 +337,10 @@ def stage_cifar_c(stage: Stage, work: Path, out: Path, device: str, n: int) -> P
     estimate = start_up + (N_CELLS + 1) * n / rate
     fits = estimate < 0.8 * stage.left()
     subset = n if fits else max(1, int(n * (0.5 * stage.left() - start_up) / (estimate - start_up)))
-    stage.note(f"probe: {rate:.0f} images/s, start-up {start_up:.1f} s; all cells at n={n} estimated {estimate:.0f} s, "
-               f"{stage.left():.0f} s left: evaluating n={subset}")
+    stage.note(
+        f"probe: {rate:.0f} images/s, start-up {start_up:.1f} s; all cells at n={n} estimated {estimate:.0f} s, "
+        f"{stage.left():.0f} s left: evaluating n={subset}"
+    )
     rc, wall = stage.run(sdnet(*common, "-c", "all", "-c", "extra", "-n", str(subset), "--name", "full"))
     full = work / "reports" / "full.json"
     if not rc and full.is_file():
@@ -282,8 +348,10 @@ def stage_cifar_c(stage: Stage, work: Path, out: Path, device: str, n: int) -> P
         rows = read_rows(full)
         images, seconds = cell_seconds(rows)
         mean = next(r["accuracy"] for r in rows if r["corruption"] == "mean")
-        measured = (f"sdnet18 fp32 eval of {N_CELLS} cells + clean x {subset:,}: {wall:.0f} s wall, "
-                    f"{images / seconds:.0f} img/s in cells, mean accuracy {mean:.2f}%")
+        measured = (
+            f"sdnet18 fp32 eval of {N_CELLS} cells + clean x {subset:,}: {wall:.0f} s wall, "
+            f"{images / seconds:.0f} img/s in cells, mean accuracy {mean:.2f}%"
+        )
         if subset < n:
             extrapolated = start_up + (wall - start_up) * n / subset
             measured = f"EXTRAPOLATED: {measured}; at {n:,} per cell about {extrapolated:.0f} s"
@@ -298,8 +366,20 @@ def stage_torchrun(stage: Stage, work: Path, device: str, n: int, folder: Path |
     source = ["--cifar-c-dir", str(folder)] if folder else ["--cache-dir", str(work / "cache")]
     args = ["eval", "-m", "sdnet18", *cells, "-s", "all", "-n", str(n), "--device", device, *source, "--name", "eq"]
     stage.run(sdnet(*args, "--out", str(work / "plain")))
-    stage.run(python("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m", "sdnet_cli", *args,
-                     "--out", str(work / "torchrun")))
+    stage.run(
+        python(
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "1",
+            "-m",
+            "sdnet_cli",
+            *args,
+            "--out",
+            str(work / "torchrun"),
+        )
+    )
     if stage.outcome.status != "ok":
         return
     plain, shared = (json.loads((work / part / "eq.json").read_text()) for part in ("plain", "torchrun"))
@@ -308,9 +388,13 @@ def stage_torchrun(stage: Stage, work: Path, device: str, n: int, folder: Path |
     expected = "nccl" if device.startswith("cuda") else "gloo"
     equal = strip(plain) == strip(shared)
     stage.note(f"plain rows: {json.dumps(strip(plain))}\ntorchrun rows: {json.dumps(strip(shared))}")
-    stage.outcome.result = f"{len(plain['rows'])} rows {'equal' if equal else 'DIFFER'}, backend {backend}, n={n:,} per cell"
+    stage.outcome.result = (
+        f"{len(plain['rows'])} rows {'equal' if equal else 'DIFFER'}, backend {backend}, n={n:,} per cell"
+    )
     if not equal or backend != expected:
-        stage.outcome.status = "FAILED (rows differ)" if not equal else f"FAILED (backend {backend}, expected {expected})"
+        stage.outcome.status = (
+            "FAILED (rows differ)" if not equal else f"FAILED (backend {backend}, expected {expected})"
+        )
 
 
 def write_summary(out: Path, results: list[tuple[str, Stage | None, float]], args: argparse.Namespace) -> None:
@@ -319,11 +403,14 @@ def write_summary(out: Path, results: list[tuple[str, Stage | None, float]], arg
         if stage is None:
             rows.append(f"| {name} | skipped | | | |")
         else:
-            rows.append(f"| {name} | {stage.outcome.status} | {seconds:.0f} | {stage.budget:.0f} | {stage.outcome.result} |")
+            rows.append(
+                f"| {name} | {stage.outcome.status} | {seconds:.0f} | {stage.budget:.0f} | {stage.outcome.result} |"
+            )
     mode = "quick" if args.quick else "full"
-    (out / "summary.md").write_text(f"### GPU check ({mode}, --device {args.device})\n\n`{' '.join(sys.argv)}`; each "
-                                    "stage's commands and output are in <stage>.txt beside this file.\n\n"
-                                    + "\n".join(rows) + "\n")
+    (out / "summary.md").write_text(
+        f"### GPU check ({mode}, --device {args.device})\n\n`{' '.join(sys.argv)}`; each "
+        "stage's commands and output are in <stage>.txt beside this file.\n\n" + "\n".join(rows) + "\n"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -399,7 +486,11 @@ class CudaUsage:
         report = outcome.get_result()
         if self.train_missing and report.failed and TRAIN_MISSING in str(report.longrepr):
             report.outcome = "skipped"
-            report.longrepr = (str(item.path), item.location[1] or 0, "skipped: needs the CIFAR-10 train split (not carried)")
+            report.longrepr = (
+                str(item.path),
+                item.location[1] or 0,
+                "skipped: needs the CIFAR-10 train split (not carried)",
+            )
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "call":
@@ -426,8 +517,11 @@ def main() -> None:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("pack", help="write build/gpu-carry (here, before a device session)")
     checking = commands.add_parser("run", help="run the stages (on the GPU machine)")
-    checking.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "build" / "gpu-check"),
-                          help="folder for <stage>.txt and summary.md (default: $OUT, else build/gpu-check)")
+    checking.add_argument(
+        "--out",
+        default=os.environ.get("OUT") or str(ROOT / "build" / "gpu-check"),
+        help="folder for <stage>.txt and summary.md (default: $OUT, else build/gpu-check)",
+    )
     checking.add_argument("--device", default="cuda", help="cuda (default) or cpu for a smoke run")
     checking.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, measures nothing")
     checking.add_argument("--n-examples", type=int, help="images per CIFAR-10-C cell (default 10,000; --quick 8)")

@@ -54,12 +54,17 @@ def main() -> None:
     with torch.no_grad(), runtime.autocast():  # as evaluation runs (``evaluate.predict``)
         works = {name: (lambda policy=policy: forward(policy)) for name, policy in policies.items()}
         speeds = {name: args.batch_size / t for name, t in median_seconds(works, args.rounds, runtime.device).items()}
-    rows = [{"lambda": name, "images_per_s": round(s, 1), "ratio to fixed": round(s / speeds["fixed 0.1"], 3)}
-            for name, s in speeds.items()]
-    print_table(f"Fixed lambda vs the per-input rules (sdnet18 width {args.width}, batch {args.batch_size}, {args.precision}, "
-                f"{runtime.describe()['device_name']})", rows,
-                f"Forward of one batch per policy per round, median of {args.rounds} interleaved rounds after a warm-up "
-                "round; random inputs with 10% salt-and-pepper values, untrained weights.")
+    rows = [
+        {"lambda": name, "images_per_s": round(s, 1), "ratio to fixed": round(s / speeds["fixed 0.1"], 3)}
+        for name, s in speeds.items()
+    ]
+    print_table(
+        f"Fixed lambda vs the per-input rules (sdnet18 width {args.width}, batch {args.batch_size}, {args.precision}, "
+        f"{runtime.describe()['device_name']})",
+        rows,
+        f"Forward of one batch per policy per round, median of {args.rounds} interleaved rounds after a warm-up "
+        "round; random inputs with 10% salt-and-pepper values, untrained weights.",
+    )
 
 
 if __name__ == "__main__":

@@ -48,24 +48,35 @@ def main() -> None:
             model = runtime.prepare(create_model(name, width=args.width))
             policies.enter_context(model.using(policy))
             attacked[label] = AttackedModel(model, runtime).eval()
-            pgd[label] = registry.build(attacked[label], "pgd", "Linf", 8 / 255, steps=args.steps, restarts=1,
-                                        num_classes=10).attack
+            pgd[label] = registry.build(
+                attacked[label], "pgd", "Linf", 8 / 255, steps=args.steps, restarts=1, num_classes=10
+            ).attack
         steps = median_seconds({k: (lambda k=k: pgd[k](x, y)) for k in pgd}, args.repeats, runtime.device)
         with torch.inference_mode():
-            forwards = median_seconds({k: (lambda k=k: attacked[k].predict(x)) for k in attacked}, args.repeats,
-                                      runtime.device)
+            forwards = median_seconds(
+                {k: (lambda k=k: attacked[k].predict(x)) for k in attacked}, args.repeats, runtime.device
+            )
     rows = []
     for name, label, _ in configs:
         step = steps[label] / args.steps
-        rows.append({"model": name, "lambda": label, "ms per step": round(1000 * step, 1),
-                     "image-steps/s": round(args.batch_size / step, 1),
-                     "vs resnet18": round(steps["-"] / steps[label], 3),
-                     "step / forward": round(step / forwards[label], 2)})
-    print_table(f"PGD step time (width {args.width}, batch {args.batch_size}, {args.precision}, "
-                f"{runtime.describe()['device_name']})", rows,
-                f"Median of {args.repeats} PGD-{args.steps} runs after a warm-up run, divided by {args.steps}, the "
-                "configurations interleaved; "
-                "`vs resnet18` is the speed relative to resnet18 (higher is faster).")
+        rows.append(
+            {
+                "model": name,
+                "lambda": label,
+                "ms per step": round(1000 * step, 1),
+                "image-steps/s": round(args.batch_size / step, 1),
+                "vs resnet18": round(steps["-"] / steps[label], 3),
+                "step / forward": round(step / forwards[label], 2),
+            }
+        )
+    print_table(
+        f"PGD step time (width {args.width}, batch {args.batch_size}, {args.precision}, "
+        f"{runtime.describe()['device_name']})",
+        rows,
+        f"Median of {args.repeats} PGD-{args.steps} runs after a warm-up run, divided by {args.steps}, the "
+        "configurations interleaved; "
+        "`vs resnet18` is the speed relative to resnet18 (higher is faster).",
+    )
 
 
 if __name__ == "__main__":

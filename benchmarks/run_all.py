@@ -57,15 +57,25 @@ def block(script: str, shown: str, output: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "benchmarks.md")
-    parser.add_argument("--only", action="append", metavar="SCRIPT",
-                        help="Run only this script (repeatable, e.g. cli_startup.py) and replace its tables in --out, "
-                        "keeping the others (appended if it had none).")
-    parser.add_argument("--authors-src", type=Path,
-                        help="A checkout of github.com/Delay-Xili/SDNet for authors_speed.py (without it, that script "
-                        "only says what to pass).")
-    parser.add_argument("--reference-src", type=Path,
-                        help="A checkout of github.com/fra31/auto-attack for autoattack_reference.py (without it, that "
-                        "script only says what to pass).")
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="SCRIPT",
+        help="Run only this script (repeatable, e.g. cli_startup.py) and replace its tables in --out, "
+        "keeping the others (appended if it had none).",
+    )
+    parser.add_argument(
+        "--authors-src",
+        type=Path,
+        help="A checkout of github.com/Delay-Xili/SDNet for authors_speed.py (without it, that script "
+        "only says what to pass).",
+    )
+    parser.add_argument(
+        "--reference-src",
+        type=Path,
+        help="A checkout of github.com/fra31/auto-attack for autoattack_reference.py (without it, that "
+        "script only says what to pass).",
+    )
     args = parser.parse_args()
     jobs = [(script, env) for script, env in JOBS if not args.only or script[0] in args.only]
     unknown = set(args.only or ()) - {script[0] for script, _ in JOBS}
@@ -88,8 +98,10 @@ def main() -> None:
     if args.only and args.out.is_file():
         text = args.out.read_text()
         for script, new in blocks.items():
-            found = re.search(rf"<!-- run: {re.escape(script)} -->.*?<!-- end: {re.escape(script)} -->", text, flags=re.S)
-            text = text[:found.start()] + new + text[found.end():] if found else text.rstrip() + "\n\n" + new + "\n"
+            found = re.search(
+                rf"<!-- run: {re.escape(script)} -->.*?<!-- end: {re.escape(script)} -->", text, flags=re.S
+            )
+            text = text[: found.start()] + new + text[found.end() :] if found else text.rstrip() + "\n\n" + new + "\n"
     else:
         threads = os.environ.get("OMP_NUM_THREADS", "unset")
         text = (

@@ -27,7 +27,8 @@ def with_bf16_stem(model: torch.nn.Module) -> torch.nn.Module:
     analysis, synthesis = stem.analysis, stem.synthesis
     stem.analysis = types.MethodType(lambda self, r, atoms: analysis(r.bfloat16(), atoms.bfloat16()).float(), stem)
     stem.synthesis = types.MethodType(
-        lambda self, z, atoms, hw: synthesis(z.bfloat16(), atoms.bfloat16(), hw).float(), stem)
+        lambda self, z, atoms, hw: synthesis(z.bfloat16(), atoms.bfloat16(), hw).float(), stem
+    )
     return model
 
 
@@ -42,7 +43,9 @@ def main() -> None:
     rows = []
     for precision in ("fp32", "bf16"):
         runtime = Runtime.create(args.device, precision)
-        batch = torch.rand(args.batch_size, 3, 32, 32, device=runtime.device).contiguous(memory_format=torch.channels_last)
+        batch = torch.rand(args.batch_size, 3, 32, 32, device=runtime.device).contiguous(
+            memory_format=torch.channels_last
+        )
         models = {
             "resnet18": runtime.prepare(create_model("resnet18", width=args.width)),
             "sdnet18": runtime.prepare(create_model("sdnet18", width=args.width)),
@@ -50,11 +53,20 @@ def main() -> None:
         }
         speeds = images_per_second(models, runtime, batch, args.repeats)
         for name, speed in speeds.items():
-            rows.append({"precision": precision, "model": name, "images_per_s": round(speed, 1),
-                         "vs resnet18": round(speed / speeds["resnet18"], 3)})
-    print_table(f"CSC stem precision: eval throughput (width {args.width}, batch {args.batch_size}, "
-                f"{Runtime.create(args.device).describe()['device_name']})", rows,
-                f"Median of {args.repeats} timed batches after a warm-up, the three models interleaved.")
+            rows.append(
+                {
+                    "precision": precision,
+                    "model": name,
+                    "images_per_s": round(speed, 1),
+                    "vs resnet18": round(speed / speeds["resnet18"], 3),
+                }
+            )
+    print_table(
+        f"CSC stem precision: eval throughput (width {args.width}, batch {args.batch_size}, "
+        f"{Runtime.create(args.device).describe()['device_name']})",
+        rows,
+        f"Median of {args.repeats} timed batches after a warm-up, the three models interleaved.",
+    )
 
 
 if __name__ == "__main__":

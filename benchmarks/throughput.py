@@ -24,7 +24,9 @@ from sdnet_cli.evaluate import Runtime, count_correct
 from sdnet_cli.models import create_model, load_model
 
 
-def images_per_second(models: dict[str, torch.nn.Module], runtime: Runtime, batch: torch.Tensor, repeats: int) -> dict[str, float]:
+def images_per_second(
+    models: dict[str, torch.nn.Module], runtime: Runtime, batch: torch.Tensor, repeats: int
+) -> dict[str, float]:
     """Forwards of the models interleaved (``median_seconds``), as images per second."""
     with torch.inference_mode(), runtime.autocast():
         works = {name: (lambda model=model: model(batch)) for name, model in models.items()}
@@ -39,14 +41,19 @@ def scaling(runtime: Runtime, n_examples: list[int], batch_sizes: list[int], bat
     images, labels = load_cifar10(None, "test", download=False)
     rows = []
     settings = [(n, batch_size) for n in n_examples] + [(max(n_examples), b) for b in batch_sizes if b != batch_size]
-    for n, b in settings:
+    for _, b in settings:
         count_correct(model, images[:b], labels[:b], runtime, b)  # warm-up at this batch shape
     works = {(n, b): (lambda n=n, b=b: count_correct(model, images[:n], labels[:n], runtime, b)) for n, b in settings}
     for (n, b), seconds in median_seconds(works, 2, runtime.device, warmup=0).items():
-        rows.append({"n_examples": n, "batch_size": b, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1)})
-    print_table(f"Evaluation time vs n-examples and batch size ({info.name}, {runtime.precision})", rows,
-                "The eval loop (count_correct) over the first n CIFAR-10 test images; median of 2 passes, the "
-                "settings interleaved.")
+        rows.append(
+            {"n_examples": n, "batch_size": b, "seconds": round(seconds, 2), "images_per_s": round(n / seconds, 1)}
+        )
+    print_table(
+        f"Evaluation time vs n-examples and batch size ({info.name}, {runtime.precision})",
+        rows,
+        "The eval loop (count_correct) over the first n CIFAR-10 test images; median of 2 passes, the "
+        "settings interleaved.",
+    )
 
 
 def main() -> None:
@@ -73,19 +80,33 @@ def main() -> None:
             models = {name: runtime.prepare(create_model(name, width=width)) for name in ("resnet18", "sdnet18")}
             speeds = images_per_second(models, runtime, batch, repeats)
             for name in models:
-                rows.append({"width": width, "precision": precision, "model": name, "timed batches": repeats,
-                             "images_per_s": round(speeds[name], 1),
-                             "vs resnet18": round(speeds[name] / speeds["resnet18"], 3)})
+                rows.append(
+                    {
+                        "width": width,
+                        "precision": precision,
+                        "model": name,
+                        "timed batches": repeats,
+                        "images_per_s": round(speeds[name], 1),
+                        "vs resnet18": round(speeds[name] / speeds["resnet18"], 3),
+                    }
+                )
     for row in rows:  # same model and width in fp32, from this run
         fp32 = [r for r in rows if (r["width"], r["model"], r["precision"]) == (row["width"], row["model"], "fp32")]
         row["vs fp32"] = round(row["images_per_s"] / fp32[0]["images_per_s"], 3) if fp32 else ""
     device = Runtime.create(args.device).describe()["device_name"]
-    print_table(f"Evaluation throughput, resnet18 vs sdnet18 (batch {args.batch_size}, {device})", rows,
-                "Random inputs, untrained weights (throughput does not depend on them); median of the timed batches "
-                "after one warm-up batch, the two models interleaved.")
+    print_table(
+        f"Evaluation throughput, resnet18 vs sdnet18 (batch {args.batch_size}, {device})",
+        rows,
+        "Random inputs, untrained weights (throughput does not depend on them); median of the timed batches "
+        "after one warm-up batch, the two models interleaved.",
+    )
     if args.scaling:
-        scaling(Runtime.create(args.device), args.n_examples or [256, 512, 1024], args.scaling_batch_size or [32, 128, 512],
-                args.batch_size)
+        scaling(
+            Runtime.create(args.device),
+            args.n_examples or [256, 512, 1024],
+            args.scaling_batch_size or [32, 128, 512],
+            args.batch_size,
+        )
 
 
 if __name__ == "__main__":

@@ -43,13 +43,23 @@ def main() -> None:
     rows = []
     for (name, precision), t in seconds.items():
         speed = args.batch_size / t
-        rows.append({"width": args.width, "precision": precision, "model": name, "images_per_s": round(speed, 1),
-                     "vs resnet18": round(seconds[("resnet18", precision)] / t, 3),
-                     "vs fp32": round(seconds[(name, "fp32")] / t, 3)})
+        rows.append(
+            {
+                "width": args.width,
+                "precision": precision,
+                "model": name,
+                "images_per_s": round(speed, 1),
+                "vs resnet18": round(seconds[("resnet18", precision)] / t, 3),
+                "vs fp32": round(seconds[(name, "fp32")] / t, 3),
+            }
+        )
     title = f"Training step throughput, fp32 vs bf16 (batch {args.batch_size}, {host.describe()['device_name']})"
-    print_table(title, rows,
-                f"One `train_step` (forward, loss, backward, SGD) per configuration per round, median of "
-                f"{args.repeats} interleaved rounds after a warm-up round; random inputs, untrained weights.")
+    print_table(
+        title,
+        rows,
+        f"One `train_step` (forward, loss, backward, SGD) per configuration per round, median of "
+        f"{args.repeats} interleaved rounds after a warm-up round; random inputs, untrained weights.",
+    )
 
 
 if __name__ == "__main__":

@@ -58,8 +58,13 @@ def _strings(values: str | int | Sequence[str | int]) -> list[str]:
     return [str(values)] if isinstance(values, (str, int)) else [str(v) for v in values]
 
 
-def _load(model: str, checkpoint: Path | None, dataset: str, weights_dir: Path | None,  # type: ignore[no-untyped-def]
-          n_steps: int | None = None):
+def _load(
+    model: str,
+    checkpoint: Path | None,
+    dataset: str,
+    weights_dir: Path | None,  # type: ignore[no-untyped-def]
+    n_steps: int | None = None,
+):
     """(Classifier, ModelInfo) of what the user named; the dataset and checkpoint path are checked first,
     so a typo is reported as itself, not as a missing checkpoint. ``n_steps`` overrides the checkpoint's
     FISTA step count."""
@@ -69,14 +74,18 @@ def _load(model: str, checkpoint: Path | None, dataset: str, weights_dir: Path |
     dataset_spec(dataset)
     if checkpoint is not None and Path(checkpoint).is_dir():
         raise UsageError(f"checkpoint {checkpoint} is a directory; give the checkpoint file", parameter="checkpoint")
-    return load_model(model, Path(checkpoint) if checkpoint is not None else None, dataset, weights_dir, n_steps=n_steps)
+    return load_model(
+        model, Path(checkpoint) if checkpoint is not None else None, dataset, weights_dir, n_steps=n_steps
+    )
 
 
 def _require_lambda(classifier: Any, info: Any) -> None:
     """Lambda sweeps, rules and hold-outs need a model with CSC layers (an SDNet)."""
     if not classifier.csc_layers:
-        raise UsageError(f"{info.name} has no CSC layers, so it has no lambda to sweep or choose; use an SDNet model "
-                         "(e.g. sdnet18)", parameter="model")
+        raise UsageError(
+            f"{info.name} has no CSC layers, so it has no lambda to sweep or choose; use an SDNet model (e.g. sdnet18)",
+            parameter="model",
+        )
 
 
 def _prepare_cells(source: Any, corruptions: Sequence[str], progress: Progress) -> None:
@@ -84,7 +93,9 @@ def _prepare_cells(source: Any, corruptions: Sequence[str], progress: Progress) 
     from . import distributed
 
     missing = source.missing_images(corruptions)
-    advance = progress.task(f"generating {source.spec.corrupted.title} (seed {source.seed})", missing) if missing else None
+    advance = (
+        progress.task(f"generating {source.spec.corrupted.title} (seed {source.seed})", missing) if missing else None
+    )
     distributed.in_turn(lambda: source.prepare(corruptions, advance))
 
 
@@ -206,17 +217,38 @@ def attack(
     steps of the CSC layers, overriding the checkpoint's.
     """
     from . import distributed
-    from .attacks import requantized_robust_accuracy, save_adversarials as save_npz
+    from .attacks import requantized_robust_accuracy
+    from .attacks import save_adversarials as save_npz
     from .lam import ORACLE, resolve_policy
 
     progress = progress or Silent()
     if save_adversarials is not None and Path(save_adversarials).suffix != ".npz":
         raise UsageError(f"save_adversarials must end in .npz, got {save_adversarials}", parameter="save_adversarials")
     if lam == ORACLE:
-        raise UsageError("lam='oracle' picks lambda per corruption cell using labels; it is no deployed pipeline to "
-                         "attack", parameter="lam")
-    setup = _AttackSetup.create(model, checkpoint, dataset, weights_dir, attack, norm, eps, steps, restarts, version,
-                                n_examples, batch_size, pool_batches, device, precision, seed, data_dir, n_steps)
+        raise UsageError(
+            "lam='oracle' picks lambda per corruption cell using labels; it is no deployed pipeline to attack",
+            parameter="lam",
+        )
+    setup = _AttackSetup.create(
+        model,
+        checkpoint,
+        dataset,
+        weights_dir,
+        attack,
+        norm,
+        eps,
+        steps,
+        restarts,
+        version,
+        n_examples,
+        batch_size,
+        pool_batches,
+        device,
+        precision,
+        seed,
+        data_dir,
+        n_steps,
+    )
     classifier, info = setup.classifier, setup.info
     policy = resolve_policy(lam, classifier, info, calibration)
     stem = check_stem(name or f"attack-{info.name}-{setup.config.attack}")
@@ -228,8 +260,9 @@ def attack(
             saved = {
                 "path": str(save_npz(Path(save_adversarials), results, setup.labels)),
                 "format": "float32 NHWC in [0,1], not rounded (rounding to uint8 can undo an attack)",
-                "uint8_robust_accuracy": requantized_robust_accuracy(classifier, results, setup.labels, setup.runtime,
-                                                                     setup.batch_size),
+                "uint8_robust_accuracy": requantized_robust_accuracy(
+                    classifier, results, setup.labels, setup.runtime, setup.batch_size
+                ),
             }
     meta = setup.meta(
         "attack",
@@ -239,7 +272,9 @@ def attack(
         diagnostics=results.diagnostics.as_meta(),
         saved_adversarials=saved,
     )
-    return Report(rows, meta, name=stem, title=f"sdnet attack: {info.name}, {setup.config.attack} ({setup.config.norm})")
+    return Report(
+        rows, meta, name=stem, title=f"sdnet attack: {info.name}, {setup.config.attack} ({setup.config.norm})"
+    )
 
 
 def attack_vs_lambda(
@@ -282,17 +317,55 @@ def attack_vs_lambda(
 
     progress = progress or Silent()
     grid = lambda_grid(lams)
-    setup = _AttackSetup.create(model, checkpoint, dataset, weights_dir, attack, norm, eps, steps, restarts, version,
-                                n_examples, batch_size, pool_batches, device, precision, seed, data_dir, n_steps)
+    setup = _AttackSetup.create(
+        model,
+        checkpoint,
+        dataset,
+        weights_dir,
+        attack,
+        norm,
+        eps,
+        steps,
+        restarts,
+        version,
+        n_examples,
+        batch_size,
+        pool_batches,
+        device,
+        precision,
+        seed,
+        data_dir,
+        n_steps,
+    )
     _require_lambda(setup.classifier, setup.info)
     references = []
     if baseline_model is not None:
-        references.append(_AttackSetup.create(baseline_model, None, dataset, weights_dir, attack, norm, eps, steps,
-                                              restarts, version, n_examples, batch_size, pool_batches, device,
-                                              precision, seed, data_dir))
+        references.append(
+            _AttackSetup.create(
+                baseline_model,
+                None,
+                dataset,
+                weights_dir,
+                attack,
+                norm,
+                eps,
+                steps,
+                restarts,
+                version,
+                n_examples,
+                batch_size,
+                pool_batches,
+                device,
+                precision,
+                seed,
+                data_dir,
+            )
+        )
     stem = check_stem(name or f"sweep-lambda-{setup.info.name}-{setup.config.attack}")
-    advance = progress.task(f"{setup.config.attack} on {setup.info.name} at {len(grid)} lambdas",
-                            setup.work_units() * (len(grid) + len(references)))
+    advance = progress.task(
+        f"{setup.config.attack} on {setup.info.name} at {len(grid)} lambdas",
+        setup.work_units() * (len(grid) + len(references)),
+    )
     rows: list[dict[str, Any]] = []
     diagnostics: dict[str, Any] = {}
     for lam in grid:
@@ -303,18 +376,30 @@ def attack_vs_lambda(
     for reference in references:
         results, found = reference.run(advance, state_dir, f"{stem}.{reference.info.name}", resume)
         diagnostics[reference.info.name] = results.diagnostics.as_meta()
-        rows += [{**row, "lam": lambda_label(reference.classifier), "masking_warnings": len(results.diagnostics.warnings())}
-                 for row in found]
-    meta = setup.meta("sweep-lambda-attack", grid=grid, baseline_model=references[0].info.as_meta() if references else None,
-                      components=results.settings, diagnostics=diagnostics)
+        rows += [
+            {**row, "lam": lambda_label(reference.classifier), "masking_warnings": len(results.diagnostics.warnings())}
+            for row in found
+        ]
+    meta = setup.meta(
+        "sweep-lambda-attack",
+        grid=grid,
+        baseline_model=references[0].info.as_meta() if references else None,
+        components=results.settings,
+        diagnostics=diagnostics,
+    )
 
     def plot(out_dir: Path, file_stem: str) -> list[Path]:
         from .sweep import save_attack_sweep_plot
 
         return [save_attack_sweep_plot(rows, setup.info.name, out_dir / f"{file_stem}.png")]
 
-    report = Report(rows, meta, name=stem, title=f"sdnet sweep-lambda --attack: {setup.info.name}, {setup.config.attack}",
-                    extras=[plot])
+    report = Report(
+        rows,
+        meta,
+        name=stem,
+        title=f"sdnet sweep-lambda --attack: {setup.info.name}, {setup.config.attack}",
+        extras=[plot],
+    )
     report.markdown = _with_diagnostics(report, diagnostics, plot_name=f"{stem}.png")
     return report
 
@@ -323,12 +408,23 @@ def _with_diagnostics(report: Report, diagnostics: dict[str, Any], plot_name: st
     """The default Markdown plus, per lambda, the gradient-masking warnings (or that there were none)."""
     from .reports import render_markdown
 
-    lines = [render_markdown(report.title, report.rows, report.meta), f"![accuracy vs lambda]({plot_name})", "",
-             "## Gradient-masking diagnostics per lambda", ""]
+    lines = [
+        render_markdown(report.title, report.rows, report.meta),
+        f"![accuracy vs lambda]({plot_name})",
+        "",
+        "## Gradient-masking diagnostics per lambda",
+        "",
+    ]
     for key, found in diagnostics.items():
         warnings = found["warnings"]
-        lines.append(f"- {key}: " + ("; ".join(warnings) if warnings else "no warning signs "
-                                     f"(zero-gradient fraction {found['zero_gradient_fraction']:.3f})"))
+        lines.append(
+            f"- {key}: "
+            + (
+                "; ".join(warnings)
+                if warnings
+                else f"no warning signs (zero-gradient fraction {found['zero_gradient_fraction']:.3f})"
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -336,17 +432,45 @@ class _AttackSetup:
     """A loaded model, its test images and a validated attack config: what ``attack`` and
     ``attack_vs_lambda`` share, so a sweep point is exactly an ``attack`` call."""
 
-    def __init__(self, classifier: Any, info: Any, config: Any, images: Any, labels: Any, runtime: "Runtime",
-                 seed: int, batch_size: int, pool_batches: int, dataset: str) -> None:
+    def __init__(
+        self,
+        classifier: Any,
+        info: Any,
+        config: Any,
+        images: Any,
+        labels: Any,
+        runtime: Runtime,
+        seed: int,
+        batch_size: int,
+        pool_batches: int,
+        dataset: str,
+    ) -> None:
         self.classifier, self.info, self.config = classifier, info, config
         self.images, self.labels, self.runtime = images, labels, runtime
         self.seed, self.batch_size, self.pool_batches, self.dataset = seed, batch_size, pool_batches, dataset
 
     @classmethod
-    def create(cls, model: str, checkpoint: Path | None, dataset: str, weights_dir: Path | None, attack: str, norm: str,
-               eps: Any, steps: int | None, restarts: int | None, version: str, n_examples: int | None,
-               batch_size: int | None, pool_batches: int | None, device: str, precision: str, seed: int, data_dir: Path | None,
-               n_steps: int | None = None) -> "_AttackSetup":
+    def create(
+        cls,
+        model: str,
+        checkpoint: Path | None,
+        dataset: str,
+        weights_dir: Path | None,
+        attack: str,
+        norm: str,
+        eps: Any,
+        steps: int | None,
+        restarts: int | None,
+        version: str,
+        n_examples: int | None,
+        batch_size: int | None,
+        pool_batches: int | None,
+        device: str,
+        precision: str,
+        seed: int,
+        data_dir: Path | None,
+        n_steps: int | None = None,
+    ) -> _AttackSetup:
         from . import distributed
         from .attacks import AttackConfig
         from .attacks.config import BATCH_SIZE, POOL_BATCHES
@@ -359,19 +483,36 @@ class _AttackSetup:
         pool_batches = POOL_BATCHES if pool_batches is None else pool_batches
         _at_least_one(pool_batches, "pool_batches")
         _check_seed(seed)
-        config = AttackConfig.create(attack=attack, norm=norm, eps=[eps] if isinstance(eps, (str, float, int)) else list(eps),
-                                     steps=steps, restarts=restarts, version=version)
+        config = AttackConfig.create(
+            attack=attack,
+            norm=norm,
+            eps=[eps] if isinstance(eps, (str, float, int)) else list(eps),
+            steps=steps,
+            restarts=restarts,
+            version=version,
+        )
         runtime = Runtime.create(distributed.init(device), precision)
         classifier, info = _load(model, checkpoint, dataset, weights_dir, n_steps)
         images, labels = dataset_spec(dataset).load(data_dir, "test")
-        return cls(classifier, info, config, images[:n_examples], labels[:n_examples], runtime, seed, batch_size,
-                   pool_batches, dataset)
+        return cls(
+            classifier,
+            info,
+            config,
+            images[:n_examples],
+            labels[:n_examples],
+            runtime,
+            seed,
+            batch_size,
+            pool_batches,
+            dataset,
+        )
 
     def work_units(self) -> int:
         return self.config.work_units(len(self.images), self.batch_size, self.pool_batches)
 
-    def run(self, advance: Callable[[int], None], state_dir: Path | None, stem: str, resume: bool,
-            keep_adv: bool = False) -> tuple[Any, list[dict[str, Any]]]:
+    def run(
+        self, advance: Callable[[int], None], state_dir: Path | None, stem: str, resume: bool, keep_adv: bool = False
+    ) -> tuple[Any, list[dict[str, Any]]]:
         """(AttackResults, rows) of the attack on the classifier with its policy as set by the caller;
         progress saved under ``<state_dir>/<stem>.state.json`` when a folder is given."""
         from . import distributed
@@ -379,12 +520,23 @@ class _AttackSetup:
         from .attacks.state import remove_state, saved_pools
         from .lam import lambda_label
 
-        state_path = Path(state_dir) / f"{stem}{distributed.rank_suffix()}.state.json" if state_dir is not None else None
+        state_path = (
+            Path(state_dir) / f"{stem}{distributed.rank_suffix()}.state.json" if state_dir is not None else None
+        )
         try:
             results = run_attack(
-                self.classifier, self.images, self.labels, self.config, seed=self.seed, runtime=self.runtime,
-                batch_size=self.batch_size, pool_batches=self.pool_batches, progress=advance, state_path=state_path,
-                resume=resume, keep_adv=keep_adv,
+                self.classifier,
+                self.images,
+                self.labels,
+                self.config,
+                seed=self.seed,
+                runtime=self.runtime,
+                batch_size=self.batch_size,
+                pool_batches=self.pool_batches,
+                progress=advance,
+                state_path=state_path,
+                resume=resume,
+                keep_adv=keep_adv,
                 fingerprint={"model": self.info.name, "checkpoint_sha256": self.info.sha256, "dataset": self.dataset},
             )
         except KeyboardInterrupt:
@@ -392,13 +544,17 @@ class _AttackSetup:
             if saved:
                 pool_size = self.batch_size * self.pool_batches
                 pools = -(-len(self.images) // pool_size)
-                raise Interrupted(f"{saved} finished pools of {pools} ({pool_size} images each) "
-                                  f"are saved in {state_path}; the same call with resume=True continues",
-                                  parameter="resume") from None
+                raise Interrupted(
+                    f"{saved} finished pools of {pools} ({pool_size} images each) "
+                    f"are saved in {state_path}; the same call with resume=True continues",
+                    parameter="resume",
+                ) from None
             raise
         if state_path is not None:
             remove_state(state_path)
-        return results, results.rows({"model": self.info.name, "dataset": self.dataset, "lam": lambda_label(self.classifier)})
+        return results, results.rows(
+            {"model": self.info.name, "dataset": self.dataset, "lam": lambda_label(self.classifier)}
+        )
 
     def meta(self, command: str, **extra: Any) -> dict[str, Any]:
         from . import distributed
@@ -460,7 +616,8 @@ def sweep_lambda(
     from .data.datasets import dataset_spec
     from .evaluate import Runtime
     from .lam import lambda_grid, store_calibration
-    from .sweep import calibrate, cell_points, save_sweep_plots, sweep_lambda as sweep_cells
+    from .sweep import calibrate, cell_points, save_sweep_plots
+    from .sweep import sweep_lambda as sweep_cells
 
     progress = progress or Silent()
     _at_least_one(n_examples, "n_examples")
@@ -492,8 +649,18 @@ def sweep_lambda(
         groups = len(expand_cells(fit_names, severity_list))
         advance = progress.task("calibrating on training images", min(fit_n, len(train[0])) * groups * len(grid))
         calibration = calibrate(
-            classifier, *train, runtime, grid, fit_names, severity_list, fit_n, seed, advance, batch_size,
-            info.sha256 or "", spec.strength,
+            classifier,
+            *train,
+            runtime,
+            grid,
+            fit_names,
+            severity_list,
+            fit_n,
+            seed,
+            advance,
+            batch_size,
+            info.sha256 or "",
+            spec.strength,
         )
         calibration_path = store_calibration(calibration, info, calibration_out)
     meta = base_meta(
@@ -516,9 +683,9 @@ def sweep_lambda(
     def plots(out_dir: Path, stem: str) -> list[Path]:
         return save_sweep_plots(rows, points, out_dir, stem, info.name, calibration)
 
-    return Report(rows, meta, name=f"sweep-lambda-{info.name}", title=f"sdnet sweep-lambda: {info.name}",
-                  extras=[plots])
-
+    return Report(
+        rows, meta, name=f"sweep-lambda-{info.name}", title=f"sdnet sweep-lambda: {info.name}", extras=[plots]
+    )
 
 
 def compare_lambda_rules(
@@ -573,21 +740,56 @@ def compare_lambda_rules(
     source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples, dataset=dataset)
     source.validate(names)
     _prepare_cells(source, names, progress)
-    advance = progress.task(f"{len(rules)} rules and a {len(grid)}-lambda sweep on {info.name}",
-                            source.n * len(cells) * (len(rules) + len(grid)))
-    rows = compare_rules(classifier, cells, source, runtime, policies, grid, {"model": info.name, "dataset": dataset},
-                         batch_size, advance)
+    advance = progress.task(
+        f"{len(rules)} rules and a {len(grid)}-lambda sweep on {info.name}",
+        source.n * len(cells) * (len(rules) + len(grid)),
+    )
+    rows = compare_rules(
+        classifier,
+        cells,
+        source,
+        runtime,
+        policies,
+        grid,
+        {"model": info.name, "dataset": dataset},
+        batch_size,
+        advance,
+    )
     summary = rule_summary(rows, rows[0]["lam"])
-    meta = base_meta("lambda-rules", seed, model=info.as_meta(), checkpoint_sha256=info.sha256,
-                     data_source=source.describe(), n_examples=source.n, batch_size=batch_size, grid=grid,
-                     rules=[str(rule) for rule in rules], policies=[repr(p) for p in policies], summary=summary,
-                     oracle_note=ORACLE_NOTE, **runtime.describe())
+    meta = base_meta(
+        "lambda-rules",
+        seed,
+        model=info.as_meta(),
+        checkpoint_sha256=info.sha256,
+        data_source=source.describe(),
+        n_examples=source.n,
+        batch_size=batch_size,
+        grid=grid,
+        rules=[str(rule) for rule in rules],
+        policies=[repr(p) for p in policies],
+        summary=summary,
+        oracle_note=ORACLE_NOTE,
+        **runtime.describe(),
+    )
     title = f"sdnet lambda rules: {info.name}"
     wide = _wide_accuracy(rows)
-    markdown = "\n".join([
-        render_markdown(title, summary, meta).rstrip(), "", f"Gain and clean change: accuracy points against "
-        f"`{rows[0]['lam']}`; corrupted_mean: mean over the corrupted cells. {ORACLE_NOTE}", "",
-        "## Accuracy per cell (%)", "", markdown_table(wide), "", "## All rows", "", markdown_table(rows), ""])
+    markdown = "\n".join(
+        [
+            render_markdown(title, summary, meta).rstrip(),
+            "",
+            f"Gain and clean change: accuracy points against "
+            f"`{rows[0]['lam']}`; corrupted_mean: mean over the corrupted cells. {ORACLE_NOTE}",
+            "",
+            "## Accuracy per cell (%)",
+            "",
+            markdown_table(wide),
+            "",
+            "## All rows",
+            "",
+            markdown_table(rows),
+            "",
+        ]
+    )
     return Report(rows, meta, name=f"lambda-rules-{info.name}", title=title, markdown=markdown)
 
 
@@ -596,7 +798,8 @@ def _wide_accuracy(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     table: dict[tuple[Any, Any], dict[str, Any]] = {}
     for r in rows:
         table.setdefault((r["corruption"], r["severity"]), {"corruption": r["corruption"], "severity": r["severity"]})[
-            str(r["lam"])] = r["accuracy"]
+            str(r["lam"])
+        ] = r["accuracy"]
     return list(table.values())
 
 
@@ -639,7 +842,8 @@ def lambda_hold_out(
     from .evaluate import Runtime
     from .lam import AUTO, RULES, lambda_grid, load_calibration
     from .reports import markdown_table, render_markdown
-    from .sweep import calibrate, hold_out as run_hold_out, hold_out_summary
+    from .sweep import calibrate, hold_out_summary
+    from .sweep import hold_out as run_hold_out
 
     progress = progress or Silent()
     _at_least_one(n_examples, "n_examples")
@@ -667,33 +871,75 @@ def lambda_hold_out(
         train = spec.load(data_dir, "train")
         fit_names = [c for c in parse_corruptions(_strings(fit_corruptions)) if c != CLEAN]
         fit_grid = lambda_grid(fit_lams)
-        advance = progress.task("calibrating on training images",
-                                min(fit_n, len(train[0])) * (1 + len(fit_names) * 5) * len(fit_grid))
-        full = calibrate(classifier, *train, runtime, fit_grid, fit_names, [1, 2, 3, 4, 5], fit_n, seed, advance,
-                         batch_size, info.sha256 or "", spec.strength)
+        advance = progress.task(
+            "calibrating on training images", min(fit_n, len(train[0])) * (1 + len(fit_names) * 5) * len(fit_grid)
+        )
+        full = calibrate(
+            classifier,
+            *train,
+            runtime,
+            fit_grid,
+            fit_names,
+            [1, 2, 3, 4, 5],
+            fit_n,
+            seed,
+            advance,
+            batch_size,
+            info.sha256 or "",
+            spec.strength,
+        )
         if calibration_out is not None:
             full.save(Path(calibration_out))
     missing = [c for c in held if c not in full.corruptions]
     if missing:
-        raise UsageError(f"the calibration has no training groups of {', '.join(missing)} to hold out; include them "
-                         "in fit_corruptions", parameter="hold_out")
+        raise UsageError(
+            f"the calibration has no training groups of {', '.join(missing)} to hold out; include them "
+            "in fit_corruptions",
+            parameter="hold_out",
+        )
     _prepare_cells(source, held, progress)
     advance = progress.task(f"held-out evaluation on {info.name}", source.n * len(held) * len(severity_list) * 3)
-    rows = run_hold_out(classifier, full, held, source, runtime, severity_list, {"model": info.name, "dataset": dataset},
-                        rule, reference_lam, batch_size, advance)
+    rows = run_hold_out(
+        classifier,
+        full,
+        held,
+        source,
+        runtime,
+        severity_list,
+        {"model": info.name, "dataset": dataset},
+        rule,
+        reference_lam,
+        batch_size,
+        advance,
+    )
     summary = hold_out_summary(rows)
-    meta = base_meta("lambda-hold-out", seed, model=info.as_meta(), checkpoint_sha256=info.sha256,
-                     data_source=source.describe(), n_examples=source.n, batch_size=batch_size, rule=rule,
-                     reference_lam=reference_lam, calibration=full.to_json(), calibration_file=str(calibration or
-                     calibration_out or ""), summary=summary, **runtime.describe())
+    meta = base_meta(
+        "lambda-hold-out",
+        seed,
+        model=info.as_meta(),
+        checkpoint_sha256=info.sha256,
+        data_source=source.describe(),
+        n_examples=source.n,
+        batch_size=batch_size,
+        rule=rule,
+        reference_lam=reference_lam,
+        calibration=full.to_json(),
+        calibration_file=str(calibration or calibration_out or ""),
+        summary=summary,
+        **runtime.describe(),
+    )
     title = f"sdnet lambda hold-out: {info.name}, rule {rule}"
-    note = (f"Per held-out corruption: mean test accuracy over severities {', '.join(map(str, severity_list))} at "
-            f"lambda {reference_lam:g}, and the gain (points) of rule `{rule}` over it when the corruption's training "
-            "groups are in the calibration and when they are left out (refitted from the stored group curves of clean "
-            "and the other corruptions). kept = held-out gain / in-calibration gain. No test labels choose anything.")
-    markdown = "\n".join([render_markdown(title, summary, meta).rstrip(), "", note, "", "## All rows", "",
-                          markdown_table(rows), ""])
+    note = (
+        f"Per held-out corruption: mean test accuracy over severities {', '.join(map(str, severity_list))} at "
+        f"lambda {reference_lam:g}, and the gain (points) of rule `{rule}` over it when the corruption's training "
+        "groups are in the calibration and when they are left out (refitted from the stored group curves of clean "
+        "and the other corruptions). kept = held-out gain / in-calibration gain. No test labels choose anything."
+    )
+    markdown = "\n".join(
+        [render_markdown(title, summary, meta).rstrip(), "", note, "", "## All rows", "", markdown_table(rows), ""]
+    )
     return Report(rows, meta, name=f"lambda-hold-out-{info.name}", title=title, markdown=markdown)
+
 
 def generate_corruptions(
     *,
@@ -791,7 +1037,8 @@ def train(
     from .models.registry import ARCHITECTURES
     from .models.weights import update_manifest
     from .reports import save_line_plot
-    from .train import TrainConfig, clean_accuracies, hardware, train as train_model
+    from .train import TrainConfig, clean_accuracies, hardware
+    from .train import train as train_model
 
     progress = progress or Silent()
     out = Path(out)
@@ -799,16 +1046,34 @@ def train(
         raise UsageError(f"out must end in .safetensors, got {out}", parameter="out")
     if model not in ARCHITECTURES:
         raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(ARCHITECTURES)}", parameter="model")
-    for value, parameter in ((epochs, "epochs"), (width, "width"), (batch_size, "batch_size"), (n_train, "n_train"),
-                             (n_test, "n_test")):
+    for value, parameter in (
+        (epochs, "epochs"),
+        (width, "width"),
+        (batch_size, "batch_size"),
+        (n_train, "n_train"),
+        (n_test, "n_test"),
+    ):
         _at_least_one(value, parameter)
     _check_seed(seed)
     spec = dataset_spec(dataset)
     if spec.stem != "cifar":
-        raise UsageError(f"train implements the CIFAR recipe only; for {spec.title}, load trained weights with "
-                         "checkpoint", parameter="dataset")
-    cfg = TrainConfig(model=model, dataset=dataset, epochs=epochs, width=width, batch_size=batch_size, lr=lr, lam=lam,
-                      square_noise=not sqrt_lasso, seed=seed, n_train=n_train, n_test=n_test)
+        raise UsageError(
+            f"train implements the CIFAR recipe only; for {spec.title}, load trained weights with checkpoint",
+            parameter="dataset",
+        )
+    cfg = TrainConfig(
+        model=model,
+        dataset=dataset,
+        epochs=epochs,
+        width=width,
+        batch_size=batch_size,
+        lr=lr,
+        lam=lam,
+        square_noise=not sqrt_lasso,
+        seed=seed,
+        n_train=n_train,
+        n_test=n_test,
+    )
     runtime = Runtime.create(device, precision)
     train_data, test_data = spec.load(data_dir, "train"), spec.load(data_dir, "test")
     n_images = min(n_train or len(train_data[0]), len(train_data[0]))
@@ -816,30 +1081,64 @@ def train(
     advance = progress.task(f"training {model} w{width}", n_images * epochs)
 
     def on_epoch(log: Any) -> None:
-        progress.note(f"epoch {log.epoch}/{epochs}: loss {log.train_loss:.4f}, train {log.train_accuracy:.2f}%, "
-                      f"test {log.test_accuracy:.2f}%, {log.images_per_second:.0f} img/s")
+        progress.note(
+            f"epoch {log.epoch}/{epochs}: loss {log.train_loss:.4f}, train {log.train_accuracy:.2f}%, "
+            f"test {log.test_accuracy:.2f}%, {log.images_per_second:.0f} img/s"
+        )
 
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
         torch.manual_seed(seed)
         classifier = create_model(model, dataset=dataset, width=width, lam=lam, square_noise=not sqrt_lasso)
-        state = train_model(classifier, cfg, train_data, test_data, runtime, resume_path, resume=resume,
-                            on_batch=advance, on_epoch=on_epoch)
-    settings = {"architecture": model, "dataset": dataset, "width": width,
-                "num_classes": classifier.network.linear.out_features, "lam": lam, "n_steps": 2,
-                "square_noise": not sqrt_lasso}
+        state = train_model(
+            classifier,
+            cfg,
+            train_data,
+            test_data,
+            runtime,
+            resume_path,
+            resume=resume,
+            on_batch=advance,
+            on_epoch=on_epoch,
+        )
+    settings = {
+        "architecture": model,
+        "dataset": dataset,
+        "width": width,
+        "num_classes": classifier.network.linear.out_features,
+        "lam": lam,
+        "n_steps": 2,
+        "square_noise": not sqrt_lasso,
+    }
     digest = save_checkpoint(classifier.network, out, settings, half=half)
     if half:  # measure what users will load: the rounded weights
         from safetensors.torch import load_file
 
         classifier.network.load_state_dict(load_file(str(out)))
     accuracies = clean_accuracies(classifier, test_data, runtime)
-    meta = base_meta("train", seed, config=vars(cfg), checkpoint=str(out), checkpoint_sha256=digest, **accuracies,
-                     n_test=len(test_data[0]), **runtime.describe())
+    meta = base_meta(
+        "train",
+        seed,
+        config=vars(cfg),
+        checkpoint=str(out),
+        checkpoint_sha256=digest,
+        **accuracies,
+        n_test=len(test_data[0]),
+        **runtime.describe(),
+    )
     entry = {
-        "name": out.stem, "file": out.name, **settings, "sha256": digest, "dtype": "float16" if half else "float32",
-        **accuracies, "epochs": epochs, "seed": seed, "precision": precision,
-        "train_seconds": round(sum(h.seconds for h in state.history), 1), "hardware": hardware(),
-        "command": meta["argv"], "default": default,
+        "name": out.stem,
+        "file": out.name,
+        **settings,
+        "sha256": digest,
+        "dtype": "float16" if half else "float32",
+        **accuracies,
+        "epochs": epochs,
+        "seed": seed,
+        "precision": precision,
+        "train_seconds": round(sum(h.seconds for h in state.history), 1),
+        "hardware": hardware(),
+        "command": meta["argv"],
+        "default": default,
     }
     meta["manifest"] = str(update_manifest(entry, out.parent))
     resume_path.unlink(missing_ok=True)
@@ -848,8 +1147,17 @@ def train(
     def curve(out_dir: Path, stem: str) -> list[Path]:
         import pandas as pd
 
-        return [save_line_plot(pd.DataFrame(rows), "epoch", ["train_accuracy", "test_accuracy"], out_dir / f"{stem}.png",
-                               f"{model} width {width} on {dataset}", "accuracy (%)", secondary=["train_loss"])]
+        return [
+            save_line_plot(
+                pd.DataFrame(rows),
+                "epoch",
+                ["train_accuracy", "test_accuracy"],
+                out_dir / f"{stem}.png",
+                f"{model} width {width} on {dataset}",
+                "accuracy (%)",
+                secondary=["train_loss"],
+            )
+        ]
 
     return Report(rows, meta, name=out.stem, title=f"sdnet train: {out.stem}", extras=[curve])
 
@@ -896,8 +1204,15 @@ def check(
         meta = base_meta("check", chosen.seed, suite=chosen.as_meta(), **runtime.describe())
         return Report(rows, meta, name=baseline.stem, title="sdnet check baseline")
     table = compare_with_baseline(rows, stored[1], chosen.tolerance)  # type: ignore[index]
-    meta = base_meta("check", chosen.seed, baseline=str(baseline), tolerance=chosen.tolerance, passed=not failed(table),
-                     suite=chosen.as_meta(), **runtime.describe())
+    meta = base_meta(
+        "check",
+        chosen.seed,
+        baseline=str(baseline),
+        tolerance=chosen.tolerance,
+        passed=not failed(table),
+        suite=chosen.as_meta(),
+        **runtime.describe(),
+    )
     return Report(table, meta, name=f"check-{baseline.stem}", title=f"sdnet check vs {baseline}")
 
 
@@ -915,4 +1230,3 @@ def compare(
 
     check_stem(name)
     return compare_reports(sources, out_dir=Path(out_dir), name=name, title=title, note=note)
-

@@ -8,9 +8,10 @@ numbers; the tolerance absorbs what differs between CPUs (a few flipped predicti
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .attacks import AttackConfig, run_attack
 from .data.cells import Cell, CellSource
@@ -30,7 +31,11 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
-        return self.model + (f" ({Path(self.checkpoint).name})" if self.checkpoint else "") + (f" lam={self.lam}" if self.lam else "")
+        return (
+            self.model
+            + (f" ({Path(self.checkpoint).name})" if self.checkpoint else "")
+            + (f" lam={self.lam}" if self.lam else "")
+        )
 
 
 @dataclass
@@ -38,7 +43,9 @@ class Suite:
     models: list[ModelSpec] = field(default_factory=lambda: [ModelSpec("sdnet18"), ModelSpec("resnet18")])
     dataset: str = "cifar10"
     n_examples: int = 500
-    cells: list[tuple[str, int]] = field(default_factory=lambda: [("gaussian_noise", 3), ("contrast", 3), ("jpeg_compression", 3)])
+    cells: list[tuple[str, int]] = field(
+        default_factory=lambda: [("gaussian_noise", 3), ("contrast", 3), ("jpeg_compression", 3)]
+    )
     attack: str = "pgd"
     eps: str = "2/255"
     steps: int = 10
@@ -46,7 +53,7 @@ class Suite:
     seed: int = 0
 
     @classmethod
-    def load(cls, path: Path) -> "Suite":
+    def load(cls, path: Path) -> Suite:
         """A JSON object with any of the fields above; ``models`` items are names or {model, checkpoint, lam}."""
         try:
             return cls.load_dict(json.loads(Path(path).read_text()))
@@ -56,14 +63,19 @@ class Suite:
             raise UsageError(f"suite {path} is not JSON ({exc})", parameter="suite") from None
 
     @classmethod
-    def load_dict(cls, data: dict[str, Any]) -> "Suite":
+    def load_dict(cls, data: dict[str, Any]) -> Suite:
         try:
             data = dict(data)
-            models = [ModelSpec(m) if isinstance(m, str) else ModelSpec(**m) for m in data.pop("models", ["sdnet18", "resnet18"])]
+            models = [
+                ModelSpec(m) if isinstance(m, str) else ModelSpec(**m)
+                for m in data.pop("models", ["sdnet18", "resnet18"])
+            ]
             cells = [(str(c), int(s)) for c, s in data.pop("cells", cls().cells)]
             return cls(models=models, cells=cells, **data)
         except (TypeError, ValueError, AttributeError) as exc:
-            raise UsageError(f"not a valid suite ({exc}); its fields: {', '.join(asdict(cls()))}", parameter="suite") from None
+            raise UsageError(
+                f"not a valid suite ({exc}); its fields: {', '.join(asdict(cls()))}", parameter="suite"
+            ) from None
 
     def as_meta(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,19 +108,33 @@ def run_suite(
         runtime.prepare(classifier)
         with classifier.using(resolve_policy(spec.lam, classifier, info)):
             base = {"model": spec.label, "dataset": suite.dataset, "lam": lambda_label(classifier)}
-            found = [r for r in evaluate_cells(classifier, cells, source, runtime, base, progress=progress)
-                     if r["corruption"] != "mean"]
-            metrics = [("clean" if r["severity"] == 0 else f"{r['corruption']}-{r['severity']}", r["n"], r["accuracy"])
-                       for r in found]
+            found = [
+                r
+                for r in evaluate_cells(classifier, cells, source, runtime, base, progress=progress)
+                if r["corruption"] != "mean"
+            ]
+            metrics = [
+                ("clean" if r["severity"] == 0 else f"{r['corruption']}-{r['severity']}", r["n"], r["accuracy"])
+                for r in found
+            ]
             images, labels = source.load(Cell("clean", 0))
-            attacked = run_attack(classifier, images, labels, config, seed=suite.seed, runtime=runtime, progress=progress)
+            attacked = run_attack(
+                classifier, images, labels, config, seed=suite.seed, runtime=runtime, progress=progress
+            )
             (robust,) = attacked.rows(base)
-        metrics.append((f"{suite.attack}-{suite.steps}-Linf-{config.eps[0].text}", robust["n"], robust["robust_accuracy"]))
-        rows += [{"model": spec.label, "checkpoint_sha256": info.sha256, "metric": m, "n": n, "value": v} for m, n, v in metrics]
+        metrics.append(
+            (f"{suite.attack}-{suite.steps}-Linf-{config.eps[0].text}", robust["n"], robust["robust_accuracy"])
+        )
+        rows += [
+            {"model": spec.label, "checkpoint_sha256": info.sha256, "metric": m, "n": n, "value": v}
+            for m, n, v in metrics
+        ]
     return rows
 
 
-def compare_with_baseline(rows: list[dict[str, Any]], baseline: list[dict[str, Any]], tolerance: float) -> list[dict[str, Any]]:
+def compare_with_baseline(
+    rows: list[dict[str, Any]], baseline: list[dict[str, Any]], tolerance: float
+) -> list[dict[str, Any]]:
     """Each metric now vs the baseline: ok, regressed (fell by more than ``tolerance``), improved, new or missing."""
     before = {(r["model"], r["metric"]): r for r in baseline}
     now = {(r["model"], r["metric"]): r for r in rows}
@@ -126,10 +152,23 @@ def compare_with_baseline(rows: list[dict[str, Any]], baseline: list[dict[str, A
             status = "improved"
         else:
             status = "ok"
-        if old is not None and new is not None and old.get("checkpoint_sha256") != new.get("checkpoint_sha256") and status == "ok":
+        if (
+            old is not None
+            and new is not None
+            and old.get("checkpoint_sha256") != new.get("checkpoint_sha256")
+            and status == "ok"
+        ):
             status = "ok (checkpoint changed)"
-        table.append({"model": key[0], "metric": key[1], "baseline": old and old["value"], "now": new and new["value"],
-                      "change": change, "status": status})
+        table.append(
+            {
+                "model": key[0],
+                "metric": key[1],
+                "baseline": old and old["value"],
+                "now": new and new["value"],
+                "change": change,
+                "status": status,
+            }
+        )
     return table
 
 
@@ -143,7 +182,8 @@ def read_baseline(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         report = json.loads(Path(path).read_text())
         return report["meta"], report["rows"]
     except FileNotFoundError:
-        raise UsageError(f"no baseline at {path}; create it with update=True (sdnet check --update)",
-                         parameter="baseline") from None
+        raise UsageError(
+            f"no baseline at {path}; create it with update=True (sdnet check --update)", parameter="baseline"
+        ) from None
     except (json.JSONDecodeError, KeyError, TypeError):
         raise UsageError(f"{path} is not a baseline written by check with update=True", parameter="baseline") from None

@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any
 from urllib.parse import quote
 
-from .errors import UsageError
 from .data.cells import CLEAN
 from .data.corruptions import BENCHMARK_CORRUPTIONS
+from .errors import UsageError
 from .reports import base_meta, markdown_table, save_panel_grid, write_report
 
 MEAN_15 = f"mean ({len(BENCHMARK_CORRUPTIONS)} corruptions)"
 EVAL_KEY = ("corruption", "severity", "n")
 ATTACK_KEY = ("attack", "norm", "eps", "n")
 
-SourceSpec = Union[str, os.PathLike, tuple[str, Union[str, os.PathLike]]]
+SourceSpec = str | os.PathLike | tuple[str, str | os.PathLike]
 """``"LABEL=path.json"`` as typed on the command line, a bare path (labelled by its file stem), or ``(label, path)``."""
 Curve = tuple[str, list[float], list[float]]  # (label, xs, ys): one line of a plot
 
@@ -89,8 +90,9 @@ def _measured(source: Source) -> list[tuple[tuple, float]]:
     """(row key, value) for every value a report measured; an attack report repeats its clean accuracy
     (eps 0) on each of its rows."""
     if source.kind == "eval":
-        return [((r["corruption"], r["severity"], r["n"]), r["accuracy"])
-                for r in source.rows if r["corruption"] != "mean"]
+        return [
+            ((r["corruption"], r["severity"], r["n"]), r["accuracy"]) for r in source.rows if r["corruption"] != "mean"
+        ]
     measured = []
     for r in source.rows:
         measured.append(((CLEAN, r["norm"], "0", r["n"]), r["clean_accuracy"]))
@@ -129,7 +131,7 @@ def _with_means(cells: dict[tuple, float]) -> dict[tuple, float]:
     """Add (corruption, 'mean', n) over each corruption's severities and the benchmark mean per n."""
     out = dict(cells)
     by_corruption: dict[tuple[str, int], list[float]] = {}
-    for (corruption, severity, n), accuracy in cells.items():
+    for (corruption, _severity, n), accuracy in cells.items():
         if corruption != CLEAN:
             by_corruption.setdefault((corruption, n), []).append(accuracy)
     for (corruption, n), values in by_corruption.items():
@@ -187,10 +189,17 @@ def describe_sources(sources: Sequence[Source]) -> list[dict[str, Any]]:
     for s in sources:
         meta = s.meta
         entry = {
-            "label": s.label, "report": str(s.path), "argv": meta.get("argv"), "model": (meta.get("model") or {}).get("name"),
-            "checkpoint_sha256": meta.get("checkpoint_sha256"), "lam_policy": meta.get("lam_policy"),
-            "n_examples": meta.get("n_examples"), "seed": meta.get("seed"), "device": meta.get("device_name"),
-            "precision": meta.get("precision"), "created": meta.get("created"),
+            "label": s.label,
+            "report": str(s.path),
+            "argv": meta.get("argv"),
+            "model": (meta.get("model") or {}).get("name"),
+            "checkpoint_sha256": meta.get("checkpoint_sha256"),
+            "lam_policy": meta.get("lam_policy"),
+            "n_examples": meta.get("n_examples"),
+            "seed": meta.get("seed"),
+            "device": meta.get("device_name"),
+            "precision": meta.get("precision"),
+            "created": meta.get("created"),
         }
         if s.kind == "attack":
             entry["lambda_gradient"] = meta.get("lambda_gradient")
@@ -224,9 +233,11 @@ def render(
         lines += [f"![{caption}]({quote(Path(path).name)})\n" for caption, path in plots]
     lines += ["## Sources", ""]
     for s in sources:
-        lines.append(f"- **{s['label']}**: model `{s['model']}` (sha256 `{str(s['checkpoint_sha256'])[:12]}`), lambda "
-                     f"{s['lam_policy']}, seed {s['seed']}, {s['device']} {s['precision']}; `{s['report']}`; "
-                     f"command `{_as_typed(s['argv'])}`")
+        lines.append(
+            f"- **{s['label']}**: model `{s['model']}` (sha256 `{str(s['checkpoint_sha256'])[:12]}`), lambda "
+            f"{s['lam_policy']}, seed {s['seed']}, {s['device']} {s['precision']}; `{s['report']}`; "
+            f"command `{_as_typed(s['argv'])}`"
+        )
         diagnostics = s.get("diagnostics")
         if diagnostics is not None:
             lines.append(f"  - lambda gradient: {s['lambda_gradient']}")
@@ -241,6 +252,7 @@ def _curves(rows: Sequence[dict[str, Any]], labels: Sequence[str], kind: str) ->
     """Per slice size n: panel title -> a (label, xs, ys) line per label. Eval panels are corruptions over
     severity, attack panels are attacks (per norm) over eps; every line starts at x = 0 from the clean
     accuracy measured on the same images, where its label has it."""
+
     def where(row: dict[str, Any]) -> tuple:
         return (row["n"],) if kind == "eval" else (row["norm"], row["n"])
 
@@ -263,8 +275,10 @@ def _curves(rows: Sequence[dict[str, Any]], labels: Sequence[str], kind: str) ->
                 line = lines.setdefault(label, [] if start is None else [(0.0, start)])
                 line.append((x, row[label]))
     return {
-        n: {panel: [(label, *map(list, zip(*sorted(line)))) for label, line in lines.items()]
-            for panel, lines in panels.items()}
+        n: {
+            panel: [(label, *map(list, zip(*sorted(line)))) for label, line in lines.items()]
+            for panel, lines in panels.items()
+        }
         for n, panels in points.items()
     }
 
@@ -283,8 +297,9 @@ def save_plots(
     plots = []
     for n, panels in _curves(rows, labels, kind).items():
         caption = f"{y} vs {x}, {n} images per cell"
-        path = save_panel_grid(panels, Path(out_dir) / f"{name}-{x}-n{n}.png", f"{title}: {caption}", x, y,
-                               tick_text, rotation, labels)
+        path = save_panel_grid(
+            panels, Path(out_dir) / f"{name}-{x}-n{n}.png", f"{title}: {caption}", x, y, tick_text, rotation, labels
+        )
         plots.append((caption, path))
     return plots
 

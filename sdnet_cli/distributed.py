@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import atexit
 import os
-from typing import Callable, Literal, TypeVar
+from collections.abc import Callable
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
@@ -37,7 +38,9 @@ def init(device: str) -> str:
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cuda:
         if not torch.cuda.is_available():
-            raise UsageError("device cuda was asked for, but torch sees no CUDA GPU on this machine", parameter="device")
+            raise UsageError(
+                "device cuda was asked for, but torch sees no CUDA GPU on this machine", parameter="device"
+            )
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
@@ -64,8 +67,7 @@ def describe() -> dict[str, int | str] | None:
     """For report meta: how many processes shared the run (None for a single process)."""
     if not dist.is_initialized():
         return None
-    return {"world_size": world_size(), "backend": str(dist.get_backend()),
-            "seconds": "wall-clock of the slowest rank"}
+    return {"world_size": world_size(), "backend": str(dist.get_backend()), "seconds": "wall-clock of the slowest rank"}
 
 
 def shard_batches(n_batches: int) -> range:

@@ -7,9 +7,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ class Runtime:
     compile: bool = False
 
     @classmethod
-    def create(cls, device: str = "auto", precision: str = "fp32", compile: bool = False) -> "Runtime":
+    def create(cls, device: str = "auto", precision: str = "fp32", compile: bool = False) -> Runtime:
         if precision not in ("fp32", "bf16"):
             raise UsageError(f"unknown precision {precision!r}; use fp32 or bf16", parameter="precision")
         if device == "auto":
@@ -51,7 +52,9 @@ class Runtime:
         if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
             raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda", parameter="device")
         if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UsageError("device cuda was asked for, but torch sees no CUDA GPU on this machine", parameter="device")
+            raise UsageError(
+                "device cuda was asked for, but torch sees no CUDA GPU on this machine", parameter="device"
+            )
         return cls(torch.device(device), precision, compile)  # type: ignore[arg-type]
 
     @property
@@ -82,8 +85,7 @@ class Runtime:
 
     def describe(self) -> dict[str, Any]:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        return {"device": str(self.device), "device_name": name, "precision": self.precision,
-                "compiled": self.compile}
+        return {"device": str(self.device), "device_name": name, "precision": self.precision, "compiled": self.compile}
 
 
 @dataclass
@@ -121,8 +123,10 @@ def predict(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch.Tensor
     with torch.no_grad(), runtime.autocast():
         logits = model(x)
     if not torch.isfinite(logits).all():  # argmax would still pick a class: a silent wrong number
-        raise NonFiniteOutput("the model returned NaN or infinite logits (e.g. a test-time lambda at which the "
-                              "sparse-coding solve diverges)")
+        raise NonFiniteOutput(
+            "the model returned NaN or infinite logits (e.g. a test-time lambda at which the "
+            "sparse-coding solve diverges)"
+        )
     return logits.argmax(dim=1)
 
 
@@ -211,7 +215,11 @@ class _NotingLambdas:
 
 
 def _count_with_lambdas(
-    model: Classifier, images: np.ndarray, labels: np.ndarray, runtime: Runtime, batch_size: int,
+    model: Classifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    runtime: Runtime,
+    batch_size: int,
     progress: Callable[[int], None] | None,
 ) -> tuple[Counts, np.ndarray | None]:
     """Counts of one cell (summed over torchrun's ranks) and, for a per-input policy, the lambda it chose
@@ -272,8 +280,12 @@ def evaluate_cells(
                 counts, lams = _count_with_lambdas(model, images, labels, runtime, batch_size, progress)
             except NonFiniteOutput as exc:
                 raise NonFiniteOutput(f"{cell.corruption} severity {cell.severity}: {exc}") from None
-        rows.append({**cell_row(base, cell.corruption, cell.severity, counts),
-                     **(lambda_columns(lams) if lams is not None else {})})
+        rows.append(
+            {
+                **cell_row(base, cell.corruption, cell.severity, counts),
+                **(lambda_columns(lams) if lams is not None else {}),
+            }
+        )
         if lams is not None and cell.severity != 0:
             corrupted_lams.append(lams)
     summary = mean_row(rows)

@@ -11,12 +11,13 @@ import os
 import platform
 import sys
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -134,7 +135,9 @@ class Report:
         first, so a report whose tables exist is complete."""
         stem = check_stem(name or self.name)
         extras = [path for extra in self.extras for path in extra(Path(out_dir), stem)]  # plots first: the tables
-        return write_report(self.rows, self.meta, Path(out_dir), stem, title=self.title, markdown=self.markdown) + extras
+        return (
+            write_report(self.rows, self.meta, Path(out_dir), stem, title=self.title, markdown=self.markdown) + extras
+        )
 
 
 def check_stem(name: str) -> str:
@@ -203,8 +206,12 @@ def save_points_plot(
         dots = ax.scatter(xs, ys, s=14, label=label)
         if line is not None and len(xs):
             span = [min(xs), max(xs)]
-            ax.plot(span, [line[0] * v + line[1] for v in span], color=dots.get_facecolor()[0],
-                    label=f"{label}: {line[0]:.4g} x + {line[1]:.4g}")
+            ax.plot(
+                span,
+                [line[0] * v + line[1] for v in span],
+                color=dots.get_facecolor()[0],
+                label=f"{label}: {line[0]:.4g} x + {line[1]:.4g}",
+            )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -249,8 +256,15 @@ def save_panel_grid(
     style = {label: {"color": f"C{i % 10}", "marker": markers[i // 10 % len(markers)]} for i, label in enumerate(order)}
     ncols = max(1, min(columns, len(panels)))
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(2.8 * ncols, 2.3 * nrows + 0.8), dpi=110, sharey=True,
-                             squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(2.8 * ncols, 2.3 * nrows + 0.8),
+        dpi=110,
+        sharey=True,
+        squeeze=False,
+        layout="constrained",
+    )
     for i, (ax, (panel, lines)) in enumerate(zip(axes.flat, panels.items())):
         for label, xs, ys in lines:
             ax.plot(xs, ys, markersize=3, linewidth=1.2, label=label, **style[label])
@@ -263,7 +277,7 @@ def save_panel_grid(
             ax.set_ylabel(ylabel, fontsize=8)
         if i + ncols >= len(panels):  # nothing below it
             ax.set_xlabel(xlabel, fontsize=8)
-    for ax in axes.flat[len(panels):]:
+    for ax in axes.flat[len(panels) :]:
         fig.delaxes(ax)
     handles = [plt.Line2D([], [], **style[label]) for label in drawn]
     fig.legend(handles, drawn, loc="outside lower center", ncols=min(len(drawn), 4), fontsize=8)

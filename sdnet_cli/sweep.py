@@ -12,9 +12,10 @@ error; the calibration never sees a test image, so test accuracies of the rules 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -23,13 +24,22 @@ import torch
 from .data.cells import CLEAN, Cell, expand_cells
 from .data.corruptions import ALL_CORRUPTIONS, corrupt
 from .errors import UsageError
-from .evaluate import Batch, Counts, Runtime, cell_row, evaluate_cells, iter_batches, lambda_columns, mean_row, predict_correct
+from .evaluate import (
+    Batch,
+    Counts,
+    Runtime,
+    cell_row,
+    evaluate_cells,
+    iter_batches,
+    lambda_columns,
+    mean_row,
+    predict_correct,
+)
 from .lam import (
     AUTO,
     FEATURES,
     NOISE,
     RECON,
-    RULES,
     Calibration,
     FixedLambda,
     fit_line,
@@ -42,6 +52,7 @@ from .lam import (
 from .models.classifier import Classifier, LambdaPolicy
 from .models.csc import CSCLayer
 from .reports import save_line_plot, save_points_plot
+
 
 class ImageSource(Protocol):
     def load(self, cell: Cell) -> tuple[np.ndarray, np.ndarray]: ...
@@ -108,8 +119,15 @@ def sweep_cells(
     for cell in cells:
         images, labels = source.load(cell)
         runs = [_run_at(model, stem, lam, images, labels, runtime, batch_size, progress) for lam in grid]
-        sweeps.append(CellSweep(cell, grid, np.stack([correct for correct, _, _ in runs]),
-                                [error for _, error, _ in runs], [seconds for _, _, seconds in runs]))
+        sweeps.append(
+            CellSweep(
+                cell,
+                grid,
+                np.stack([correct for correct, _, _ in runs]),
+                [error for _, error, _ in runs],
+                [seconds for _, _, seconds in runs],
+            )
+        )
     return sweeps
 
 
@@ -180,7 +198,12 @@ def mean_features(
 
 
 def cell_points(
-    model: Classifier, cells: Sequence[Cell], source: ImageSource, runtime: Runtime, rows: Sequence[dict], batch_size: int = 256
+    model: Classifier,
+    cells: Sequence[Cell],
+    source: ImageSource,
+    runtime: Runtime,
+    rows: Sequence[dict],
+    batch_size: int = 256,
 ) -> list[dict]:
     """Per cell of a sweep: its best lambda, the accuracy there, and the mean rule features (the fit's x)."""
     best = {(r["corruption"], r["severity"]): r for r in rows if r["oracle"]}
@@ -189,8 +212,13 @@ def cell_points(
         row = best[(cell.corruption, cell.severity)]
         images, labels = source.load(cell)
         points.append(
-            {"corruption": cell.corruption, "severity": cell.severity, "best_lam": row["lam"], "accuracy": row["accuracy"],
-             **mean_features(model, images, labels, runtime, batch_size)}
+            {
+                "corruption": cell.corruption,
+                "severity": cell.severity,
+                "best_lam": row["lam"],
+                "accuracy": row["accuracy"],
+                **mean_features(model, images, labels, runtime, batch_size),
+            }
         )
     return points
 
@@ -262,7 +290,9 @@ def oracle_rows(sweeps: Sequence[CellSweep], row_base: dict) -> list[dict]:
         found, chosen = [], []
         for swept in sweeps:
             scores = oracle_scores(swept.correct, swept.grid)
-            counts = Counts(scores.n, scores.cell_correct if pick == "cell" else scores.input_correct, sum(swept.seconds))
+            counts = Counts(
+                scores.n, scores.cell_correct if pick == "cell" else scores.input_correct, sum(swept.seconds)
+            )
             row = cell_row({**row_base, "lam": lam}, swept.cell.corruption, swept.cell.severity, counts)
             if pick == "cell":
                 row.update(lambda_columns(np.full(1, scores.cell_lam)))
@@ -292,8 +322,15 @@ def compare_rules(
     rows = []
     for policy in policies:
         with model.using(policy):
-            found = evaluate_cells(model, cells, source, runtime, {**row_base, "lam": lambda_label(model)}, batch_size,  # type: ignore[arg-type]
-                                   progress)
+            found = evaluate_cells(
+                model,
+                cells,
+                source,
+                runtime,
+                {**row_base, "lam": lambda_label(model)},
+                batch_size,  # type: ignore[arg-type]
+                progress,
+            )
         rows += [{**r, "uses_labels": False} for r in found]
     return rows + oracle_rows(sweep_cells(model, cells, source, runtime, lams, batch_size, progress), row_base)
 
@@ -310,11 +347,19 @@ def rule_summary(rows: Sequence[dict], reference: float | str) -> list[dict]:
         corrupted = found.get("mean")
         entry = {"lam": lam, "uses_labels": bool(next(iter(found.values())).get("uses_labels", False))}
         if corrupted is not None:
-            entry.update({"corrupted_mean": corrupted["accuracy"],
-                          "gain": round(corrupted["accuracy"] - base["mean"]["accuracy"], 4)})
+            entry.update(
+                {
+                    "corrupted_mean": corrupted["accuracy"],
+                    "gain": round(corrupted["accuracy"] - base["mean"]["accuracy"], 4),
+                }
+            )
         if CLEAN in found:
-            entry.update({"clean": found[CLEAN]["accuracy"],
-                          "clean_change": round(found[CLEAN]["accuracy"] - base[CLEAN]["accuracy"], 4)})
+            entry.update(
+                {
+                    "clean": found[CLEAN]["accuracy"],
+                    "clean_change": round(found[CLEAN]["accuracy"] - base[CLEAN]["accuracy"], 4),
+                }
+            )
         entry["lam_mean"] = (corrupted or {}).get("lam_mean")
         table.append(entry)
     return table
@@ -342,13 +387,23 @@ def hold_out(
     that corruption's groups (``held-out``: ``Calibration.without``). Rows carry ``held_out`` and ``variant``."""
     rows = []
     for corruption in held_out:
-        variants = {REFERENCE: FixedLambda(reference_lam), IN_CALIBRATION: full.policy(rule),
-                    HELD_OUT: full.without([corruption]).policy(rule)}
+        variants = {
+            REFERENCE: FixedLambda(reference_lam),
+            IN_CALIBRATION: full.policy(rule),
+            HELD_OUT: full.without([corruption]).policy(rule),
+        }
         cells = [Cell(corruption, s) for s in severities]
         for variant, policy in variants.items():
             with model.using(policy):
-                found = evaluate_cells(model, cells, source, runtime, {**row_base, "lam": lambda_label(model)},  # type: ignore[arg-type]
-                                       batch_size, progress)
+                found = evaluate_cells(
+                    model,
+                    cells,
+                    source,
+                    runtime,
+                    {**row_base, "lam": lambda_label(model)},  # type: ignore[arg-type]
+                    batch_size,
+                    progress,
+                )
             rows += [{**r, "held_out": corruption, "variant": variant} for r in found]
     return rows
 
@@ -363,13 +418,19 @@ def hold_out_summary(rows: Sequence[dict]) -> list[dict]:
         reference, inside, outside = (means[(corruption, v)] for v in (REFERENCE, IN_CALIBRATION, HELD_OUT))
         gain_in = round(inside["accuracy"] - reference["accuracy"], 4)
         gain_out = round(outside["accuracy"] - reference["accuracy"], 4)
-        table.append({
-            "held_out": corruption, "reference_lam": reference["lam"], "reference_accuracy": reference["accuracy"],
-            "rule_in_calibration": inside["lam"], "gain_in_calibration": gain_in,
-            "rule_held_out": outside["lam"], "gain_held_out": gain_out,
-            "kept": round(gain_out / gain_in, 4) if gain_in > 0 else None,
-            "lam_mean_held_out": outside.get("lam_mean"),
-        })
+        table.append(
+            {
+                "held_out": corruption,
+                "reference_lam": reference["lam"],
+                "reference_accuracy": reference["accuracy"],
+                "rule_in_calibration": inside["lam"],
+                "gain_in_calibration": gain_in,
+                "rule_held_out": outside["lam"],
+                "gain_held_out": gain_out,
+                "kept": round(gain_out / gain_in, 4) if gain_in > 0 else None,
+                "lam_mean_held_out": outside.get("lam_mean"),
+            }
+        )
     return table
 
 
@@ -378,7 +439,12 @@ def _cell_label(corruption: str, severity: int) -> str:
 
 
 def save_sweep_plots(
-    rows: Sequence[dict], points: Sequence[dict], out_dir: Path, name: str, title: str, calibration: Calibration | None = None
+    rows: Sequence[dict],
+    points: Sequence[dict],
+    out_dir: Path,
+    name: str,
+    title: str,
+    calibration: Calibration | None = None,
 ) -> list[Path]:
     """``<name>-accuracy.png`` (accuracy vs lambda, a line per cell) and ``<name>-fit.png`` (best lambda
     vs the stem's error at the training lambda: the test cells with their least-squares line, and the
@@ -387,14 +453,31 @@ def save_sweep_plots(
     frame["cell"] = [_cell_label(c, s) for c, s in zip(frame["corruption"], frame["severity"])]
     wide = frame.pivot(index="lam", columns="cell", values="accuracy")
     order = list(dict.fromkeys(frame["cell"]))
-    accuracy = save_line_plot(wide[order].reset_index(), "lam", order, Path(out_dir) / f"{name}-accuracy.png",
-                              f"{title}: accuracy vs lambda", "accuracy (%)")
+    accuracy = save_line_plot(
+        wide[order].reset_index(),
+        "lam",
+        order,
+        Path(out_dir) / f"{name}-accuracy.png",
+        f"{title}: accuracy vs lambda",
+        "accuracy (%)",
+    )
     series = [("test cells", [p["error"] for p in points], [p["best_lam"] for p in points], _line_or_none(points))]
     if calibration is not None:
-        series.append(("training groups (calibration)", [p["error"] for p in calibration.points],
-                       [p["best_lam"] for p in calibration.points], (calibration.recon.a, calibration.recon.b)))
-    fit = save_points_plot(series, Path(out_dir) / f"{name}-fit.png", f"{title}: best lambda vs reconstruction error",
-                           "mean stem reconstruction error at the training lambda", "best lambda")
+        series.append(
+            (
+                "training groups (calibration)",
+                [p["error"] for p in calibration.points],
+                [p["best_lam"] for p in calibration.points],
+                (calibration.recon.a, calibration.recon.b),
+            )
+        )
+    fit = save_points_plot(
+        series,
+        Path(out_dir) / f"{name}-fit.png",
+        f"{title}: best lambda vs reconstruction error",
+        "mean stem reconstruction error at the training lambda",
+        "best lambda",
+    )
     return [accuracy, fit]
 
 
@@ -428,14 +511,25 @@ def save_attack_sweep_plot(rows: Sequence[dict], model: str, path: Path) -> Path
     colours = {}
     for i, (eps_text, group) in enumerate(frame.groupby("eps_text", sort=False)):
         colours[eps_text] = f"C{i}"
-        ax.plot(group["lam"], group["robust_accuracy"], marker="o", markersize=3, color=colours[eps_text],
-                label=f"{model} robust, eps {eps_text}")
+        ax.plot(
+            group["lam"],
+            group["robust_accuracy"],
+            marker="o",
+            markersize=3,
+            color=colours[eps_text],
+            label=f"{model} robust, eps {eps_text}",
+        )
     for reference in sorted({r["model"] for r in rows} - {model}):
         theirs = final([r for r in rows if r["model"] == reference])
         ax.axhline(theirs[0]["clean_accuracy"], color="black", linestyle="--", linewidth=1, label=f"{reference} clean")
         for r in theirs:
-            ax.axhline(r["robust_accuracy"], color=colours.get(r["eps_text"], "gray"), linestyle="--", linewidth=1,
-                       label=f"{reference} robust, eps {r['eps_text']}")
+            ax.axhline(
+                r["robust_accuracy"],
+                color=colours.get(r["eps_text"], "gray"),
+                linestyle="--",
+                linewidth=1,
+                label=f"{reference} robust, eps {r['eps_text']}",
+            )
     ax.set_xlabel("test-time lambda")
     ax.set_ylabel("accuracy (%)")
     attack = "autoattack" if ours[0]["attack"] == "worst" else ours[0]["attack"]

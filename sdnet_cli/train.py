@@ -12,9 +12,9 @@ from __future__ import annotations
 import math
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -100,7 +100,9 @@ def train_step(
     return loss.detach(), logits.detach()
 
 
-def save_resume(path: Path, model: Classifier, optimizer: torch.optim.Optimizer, state: TrainState, cfg: TrainConfig) -> None:
+def save_resume(
+    path: Path, model: Classifier, optimizer: torch.optim.Optimizer, state: TrainState, cfg: TrainConfig
+) -> None:
     payload = {
         "model": model.network.state_dict(),
         "optimizer": optimizer.state_dict(),

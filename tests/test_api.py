@@ -49,7 +49,7 @@ def test_eval_and_attack_judge_a_test_time_optimising_model(cifar_test_images) -
     # reference: the same arithmetic written out in float64, without autograd
     x = torch.from_numpy(images).permute(0, 3, 1, 2).double().div(255).flatten(1)
     z = x - 0.1 * 2 * (x - templates[0].double())
-    expected = (torch.cdist(z, templates.double()).argmin(1).numpy() == labels)
+    expected = torch.cdist(z, templates.double()).argmin(1).numpy() == labels
     assert np.array_equal(predict_correct(model, images, labels, CPU, batch_size=8), expected)
     config = AttackConfig.create(attack="pgd", eps=["0"], steps=1)
     results = run_attack(model, images, labels, config, runtime=CPU, batch_size=8)
@@ -57,7 +57,10 @@ def test_eval_and_attack_judge_a_test_time_optimising_model(cifar_test_images) -
 
 
 def test_report_frame_and_files(tmp_path: Path) -> None:
-    rows = [{"corruption": "clean", "severity": 0, "accuracy": 50.0}, {"corruption": "fog", "severity": 1, "accuracy": 25.0}]
+    rows = [
+        {"corruption": "clean", "severity": 0, "accuracy": 50.0},
+        {"corruption": "fog", "severity": 1, "accuracy": 25.0},
+    ]
     drawn = []
 
     def extra(out_dir: Path, stem: str) -> list[Path]:
@@ -79,9 +82,16 @@ def test_report_frame_and_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "parameter"),
-    [({"n_examples": 0}, "n_examples"), ({"batch_size": 0}, "batch_size"), ({"seed": -1}, "seed"),
-     ({"seed": 2**32}, "seed"), ({"dataset": "mnist"}, None), ({"corruptions": ["rain"]}, "corruptions"),
-     ({"lam": "oracle"}, "sweep"), ({"precision": "fp8"}, "precision")],
+    [
+        ({"n_examples": 0}, "n_examples"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**32}, "seed"),
+        ({"dataset": "mnist"}, None),
+        ({"corruptions": ["rain"]}, "corruptions"),
+        ({"lam": "oracle"}, "sweep"),
+        ({"precision": "fp8"}, "precision"),
+    ],
 )
 def test_evaluate_refuses_bad_input_before_any_work(kwargs: dict, parameter: str | None, tmp_path: Path) -> None:
     with pytest.raises(UsageError) as caught:
@@ -92,11 +102,13 @@ def test_evaluate_refuses_bad_input_before_any_work(kwargs: dict, parameter: str
 
 
 def test_cli_help_and_version_import_no_torch() -> None:
-    code = ("import sys\nfrom typer.testing import CliRunner\nfrom sdnet_cli.cli import app\n"
-            "for args in (['--help'], ['eval', '--help'], ['attack', '--help'], ['--version']):\n"
-            "    result = CliRunner().invoke(app, args)\n"
-            "    assert result.exit_code == 0, result.output\n"
-            "print(sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules))\n")
+    code = (
+        "import sys\nfrom typer.testing import CliRunner\nfrom sdnet_cli.cli import app\n"
+        "for args in (['--help'], ['eval', '--help'], ['attack', '--help'], ['--version']):\n"
+        "    result = CliRunner().invoke(app, args)\n"
+        "    assert result.exit_code == 0, result.output\n"
+        "print(sorted(m for m in ('torch', 'numpy', 'pandas') if m in sys.modules))\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -140,5 +152,6 @@ def test_non_finite_logits_stop_the_run_naming_the_cell(cifar_test_images) -> No
     classifier = create_model("sdnet18", width=4)
     classifier.network = NaNFromSecondBatch()  # type: ignore[assignment]
     with pytest.raises(NonFiniteOutput, match="fog severity 2"):
-        evaluate_cells(classifier, [Cell("fog", 2)], Source(), CPU, {"model": "m", "dataset": "cifar10", "lam": None},
-                       batch_size=8)
+        evaluate_cells(
+            classifier, [Cell("fog", 2)], Source(), CPU, {"model": "m", "dataset": "cifar10", "lam": None}, batch_size=8
+        )

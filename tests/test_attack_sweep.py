@@ -21,7 +21,9 @@ def without_seconds(rows: list[dict]) -> list[dict]:
 
 
 def test_each_point_equals_an_attack_at_that_lambda(tiny_checkpoint: Path, data_dir: Path) -> None:
-    sweep = api.attack_vs_lambda(model="sdnet18", checkpoint=tiny_checkpoint, lams="0.1,0.5", data_dir=data_dir, **COMMON)
+    sweep = api.attack_vs_lambda(
+        model="sdnet18", checkpoint=tiny_checkpoint, lams="0.1,0.5", data_dir=data_dir, **COMMON
+    )
     assert [r["lam"] for r in sweep.rows] == [0.1, 0.1, 0.5, 0.5]
     for lam in (0.1, 0.5):
         single = api.attack(model="sdnet18", checkpoint=tiny_checkpoint, lam=lam, data_dir=data_dir, **COMMON)
@@ -34,11 +36,30 @@ def test_each_point_equals_an_attack_at_that_lambda(tiny_checkpoint: Path, data_
 def test_baseline_rows_plot_and_markdown(tiny_checkpoint: Path, data_dir: Path, tmp_path: Path) -> None:
     resnet = tmp_path / "r8.safetensors"
     save_checkpoint(create_model("resnet18", width=8).network, resnet, {"architecture": "resnet18"})
-    (tmp_path / "manifest.json").write_text(json.dumps({"models": [
-        {"name": "r8", "file": "r8.safetensors", "architecture": "resnet18", "dataset": "cifar10",
-         "sha256": __import__("sdnet_cli.models.checkpoints", fromlist=["sha256_of"]).sha256_of(resnet)}]}))
-    report = api.attack_vs_lambda(model="sdnet18", checkpoint=tiny_checkpoint, lams=[0.1, 0.3], baseline_model="r8",
-                                  weights_dir=tmp_path, data_dir=data_dir, **{**COMMON, "eps": ["1/255"]})
+    (tmp_path / "manifest.json").write_text(
+        json.dumps(
+            {
+                "models": [
+                    {
+                        "name": "r8",
+                        "file": "r8.safetensors",
+                        "architecture": "resnet18",
+                        "dataset": "cifar10",
+                        "sha256": __import__("sdnet_cli.models.checkpoints", fromlist=["sha256_of"]).sha256_of(resnet),
+                    }
+                ]
+            }
+        )
+    )
+    report = api.attack_vs_lambda(
+        model="sdnet18",
+        checkpoint=tiny_checkpoint,
+        lams=[0.1, 0.3],
+        baseline_model="r8",
+        weights_dir=tmp_path,
+        data_dir=data_dir,
+        **{**COMMON, "eps": ["1/255"]},
+    )
     assert [r["model"] for r in report.rows] == ["sdnet18", "sdnet18", "r8"]
     assert report.rows[-1]["lam"] is None  # a ResNet has no lambda
     paths = report.write(tmp_path / "out")
@@ -50,8 +71,9 @@ def test_baseline_rows_plot_and_markdown(tiny_checkpoint: Path, data_dir: Path, 
     assert "- 0.1:" in markdown and "- r8:" in markdown
 
 
-@pytest.mark.parametrize(("kwargs", "parameter"), [({"lams": ""}, "lams"), ({"attack": "pgdd"}, "attack"),
-                                                    ({"eps": ["-1/255"]}, "eps")])
+@pytest.mark.parametrize(
+    ("kwargs", "parameter"), [({"lams": ""}, "lams"), ({"attack": "pgdd"}, "attack"), ({"eps": ["-1/255"]}, "eps")]
+)
 def test_bad_input_is_refused_before_any_work(kwargs: dict, parameter: str, tmp_path: Path) -> None:
     with pytest.raises(UsageError) as caught:
         api.attack_vs_lambda(**{"data_dir": tmp_path / "nowhere", **kwargs})
@@ -59,7 +81,9 @@ def test_bad_input_is_refused_before_any_work(kwargs: dict, parameter: str, tmp_
 
 
 def test_cli_attack_sweep_typo_exits_2_and_writes_nothing(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["sweep-lambda", "--attack", "pgdd", "--data-dir", str(tmp_path / "nowhere"),
-                                      "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        app,
+        ["sweep-lambda", "--attack", "pgdd", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")],
+    )
     assert result.exit_code == 2 and "--attack" in result.output
     assert not (tmp_path / "out").exists()

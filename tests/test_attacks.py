@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -19,10 +19,19 @@ from torch import nn
 from typer.testing import CliRunner
 
 from sdnet_cli.attacks import (
-    AttackConfig, AttackedModel, AttackResults, Component, Eps, attack_names, build_components, diagnose, register,
-    requantized_robust_accuracy, run_attack,
+    AttackConfig,
+    AttackedModel,
+    AttackResults,
+    Component,
+    Eps,
+    attack_names,
+    build_components,
+    diagnose,
+    register,
+    registry,
+    requantized_robust_accuracy,
+    run_attack,
 )
-from sdnet_cli.attacks import registry
 from sdnet_cli.cli import app
 from sdnet_cli.data.cifar import load_cifar10
 from sdnet_cli.errors import UsageError
@@ -35,8 +44,19 @@ from sdnet_cli.train import TrainConfig, train
 CPU = Runtime.create("cpu", "fp32")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 Pair = tuple[np.ndarray, np.ndarray]
-ROW_KEYS = {"model", "dataset", "attack", "norm", "eps", "eps_text", "lam", "n", "clean_accuracy", "robust_accuracy",
-            "seconds"}
+ROW_KEYS = {
+    "model",
+    "dataset",
+    "attack",
+    "norm",
+    "eps",
+    "eps_text",
+    "lam",
+    "n",
+    "clean_accuracy",
+    "robust_accuracy",
+    "seconds",
+}
 SMALL_BUDGETS = {"apgd-ce": 5, "apgd-t": 2, "fab-t": 2, "square": 40}
 cli = CliRunner()
 
@@ -82,7 +102,9 @@ def first128(cifar_test: Pair) -> Pair:
 @pytest.fixture(scope="module")
 def pgd_sweep(trained: Classifier, first128: Pair) -> AttackResults:
     eps = ["8/255", "0", "1/255", "2/255"]  # unsorted on purpose
-    return run_attack(trained, *first128, config("pgd", eps, steps=20), seed=0, runtime=CPU, batch_size=64, keep_adv=True)
+    return run_attack(
+        trained, *first128, config("pgd", eps, steps=20), seed=0, runtime=CPU, batch_size=64, keep_adv=True
+    )
 
 
 def accuracy_by_eps(rows: list[dict], attack: str) -> list[float]:
@@ -95,8 +117,16 @@ BASE = {"model": "m", "dataset": "cifar10", "lam": None}
 # -- the config --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("text", "value", "shown"),
-    [("8/255", 8 / 255, "8/255"), (" 4 / 255 ", 4 / 255, "4/255"), ("0.5/255", 0.5 / 255, "0.5/255"),
-     ("0.031", 0.031, "0.031"), ("0", 0.0, "0"), ("1", 1.0, "1"), ("1e-2", 0.01, "1e-2"), (".25", 0.25, ".25")],
+    [
+        ("8/255", 8 / 255, "8/255"),
+        (" 4 / 255 ", 4 / 255, "4/255"),
+        ("0.5/255", 0.5 / 255, "0.5/255"),
+        ("0.031", 0.031, "0.031"),
+        ("0", 0.0, "0"),
+        ("1", 1.0, "1"),
+        ("1e-2", 0.01, "1e-2"),
+        (".25", 0.25, ".25"),
+    ],
 )
 def test_eps_parse_accepts_fractions_and_decimals(text: str, value: float, shown: str) -> None:
     eps = Eps.parse(text)
@@ -105,9 +135,20 @@ def test_eps_parse_accepts_fractions_and_decimals(text: str, value: float, shown
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("8/0", "divides by zero"), ("8/0.0", "divides by zero"), ("-8/255", ">= 0"), ("-0.1", ">= 0"),
-     ("1.5", "at most 1"), ("300/255", "at most 1"), ("abc", "fraction like 8/255"), ("8/", "fraction like 8/255"),
-     ("8/255/2", "fraction like 8/255"), ("nan", "fraction like 8/255"), ("inf", "fraction like 8/255"), ("", "fraction")],
+    [
+        ("8/0", "divides by zero"),
+        ("8/0.0", "divides by zero"),
+        ("-8/255", ">= 0"),
+        ("-0.1", ">= 0"),
+        ("1.5", "at most 1"),
+        ("300/255", "at most 1"),
+        ("abc", "fraction like 8/255"),
+        ("8/", "fraction like 8/255"),
+        ("8/255/2", "fraction like 8/255"),
+        ("nan", "fraction like 8/255"),
+        ("inf", "fraction like 8/255"),
+        ("", "fraction"),
+    ],
 )
 def test_eps_parse_rejects_bad_budgets(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message) as caught:
@@ -118,12 +159,20 @@ def test_eps_parse_rejects_bad_budgets(text: str, message: str) -> None:
 def test_config_sorts_and_deduplicates_eps_from_text_numbers_and_eps() -> None:
     made = config("PGD", ["8/255", 0.01, Eps(0.0, "0"), "8 / 255", 1 / 255], norm="l2", steps=3)  # type: ignore[list-item]
     assert (made.attack, made.norm, made.steps, made.restarts) == ("pgd", "L2", 3, None)
-    assert [(e.value, e.text) for e in made.eps] == [(0.0, "0"), (1 / 255, "0.00392156862745098"), (0.01, "0.01"),
-                                                     (8 / 255, "8/255")]
+    assert [(e.value, e.text) for e in made.eps] == [
+        (0.0, "0"),
+        (1 / 255, "0.00392156862745098"),
+        (0.01, "0.01"),
+        (8 / 255, "8/255"),
+    ]
     assert made.components == ("pgd",) and made.eot_iter == 1
     assert made.work_units(10, 4) == 40  # 10 images, 4 distinct budgets, one process
-    assert made.as_meta() == {"attack": "pgd", "norm": "L2", "version": None,
-                              "eps": [{"value": e.value, "text": e.text} for e in made.eps]}
+    assert made.as_meta() == {
+        "attack": "pgd",
+        "norm": "L2",
+        "version": None,
+        "eps": [{"value": e.value, "text": e.text} for e in made.eps],
+    }
     auto = config("AutoAttack", ["8/255"], version="RAND")
     assert auto.components == ("apgd-ce", "apgd-dlr") and auto.eot_iter == 20 and auto.as_meta()["version"] == "rand"
     assert [auto.steps_for(c) for c in auto.components] == [100, 100]
@@ -132,18 +181,25 @@ def test_config_sorts_and_deduplicates_eps_from_text_numbers_and_eps() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "parameter", "message"),
-    [({"attack": "cw"}, "attack", "unknown attack"), ({"norm": "L1"}, "norm", "unknown norm"),
-     ({"version": "fast"}, "version", "unknown version"), ({"eps": []}, "eps", "at least one eps"),
-     ({"eps": ["1.5"]}, "eps", "at most 1"), ({"eps": [-0.1]}, "eps", ">= 0"), ({"eps": [None]}, "eps", "a number"),
-     ({"eps": [Eps(2.0, "2")]}, "eps", r"in \[0, 1\]"),
-     ({"attack": "autoattack", "steps": 5}, "steps", "standard settings"),
-     ({"attack": "autoattack", "restarts": 2}, "restarts", "standard settings"),
-     ({"attack": "pgd", "version": "rand"}, "version", "autoattack only"),
-     ({"attack": "pgd", "steps": 0}, "steps", ">= 1"), ({"attack": "pgd", "restarts": -1}, "restarts", ">= 1"),
-     ({"attack": "pgd", "steps": 2.5}, "steps", "integer"),
-     ({"attack": "pgd", "budgets": {"pgd": 3}}, "budgets", "single attack takes steps"),
-     ({"attack": "autoattack", "budgets": {"pgd": 3}}, "budgets", "not one of"),
-     ({"attack": "autoattack", "budgets": {"square": 0}}, "budgets", ">= 1")],
+    [
+        ({"attack": "cw"}, "attack", "unknown attack"),
+        ({"norm": "L1"}, "norm", "unknown norm"),
+        ({"version": "fast"}, "version", "unknown version"),
+        ({"eps": []}, "eps", "at least one eps"),
+        ({"eps": ["1.5"]}, "eps", "at most 1"),
+        ({"eps": [-0.1]}, "eps", ">= 0"),
+        ({"eps": [None]}, "eps", "a number"),
+        ({"eps": [Eps(2.0, "2")]}, "eps", r"in \[0, 1\]"),
+        ({"attack": "autoattack", "steps": 5}, "steps", "standard settings"),
+        ({"attack": "autoattack", "restarts": 2}, "restarts", "standard settings"),
+        ({"attack": "pgd", "version": "rand"}, "version", "autoattack only"),
+        ({"attack": "pgd", "steps": 0}, "steps", ">= 1"),
+        ({"attack": "pgd", "restarts": -1}, "restarts", ">= 1"),
+        ({"attack": "pgd", "steps": 2.5}, "steps", "integer"),
+        ({"attack": "pgd", "budgets": {"pgd": 3}}, "budgets", "single attack takes steps"),
+        ({"attack": "autoattack", "budgets": {"pgd": 3}}, "budgets", "not one of"),
+        ({"attack": "autoattack", "budgets": {"square": 0}}, "budgets", ">= 1"),
+    ],
 )
 def test_config_validation_names_the_parameter(kwargs: dict, parameter: str, message: str) -> None:
     with pytest.raises(UsageError, match=message) as caught:
@@ -155,7 +211,13 @@ def test_attack_names_come_from_the_registry() -> None:
     assert attack_names() == (*registry.REGISTRY, "autoattack")
     assert attack_names() == ("pgd", "apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square", "autoattack")
     assert {name: entry.default_steps for name, entry in registry.REGISTRY.items()} == {
-        "pgd": 20, "apgd-ce": 100, "apgd-dlr": 100, "apgd-t": 100, "fab-t": 100, "square": 5000}
+        "pgd": 20,
+        "apgd-ce": 100,
+        "apgd-dlr": 100,
+        "apgd-t": 100,
+        "fab-t": 100,
+        "square": 5000,
+    }
 
 
 class Identity(torchattacks.attack.Attack):
@@ -174,8 +236,9 @@ def test_one_registered_builder_adds_an_attack(
     monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))  # registered for this test only
 
     @register("identity", default_steps=1)
-    def identity(model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int,
-                 eot_iter: int) -> Component:
+    def identity(
+        model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int
+    ) -> Component:
         return Component("identity", Identity(model))
 
     assert "identity" in attack_names()
@@ -185,17 +248,38 @@ def test_one_registered_builder_adds_an_attack(
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["--eps", "8/0"], "divides by zero"), (["--eps", "-1/255"], ">= 0"), (["--eps", "2"], "at most 1"),
-     (["--eps", "abc"], "fraction like 8/255"), (["--attack", "cw"], "unknown --attack"), (["--norm", "L1"], "unknown --norm"),
-     (["--attack", "autoattack", "--steps", "5"], "standard settings"),
-     (["--attack", "pgd", "--version", "rand"], "autoattack only"),
-     (["--save-adv", "adv.pt"], "must end in .npz")],
+    [
+        (["--eps", "8/0"], "divides by zero"),
+        (["--eps", "-1/255"], ">= 0"),
+        (["--eps", "2"], "at most 1"),
+        (["--eps", "abc"], "fraction like 8/255"),
+        (["--attack", "cw"], "unknown --attack"),
+        (["--norm", "L1"], "unknown --norm"),
+        (["--attack", "autoattack", "--steps", "5"], "standard settings"),
+        (["--attack", "pgd", "--version", "rand"], "autoattack only"),
+        (["--save-adv", "adv.pt"], "must end in .npz"),
+    ],
 )
 def test_cli_usage_errors_exit_2(
     tiny_checkpoint: Path, data_dir: Path, tmp_path: Path, args: list[str], message: str
 ) -> None:
-    result = cli.invoke(app, ["attack", "--model", "sdnet18", "--checkpoint", str(tiny_checkpoint), "-n", "4",
-                              "--data-dir", str(data_dir), "--out", str(tmp_path), *args])
+    result = cli.invoke(
+        app,
+        [
+            "attack",
+            "--model",
+            "sdnet18",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "-n",
+            "4",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(tmp_path),
+            *args,
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert list(tmp_path.iterdir()) == []
@@ -239,8 +323,9 @@ def test_linf_examples_stay_in_the_threat_set(pgd_sweep: AttackResults, first128
 @pytest.mark.parametrize(("attack", "steps"), [("pgd", 10), ("apgd-ce", 10), ("fab-t", 3), ("square", 50)])
 def test_l2_examples_stay_in_the_threat_set(trained: Classifier, first128: Pair, attack: str, steps: int) -> None:
     images, labels = first128[0][:32], first128[1][:32]
-    result = run_attack(trained, images, labels, config(attack, ["0.5"], norm="L2", steps=steps), runtime=CPU,
-                        keep_adv=True)
+    result = run_attack(
+        trained, images, labels, config(attack, ["0.5"], norm="L2", steps=steps), runtime=CPU, keep_adv=True
+    )
     assert result.adv is not None
     delta = (result.adv[0] - images.astype(np.float32) / 255).reshape(32, -1)
     assert np.linalg.norm(delta, axis=1).max() <= 0.5 + 1e-5
@@ -251,8 +336,15 @@ def test_l2_examples_stay_in_the_threat_set(trained: Classifier, first128: Pair,
 
 def test_worst_case_is_never_above_any_single_attack(trained: Classifier, first128: Pair) -> None:
     images, labels = first128[0][:64], first128[1][:64]
-    auto = run_attack(trained, images, labels, config("autoattack", ["1/255"], budgets=SMALL_BUDGETS), runtime=CPU,
-                      batch_size=64, keep_adv=True)
+    auto = run_attack(
+        trained,
+        images,
+        labels,
+        config("autoattack", ["1/255"], budgets=SMALL_BUDGETS),
+        runtime=CPU,
+        batch_size=64,
+        keep_adv=True,
+    )
     rows = auto.rows(BASE)
     assert [r["attack"] for r in rows] == ["apgd-ce", "apgd-t", "fab-t", "square", "worst"]
     after_each = [r["robust_accuracy"] for r in rows]
@@ -270,8 +362,9 @@ def test_worst_case_is_never_above_any_single_attack(trained: Classifier, first1
         assert not (auto.fooled[0, k] & auto.fooled[0, :k].any(axis=0)).any()
     assert not (auto.fooled[0] & ~auto.clean).any()
     for name in ("apgd-ce", "apgd-t", "fab-t", "square"):
-        single = run_attack(trained, images, labels, config(name, ["1/255"], steps=SMALL_BUDGETS[name]), runtime=CPU,
-                            batch_size=64)
+        single = run_attack(
+            trained, images, labels, config(name, ["1/255"], steps=SMALL_BUDGETS[name]), runtime=CPU, batch_size=64
+        )
         assert rows[-1]["robust_accuracy"] <= single.rows(BASE)[0]["robust_accuracy"], name
     assert rows[-1]["robust_accuracy"] < rows[0]["clean_accuracy"]
 
@@ -284,10 +377,14 @@ def test_autoattack_components_have_the_original_settings(norm: str) -> None:
     apgd, apgdt, fab, square = (c.attack for c in components)
     assert [c.name for c in components] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert all(c.attack.model is model and c.runs == 1 for c in components)  # they attack the deployed pipeline
-    assert all(getattr(a, "norm") == norm and a.eps == 8 / 255 for a in (apgd, apgdt, fab, square))
+    assert all(a.norm == norm and a.eps == 8 / 255 for a in (apgd, apgdt, fab, square))
     assert isinstance(apgd, torchattacks.APGD)
     assert (apgd.loss, apgd.steps, apgd.n_restarts, apgd.eot_iter) == ("ce", 100, 1, 1)
-    assert isinstance(apgdt, torchattacks.APGDT) and (apgdt.steps, apgdt.n_target_classes, apgdt.n_restarts) == (100, 9, 1)
+    assert isinstance(apgdt, torchattacks.APGDT) and (apgdt.steps, apgdt.n_target_classes, apgdt.n_restarts) == (
+        100,
+        9,
+        1,
+    )
     assert isinstance(fab, torchattacks.FAB) and fab.multi_targeted
     assert (fab.steps, fab.n_target_classes, fab.n_restarts) == (100, 9, 1)
     assert isinstance(square, torchattacks.Square)
@@ -300,7 +397,9 @@ def test_autoattack_rand_version_uses_eot() -> None:
     components = build_components(model, config("autoattack", ["8/255"], version="rand"), 8 / 255, num_classes=10)
     assert [c.name for c in components] == ["apgd-ce", "apgd-dlr"]
     assert [(c.attack.loss, c.attack.steps, c.attack.eot_iter, c.attack.n_restarts) for c in components] == [
-        ("ce", 100, 20, 1), ("dlr", 100, 20, 1)]
+        ("ce", 100, 20, 1),
+        ("dlr", 100, 20, 1),
+    ]
 
 
 def test_autoattack_rand_runs_on_a_randomised_model(cifar_test: Pair) -> None:
@@ -340,7 +439,9 @@ def test_adaptive_gradient_flows_through_lambda_and_matches_finite_differences(r
     with model.using(deployed):
         attacked = AttackedModel(model, CPU)
         with torch.no_grad():
-            assert torch.allclose(attacked(x), model(x), rtol=1e-5, atol=1e-6)  # the attacked function is the deployed one
+            assert torch.allclose(
+                attacked(x), model(x), rtol=1e-5, atol=1e-6
+            )  # the attacked function is the deployed one
         grad = input_grad(attacked)
         frozen = deployed(model, model.normalize(x)).detach()
         with model.using(type("Frozen", (), {"name": "frozen", "__call__": lambda self, m, xn: frozen})()):
@@ -370,7 +471,10 @@ def test_clamped_lambda_still_passes_a_straight_through_gradient() -> None:
         assert torch.equal(policy(model, model.normalize(x)), torch.full((2,), 0.2))
         with torch.no_grad():
             assert torch.allclose(attacked(x), model(x), atol=1e-5)
-        bpda, deployed = input_grad(attacked), input_grad(model)  # the clamp kills lambda's gradient in the deployed model
+        bpda, deployed = (
+            input_grad(attacked),
+            input_grad(model),
+        )  # the clamp kills lambda's gradient in the deployed model
         assert model.lam_policy is policy  # the attack's view swaps the policy only inside its own forward
         assert (bpda - deployed).abs().max() > 1e-3 * deployed.abs().max()
         assert "straight-through (BPDA)" in attacked.lambda_gradient(x)
@@ -407,9 +511,12 @@ class Small(nn.Module):
 
 @pytest.mark.parametrize(
     ("mode", "field", "warning"),
-    [("softmax", "looks_like_probabilities", "probabilities"), ("random", "nondeterministic", "randomised"),
-     ("quantised", "zero_gradient_fraction", "all-zero input gradient"),
-     ("test-time-optimisation", "forward_calls_autograd", "computes gradients")],
+    [
+        ("softmax", "looks_like_probabilities", "probabilities"),
+        ("random", "nondeterministic", "randomised"),
+        ("quantised", "zero_gradient_fraction", "all-zero input gradient"),
+        ("test-time-optimisation", "forward_calls_autograd", "computes gradients"),
+    ],
 )
 def test_diagnostics_fire_on_bad_models(mode: str, field: str, warning: str) -> None:
     x, y = torch.rand(8, 3, 16, 16), torch.arange(8)
@@ -431,8 +538,9 @@ def test_square_beating_the_white_box_attacks_is_flagged(cifar_test: Pair) -> No
     """On a zero-gradient model the white-box attacks cannot move; Square (black-box) still can."""
     images, labels = cifar_test[0][:48], cifar_test[1][:48]
     model = Classifier(Small("quantised"), CIFAR_MEAN, CIFAR_STD)
-    result = run_attack(model, images, labels, config("autoattack", ["16/255"], budgets=SMALL_BUDGETS), runtime=CPU,
-                        batch_size=48)
+    result = run_attack(
+        model, images, labels, config("autoattack", ["16/255"], budgets=SMALL_BUDGETS), runtime=CPU, batch_size=48
+    )
     assert result.fooled[0, :3].sum() == 0 and result.fooled[0, 3].sum() > 0
     warnings = result.diagnostics.warnings()
     assert any("all-zero input gradient" in w for w in warnings)
@@ -449,21 +557,36 @@ def test_the_callers_global_rng_is_left_as_it_was(cifar_test: Pair) -> None:
     before = torch.get_rng_state()
     expected_next = torch.rand(3)
     torch.set_rng_state(before)
-    first = run_attack(noisy, images, cifar_test[1][:8], config("pgd", ["8/255"], steps=2, restarts=2), seed=5,
-                       runtime=CPU, batch_size=4)
+    first = run_attack(
+        noisy,
+        images,
+        cifar_test[1][:8],
+        config("pgd", ["8/255"], steps=2, restarts=2),
+        seed=5,
+        runtime=CPU,
+        batch_size=4,
+    )
     assert torch.equal(torch.get_rng_state(), before)
     assert torch.equal(torch.rand(3), expected_next)
     torch.manual_seed(99)  # another caller state: the run's own draws do not depend on it
-    second = run_attack(noisy, images, cifar_test[1][:8], config("pgd", ["8/255"], steps=2, restarts=2), seed=5,
-                        runtime=CPU, batch_size=4)
+    second = run_attack(
+        noisy,
+        images,
+        cifar_test[1][:8],
+        config("pgd", ["8/255"], steps=2, restarts=2),
+        seed=5,
+        runtime=CPU,
+        batch_size=4,
+    )
     assert (first.fooled == second.fooled).all() and (first.clean == second.clean).all()
 
 
 def test_bf16_attack_runs_and_is_judged_in_bf16(trained: Classifier, first128: Pair) -> None:
     bf16 = Runtime.create("cpu", "bf16")
     images, labels = first128[0][:32], first128[1][:32]
-    result = run_attack(trained, images, labels, config("pgd", ["0", "8/255"], steps=3), runtime=bf16, batch_size=16,
-                        keep_adv=True)
+    result = run_attack(
+        trained, images, labels, config("pgd", ["0", "8/255"], steps=3), runtime=bf16, batch_size=16, keep_adv=True
+    )
     independent = count_correct(trained, images, labels, bf16, batch_size=16)  # the clean judge, also in bf16
     assert int(result.clean.sum()) == independent.correct > 0
     assert result.robust(1).sum() < result.clean.sum()
@@ -501,8 +624,9 @@ def test_a_test_time_optimising_model_is_attacked_and_flagged(cifar_test: Pair) 
     assert any("test-time optimisation" in w for w in result.diagnostics.warnings())
 
 
-def test_requantized_accuracy_at_eps_zero_is_the_clean_accuracy(pgd_sweep: AttackResults, trained: Classifier,
-                                                                 first128: Pair) -> None:
+def test_requantized_accuracy_at_eps_zero_is_the_clean_accuracy(
+    pgd_sweep: AttackResults, trained: Classifier, first128: Pair
+) -> None:
     """At eps 0 the kept examples are the inputs, and rounding them gives back the uint8 images exactly."""
     requantized = requantized_robust_accuracy(trained, pgd_sweep, first128[1], CPU, batch_size=50)
     assert list(requantized) == ["0", "1/255", "2/255", "8/255"]
@@ -515,8 +639,9 @@ def test_requantized_accuracy_at_eps_zero_is_the_clean_accuracy(pgd_sweep: Attac
 def test_resume_skips_finished_pools_and_repeats_the_run(trained: Classifier, first128, tmp_path: Path) -> None:
     images, labels = first128[0][:48], first128[1][:48]
     args = (trained, images, labels, config("pgd", ["1/255", "2/255"], steps=5))
-    kwargs = dict(seed=3, runtime=CPU, batch_size=16, pool_batches=1, keep_adv=True,
-                  fingerprint={"checkpoint_sha256": "aaa"})
+    kwargs = dict(
+        seed=3, runtime=CPU, batch_size=16, pool_batches=1, keep_adv=True, fingerprint={"checkpoint_sha256": "aaa"}
+    )
     straight = run_attack(*args, **kwargs)  # type: ignore[arg-type]
     state = tmp_path / "run.state.json"
 
@@ -542,8 +667,15 @@ def test_resume_skips_finished_pools_and_repeats_the_run(trained: Classifier, fi
     with pytest.raises(UsageError, match=r"different settings \(checkpoint_sha256\)"):
         run_attack(*args, **other_checkpoint, state_path=state, resume=True)  # type: ignore[arg-type]
     with pytest.raises(UsageError, match=r"different settings \(steps\)"):
-        run_attack(trained, images, labels, config("pgd", ["1/255", "2/255"], steps=6), **kwargs,  # type: ignore[arg-type]
-                   state_path=state, resume=True)
+        run_attack(
+            trained,
+            images,
+            labels,
+            config("pgd", ["1/255", "2/255"], steps=6),
+            **kwargs,  # type: ignore[arg-type]
+            state_path=state,
+            resume=True,
+        )
     resumed = run_attack(*args, **kwargs, state_path=state, resume=True)  # type: ignore[arg-type]
     assert (resumed.fooled == straight.fooled).all() and (resumed.clean == straight.clean).all()
     assert np.array_equal(resumed.adv, straight.adv)
@@ -553,11 +685,38 @@ def test_resume_skips_finished_pools_and_repeats_the_run(trained: Classifier, fi
 # -- the command line --------------------------------------------------------------------------
 def test_cli_attack_end_to_end(tiny_checkpoint: Path, data_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "reports"
-    result = cli.invoke(app, [
-        "attack", "--model", "sdnet18", "--checkpoint", str(tiny_checkpoint), "--attack", "pgd", "--steps", "3",
-        "--eps", "8/255", "--eps", "0", "--eps", "0.01", "-n", "16", "--batch-size", "8", "--seed", "2",
-        "--data-dir", str(data_dir), "--out", str(out), "--save-adv", str(tmp_path / "adv.npz"),
-    ])
+    result = cli.invoke(
+        app,
+        [
+            "attack",
+            "--model",
+            "sdnet18",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--attack",
+            "pgd",
+            "--steps",
+            "3",
+            "--eps",
+            "8/255",
+            "--eps",
+            "0",
+            "--eps",
+            "0.01",
+            "-n",
+            "16",
+            "--batch-size",
+            "8",
+            "--seed",
+            "2",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--save-adv",
+            str(tmp_path / "adv.npz"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "attack-sdnet18-pgd.json").read_text())
     rows, meta = report["rows"], report["meta"]
@@ -583,17 +742,44 @@ def test_cli_autoattack_against_auto_lambda(
     checkpoint = tmp_path / "sdnet18-w8.safetensors"
     shutil.copy(tiny_checkpoint, checkpoint)
     calibration = Calibration(
-        recon=ReconErrorLambda(0.01, 0.1, 0.05, 2.0), noise=NoiseLevelLambda(1.0, 0.1, 0.05, 2.0), recommended="recon",
-        grid=[0.1, 0.2], points=[],
-        corruptions=["gaussian_noise"], severities=[1], n=10, seed=0, training_lam=0.1,
+        recon=ReconErrorLambda(0.01, 0.1, 0.05, 2.0),
+        noise=NoiseLevelLambda(1.0, 0.1, 0.05, 2.0),
+        recommended="recon",
+        grid=[0.1, 0.2],
+        points=[],
+        corruptions=["gaussian_noise"],
+        severities=[1],
+        n=10,
+        seed=0,
+        training_lam=0.1,
         checkpoint_sha256=sha256_of(checkpoint),
     )
     calibration.save(checkpoint.with_name("sdnet18-w8.lambda.json"))
     out = tmp_path / "reports"
-    result = cli.invoke(app, [
-        "attack", "--model", "sdnet18", "--checkpoint", str(checkpoint), "--lam", "auto", "--eps", "8/255",
-        "-n", "8", "--data-dir", str(data_dir), "--out", str(out), "--name", "aa", "--save-adv", str(tmp_path / "aa.npz"),
-    ])
+    result = cli.invoke(
+        app,
+        [
+            "attack",
+            "--model",
+            "sdnet18",
+            "--checkpoint",
+            str(checkpoint),
+            "--lam",
+            "auto",
+            "--eps",
+            "8/255",
+            "-n",
+            "8",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--name",
+            "aa",
+            "--save-adv",
+            str(tmp_path / "aa.npz"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "aa.json").read_text())
     rows, meta = report["rows"], report["meta"]
@@ -603,8 +789,10 @@ def test_cli_autoattack_against_auto_lambda(
     saved = np.load(tmp_path / "aa.npz")
     fresh, _ = load_model("sdnet18", checkpoint, "cifar10")
     with fresh.using(calibration.policy("auto")):
-        again = (predict(fresh, torch.from_numpy(saved["images"][0]).permute(0, 3, 1, 2).contiguous(), CPU).numpy()
-                 == cifar_test[1][:8])
+        again = (
+            predict(fresh, torch.from_numpy(saved["images"][0]).permute(0, 3, 1, 2).contiguous(), CPU).numpy()
+            == cifar_test[1][:8]
+        )
     assert (again == saved["robust"][0]).all()
     assert rows[-1]["robust_accuracy"] == pytest.approx(100 * again.mean(), abs=1e-4)
     assert "straight-through (BPDA)" in meta["lambda_gradient"] and meta["version"] == "standard"
@@ -640,7 +828,8 @@ def test_later_attacks_get_the_pools_survivors_in_full_batches() -> None:
     first, second = _Brighten(0.02), _Brighten(0.02)
     components = [registry.Component("first", first), registry.Component("second", second)]  # type: ignore[arg-type]
     result = SampleWise(_BrightnessJudge(), components, "Linf", 0.02, batch_size=8)(  # type: ignore[arg-type]
-        x, y, torch.ones(32, dtype=torch.bool), seed=0)
+        x, y, torch.ones(32, dtype=torch.bool), seed=0
+    )
     assert first.calls == [8, 8, 8, 8]
     assert second.calls == [8, 8]  # the 16 survivors of the whole pool, not four half-empty batches of 4
     assert result.fooled[0].tolist() == [True, False] * 16 and not result.fooled[1].any()

@@ -30,7 +30,11 @@ def test_statuses_against_the_tolerance() -> None:
 
 def test_suite_file_round_trip_and_errors(tmp_path: Path) -> None:
     path = tmp_path / "suite.json"
-    path.write_text(json.dumps({"models": ["resnet18", {"model": "sdnet18", "lam": "0.3"}], "cells": [["fog", 2]], "n_examples": 50}))
+    path.write_text(
+        json.dumps(
+            {"models": ["resnet18", {"model": "sdnet18", "lam": "0.3"}], "cells": [["fog", 2]], "n_examples": 50}
+        )
+    )
     suite = Suite.load(path)
     assert [m.label for m in suite.models] == ["resnet18", "sdnet18 lam=0.3"]
     assert suite.cells == [("fog", 2)] and suite.n_examples == 50 and suite.tolerance == 1.0
@@ -41,9 +45,20 @@ def test_suite_file_round_trip_and_errors(tmp_path: Path) -> None:
 
 def test_check_passes_on_itself_and_fails_on_a_regression(tmp_path: Path, data_dir: Path) -> None:
     suite = tmp_path / "suite.json"
-    suite.write_text(json.dumps({"models": ["resnet18"], "cells": [["gaussian_noise", 5]], "n_examples": 40, "steps": 2}))
+    suite.write_text(
+        json.dumps({"models": ["resnet18"], "cells": [["gaussian_noise", 5]], "n_examples": 40, "steps": 2})
+    )
     baseline = tmp_path / "baseline.json"
-    common = ["--baseline", str(baseline), "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--data-dir", str(data_dir)]
+    common = [
+        "--baseline",
+        str(baseline),
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--data-dir",
+        str(data_dir),
+    ]
     runner = CliRunner()
     made = runner.invoke(app, ["check", *common, "--suite", str(suite), "--update"])
     assert made.exit_code == 0, made.output

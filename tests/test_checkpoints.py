@@ -147,7 +147,14 @@ def test_saved_checkpoint_follows_the_umask_not_private(tmp_path: Path) -> None:
 def test_shipped_checkpoint_must_match_manifest_sha256(tmp_path: Path) -> None:
     model = create_model("resnet18", width=8)
     digest = save_checkpoint(model.network, tmp_path / "r.safetensors", {"architecture": "resnet18"})
-    entry = {"name": "r", "file": "r.safetensors", "architecture": "resnet18", "dataset": "cifar10", "sha256": digest, "default": True}
+    entry = {
+        "name": "r",
+        "file": "r.safetensors",
+        "architecture": "resnet18",
+        "dataset": "cifar10",
+        "sha256": digest,
+        "default": True,
+    }
     (tmp_path / "manifest.json").write_text(json.dumps({"models": [entry]}))
     _, info = load_model("resnet18", weights_dir=tmp_path)  # by architecture: the default entry
     assert info.name == "r" and info.sha256 == digest

@@ -28,15 +28,38 @@ def run(*args: str):  # type: ignore[no-untyped-def]
 def test_eval_end_to_end(tiny_checkpoint: Path, data_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "reports"
     result = run(
-        "eval", "--model", "sdnet18", "--checkpoint", str(tiny_checkpoint), "--corruption", "gaussian_noise",
-        "--severity", "2", "--severity", "5", "-n", "64", "--batch-size", "32", "--seed", "3",
-        "--data-dir", str(data_dir), "--cache-dir", str(cache_dir), "--out", str(out),
+        "eval",
+        "--model",
+        "sdnet18",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--corruption",
+        "gaussian_noise",
+        "--severity",
+        "2",
+        "--severity",
+        "5",
+        "-n",
+        "64",
+        "--batch-size",
+        "32",
+        "--seed",
+        "3",
+        "--data-dir",
+        str(data_dir),
+        "--cache-dir",
+        str(cache_dir),
+        "--out",
+        str(out),
     )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "eval-sdnet18.json").read_text())
     rows = report["rows"]
     assert [(r["corruption"], r["severity"]) for r in rows] == [
-        ("clean", 0), ("gaussian_noise", 2), ("gaussian_noise", 5), ("mean", "all")
+        ("clean", 0),
+        ("gaussian_noise", 2),
+        ("gaussian_noise", 5),
+        ("mean", "all"),
     ]
     assert set(rows[0]) == {"model", "dataset", "corruption", "severity", "lam", "n", "correct", "accuracy", "seconds"}
     meta = report["meta"]
@@ -62,7 +85,17 @@ def test_eval_end_to_end(tiny_checkpoint: Path, data_dir: Path, cache_dir: Path,
 def test_eval_lam_is_recorded_and_changes_nothing_for_same_value(
     tiny_checkpoint: Path, data_dir: Path, tmp_path: Path
 ) -> None:
-    common = ["eval", "--model", "sdnet18", "--checkpoint", str(tiny_checkpoint), "-n", "32", "--data-dir", str(data_dir)]
+    common = [
+        "eval",
+        "--model",
+        "sdnet18",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "-n",
+        "32",
+        "--data-dir",
+        str(data_dir),
+    ]
     a = run(*common, "--lam", "0.1", "--out", str(tmp_path / "a"))
     b = run(*common, "--out", str(tmp_path / "b"))
     assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
@@ -71,10 +104,23 @@ def test_eval_lam_is_recorded_and_changes_nothing_for_same_value(
     assert row_a["lam"] == 0.1 and row_a["correct"] == row_b["correct"]
 
 
-def test_eval_compile_counts_the_same_as_eager_and_says_so(tiny_checkpoint: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_eval_compile_counts_the_same_as_eager_and_says_so(
+    tiny_checkpoint: Path, data_dir: Path, tmp_path: Path
+) -> None:
     # 40 images in batches of 16: two compiled batches and an eager partial one
-    common = ["eval", "--model", "sdnet18", "--checkpoint", str(tiny_checkpoint), "-n", "40", "--batch-size", "16",
-              "--data-dir", str(data_dir)]
+    common = [
+        "eval",
+        "--model",
+        "sdnet18",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "-n",
+        "40",
+        "--batch-size",
+        "16",
+        "--data-dir",
+        str(data_dir),
+    ]
     eager = run(*common, "--out", str(tmp_path / "eager"))
     compiled = run(*common, "--compile", "--out", str(tmp_path / "compiled"))
     assert eager.exit_code == 0 and compiled.exit_code == 0, eager.output + compiled.output
@@ -97,7 +143,17 @@ def test_eval_compile_counts_the_same_as_eager_and_says_so(tiny_checkpoint: Path
 def test_eval_usage_errors_exit_2_without_report(
     tiny_checkpoint: Path, data_dir: Path, tmp_path: Path, args: list[str], message: str
 ) -> None:
-    base = ["eval", "--checkpoint", str(tiny_checkpoint), "-n", "8", "--data-dir", str(data_dir), "--out", str(tmp_path)]
+    base = [
+        "eval",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "-n",
+        "8",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path),
+    ]
     if "--model" not in args:
         base += ["--model", "sdnet18"]
     result = run(*base, *args)
@@ -108,8 +164,15 @@ def test_eval_usage_errors_exit_2_without_report(
 
 def test_eval_missing_data_dir_exit_2(tiny_checkpoint: Path, tmp_path: Path) -> None:
     result = run(
-        "eval", "--model", "sdnet18", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(tmp_path / "nowhere"),
-        "--out", str(tmp_path / "out"),
+        "eval",
+        "--model",
+        "sdnet18",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--data-dir",
+        str(tmp_path / "nowhere"),
+        "--out",
+        str(tmp_path / "out"),
     )
     assert result.exit_code == 2
     assert "cifar-10-batches-py" in result.output
@@ -118,8 +181,15 @@ def test_eval_missing_data_dir_exit_2(tiny_checkpoint: Path, tmp_path: Path) -> 
 
 def test_eval_checkpoint_for_other_architecture_exit_2(tiny_checkpoint: Path, data_dir: Path, tmp_path: Path) -> None:
     result = run(
-        "eval", "--model", "resnet18", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(data_dir),
-        "--out", str(tmp_path),
+        "eval",
+        "--model",
+        "resnet18",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path),
     )
     assert result.exit_code == 2
     assert "does not fit this architecture" in result.output and "missing keys" in result.output
@@ -145,8 +215,23 @@ def test_eval_reads_official_release_layout(tiny_checkpoint: Path, data_dir: Pat
     np.save(release / "labels.npy", labels)
     np.save(release / "fog.npy", images)
     result = run(
-        "eval", "--model", "sdnet18", "--checkpoint", str(tiny_checkpoint), "-c", "fog", "-s", "4", "-n", "100",
-        "--cifar-c-dir", str(release), "--data-dir", str(data_dir), "--out", str(tmp_path / "out"),
+        "eval",
+        "--model",
+        "sdnet18",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "-c",
+        "fog",
+        "-s",
+        "4",
+        "-n",
+        "100",
+        "--cifar-c-dir",
+        str(release),
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "out"),
     )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "eval-sdnet18.json").read_text())
@@ -158,7 +243,19 @@ def test_eval_reads_official_release_layout(tiny_checkpoint: Path, data_dir: Pat
 
 
 def test_make_c_writes_release_layout(data_dir: Path, tmp_path: Path) -> None:
-    result = run("make-c", "--out", str(tmp_path / "c"), "-c", "contrast", "--seed", "1", "--workers", "1", "--data-dir", str(data_dir))
+    result = run(
+        "make-c",
+        "--out",
+        str(tmp_path / "c"),
+        "-c",
+        "contrast",
+        "--seed",
+        "1",
+        "--workers",
+        "1",
+        "--data-dir",
+        str(data_dir),
+    )
     assert result.exit_code == 0, result.output
     arr = np.load(tmp_path / "c" / "contrast.npy", mmap_mode="r")
     assert arr.shape == (50000, 32, 32, 3) and arr.dtype == np.uint8
@@ -169,6 +266,19 @@ def test_make_c_writes_release_layout(data_dir: Path, tmp_path: Path) -> None:
 def test_help_documents_every_eval_option() -> None:
     result = run("eval", "--help")
     assert result.exit_code == 0
-    for option in ("--model", "--checkpoint", "--corruption", "--severity", "--lam", "--n-examples", "--batch-size",
-                   "--device", "--precision", "--seed", "--out", "--cifar-c-dir", "--data-dir"):
+    for option in (
+        "--model",
+        "--checkpoint",
+        "--corruption",
+        "--severity",
+        "--lam",
+        "--n-examples",
+        "--batch-size",
+        "--device",
+        "--precision",
+        "--seed",
+        "--out",
+        "--cifar-c-dir",
+        "--data-dir",
+    ):
         assert option in result.output

@@ -23,18 +23,49 @@ from sdnet_cli.reports import write_report
 
 
 def eval_report(tmp: Path, name: str, cells: dict[tuple[str, int], float], n: int) -> Path:
-    rows = [{"model": "m", "dataset": "cifar10", "corruption": c, "severity": s, "lam": "0.1", "n": n,
-             "correct": round(a * n / 100), "accuracy": a, "seconds": 1.0} for (c, s), a in cells.items()]
+    rows = [
+        {
+            "model": "m",
+            "dataset": "cifar10",
+            "corruption": c,
+            "severity": s,
+            "lam": "0.1",
+            "n": n,
+            "correct": round(a * n / 100),
+            "accuracy": a,
+            "seconds": 1.0,
+        }
+        for (c, s), a in cells.items()
+    ]
     rows.append({**rows[-1], "corruption": "mean", "severity": "all", "accuracy": -1.0})  # must be ignored
     write_report(rows, {"command": "eval", "seed": 0, "model": {"name": "m"}}, tmp, name)
     return tmp / f"{name}.json"
 
 
 def attack_report(tmp: Path, name: str, robust: dict[str, float], clean: float, attack: str = "pgd") -> Path:
-    rows = [{"model": "m", "dataset": "cifar10", "attack": attack, "norm": "Linf", "eps": eval(e), "eps_text": e,
-             "lam": "0.1", "n": 100, "clean_accuracy": clean, "robust_accuracy": r, "seconds": 1.0} for e, r in robust.items()]
-    meta = {"command": "attack", "seed": 0, "model": {"name": "m"}, "lambda_gradient": "exact",
-            "diagnostics": {"zero_gradient_fraction": 0.0, "warnings": ["a planted warning"]}}
+    rows = [
+        {
+            "model": "m",
+            "dataset": "cifar10",
+            "attack": attack,
+            "norm": "Linf",
+            "eps": eval(e),
+            "eps_text": e,
+            "lam": "0.1",
+            "n": 100,
+            "clean_accuracy": clean,
+            "robust_accuracy": r,
+            "seconds": 1.0,
+        }
+        for e, r in robust.items()
+    ]
+    meta = {
+        "command": "attack",
+        "seed": 0,
+        "model": {"name": "m"},
+        "lambda_gradient": "exact",
+        "diagnostics": {"zero_gradient_fraction": 0.0, "warnings": ["a planted warning"]},
+    }
     write_report(rows, meta, tmp, name)
     return tmp / f"{name}.json"
 
@@ -68,7 +99,12 @@ def test_attack_rows_in_eps_order_with_clean(tmp_path: Path) -> None:
     path = attack_report(tmp_path, "p", {"8/255": 1.0, "1/255": 50.0, "2/255": 30.0}, 85.0)
     rows, value = compare([load_source("R", path)])
     assert value == "robust accuracy (%)"
-    assert [(r["attack"], r["eps"]) for r in rows] == [("clean", "0"), ("pgd", "1/255"), ("pgd", "2/255"), ("pgd", "8/255")]
+    assert [(r["attack"], r["eps"]) for r in rows] == [
+        ("clean", "0"),
+        ("pgd", "1/255"),
+        ("pgd", "2/255"),
+        ("pgd", "8/255"),
+    ]
     assert [r["R"] for r in rows] == [85.0, 50.0, 30.0, 1.0]
 
 
@@ -87,7 +123,9 @@ def test_mixed_kinds_and_bad_sources_are_refused(tmp_path: Path) -> None:
 def test_cli_writes_all_formats_with_provenance(tmp_path: Path) -> None:
     p = attack_report(tmp_path, "p", {"8/255": 1.0}, 85.0)
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["compare", f"resnet={p}", "--out", str(out), "--name", "adv", "--title", "Adversarial"])
+    result = CliRunner().invoke(
+        app, ["compare", f"resnet={p}", "--out", str(out), "--name", "adv", "--title", "Adversarial"]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "adv.json").read_text())
     assert report["rows"][-1]["resnet"] == 1.0 and report["meta"]["sources"][0]["label"] == "resnet"
@@ -168,8 +206,10 @@ def assert_png(path: Path, fig: Any) -> None:
 
 
 def lines_by_panel(fig: Any) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
-    return {ax.get_title(): {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
-            for ax in fig.axes}
+    return {
+        ax.get_title(): {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()}
+        for ax in fig.axes
+    }
 
 
 def test_eval_plots_a_panel_per_corruption_and_the_markdown_links_them(tmp_path: Path, drawn: list[Any]) -> None:

@@ -37,8 +37,14 @@ def fresh_dynamo():
 def tiny_classifier() -> Classifier:
     """A CSC stem with momentum steps (n_steps=3) and a linear head: the smallest model that compiles fast."""
     torch.manual_seed(0)
-    network = nn.Sequential(DictConv(3, 4, 3, padding=1, n_steps=3), nn.BatchNorm2d(4), nn.ReLU(),
-                            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(16, 10))
+    network = nn.Sequential(
+        DictConv(3, 4, 3, padding=1, n_steps=3),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
     with torch.no_grad():
         network[1].running_mean.uniform_(-0.1, 0.1)
         network[1].running_var.uniform_(0.5, 2.0)

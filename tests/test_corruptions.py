@@ -171,9 +171,7 @@ def test_glass_blur_copies_rather_than_swaps(images: np.ndarray) -> None:
                 dx, dy = rng.integers(-delta, delta, size=(2,))
                 h2, w2 = h + dy, w + dx
                 x[h, w], x[h2, w2] = x[h2, w2], x[h, w]  # the reference's "swap" on views
-    expected = (np.clip(skimage.filters.gaussian(x / 255.0, sigma=sigma, channel_axis=-1), 0, 1) * 255).astype(
-        np.uint8
-    )
+    expected = (np.clip(skimage.filters.gaussian(x / 255.0, sigma=sigma, channel_axis=-1), 0, 1) * 255).astype(np.uint8)
     out = C.glass_blur(image[None], 5, np.random.default_rng(3))[0]
     assert np.array_equal(out, expected)
 

@@ -27,8 +27,7 @@ from sdnet_cli.data.corruptions import ALL_CORRUPTIONS, corrupt
 from sdnet_cli.data.datasets import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, dataset_spec
 from sdnet_cli.data.imagenet import ImageArray, load_imagenet, preprocess
 from sdnet_cli.metrics import corruption_errors
-from sdnet_cli.models import CheckpointError, ModelError, create_model, load_model, save_checkpoint
-from sdnet_cli.models import registry
+from sdnet_cli.models import CheckpointError, ModelError, create_model, load_model, registry, save_checkpoint
 
 runner = CliRunner()
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera")  # camera is grayscale
@@ -44,8 +43,13 @@ def run(*args: str):  # type: ignore[no-untyped-def]
 def write_cifar100_batch(path: Path, images: np.ndarray, fine: np.ndarray) -> None:
     """A batch in the official python layout: planar uint8 rows, byte-string keys."""
     data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    batch = {b"data": data, b"fine_labels": fine.tolist(), b"coarse_labels": (fine // 5).tolist(),
-             b"filenames": [f"{i}.png".encode() for i in range(len(images))], b"batch_label": b"test"}
+    batch = {
+        b"data": data,
+        b"fine_labels": fine.tolist(),
+        b"coarse_labels": (fine // 5).tolist(),
+        b"filenames": [f"{i}.png".encode() for i in range(len(images))],
+        b"batch_label": b"test",
+    }
     with open(path, "wb") as f:
         pickle.dump(batch, f)
 
@@ -61,8 +65,13 @@ def cifar100_dir(tmp_path_factory: pytest.TempPathFactory, cifar_test: tuple[np.
     write_cifar100_batch(folder / "train", images[:300], fine[:300])
     write_cifar100_batch(folder / "test", images[300:500], fine[300:500])
     with open(folder / "meta", "wb") as f:
-        pickle.dump({b"fine_label_names": [f"class{i}".encode() for i in range(100)],
-                     b"coarse_label_names": [f"super{i}".encode() for i in range(20)]}, f)
+        pickle.dump(
+            {
+                b"fine_label_names": [f"class{i}".encode() for i in range(100)],
+                b"coarse_label_names": [f"super{i}".encode() for i in range(20)],
+            },
+            f,
+        )
     return root
 
 
@@ -85,9 +94,28 @@ def test_cifar100_train_eval_make_c_sweep_attack(cifar100_dir: Path, tmp_path: P
     """`--dataset cifar100` through train, eval (generated and release CIFAR-100-C), make-c, sweep-lambda, attack."""
     data = ["--data-dir", str(cifar100_dir)]
     weights = tmp_path / "weights" / "r8.safetensors"
-    result = run("train", "--dataset", "cifar100", "--model", "resnet18", "--width", "8", "--epochs", "1",
-                 "--n-train", "64", "--n-test", "32", "--batch-size", "32", "--out", str(weights),
-                 "--report-dir", str(tmp_path / "training"), *data)
+    result = run(
+        "train",
+        "--dataset",
+        "cifar100",
+        "--model",
+        "resnet18",
+        "--width",
+        "8",
+        "--epochs",
+        "1",
+        "--n-train",
+        "64",
+        "--n-test",
+        "32",
+        "--batch-size",
+        "32",
+        "--out",
+        str(weights),
+        "--report-dir",
+        str(tmp_path / "training"),
+        *data,
+    )
     assert result.exit_code == 0, result.output
     entry = json.loads((weights.parent / "manifest.json").read_text())["models"][0]
     assert entry["dataset"] == "cifar100" and entry["num_classes"] == 100
@@ -117,8 +145,22 @@ def test_cifar100_train_eval_make_c_sweep_attack(cifar100_dir: Path, tmp_path: P
     assert np.load(release / "contrast.npy", mmap_mode="r").shape == (1000, 32, 32, 3)
     assert json.loads((release / "metadata.json").read_text())["benchmark"] == "CIFAR-100-C"
     (release / "metadata.json").unlink()  # now it looks like the official release
-    result = run("eval", *common, "-c", "contrast", "-s", "2", "-n", "50", "--cifar-c-dir", str(release),
-                 "--out", str(out), "--name", "release")
+    result = run(
+        "eval",
+        *common,
+        "-c",
+        "contrast",
+        "-s",
+        "2",
+        "-n",
+        "50",
+        "--cifar-c-dir",
+        str(release),
+        "--out",
+        str(out),
+        "--name",
+        "release",
+    )
     assert result.exit_code == 0, result.output
     again = json.loads((out / "release.json").read_text())
     assert again["meta"]["data_source"]["source"] == "official"
@@ -130,12 +172,50 @@ def test_cifar100_train_eval_make_c_sweep_attack(cifar100_dir: Path, tmp_path: P
 
     sd = tmp_path / "sd8.safetensors"
     save_checkpoint(create_model("sdnet18", "cifar100", width=8).network, sd, {"architecture": "sdnet18"})
-    result = run("sweep-lambda", "--model", "sdnet18", "--checkpoint", str(sd), "--dataset", "cifar100", *data,
-                 "-c", "contrast", "-s", "2", "-n", "20", "--lams", "0.1,0.5", "--cache-dir", str(cache), "--out", str(out))
+    result = run(
+        "sweep-lambda",
+        "--model",
+        "sdnet18",
+        "--checkpoint",
+        str(sd),
+        "--dataset",
+        "cifar100",
+        *data,
+        "-c",
+        "contrast",
+        "-s",
+        "2",
+        "-n",
+        "20",
+        "--lams",
+        "0.1,0.5",
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     assert len(json.loads((out / "sweep-lambda-sdnet18.json").read_text())["rows"]) == 2 * 2
-    result = run("attack", "--model", "sdnet18", "--checkpoint", str(sd), "--dataset", "cifar100", *data,
-                 "--attack", "pgd", "--steps", "2", "--eps", "1/255", "-n", "8", "--out", str(out))
+    result = run(
+        "attack",
+        "--model",
+        "sdnet18",
+        "--checkpoint",
+        str(sd),
+        "--dataset",
+        "cifar100",
+        *data,
+        "--attack",
+        "pgd",
+        "--steps",
+        "2",
+        "--eps",
+        "1/255",
+        "-n",
+        "8",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     rows = json.loads((out / "attack-sdnet18-pgd.json").read_text())["rows"]
     assert rows[0]["dataset"] == "cifar100" and rows[0]["n"] == 8
@@ -155,7 +235,9 @@ def imagenet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             folder.mkdir(parents=True)
             for k, image in enumerate((photo, photo[:, ::-1])):
                 number = offset + 10 * label + k + 1
-                Image.fromarray(np.ascontiguousarray(image)).save(folder / f"ILSVRC2012_val_{number:08d}.JPEG", quality=90)
+                Image.fromarray(np.ascontiguousarray(image)).save(
+                    folder / f"ILSVRC2012_val_{number:08d}.JPEG", quality=90
+                )
     return root
 
 
@@ -220,8 +302,11 @@ def test_mce_hand_computed() -> None:
     # AlexNet itself scores mCE = relative mCE = 100 against its own errors
     n = 10**6
     alexnet = [{"corruption": "clean", "severity": 0, "n": n, "correct": round((1 - ALEXNET_CLEAN_ERROR) * n)}]
-    alexnet += [{"corruption": c, "severity": s, "n": n, "correct": round((1 - e) * n)}
-                for c, e in ALEXNET_ERRORS.items() for s in range(1, 6)]
+    alexnet += [
+        {"corruption": c, "severity": s, "n": n, "correct": round((1 - e) * n)}
+        for c, e in ALEXNET_ERRORS.items()
+        for s in range(1, 6)
+    ]
     result = corruption_errors(alexnet, ALEXNET_ERRORS, ALEXNET_CLEAN_ERROR)
     assert result is not None and result["complete"] and len(result["corruptions"]) == 15
     assert result["mCE"] == pytest.approx(100, abs=1e-3) and result["relative_mCE"] == pytest.approx(100, abs=1e-2)
@@ -243,8 +328,19 @@ def test_imagenet_eval_generated_release_sweep_attack(imagenet_dir: Path, tmp_pa
     assert tuple(model.network.layer0[0].dn.weight.shape) == (8, 3, 7, 7)
 
     cache, out = tmp_path / "cache", tmp_path / "out"
-    common = ["--model", "sdnet18", "--checkpoint", str(checkpoint), "--dataset", "imagenet", "--data-dir", str(imagenet_dir)]
-    result = run("eval", *common, "-c", "gaussian_noise", "-s", "all", "-n", "5", "--cache-dir", str(cache), "--out", str(out))
+    common = [
+        "--model",
+        "sdnet18",
+        "--checkpoint",
+        str(checkpoint),
+        "--dataset",
+        "imagenet",
+        "--data-dir",
+        str(imagenet_dir),
+    ]
+    result = run(
+        "eval", *common, "-c", "gaussian_noise", "-s", "all", "-n", "5", "--cache-dir", str(cache), "--out", str(out)
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((out / "eval-sdnet18.json").read_text())
     rows = report["rows"]
@@ -263,8 +359,12 @@ def test_imagenet_eval_generated_release_sweep_attack(imagenet_dir: Path, tmp_pa
     files = sorted((root / "gaussian_noise" / "5").rglob("*.png"))
     assert len(files) == 5 and sum(1 for _ in root.rglob("*.png")) == 25
     images, labels = load_imagenet(imagenet_dir, "test")
-    cell = np.stack([np.asarray(Image.open(root / "gaussian_noise" / "5" / p.parent.name / f"{p.stem}.png"))
-                     for p in images.paths[:5]])
+    cell = np.stack(
+        [
+            np.asarray(Image.open(root / "gaussian_noise" / "5" / p.parent.name / f"{p.stem}.png"))
+            for p in images.paths[:5]
+        ]
+    )
     assert cell.shape == (5, 224, 224, 3)
     with torch.no_grad():
         logits = model(torch.from_numpy(cell).permute(0, 3, 1, 2).float() / 255)
@@ -276,17 +376,55 @@ def test_imagenet_eval_generated_release_sweep_attack(imagenet_dir: Path, tmp_pa
         target = release / png.relative_to(root).with_suffix(".JPEG")
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.open(png).save(target, quality=95)
-    result = run("eval", *common, "-c", "gaussian_noise", "-s", "5", "-n", "5", "--imagenet-c-dir", str(release),
-                 "--out", str(out), "--name", "release")
+    result = run(
+        "eval",
+        *common,
+        "-c",
+        "gaussian_noise",
+        "-s",
+        "5",
+        "-n",
+        "5",
+        "--imagenet-c-dir",
+        str(release),
+        "--out",
+        str(out),
+        "--name",
+        "release",
+    )
     assert result.exit_code == 0, result.output
     official = json.loads((out / "release.json").read_text())
     assert official["meta"]["data_source"]["source"] == "official" and official["rows"][1]["n"] == 5
-    result = run("eval", *common, "-c", "fog", "-s", "5", "-n", "5", "--imagenet-c-dir", str(release), "--out", str(out))
+    result = run(
+        "eval", *common, "-c", "fog", "-s", "5", "-n", "5", "--imagenet-c-dir", str(release), "--out", str(out)
+    )
     assert result.exit_code == 2 and "has no image for" in result.output
 
-    result = run("sweep-lambda", *common, "-c", "gaussian_noise", "-s", "5", "-n", "5", "--lams", "0.1,0.8",
-                 "--cache-dir", str(cache), "--out", str(out), "--fit", "--fit-n", "5", "--fit-corruption", "gaussian_noise",
-                 "--fit-corruption", "contrast", "--calibration-out", str(tmp_path / "cal.json"))
+    result = run(
+        "sweep-lambda",
+        *common,
+        "-c",
+        "gaussian_noise",
+        "-s",
+        "5",
+        "-n",
+        "5",
+        "--lams",
+        "0.1,0.8",
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(out),
+        "--fit",
+        "--fit-n",
+        "5",
+        "--fit-corruption",
+        "gaussian_noise",
+        "--fit-corruption",
+        "contrast",
+        "--calibration-out",
+        str(tmp_path / "cal.json"),
+    )
     assert result.exit_code == 0, result.output
     sweep = json.loads((out / "sweep-lambda-sdnet18.json").read_text())
     assert len(sweep["rows"]) == 2 * 2 and json.loads((tmp_path / "cal.json").read_text())["n"] == 5
@@ -324,7 +462,10 @@ def test_torchvision_baselines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     torch.save(network.state_dict(), weights)
     model, info = load_model("tv_resnet18", weights, "imagenet")
     x = torch.rand(2, 3, 224, 224)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean, std = (
+        torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+        torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1),
+    )
     with torch.no_grad():
         torch.testing.assert_close(model(x), network.eval()((x - mean) / std))
     assert info.lam is None and info.num_classes == 1000 and model.csc_layers == []
@@ -347,7 +488,18 @@ def test_dataset_usage_errors_exit_2(tiny_checkpoint: Path, tmp_path: Path) -> N
     assert result.exit_code == 2 and "unknown dataset 'mnist'" in result.output
     result = run("train", "--model", "sdnet18", "--dataset", "imagenet", "--out", str(tmp_path / "w.safetensors"))
     assert result.exit_code == 2 and "CIFAR recipe" in result.output
-    result = run("eval", "--model", "tv_resnet18", "--checkpoint", str(tiny_checkpoint), "--dataset", "imagenet",
-                 "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"))
+    result = run(
+        "eval",
+        "--model",
+        "tv_resnet18",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--dataset",
+        "imagenet",
+        "--data-dir",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert result.exit_code == 2 and "10 output classes" in result.output
     assert not (tmp_path / "o").exists()

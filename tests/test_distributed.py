@@ -45,7 +45,16 @@ def test_without_torchrun_every_helper_is_the_identity() -> None:
 def torchrun(*args: str) -> subprocess.CompletedProcess:
     """``sdnet`` under torchrun with 2 CPU processes (a free rendezvous port: --standalone)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "sdnet_cli"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "sdnet_cli",
+    ]
     return subprocess.run(command + list(args), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -66,8 +75,29 @@ def release(tmp_path_factory: pytest.TempPathFactory, cifar_test: tuple[np.ndarr
 
 def test_torchrun_eval_equals_a_single_process(data_dir: Path, release: Path, tmp_path: Path) -> None:
     # 70 images in batches of 16: rank 0 gets 2 batches (32 images), rank 1 gets 3 (38)
-    args = ["eval", "--model", "sdnet18", "-c", "gaussian_noise", "-s", "2", "-s", "5", "-n", "70", "--batch-size", "16",
-            "--device", "cpu", "--cifar-c-dir", str(release), "--data-dir", str(data_dir), "--name", "eval"]
+    args = [
+        "eval",
+        "--model",
+        "sdnet18",
+        "-c",
+        "gaussian_noise",
+        "-s",
+        "2",
+        "-s",
+        "5",
+        "-n",
+        "70",
+        "--batch-size",
+        "16",
+        "--device",
+        "cpu",
+        "--cifar-c-dir",
+        str(release),
+        "--data-dir",
+        str(data_dir),
+        "--name",
+        "eval",
+    ]
     single = CliRunner().invoke(app, args + ["--out", str(tmp_path / "single")])
     assert single.exit_code == 0, single.output
     shared = torchrun(*args, "--out", str(tmp_path / "shared"))
@@ -81,9 +111,36 @@ def test_torchrun_eval_equals_a_single_process(data_dir: Path, release: Path, tm
 
 def test_torchrun_attack_equals_a_single_process_sample_by_sample(data_dir: Path, tmp_path: Path) -> None:
     # 24 images in pools of 2 batches of 4: rank 0 attacks pool 0, rank 1 pools 1 and 2, each with its own seed
-    args = ["attack", "--model", "sdnet18", "--attack", "pgd", "--steps", "2", "--eps", "2/255", "--eps", "8/255",
-            "-n", "24", "--batch-size", "4", "--pool-batches", "2", "--seed", "1", "--device", "cpu", "--data-dir", str(data_dir), "--name", "pgd"]
-    single = CliRunner().invoke(app, args + ["--out", str(tmp_path / "single"), "--save-adv", str(tmp_path / "single.npz")])
+    args = [
+        "attack",
+        "--model",
+        "sdnet18",
+        "--attack",
+        "pgd",
+        "--steps",
+        "2",
+        "--eps",
+        "2/255",
+        "--eps",
+        "8/255",
+        "-n",
+        "24",
+        "--batch-size",
+        "4",
+        "--pool-batches",
+        "2",
+        "--seed",
+        "1",
+        "--device",
+        "cpu",
+        "--data-dir",
+        str(data_dir),
+        "--name",
+        "pgd",
+    ]
+    single = CliRunner().invoke(
+        app, args + ["--out", str(tmp_path / "single"), "--save-adv", str(tmp_path / "single.npz")]
+    )
     assert single.exit_code == 0, single.output
     shared = torchrun(*args, "--out", str(tmp_path / "shared"), "--save-adv", str(tmp_path / "shared.npz"))
     assert shared.returncode == 0, shared.stderr

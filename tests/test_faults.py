@@ -60,8 +60,12 @@ def write_batch(
     path: Path, images: np.ndarray, labels: np.ndarray, label_key: bytes = b"labels", extra: dict | None = None
 ) -> None:
     """A batch in the official python layout: planar uint8 rows [N, 3072], byte-string keys."""
-    batch = {b"batch_label": b"testing batch 1 of 1", label_key: [int(v) for v in labels],
-             b"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1), **(extra or {})}
+    batch = {
+        b"batch_label": b"testing batch 1 of 1",
+        label_key: [int(v) for v in labels],
+        b"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1),
+        **(extra or {}),
+    }
     with open(path, "wb") as f:
         pickle.dump(batch, f)
 
@@ -138,9 +142,7 @@ def plant(root: Path, images: np.ndarray, labels: np.ndarray, target: str, evil:
 
 @pytest.mark.parametrize("payload", [SystemCall, BuiltinsCall])
 @pytest.mark.parametrize("target", ["test_batch", "batches.meta", "test", "meta"])  # CIFAR-10's, then CIFAR-100's
-def test_pickle_that_runs_code_is_refused(
-    tmp_path: Path, small: Split, payload: type, target: str
-) -> None:
+def test_pickle_that_runs_code_is_refused(tmp_path: Path, small: Split, payload: type, target: str) -> None:
     marker = tmp_path / "pwned"
     evil = payload(marker)
     pickle.loads(pickle.dumps(evil))  # the payload does run under plain pickle ...
@@ -157,7 +159,16 @@ def test_pickle_that_runs_code_is_refused(
 def test_real_batches_need_only_numpy_globals(data_dir: Path) -> None:
     """The official files still load through the restricted unpickler (read-only real data)."""
     assert label_names(data_dir) == [
-        "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
     ]
 
 
@@ -432,8 +443,11 @@ def start_generation(tmp_path: Path, workers: int) -> tuple[subprocess.Popen[str
     script.write_text(GENERATE)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen(
-        [sys.executable, str(script), str(tmp_path / "out"), str(workers)], cwd=REPO, env=env,
-        stdout=subprocess.PIPE, text=True,
+        [sys.executable, str(script), str(tmp_path / "out"), str(workers)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     line = child.stdout.readline().split() if child.stdout else []
     assert line[:1] == ["started"], f"generator did not start: {line}"
@@ -494,8 +508,11 @@ def test_cli_output_and_cache_folders_are_checked_before_any_work(tmp_path: Path
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("x")
     base = ["eval", "--model", "sdnet18", "-n", "8", "--data-dir", str(data_dir)]
-    for extra in (["--out", str(not_a_folder)], ["--out", str(locked / "reports")],
-                  ["-c", "fog", "--cache-dir", str(locked / "cache"), "--out", str(tmp_path / "out")]):
+    for extra in (
+        ["--out", str(not_a_folder)],
+        ["--out", str(locked / "reports")],
+        ["-c", "fog", "--cache-dir", str(locked / "cache"), "--out", str(tmp_path / "out")],
+    ):
         result = CliRunner().invoke(app, [*base, *extra])
         assert result.exit_code == 2, result.output
         lines = [line for line in result.output.splitlines() if line.strip()]
@@ -506,10 +523,15 @@ def test_cli_output_and_cache_folders_are_checked_before_any_work(tmp_path: Path
 
 @pytest.mark.parametrize(
     ("args", "message"),
-    [(["-n", "0"], "--n-examples must be >= 1"), (["--batch-size", "0"], "--batch-size must be >= 1"),
-     (["--seed", "-1"], "--seed must be in 0 .. 2**32-1"), (["--seed", "99999999999999999999"], "--seed must be in"),
-     (["--name", "../escaped"], "--name must be a plain file name"), (["--dataset", "mnist"], "unknown dataset 'mnist'"),
-     (["--checkpoint", "."], "is a directory")],
+    [
+        (["-n", "0"], "--n-examples must be >= 1"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--seed", "-1"], "--seed must be in 0 .. 2**32-1"),
+        (["--seed", "99999999999999999999"], "--seed must be in"),
+        (["--name", "../escaped"], "--name must be a plain file name"),
+        (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+        (["--checkpoint", "."], "is a directory"),
+    ],
 )
 def test_cli_bad_options_one_line_exit_2(args: list[str], message: str, tmp_path: Path, data_dir: Path) -> None:
     from typer.testing import CliRunner
@@ -517,7 +539,9 @@ def test_cli_bad_options_one_line_exit_2(args: list[str], message: str, tmp_path
     from sdnet_cli.cli import app
 
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["eval", "--model", "sdnet18", "--data-dir", str(data_dir), "--out", str(out), *args])
+    result = CliRunner().invoke(
+        app, ["eval", "--model", "sdnet18", "--data-dir", str(data_dir), "--out", str(out), *args]
+    )
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
@@ -534,9 +558,26 @@ def test_cli_sigterm_exits_143_and_leaves_nothing(tmp_path: Path, data_dir: Path
     cache, out = tmp_path / "cache", tmp_path / "out"
     env = {**__import__("os").environ, "SDNET_DATA": str(data_dir), "OMP_NUM_THREADS": "1"}
     child = subprocess.Popen(
-        [sys.executable, "-m", "sdnet_cli", "eval", "--model", "sdnet18", "-c", "glass_blur", "-c", "zoom_blur",
-         "--cache-dir", str(cache), "--out", str(out)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "sdnet_cli",
+            "eval",
+            "--model",
+            "sdnet18",
+            "-c",
+            "glass_blur",
+            "-c",
+            "zoom_blur",
+            "--cache-dir",
+            str(cache),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     deadline = time.monotonic() + 90
     while not list(cache.rglob("*.tmp")) and child.poll() is None and time.monotonic() < deadline:
@@ -549,13 +590,26 @@ def test_cli_sigterm_exits_143_and_leaves_nothing(tmp_path: Path, data_dir: Path
     assert not list(tmp_path.rglob("*.tmp")) and not out.exists()
 
 
-def test_interrupted_attack_says_what_was_saved_and_resume_finishes_it(tiny_checkpoint: Path, data_dir: Path,
-                                                                      tmp_path: Path) -> None:
+def test_interrupted_attack_says_what_was_saved_and_resume_finishes_it(
+    tiny_checkpoint: Path, data_dir: Path, tmp_path: Path
+) -> None:
     from sdnet_cli import api
     from sdnet_cli.errors import Interrupted
 
-    common = dict(model="sdnet18", checkpoint=tiny_checkpoint, attack="pgd", eps=["1/255"], steps=2, n_examples=24,
-                  batch_size=8, pool_batches=1, data_dir=data_dir, device="cpu", name="run", state_dir=tmp_path)
+    common = dict(
+        model="sdnet18",
+        checkpoint=tiny_checkpoint,
+        attack="pgd",
+        eps=["1/255"],
+        steps=2,
+        n_examples=24,
+        batch_size=8,
+        pool_batches=1,
+        data_dir=data_dir,
+        device="cpu",
+        name="run",
+        state_dir=tmp_path,
+    )
 
     class StopAfterTwoPools:
         def task(self, description: str, total: int):  # type: ignore[no-untyped-def]
@@ -573,11 +627,15 @@ def test_interrupted_attack_says_what_was_saved_and_resume_finishes_it(tiny_chec
 
     with pytest.raises(Interrupted) as caught:
         api.attack(**common, progress=StopAfterTwoPools())
-    assert "2 finished pools of 3 (8 images each) are saved in" in str(caught.value) and (tmp_path / "run.state.json").is_file()
+    assert (
+        "2 finished pools of 3 (8 images each) are saved in" in str(caught.value)
+        and (tmp_path / "run.state.json").is_file()
+    )
     resumed = api.attack(**common, resume=True)
     straight = api.attack(**{**common, "state_dir": None})
-    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.rows] == \
-        [{k: v for k, v in r.items() if k != "seconds"} for r in straight.rows]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.rows] == [
+        {k: v for k, v in r.items() if k != "seconds"} for r in straight.rows
+    ]
     assert not (tmp_path / "run.state.json").exists()
 
 
@@ -587,8 +645,19 @@ def test_damaged_attack_state_is_named(tiny_checkpoint: Path, data_dir: Path, tm
 
     (tmp_path / "run.state.json").write_text('{"config": {"attack": "pg')
     with pytest.raises(UsageError) as caught:
-        api.attack(model="sdnet18", checkpoint=tiny_checkpoint, attack="pgd", eps=["1/255"], steps=1, n_examples=8,
-                   data_dir=data_dir, device="cpu", name="run", state_dir=tmp_path, resume=True)
+        api.attack(
+            model="sdnet18",
+            checkpoint=tiny_checkpoint,
+            attack="pgd",
+            eps=["1/255"],
+            steps=1,
+            n_examples=8,
+            data_dir=data_dir,
+            device="cpu",
+            name="run",
+            state_dir=tmp_path,
+            resume=True,
+        )
     assert "run.state.json is damaged" in str(caught.value) and caught.value.parameter == "resume"
 
 
@@ -601,5 +670,7 @@ def test_help_shows_flags_as_flags() -> None:
         result = CliRunner().invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "<bool>" not in result.output, result.output
     attack_help = CliRunner().invoke(app, ["attack", "--help"]).output
-    assert any(line.split()[:1] == ["--resume"] and len(line.split()) > 1 and line.split()[1] != "<bool>"
-               for line in attack_help.splitlines())
+    assert any(
+        line.split()[:1] == ["--resume"] and len(line.split()) > 1 and line.split()[1] != "<bool>"
+        for line in attack_help.splitlines()
+    )

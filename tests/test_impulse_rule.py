@@ -75,9 +75,13 @@ def test_impulse_fraction_matches_the_median_definition(
 def test_two_feature_rule_is_the_clamped_line_in_float64(cifar_test_images: tuple[np.ndarray, np.ndarray]) -> None:
     model = create_model("sdnet18", width=8).eval()
     rng = np.random.default_rng(1)
-    images = np.concatenate([cifar_test_images[0][:2],
-                             corrupt(cifar_test_images[0][2:5], "impulse_noise", 5, rng, "cifar"),
-                             corrupt(cifar_test_images[0][5:8], "gaussian_noise", 3, rng, "cifar")])
+    images = np.concatenate(
+        [
+            cifar_test_images[0][:2],
+            corrupt(cifar_test_images[0][2:5], "impulse_noise", 5, rng, "cifar"),
+            corrupt(cifar_test_images[0][5:8], "gaussian_noise", 3, rng, "cifar"),
+        ]
+    )
     x = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255
     rule = NoiseLevelLambda(a=9.0, b=-0.05, lo=0.1, hi=0.6, c=8.0)
     with torch.no_grad():
@@ -130,8 +134,10 @@ CURVES = np.stack([peaked(10 * s + 20 * i) for s, i in zip(SIGMA, IMPULSE)])
 def test_two_feature_fit_finds_the_plane_through_every_peak() -> None:
     (a, c), b = fit_rule_for_accuracy(np.array([SIGMA, IMPULSE]).T, CURVES, GRID)
     assert (a, c, b) == pytest.approx((10.0, 20.0, 0.0), abs=1e-9)
-    points = [{"corruption": "x", "severity": k, "noise": s, "impulse": i, "error": 1.0 + k, "curve": list(curve)}
-              for k, (s, i, curve) in enumerate(zip(SIGMA, IMPULSE, CURVES))]
+    points = [
+        {"corruption": "x", "severity": k, "noise": s, "impulse": i, "error": 1.0 + k, "curve": list(curve)}
+        for k, (s, i, curve) in enumerate(zip(SIGMA, IMPULSE, CURVES))
+    ]
     noise = fit_rules(points, GRID)["noise"]
     assert (noise.a, noise.c, noise.b, noise.lo, noise.hi) == pytest.approx((10.0, 20.0, 0.0, 0.1, 1.4), abs=1e-9)
     # without the impulse means (a calibration measured before them) the same groups give a line in sigma

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from sdnet_cli.errors import UsageError
 from sdnet_cli.lam import (
-    OracleScores,
     Calibration,
     FixedLambda,
     NoiseLevelLambda,
+    OracleScores,
     ReconErrorLambda,
     estimate_noise_sigma,
     fit_line,
@@ -163,7 +163,9 @@ def smooth_images(n: int = 4) -> torch.Tensor:
     images = []
     for i in range(n):
         channels = [
-            0.2 + 0.01 * (i + 1) * xx + 0.1 * torch.sin(2 * torch.pi * yy / 32 + c)
+            0.2
+            + 0.01 * (i + 1) * xx
+            + 0.1 * torch.sin(2 * torch.pi * yy / 32 + c)
             + 0.05 * torch.sin(2 * torch.pi * xx / 32) * torch.cos(2 * torch.pi * yy / 32)
             for c in range(3)
         ]
@@ -197,7 +199,9 @@ def test_noise_lambda_is_the_clamped_line_of_the_pixel_noise(model: torch.nn.Mod
 def test_lambda_grid() -> None:
     grid = lambda_grid("0.1:1.4:0.1")
     assert len(grid) == 14 and grid[0] == 0.1 and grid[-1] == 1.4 and grid[2] == 0.3
-    assert lambda_grid("0.5, 0.1,0.5") == [0.1, 0.5] == lambda_grid([0.5, 0.1, 0.5]) == lambda_grid(np.array([0.1, 0.5]))
+    assert (
+        lambda_grid("0.5, 0.1,0.5") == [0.1, 0.5] == lambda_grid([0.5, 0.1, 0.5]) == lambda_grid(np.array([0.1, 0.5]))
+    )
     for bad in ("1:0:0.1", "a,b", "0.1:1", "-1,0.2", "", [], [0.1, float("nan")], ["x"]):
         with pytest.raises(UsageError, match="lams") as raised:
             lambda_grid(bad)  # type: ignore[arg-type]
@@ -225,19 +229,41 @@ def test_resolve_policy(model: torch.nn.Module) -> None:
 # mean: recon 76.25 < noise 77.905, so ``auto`` is noise. With the noisy curve ending at 20 instead of 60
 # the noise rule reads 70 - 50 * 0.2 / 0.7 = 55.714 there (mean 72.19) and recon wins.
 GROUPS = [
-    {"corruption": "clean", "severity": 0, "best_lam": 0.1, "accuracy": 90.0, "error": 5.0, "noise": 0.01,
-     "curve": [90.0, 80.0, 50.0]},
-    {"corruption": "gaussian_noise", "severity": 5, "best_lam": 0.7, "accuracy": 70.0, "error": 50.0, "noise": 0.1,
-     "curve": [40.0, 70.0, 60.0]},
+    {
+        "corruption": "clean",
+        "severity": 0,
+        "best_lam": 0.1,
+        "accuracy": 90.0,
+        "error": 5.0,
+        "noise": 0.01,
+        "curve": [90.0, 80.0, 50.0],
+    },
+    {
+        "corruption": "gaussian_noise",
+        "severity": 5,
+        "best_lam": 0.7,
+        "accuracy": 70.0,
+        "error": 50.0,
+        "noise": 0.1,
+        "curve": [40.0, 70.0, 60.0],
+    },
 ]
 RECON_LINE, NOISE_LINE = {"a": 0.01, "b": 0.05, "lo": 0.1, "hi": 1.4}, {"a": 8.0, "b": 0.1, "lo": 0.1, "hi": 1.4}
 
 
 def make_calibration(sha: str, points: list[dict] | None = None, recommended: str = "noise") -> Calibration:
     return Calibration(
-        recon=ReconErrorLambda(**RECON_LINE), noise=NoiseLevelLambda(**NOISE_LINE), recommended=recommended,
-        grid=[0.1, 0.7, 1.4], points=GROUPS if points is None else points, corruptions=["gaussian_noise"],
-        severities=[5], n=100, seed=4, training_lam=0.1, checkpoint_sha256=sha,
+        recon=ReconErrorLambda(**RECON_LINE),
+        noise=NoiseLevelLambda(**NOISE_LINE),
+        recommended=recommended,
+        grid=[0.1, 0.7, 1.4],
+        points=GROUPS if points is None else points,
+        corruptions=["gaussian_noise"],
+        severities=[5],
+        n=100,
+        seed=4,
+        training_lam=0.1,
+        checkpoint_sha256=sha,
     )
 
 
@@ -268,14 +294,34 @@ def test_auto_names_the_recommended_rule_and_says_so(model: torch.nn.Module) -> 
 def test_calibration_is_stored_beside_a_shipped_checkpoint_and_named_in_its_manifest(tmp_path: Path) -> None:
     weights = tmp_path / "weights"
     weights.mkdir()
-    entry = {"name": "sdnet18-w8", "file": "sdnet18-w8.safetensors", "architecture": "sdnet18", "dataset": "cifar10", "sha256": "ab" * 32}
+    entry = {
+        "name": "sdnet18-w8",
+        "file": "sdnet18-w8.safetensors",
+        "architecture": "sdnet18",
+        "dataset": "cifar10",
+        "sha256": "ab" * 32,
+    }
     (weights / "manifest.json").write_text(json.dumps({"models": [entry]}))
-    info = ModelInfo("sdnet18-w8", "sdnet18", "cifar10", 8, 10, 0.1, 2, True, "cifar",
-                     checkpoint=str(weights / entry["file"]), sha256=entry["sha256"], manifest_entry=entry)
+    info = ModelInfo(
+        "sdnet18-w8",
+        "sdnet18",
+        "cifar10",
+        8,
+        10,
+        0.1,
+        2,
+        True,
+        "cifar",
+        checkpoint=str(weights / entry["file"]),
+        sha256=entry["sha256"],
+        manifest_entry=entry,
+    )
     path = store_calibration(make_calibration(entry["sha256"]), info)
     assert path == weights / "sdnet18-w8.lambda.json"
     saved = json.loads(path.read_text())
-    assert saved["rules"] == {"recon": RECON_LINE, "noise": {**NOISE_LINE, "c": 0.0}} and saved["recommended"] == "noise"
+    assert (
+        saved["rules"] == {"recon": RECON_LINE, "noise": {**NOISE_LINE, "c": 0.0}} and saved["recommended"] == "noise"
+    )
     assert {"grid", "points", "corruptions", "severities", "n", "seed", "checkpoint_sha256"} <= set(saved)
     assert saved["split"] == "train" and saved["schema"] == 4
     manifest = json.loads((weights / "manifest.json").read_text())["models"]
@@ -297,16 +343,36 @@ def test_calibration_is_stored_beside_a_shipped_checkpoint_and_named_in_its_mani
 
 
 def test_missing_calibration_says_how_to_make_one(tmp_path: Path) -> None:
-    info = ModelInfo("sdnet18", "sdnet18", "cifar10", 8, 10, 0.1, 2, True, "cifar",
-                     checkpoint=str(tmp_path / "m.safetensors"), sha256="ab" * 32)
+    info = ModelInfo(
+        "sdnet18",
+        "sdnet18",
+        "cifar10",
+        8,
+        10,
+        0.1,
+        2,
+        True,
+        "cifar",
+        checkpoint=str(tmp_path / "m.safetensors"),
+        sha256="ab" * 32,
+    )
     for lam in ("auto", "recon", "noise"):
         with pytest.raises(UsageError, match="calibrate.*calibration=PATH") as raised:
             resolve_policy(lam, create_model("sdnet18", width=8), info)
         assert raised.value.parameter == "calibration"
 
 
-COMMON = {"grid": [0.1, 0.7, 1.4], "points": GROUPS, "corruptions": ["gaussian_noise"], "severities": [5], "n": 100,
-          "seed": 4, "training_lam": 0.1, "checkpoint_sha256": "ab" * 32, "split": "train"}
+COMMON = {
+    "grid": [0.1, 0.7, 1.4],
+    "points": GROUPS,
+    "corruptions": ["gaussian_noise"],
+    "severities": [5],
+    "n": 100,
+    "seed": 4,
+    "training_lam": 0.1,
+    "checkpoint_sha256": "ab" * 32,
+    "split": "train",
+}
 SCHEMA_1 = {**RECON_LINE, "noise": NOISE_LINE, **COMMON}  # the reconstruction-error rule at the top level
 SCHEMA_2 = {"rules": {"auto": RECON_LINE, "noise": NOISE_LINE}, **COMMON, "schema": 2}  # ... named "auto"
 SCHEMA_3 = {"rules": {"recon": RECON_LINE, "noise": NOISE_LINE}, **COMMON, "schema": 3}  # no impulse term yet
@@ -334,8 +400,9 @@ def test_old_layouts_load_and_auto_picks_the_better_rule_from_their_curves(tmp_p
         Calibration.load(no_curves)
 
 
-def test_old_layouts_give_the_lambdas_they_always_gave(tmp_path: Path, model: torch.nn.Module,
-                                                         mixed_batch: torch.Tensor) -> None:
+def test_old_layouts_give_the_lambdas_they_always_gave(
+    tmp_path: Path, model: torch.nn.Module, mixed_batch: torch.Tensor
+) -> None:
     """A file without the impulse term runs lambda = clamp(a * sigma + b) bit for bit as before it existed
     (the float64 line agrees to float32 rounding), for salt-and-pepper inputs too."""
     salted = mixed_batch.clone()
@@ -377,9 +444,11 @@ def test_refit_without_a_corruption_never_sees_its_groups(monkeypatch: pytest.Mo
     import sdnet_cli.lam.calibration as calibration_module
 
     grid = [0.1, 0.7, 1.4]
-    points = [GROUPS[0],
-              {"corruption": "contrast", "severity": 5, "error": 20.0, "noise": 0.05, "curve": [10.0, 20.0, 80.0]},
-              {"corruption": "gaussian_noise", "severity": 5, "error": 50.0, "noise": 0.1, "curve": [99.0, 0.0, 0.0]}]
+    points = [
+        GROUPS[0],
+        {"corruption": "contrast", "severity": 5, "error": 20.0, "noise": 0.05, "curve": [10.0, 20.0, 80.0]},
+        {"corruption": "gaussian_noise", "severity": 5, "error": 50.0, "noise": 0.1, "curve": [99.0, 0.0, 0.0]},
+    ]
     full = replace(make_calibration("ab" * 32, points), grid=grid, corruptions=["contrast", "gaussian_noise"])
     seen: list[list[float]] = []
     real_fit = calibration_module.fit_rule_for_accuracy
@@ -405,9 +474,7 @@ def test_refit_without_a_corruption_never_sees_its_groups(monkeypatch: pytest.Mo
 def test_oracles_of_a_correctness_matrix_known_by_construction() -> None:
     grid = [0.1, 0.5, 1.0]
     # 6 images; lambda 0.5 gets 4 right, 0.1 gets 3, 1.0 gets 2; images 0-4 are right at some lambda, 5 never
-    correct = np.array([[1, 1, 1, 0, 0, 0],
-                        [1, 1, 0, 1, 1, 0],
-                        [0, 0, 0, 1, 1, 0]], dtype=bool)
+    correct = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 0, 1, 1, 0], [0, 0, 0, 1, 1, 0]], dtype=bool)
     assert per_cell_oracle(correct, grid) == (0.5, 4)
     assert per_input_oracle(correct) == 5
     assert oracle_scores(correct, grid) == OracleScores(n=6, cell_lam=0.5, cell_correct=4, input_correct=5)

@@ -79,22 +79,28 @@ def test_sweep_matrix_and_both_oracles_match_plain_forwards(model: torch.nn.Modu
         assert not LAM_KEYS & set(input_row)
     assert all(r["uses_labels"] for r in rows)
     mean = by_key[(sweep.ORACLE_CELL, "mean")]
-    assert mean["accuracy"] == pytest.approx(np.mean([by_key[(sweep.ORACLE_CELL, c.corruption)]["accuracy"]
-                                                      for c in CELLS[1:]]), abs=1e-4)
+    assert mean["accuracy"] == pytest.approx(
+        np.mean([by_key[(sweep.ORACLE_CELL, c.corruption)]["accuracy"] for c in CELLS[1:]]), abs=1e-4
+    )
     # the sweep's ordinary rows are unchanged by keeping the matrix
     plain = sweep.sweep_rows(sweeps, {"model": "m", "dataset": "cifar10"})
     assert [r["correct"] for r in plain] == [int(c) for s in sweeps for c in s.correct.sum(axis=1)]
 
 
-def test_per_input_rows_carry_lambda_statistics_and_fixed_rows_do_not(model: torch.nn.Module, source: CellSource) -> None:
+def test_per_input_rows_carry_lambda_statistics_and_fixed_rows_do_not(
+    model: torch.nn.Module, source: CellSource
+) -> None:
     deployed = FixedLambda(0.1)
     with model.using(deployed):
-        fixed = evaluate_cells(model, CELLS, source, CPU, {"model": "m", "dataset": "cifar10", "lam": 0.1}, batch_size=10)
+        fixed = evaluate_cells(
+            model, CELLS, source, CPU, {"model": "m", "dataset": "cifar10", "lam": 0.1}, batch_size=10
+        )
         assert model.lam_policy is deployed
         policy = MeanPixel()
         with model.using(policy):
-            rows = evaluate_cells(model, CELLS, source, CPU, {"model": "m", "dataset": "cifar10", "lam": "mean-pixel"},
-                                  batch_size=10)
+            rows = evaluate_cells(
+                model, CELLS, source, CPU, {"model": "m", "dataset": "cifar10", "lam": "mean-pixel"}, batch_size=10
+            )
             assert model.lam_policy is policy  # nothing left behind by the call
     assert all(set(r) == ROW_KEYS for r in fixed)  # fixed lambda: today's columns, no others
     pooled = []
@@ -112,7 +118,9 @@ def test_per_input_rows_carry_lambda_statistics_and_fixed_rows_do_not(model: tor
         if cell.severity:
             pooled.append(lams)
     mean = rows[-1]
-    assert mean["corruption"] == "mean" and mean["lam_p90"] == pytest.approx(np.percentile(np.concatenate(pooled), 90), abs=1e-4)
+    assert mean["corruption"] == "mean" and mean["lam_p90"] == pytest.approx(
+        np.percentile(np.concatenate(pooled), 90), abs=1e-4
+    )
 
 
 def make_calibration(sha: str) -> Calibration:
@@ -122,15 +130,26 @@ def make_calibration(sha: str) -> Calibration:
         {"corruption": "gaussian_noise", "severity": 5, "error": 40.0, "noise": 0.2, "curve": [20.0, 50.0, 40.0]},
         {"corruption": "contrast", "severity": 5, "error": 20.0, "noise": 0.02, "curve": [50.0, 30.0, 10.0]},
     ]
-    return Calibration(recon=ReconErrorLambda(0.02, -0.1, 0.1, 1.4), noise=NoiseLevelLambda(5.0, 0.05, 0.1, 1.4),
-                       recommended="noise", grid=GRID, points=points, corruptions=["gaussian_noise", "contrast"],
-                       severities=[5], n=8, seed=0, training_lam=0.1, checkpoint_sha256=sha)
+    return Calibration(
+        recon=ReconErrorLambda(0.02, -0.1, 0.1, 1.4),
+        noise=NoiseLevelLambda(5.0, 0.05, 0.1, 1.4),
+        recommended="noise",
+        grid=GRID,
+        points=points,
+        corruptions=["gaussian_noise", "contrast"],
+        severities=[5],
+        n=8,
+        seed=0,
+        training_lam=0.1,
+        checkpoint_sha256=sha,
+    )
 
 
 def test_hold_out_rows_compare_the_refit_rule_with_the_full_one(model: torch.nn.Module, source: CellSource) -> None:
     full = make_calibration("ab" * 32)
-    rows = sweep.hold_out(model, full, ["gaussian_noise"], source, CPU, [5], {"model": "m", "dataset": "cifar10"},
-                          batch_size=16)
+    rows = sweep.hold_out(
+        model, full, ["gaussian_noise"], source, CPU, [5], {"model": "m", "dataset": "cifar10"}, batch_size=16
+    )
     variants = {r["variant"]: r for r in rows if r["corruption"] == "gaussian_noise"}
     assert set(variants) == {sweep.REFERENCE, sweep.IN_CALIBRATION, sweep.HELD_OUT}
     images, labels = source.load(Cell("gaussian_noise", 5))
@@ -144,7 +163,9 @@ def test_hold_out_rows_compare_the_refit_rule_with_the_full_one(model: torch.nn.
     (summary,) = sweep.hold_out_summary(rows)
     means = {r["variant"]: r["accuracy"] for r in rows if r["corruption"] == "mean"}
     assert summary["gain_held_out"] == pytest.approx(means[sweep.HELD_OUT] - means[sweep.REFERENCE], abs=1e-4)
-    assert summary["gain_in_calibration"] == pytest.approx(means[sweep.IN_CALIBRATION] - means[sweep.REFERENCE], abs=1e-4)
+    assert summary["gain_in_calibration"] == pytest.approx(
+        means[sweep.IN_CALIBRATION] - means[sweep.REFERENCE], abs=1e-4
+    )
 
 
 @pytest.fixture()
@@ -166,9 +187,20 @@ def test_api_hold_out_never_fits_on_the_held_out_groups(
 
     monkeypatch.setattr(calibration_module, "fit_rules", spy)
     monkeypatch.setattr(sweep, "fit_rules", spy)
-    report = api.lambda_hold_out(model="sdnet18", checkpoint=checkpoint, hold_out=["gaussian_noise", "contrast"],
-                                 fit_corruptions=["gaussian_noise", "contrast"], fit_n=8, fit_lams=GRID, severities=[5],
-                                 n_examples=N, seed=1, data_dir=data_dir, cache_dir=cache_dir, device="cpu")
+    report = api.lambda_hold_out(
+        model="sdnet18",
+        checkpoint=checkpoint,
+        hold_out=["gaussian_noise", "contrast"],
+        fit_corruptions=["gaussian_noise", "contrast"],
+        fit_n=8,
+        fit_lams=GRID,
+        severities=[5],
+        n_examples=N,
+        seed=1,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        device="cpu",
+    )
     everything = {"clean", "gaussian_noise", "contrast"}
     assert fitted == [everything, everything - {"gaussian_noise"}, everything - {"contrast"}]
     assert [s["held_out"] for s in report.meta["summary"]] == ["gaussian_noise", "contrast"]
@@ -181,14 +213,26 @@ def test_api_hold_out_never_fits_on_the_held_out_groups(
 
 def test_api_compare_rules_report(checkpoint: Path, data_dir: Path, cache_dir: Path, source: CellSource) -> None:
     calibration = make_calibration(sha256_of(checkpoint)).save(checkpoint.with_name("w8.lambda.json"))
-    report = api.compare_lambda_rules(model="sdnet18", checkpoint=checkpoint, corruptions=["gaussian_noise"],
-                                      severities=[5], rules=[0.1, "recon", "auto"], lams=GRID, n_examples=N, seed=1,
-                                      data_dir=data_dir, cache_dir=cache_dir, device="cpu", batch_size=16)
+    report = api.compare_lambda_rules(
+        model="sdnet18",
+        checkpoint=checkpoint,
+        corruptions=["gaussian_noise"],
+        severities=[5],
+        rules=[0.1, "recon", "auto"],
+        lams=GRID,
+        n_examples=N,
+        seed=1,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        device="cpu",
+        batch_size=16,
+    )
     assert calibration.is_file()
     lams = list(dict.fromkeys(r["lam"] for r in report.rows))
     assert lams == [0.1, "recon", "auto:noise", sweep.ORACLE_CELL, sweep.ORACLE_INPUT]
-    assert [r["uses_labels"] for r in report.rows] == [r["lam"] in (sweep.ORACLE_CELL, sweep.ORACLE_INPUT)
-                                                      for r in report.rows]
+    assert [r["uses_labels"] for r in report.rows] == [
+        r["lam"] in (sweep.ORACLE_CELL, sweep.ORACLE_INPUT) for r in report.rows
+    ]
     summary = {s["lam"]: s for s in report.meta["summary"]}
     assert summary[0.1]["gain"] == 0 and summary[sweep.ORACLE_INPUT]["gain"] >= summary[sweep.ORACLE_CELL]["gain"] >= 0
     assert "uses_labels" in report.markdown and "very images they are scored on" in report.markdown

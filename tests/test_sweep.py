@@ -18,16 +18,22 @@ import sdnet_cli.data.cifar as cifar
 import sdnet_cli.data.datasets as datasets
 import sdnet_cli.sweep as sweep
 from sdnet_cli.cli import app
+from sdnet_cli.compare import Source, compare
 from sdnet_cli.data.cells import Cell, CellSource
-from sdnet_cli.evaluate import Runtime
 from sdnet_cli.errors import UsageError
+from sdnet_cli.evaluate import Runtime
 from sdnet_cli.lam import (
-    RULES, Calibration, FixedLambda, estimate_impulse_fraction, estimate_noise_sigma, fit_line_for_accuracy,
-    fit_rule_for_accuracy, rule_accuracy,
+    RULES,
+    Calibration,
+    FixedLambda,
+    estimate_impulse_fraction,
+    estimate_noise_sigma,
+    fit_line_for_accuracy,
+    fit_rule_for_accuracy,
+    rule_accuracy,
 )
 from sdnet_cli.models import create_model, load_model, save_checkpoint
 from sdnet_cli.models.csc import normalize_atoms
-from sdnet_cli.compare import Source, compare
 from sdnet_cli.sweep import calibrate, cell_points, save_sweep_plots, sweep_lambda
 
 runner = CliRunner()
@@ -68,14 +74,26 @@ def plain_forward(model: torch.nn.Module, images: np.ndarray, lam: float) -> tup
 def test_sweep_rows_oracle_errors_and_plots(model: torch.nn.Module, source: CellSource, tmp_path: Path) -> None:
     deployed = FixedLambda(0.3)
     with model.using(deployed):
-        rows = sweep_lambda(model, CELLS, source, Runtime.create("cpu"), LAMS, {"model": "m", "dataset": "cifar10"},
-                            batch_size=20)
+        rows = sweep_lambda(
+            model, CELLS, source, Runtime.create("cpu"), LAMS, {"model": "m", "dataset": "cifar10"}, batch_size=20
+        )
         assert model.lam_policy is deployed  # the sweep leaves the model as it found it
     assert [(r["corruption"], r["severity"], r["lam"]) for r in rows] == [
         (c.corruption, c.severity, lam) for c in CELLS for lam in LAMS
     ]
-    assert set(rows[0]) == {"model", "dataset", "corruption", "severity", "lam", "n", "correct", "accuracy", "seconds",
-                            "mean_error", "oracle"}
+    assert set(rows[0]) == {
+        "model",
+        "dataset",
+        "corruption",
+        "severity",
+        "lam",
+        "n",
+        "correct",
+        "accuracy",
+        "seconds",
+        "mean_error",
+        "oracle",
+    }
     for i, cell in enumerate(CELLS):
         cell_rows = rows[i * len(LAMS) : (i + 1) * len(LAMS)]
         assert sum(r["oracle"] for r in cell_rows) == 1
@@ -113,10 +131,23 @@ def test_calibration_uses_only_training_images(
 
     monkeypatch.setattr(cifar, "load_cifar10", no_test_split)
     seen: list[np.ndarray] = []
-    handle = model.register_forward_pre_hook(lambda m, inp: seen.append((inp[0] * 255).round().byte().permute(0, 2, 3, 1).numpy()))
+    handle = model.register_forward_pre_hook(
+        lambda m, inp: seen.append((inp[0] * 255).round().byte().permute(0, 2, 3, 1).numpy())
+    )
     try:
-        calibration = calibrate(model, train_images, train_labels, Runtime.create("cpu"), LAMS, ["gaussian_noise", "contrast"],
-                                [2, 5], n=24, seed=7, batch_size=24, checkpoint_sha256="ab" * 32)
+        calibration = calibrate(
+            model,
+            train_images,
+            train_labels,
+            Runtime.create("cpu"),
+            LAMS,
+            ["gaussian_noise", "contrast"],
+            [2, 5],
+            n=24,
+            seed=7,
+            batch_size=24,
+            checkpoint_sha256="ab" * 32,
+        )
     finally:
         handle.remove()
     # the clean group's inputs are training images, and none of the forwards saw a test image
@@ -129,7 +160,11 @@ def test_calibration_uses_only_training_images(
 
     assert calibration.n == 24 and calibration.seed == 7 and calibration.grid == LAMS and calibration.split == "train"
     assert [(p["corruption"], p["severity"]) for p in calibration.points] == [
-        ("clean", 0), ("gaussian_noise", 2), ("gaussian_noise", 5), ("contrast", 2), ("contrast", 5)
+        ("clean", 0),
+        ("gaussian_noise", 2),
+        ("gaussian_noise", 5),
+        ("contrast", 2),
+        ("contrast", 5),
     ]
     curves = np.array([p["curve"] for p in calibration.points])
     assert curves.shape == (5, len(LAMS))
@@ -137,7 +172,9 @@ def test_calibration_uses_only_training_images(
     expected = fit_line_for_accuracy([p["error"] for p in calibration.points], curves, LAMS)
     assert (calibration.recon.a, calibration.recon.b) == pytest.approx(expected, rel=1e-8, abs=1e-12)
     (a, c), b = fit_rule_for_accuracy(np.array([[p["noise"], p["impulse"]] for p in calibration.points]), curves, LAMS)
-    assert (calibration.noise.a, calibration.noise.c, calibration.noise.b) == pytest.approx((a, c, b), rel=1e-8, abs=1e-12)
+    assert (calibration.noise.a, calibration.noise.c, calibration.noise.b) == pytest.approx(
+        (a, c, b), rel=1e-8, abs=1e-12
+    )
     assert (calibration.recon.lo, calibration.recon.hi) == (0.1, 1.2) == (calibration.noise.lo, calibration.noise.hi)
     scores = {name: rule_accuracy(rule, calibration.points, LAMS) for name, rule in calibration.rules.items()}
     assert scores[calibration.recommended] == max(scores.values())  # auto: the rule with the higher group mean
@@ -146,10 +183,14 @@ def test_calibration_uses_only_training_images(
 def test_sweep_and_calibration_refuse_what_they_cannot_do(source: CellSource) -> None:
     runtime = Runtime.create("cpu")
     with pytest.raises(UsageError, match="no CSC layers") as raised:
-        sweep_lambda(create_model("resnet18", width=4).eval(), CELLS, source, runtime, LAMS, {"model": "r", "dataset": "c"})
+        sweep_lambda(
+            create_model("resnet18", width=4).eval(), CELLS, source, runtime, LAMS, {"model": "r", "dataset": "c"}
+        )
     assert raised.value.parameter == "model"
     with pytest.raises(UsageError, match="lams"):
-        sweep_lambda(create_model("sdnet18", width=4).eval(), CELLS, source, runtime, [], {"model": "s", "dataset": "c"})
+        sweep_lambda(
+            create_model("sdnet18", width=4).eval(), CELLS, source, runtime, [], {"model": "s", "dataset": "c"}
+        )
 
 
 def run(*args: str):  # type: ignore[no-untyped-def]
@@ -159,8 +200,17 @@ def run(*args: str):  # type: ignore[no-untyped-def]
 def test_sweep_lambda_on_resnet_exits_2(data_dir: Path, tmp_path: Path) -> None:
     path = tmp_path / "r.safetensors"
     save_checkpoint(create_model("resnet18", width=8).network, path, {"architecture": "resnet18"})
-    result = run("sweep-lambda", "--model", "resnet18", "--checkpoint", str(path), "--data-dir", str(data_dir),
-                 "--out", str(tmp_path / "out"))
+    result = run(
+        "sweep-lambda",
+        "--model",
+        "resnet18",
+        "--checkpoint",
+        str(path),
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert result.exit_code == 2 and "no CSC layers" in result.output
     assert not (tmp_path / "out").exists()
 
@@ -168,12 +218,38 @@ def test_sweep_lambda_on_resnet_exits_2(data_dir: Path, tmp_path: Path) -> None:
 def test_eval_lam_auto_without_calibration_exits_2(tiny_checkpoint: Path, data_dir: Path, tmp_path: Path) -> None:
     checkpoint = tmp_path / "alone.safetensors"
     shutil.copy(tiny_checkpoint, checkpoint)
-    result = run("eval", "--model", "sdnet18", "--checkpoint", str(checkpoint), "--lam", "auto", "-n", "8",
-                 "--data-dir", str(data_dir), "--out", str(tmp_path / "out"))
+    result = run(
+        "eval",
+        "--model",
+        "sdnet18",
+        "--checkpoint",
+        str(checkpoint),
+        "--lam",
+        "auto",
+        "-n",
+        "8",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert result.exit_code == 2, result.output
     assert "sweep-lambda" in result.output and "--fit" in result.output
-    result = run("eval", "--model", "sdnet18", "--checkpoint", str(checkpoint), "--lam", "oracle", "-n", "8",
-                 "--data-dir", str(data_dir), "--out", str(tmp_path / "out"))
+    result = run(
+        "eval",
+        "--model",
+        "sdnet18",
+        "--checkpoint",
+        str(checkpoint),
+        "--lam",
+        "oracle",
+        "-n",
+        "8",
+        "--data-dir",
+        str(data_dir),
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert result.exit_code == 2 and "--sweep" in result.output
     assert not (tmp_path / "out").exists()
 
@@ -199,18 +275,53 @@ def test_sweep_fit_then_eval_auto_noise_oracle(
     real_calibrate = sweep.calibrate
     monkeypatch.setitem(datasets.DATASETS, "cifar10", dataclasses.replace(datasets.CIFAR10, reader=recording))
     monkeypatch.setattr(sweep, "calibrate", train_only)
-    common = ["--model", "sdnet18", "--checkpoint", str(checkpoint), "-n", "40", "--seed", "1", "--data-dir", str(data_dir),
-              "--cache-dir", str(cache_dir), "-c", "gaussian_noise", "-s", "1", "-s", "5"]
+    common = [
+        "--model",
+        "sdnet18",
+        "--checkpoint",
+        str(checkpoint),
+        "-n",
+        "40",
+        "--seed",
+        "1",
+        "--data-dir",
+        str(data_dir),
+        "--cache-dir",
+        str(cache_dir),
+        "-c",
+        "gaussian_noise",
+        "-s",
+        "1",
+        "-s",
+        "5",
+    ]
     out = tmp_path / "reports"
-    result = run("sweep-lambda", *common, "--lams", "0.1,0.5,1.2", "--fit", "--fit-corruption", "gaussian_noise",
-                 "--fit-corruption", "contrast", "--fit-n", "32", "--out", str(out))
+    result = run(
+        "sweep-lambda",
+        *common,
+        "--lams",
+        "0.1,0.5,1.2",
+        "--fit",
+        "--fit-corruption",
+        "gaussian_noise",
+        "--fit-corruption",
+        "contrast",
+        "--fit-n",
+        "32",
+        "--out",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     assert "noise: lambda = clamp(" in result.output and "recon: lambda = clamp(" in result.output
     assert splits == ["train", "test"]  # the calibration's split, then the evaluated cells'
     report = json.loads((out / "sweep-lambda-sdnet18.json").read_text())
     assert len(report["rows"]) == 3 * 3 and sum(r["oracle"] for r in report["rows"]) == 3
-    assert {p.name for p in out.iterdir()} >= {"sweep-lambda-sdnet18.csv", "sweep-lambda-sdnet18.md",
-                                               "sweep-lambda-sdnet18-accuracy.png", "sweep-lambda-sdnet18-fit.png"}
+    assert {p.name for p in out.iterdir()} >= {
+        "sweep-lambda-sdnet18.csv",
+        "sweep-lambda-sdnet18.md",
+        "sweep-lambda-sdnet18-accuracy.png",
+        "sweep-lambda-sdnet18-fit.png",
+    }
     calibration_path = tmp_path / "w8.lambda.json"
     calibration = Calibration.load(calibration_path)
     assert report["meta"]["calibration"] == str(calibration_path)
@@ -247,7 +358,17 @@ def test_sweep_fit_then_eval_auto_noise_oracle(
     assert [r["correct"] for r in oracle["rows"][:3]] == [r["correct"] for r in best]  # same images, same lambda
     assert oracle["rows"][3]["lam"] == "oracle" and oracle["meta"]["oracle"] is True
 
-    table, _ = compare([Source(label, out / "e.json", report["meta"], report["rows"])
-                        for label, report in (("auto", auto), ("noise", noise), ("oracle", oracle))])
-    assert table[0] == {"corruption": "clean", "severity": 0, "n": 40, "auto": auto["rows"][0]["accuracy"],
-                        "noise": noise["rows"][0]["accuracy"], "oracle": oracle["rows"][0]["accuracy"]}
+    table, _ = compare(
+        [
+            Source(label, out / "e.json", report["meta"], report["rows"])
+            for label, report in (("auto", auto), ("noise", noise), ("oracle", oracle))
+        ]
+    )
+    assert table[0] == {
+        "corruption": "clean",
+        "severity": 0,
+        "n": 40,
+        "auto": auto["rows"][0]["accuracy"],
+        "noise": noise["rows"][0]["accuracy"],
+        "oracle": oracle["rows"][0]["accuracy"],
+    }

@@ -109,8 +109,21 @@ def test_shipped_checkpoint_classifies_the_counted_images(entry: dict, cifar_tes
 
 
 def test_manifest_is_well_formed() -> None:
-    required = {"name", "file", "architecture", "dataset", "width", "num_classes", "lam", "sha256", "clean_accuracy",
-                "epochs", "command", "hardware", "default"}
+    required = {
+        "name",
+        "file",
+        "architecture",
+        "dataset",
+        "width",
+        "num_classes",
+        "lam",
+        "sha256",
+        "clean_accuracy",
+        "epochs",
+        "command",
+        "hardware",
+        "default",
+    }
     manifest = resolve_weights_dir() / "manifest.json"
     if not manifest.is_file():
         pytest.fail("weights/manifest.json is missing")
@@ -137,10 +150,31 @@ def test_train_command_half_stores_fp16_and_measures_the_stored_weights(data_dir
     from sdnet_cli.cli import app
 
     out = tmp_path / "weights" / "s8.safetensors"
-    result = CliRunner().invoke(app, [
-        "train", "--model", "sdnet18", "--width", "8", "--epochs", "1", "--n-train", "256", "--n-test", "64",
-        "--batch-size", "64", "--half", "--data-dir", str(data_dir), "--out", str(out), "--report-dir", str(tmp_path / "r"),
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "sdnet18",
+            "--width",
+            "8",
+            "--epochs",
+            "1",
+            "--n-train",
+            "256",
+            "--n-test",
+            "64",
+            "--batch-size",
+            "64",
+            "--half",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--report-dir",
+            str(tmp_path / "r"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     with safe_open(str(out), framework="pt") as f:
         dtypes = {key: f.get_tensor(key).dtype for key in f.keys()}
@@ -160,11 +194,32 @@ def test_train_command_bf16_records_the_fp32_accuracy_users_see(data_dir: Path, 
     from sdnet_cli.cli import app
 
     out = tmp_path / "weights" / "r8.safetensors"
-    result = CliRunner().invoke(app, [
-        "train", "--model", "resnet18", "--width", "8", "--epochs", "1", "--n-train", "512", "--n-test", "64",
-        "--batch-size", "64", "--precision", "bf16", "--data-dir", str(data_dir), "--out", str(out),
-        "--report-dir", str(tmp_path / "r"),
-    ])
+    result = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--model",
+            "resnet18",
+            "--width",
+            "8",
+            "--epochs",
+            "1",
+            "--n-train",
+            "512",
+            "--n-test",
+            "64",
+            "--batch-size",
+            "64",
+            "--precision",
+            "bf16",
+            "--data-dir",
+            str(data_dir),
+            "--out",
+            str(out),
+            "--report-dir",
+            str(tmp_path / "r"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     entry = read_manifest(out.parent)[0]
     assert entry["precision"] == "bf16"
@@ -199,8 +254,10 @@ def test_manifest_accuracy_is_measured_in_fp32_even_for_bf16_training(cifar_test
 def test_cpu_description_from_a_hand_written_cpuinfo() -> None:
     from sdnet_cli.train import describe_cpu
 
-    cpuinfo = ("processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\n"
-               "processor\t: 1\nmodel name\t: AMD EPYC 9B14\n")
+    cpuinfo = (
+        "processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\n"
+        "processor\t: 1\nmodel name\t: AMD EPYC 9B14\n"
+    )
     assert describe_cpu(cpuinfo, 2) == "AMD EPYC 9B14 CPU (AVX-512 BF16), 2 threads"
     assert describe_cpu("model name: Old Xeon\nflags: sse2 avx2\n", 1) == "Old Xeon CPU (AVX2), 1 thread"
     assert describe_cpu("flags: sse2\n", 4, fallback="x86_64") == "x86_64 CPU, 4 threads"

@@ -32,12 +32,21 @@ def ship(folder: Path, name: str, seed: int) -> str:
     path = folder / f"{name}.safetensors"
     save_checkpoint(create_model("resnet18", width=4).network, path, {"architecture": "resnet18"})
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    entry = {"name": name, "file": path.name, "architecture": "resnet18", "dataset": "cifar10", "sha256": digest, "default": True}
+    entry = {
+        "name": name,
+        "file": path.name,
+        "architecture": "resnet18",
+        "dataset": "cifar10",
+        "sha256": digest,
+        "default": True,
+    }
     (folder / "manifest.json").write_text(json.dumps({"models": [entry]}))
     return digest
 
 
-def test_lookup_order_is_argument_then_environment_then_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lookup_order_is_argument_then_environment_then_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     explicit, from_env = tmp_path / "explicit", tmp_path / "env"
     explicit_sha, env_sha = ship(explicit, "mine", seed=1), ship(from_env, "theirs", seed=2)
     assert explicit_sha != env_sha
@@ -68,7 +77,9 @@ def test_packaged_weights_are_the_checkouts(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.parametrize("source", ["argument", "environment"])
-def test_tampered_or_missing_shipped_file_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str) -> None:
+def test_tampered_or_missing_shipped_file_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str
+) -> None:
     folder = tmp_path / "weights"
     ship(folder, "r", seed=3)
     monkeypatch.setenv("SDNET_WEIGHTS", str(folder) if source == "environment" else str(tmp_path / "elsewhere"))
@@ -87,7 +98,9 @@ def test_tampered_or_missing_shipped_file_is_refused_by_name(tmp_path: Path, mon
 
 def test_unreadable_manifest_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match=re.escape(str(tmp_path / "manifest.json")) + " is not a readable manifest"):
+    with pytest.raises(
+        CheckpointError, match=re.escape(str(tmp_path / "manifest.json")) + " is not a readable manifest"
+    ):
         load_model("sdnet18", weights_dir=tmp_path)
 
 
@@ -96,6 +109,7 @@ def _can_build_wheels() -> bool:
 
     Read from the installed metadata: importing setuptools here would clash with the distutils already loaded.
     """
+
     def version(name: str) -> tuple[int, ...] | None:
         try:
             return tuple(int(part) for part in re.findall(r"\d+", importlib.metadata.version(name))[:2])
@@ -103,10 +117,16 @@ def _can_build_wheels() -> bool:
             return None
 
     setuptools = version("setuptools")
-    return version("pip") is not None and setuptools is not None and (setuptools >= (70, 1) or version("wheel") is not None)
+    return (
+        version("pip") is not None
+        and setuptools is not None
+        and (setuptools >= (70, 1) or version("wheel") is not None)
+    )
 
 
-@pytest.mark.skipif(not _can_build_wheels(), reason="needs pip and setuptools (>= 70.1, or the wheel package) to build a wheel")
+@pytest.mark.skipif(
+    not _can_build_wheels(), reason="needs pip and setuptools (>= 70.1, or the wheel package) to build a wheel"
+)
 def test_wheel_carries_every_module_and_shipped_file_and_resolves_them_when_installed(tmp_path: Path) -> None:
     """`pip install .` (not -e) must find the shipped models: build the wheel from a copy of the sources
     (so the checkout gets no build/ folder), check its contents, install it into a plain folder and load
@@ -119,25 +139,50 @@ def test_wheel_carries_every_module_and_shipped_file_and_resolves_them_when_inst
     for name in ("sdnet_cli", "weights"):
         shutil.copytree(ROOT / name, source / name, ignore=skip)
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(source)],
-        check=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        check=True,
+        timeout=300,
     )
     (wheel,) = (tmp_path / "dist").glob("sdnet_cli-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         manifest = json.loads(archive.read("sdnet_cli/shipped_weights/manifest.json"))
         for entry in manifest["models"]:
-            assert hashlib.sha256(archive.read(f"sdnet_cli/shipped_weights/{entry['file']}")).hexdigest() == entry["sha256"]
+            assert (
+                hashlib.sha256(archive.read(f"sdnet_cli/shipped_weights/{entry['file']}")).hexdigest()
+                == entry["sha256"]
+            )
     modules = {p.relative_to(source).as_posix() for p in (source / "sdnet_cli").rglob("*.py")}
-    assert modules <= names, f"modules missing from the wheel (list their package in pyproject.toml): {sorted(modules - names)}"
-    shipped = {f"sdnet_cli/shipped_weights/{e[key]}" for e in manifest["models"] for key in ("file", "calibration") if key in e}
-    assert {"sdnet_cli/shipped_weights/sdnet18-w32-cifar10.safetensors", "sdnet_cli/shipped_weights/resnet18-w32-cifar10.safetensors"} <= shipped
+    assert modules <= names, (
+        f"modules missing from the wheel (list their package in pyproject.toml): {sorted(modules - names)}"
+    )
+    shipped = {
+        f"sdnet_cli/shipped_weights/{e[key]}" for e in manifest["models"] for key in ("file", "calibration") if key in e
+    }
+    assert {
+        "sdnet_cli/shipped_weights/sdnet18-w32-cifar10.safetensors",
+        "sdnet_cli/shipped_weights/resnet18-w32-cifar10.safetensors",
+    } <= shipped
     assert shipped <= names
     assert manifest == json.loads((CHECKOUT_WEIGHTS / "manifest.json").read_text())
 
     site = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
-                   check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
+        check=True,
+        timeout=300,
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("SDNET_WEIGHTS", "PYTHONPATH")}
     env["PYTHONPATH"] = str(site)
     probe = (
@@ -145,9 +190,14 @@ def test_wheel_carries_every_module_and_shipped_file_and_resolves_them_when_inst
         "print(json.dumps({'package': sdnet_cli.__file__, 'checkpoint': info.checkpoint, 'name': info.name}))"
     )
     shutil.rmtree(source)  # nothing may be read from the sources the wheel was built from
-    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr
     found = json.loads(out.stdout.strip().splitlines()[-1])
     assert found["name"] == "sdnet18-w32-cifar10"
     assert Path(found["package"]).resolve() == (site / "sdnet_cli" / "__init__.py").resolve()
-    assert Path(found["checkpoint"]).resolve() == (site / "sdnet_cli" / "shipped_weights" / "sdnet18-w32-cifar10.safetensors").resolve()
+    assert (
+        Path(found["checkpoint"]).resolve()
+        == (site / "sdnet_cli" / "shipped_weights" / "sdnet18-w32-cifar10.safetensors").resolve()
+    )

@@ -17,7 +17,20 @@ from .runner import AttackedModel, build_components, requantized_robust_accuracy
 from .state import remove_state
 
 __all__ = [
-    "AUTOATTACK_VERSIONS", "NORMS", "AttackConfig", "AttackResults", "AttackedModel", "Component", "Diagnostics",
-    "Eps", "attack_names", "build_components", "diagnose", "register", "remove_state", "requantized_robust_accuracy",
-    "run_attack", "save_adversarials",
+    "AUTOATTACK_VERSIONS",
+    "NORMS",
+    "AttackConfig",
+    "AttackResults",
+    "AttackedModel",
+    "Component",
+    "Diagnostics",
+    "Eps",
+    "attack_names",
+    "build_components",
+    "diagnose",
+    "register",
+    "remove_state",
+    "requantized_robust_accuracy",
+    "run_attack",
+    "save_adversarials",
 ]

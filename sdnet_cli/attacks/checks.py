@@ -35,26 +35,36 @@ class Diagnostics:
     forward_calls_autograd: bool
     lambda_gradient: str
     square_gain: dict[str, float] = field(default_factory=dict)  # eps -> points Square took after the white-box attacks
-    max_excess: float = 0.0  # largest raw overshoot of the threat set by an attack (examples are projected before judging)
+    max_excess: float = (
+        0.0  # largest raw overshoot of the threat set by an attack (examples are projected before judging)
+    )
 
     def warnings(self) -> list[str]:
         notes = []
         if self.nondeterministic:
-            notes.append(f"two identical forwards differ (max {self.output_difference:.3g}): a randomised model; "
-                         "use AutoAttack version rand (EOT) and treat single-draw numbers with care")
+            notes.append(
+                f"two identical forwards differ (max {self.output_difference:.3g}): a randomised model; "
+                "use AutoAttack version rand (EOT) and treat single-draw numbers with care"
+            )
         if self.looks_like_probabilities:
             notes.append("outputs look like probabilities (rows in [0,1] summing to 1), not logits: losses saturate")
         if self.zero_gradient_fraction > 0:
-            notes.append(f"{100 * self.zero_gradient_fraction:.1f}% of samples have an all-zero input gradient: "
-                         "gradient masking, white-box numbers are unreliable")
+            notes.append(
+                f"{100 * self.zero_gradient_fraction:.1f}% of samples have an all-zero input gradient: "
+                "gradient masking, white-box numbers are unreliable"
+            )
         if self.forward_calls_autograd:
-            notes.append("the forward pass itself computes gradients (test-time optimisation): needs an adaptive attack")
+            notes.append(
+                "the forward pass itself computes gradients (test-time optimisation): needs an adaptive attack"
+            )
         if self.lambda_gradient.startswith("none"):
             notes.append(f"lambda gradient: {self.lambda_gradient}")
         for eps, gain in self.square_gain.items():
             if gain > SQUARE_MARGIN:
-                notes.append(f"at eps {eps} the black-box Square attack fooled {gain:.2f} points more than the "
-                             "white-box attacks: their gradients are likely masked")
+                notes.append(
+                    f"at eps {eps} the black-box Square attack fooled {gain:.2f} points more than the "
+                    "white-box attacks: their gradients are likely masked"
+                )
         return notes
 
     def as_meta(self) -> dict[str, Any]:
@@ -70,8 +80,12 @@ def forward_calls_autograd(model: nn.Module, x: torch.Tensor) -> bool:
 
     def tracer(frame, event, arg):  # type: ignore[no-untyped-def]
         code = frame.f_code
-        if event == "call" and code.co_name in _AUTOGRAD_ENTRIES and "torch" in code.co_filename \
-                and "autograd" in code.co_filename:
+        if (
+            event == "call"
+            and code.co_name in _AUTOGRAD_ENTRIES
+            and "torch" in code.co_filename
+            and "autograd" in code.co_filename
+        ):
             calls.append(code.co_name)
 
     previous = sys.gettrace()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from .. import distributed
 from ..errors import UsageError
@@ -30,7 +31,7 @@ class Eps:
     text: str
 
     @classmethod
-    def parse(cls, text: str) -> "Eps":
+    def parse(cls, text: str) -> Eps:
         """``8/255``, ``0.5/255``, ``0.031`` or ``0`` -> Eps; exact rational arithmetic, so 8/255 is 8/255."""
         compact = text.replace(" ", "")
         if compact.startswith("-"):
@@ -45,12 +46,13 @@ class Eps:
                 raise UsageError(f"eps {text!r} divides by zero", parameter="eps")
             value /= denominator
         if value > 1:
-            raise UsageError(f"eps must be at most 1 (images are in [0, 1]), got {text!r} = {float(value):g}",
-                             parameter="eps")
+            raise UsageError(
+                f"eps must be at most 1 (images are in [0, 1]), got {text!r} = {float(value):g}", parameter="eps"
+            )
         return cls(float(value), compact)
 
     @classmethod
-    def of(cls, eps: "Eps | str | float") -> "Eps":
+    def of(cls, eps: Eps | str | float) -> Eps:
         """An Eps from text, a number (its shortest round-trip decimal) or an Eps."""
         if isinstance(eps, Eps):
             if not 0 <= eps.value <= 1:
@@ -106,7 +108,7 @@ class AttackConfig:
         restarts: int | None = None,
         version: str = "standard",
         budgets: Mapping[str, int] | None = None,
-    ) -> "AttackConfig":
+    ) -> AttackConfig:
         attack = _choice(attack, attack_names(), "attack")
         norm = _choice(norm, NORMS, "norm")
         version = _choice(version, tuple(AUTOATTACK_VERSIONS), "version")
@@ -119,20 +121,29 @@ class AttackConfig:
         if attack == AUTOATTACK:
             for name, value in (("steps", steps), ("restarts", restarts)):
                 if value is not None:
-                    raise UsageError("autoattack runs the standard settings (Croce & Hein, ICML 2020); steps and "
-                                     "restarts are for single attacks", parameter=name)
+                    raise UsageError(
+                        "autoattack runs the standard settings (Croce & Hein, ICML 2020); steps and "
+                        "restarts are for single attacks",
+                        parameter=name,
+                    )
         elif version != "standard":
             raise UsageError(f"version {version} applies to autoattack only", parameter="version")
         elif budgets_:
-            raise UsageError("budgets shortens autoattack's components; a single attack takes steps", parameter="budgets")
+            raise UsageError(
+                "budgets shortens autoattack's components; a single attack takes steps", parameter="budgets"
+            )
         components = AUTOATTACK_VERSIONS[version].components if attack == AUTOATTACK else (attack,)
         for name, value in budgets_:
             if name not in components:
                 raise UsageError(f"budgets names {name!r}, not one of {', '.join(components)}", parameter="budgets")
             _count(value, "budgets")
         return cls(
-            attack=attack, norm=norm, eps=tuple(sorted({e.value: e for e in parsed}.values(), key=lambda e: e.value)),
-            steps=_count(steps, "steps"), restarts=_count(restarts, "restarts"), version=version,
+            attack=attack,
+            norm=norm,
+            eps=tuple(sorted({e.value: e for e in parsed}.values(), key=lambda e: e.value)),
+            steps=_count(steps, "steps"),
+            restarts=_count(restarts, "restarts"),
+            version=version,
             budgets=tuple(sorted(budgets_)),
         )
 
@@ -157,7 +168,9 @@ class AttackConfig:
     def as_meta(self) -> dict[str, Any]:
         """The report-meta fields of the run (``budgets`` only when AutoAttack was shortened)."""
         meta: dict[str, Any] = {
-            "attack": self.attack, "norm": self.norm, "version": self.version if self.attack == AUTOATTACK else None,
+            "attack": self.attack,
+            "norm": self.norm,
+            "version": self.version if self.attack == AUTOATTACK else None,
             "eps": [{"value": e.value, "text": e.text} for e in self.eps],
         }
         if self.budgets:
@@ -166,8 +179,14 @@ class AttackConfig:
 
     def state_fields(self) -> dict[str, Any]:
         """What a resumable state must agree on (with seed, data and model, added by the runner)."""
-        fields: dict[str, Any] = {"attack": self.attack, "norm": self.norm, "eps": [e.value for e in self.eps],
-                                  "steps": self.steps, "restarts": self.restarts, "version": self.version}
+        fields: dict[str, Any] = {
+            "attack": self.attack,
+            "norm": self.norm,
+            "eps": [e.value for e in self.eps],
+            "steps": self.steps,
+            "restarts": self.restarts,
+            "version": self.version,
+        }
         if self.budgets:
             fields["budgets"] = dict(self.budgets)
         return fields

@@ -8,9 +8,10 @@ APGD-T and FAB-T, Square with 5000 queries, p_init 0.8 and no rescheduling of p.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torchattacks
 from torch import nn
@@ -63,7 +64,9 @@ def registered(name: str) -> RegisteredAttack:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise UsageError(f"unknown attack {name!r}; choose one of: {', '.join(attack_names())}", parameter="attack") from None
+        raise UsageError(
+            f"unknown attack {name!r}; choose one of: {', '.join(attack_names())}", parameter="attack"
+        ) from None
 
 
 def attack_names() -> tuple[str, ...]:
@@ -77,31 +80,38 @@ class AutoAttackVersion:
     eot_iter: int  # expectation over transformation: gradients averaged over this many forwards
 
 
-AUTOATTACK_VERSIONS: Mapping[str, AutoAttackVersion] = MappingProxyType({
-    # Croce & Hein (ICML 2020): the standard ensemble, and the one for randomised defences.
-    "standard": AutoAttackVersion(("apgd-ce", "apgd-t", "fab-t", "square"), eot_iter=1),
-    "rand": AutoAttackVersion(("apgd-ce", "apgd-dlr"), eot_iter=20),
-})
+AUTOATTACK_VERSIONS: Mapping[str, AutoAttackVersion] = MappingProxyType(
+    {
+        # Croce & Hein (ICML 2020): the standard ensemble, and the one for randomised defences.
+        "standard": AutoAttackVersion(("apgd-ce", "apgd-t", "fab-t", "square"), eot_iter=1),
+        "rand": AutoAttackVersion(("apgd-ce", "apgd-dlr"), eot_iter=20),
+    }
+)
 
 
-def build(model: nn.Module, name: str, norm: str, eps: float, steps: int, restarts: int, num_classes: int,
-          eot_iter: int = 1) -> Component:
+def build(
+    model: nn.Module, name: str, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int = 1
+) -> Component:
     """The registered attack ``name`` on ``model`` at one eps."""
     return registered(name).build(model, norm, eps, steps, restarts, num_classes, eot_iter)
 
 
 @register("pgd", default_steps=20)
-def pgd(model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int) -> Component:
+def pgd(
+    model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int
+) -> Component:
     """PGD from a random start with step 2.5 * eps / steps (Madry et al., ICLR 2018); restarts are repeated runs."""
     cls = torchattacks.PGD if norm == "Linf" else torchattacks.PGDL2
     return Component("pgd", cls(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True), runs=restarts)
 
 
 def _apgd(loss: str) -> Builder:
-    def apgd(model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int,
-             eot_iter: int) -> Component:
-        attack = torchattacks.APGD(model, norm=norm, eps=eps, steps=steps, n_restarts=restarts, loss=loss,
-                                   eot_iter=eot_iter)
+    def apgd(
+        model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int
+    ) -> Component:
+        attack = torchattacks.APGD(
+            model, norm=norm, eps=eps, steps=steps, n_restarts=restarts, loss=loss, eot_iter=eot_iter
+        )
         return Component(f"apgd-{loss}", attack)
 
     apgd.__doc__ = f"APGD with the {loss.upper()} loss (Croce & Hein, 2020)."
@@ -113,7 +123,9 @@ register("apgd-dlr", default_steps=100)(_apgd("dlr"))
 
 
 @register("apgd-t", default_steps=100)
-def apgd_t(model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int) -> Component:
+def apgd_t(
+    model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int
+) -> Component:
     """Targeted APGD on the DLR loss, against the 9 most likely other classes in turn."""
     attack = torchattacks.APGDT(model, norm=norm, eps=eps, steps=steps, n_restarts=restarts, n_classes=num_classes)
     attack.n_target_classes = min(MAX_TARGETS, num_classes - 1)
@@ -121,25 +133,41 @@ def apgd_t(model: nn.Module, norm: str, eps: float, steps: int, restarts: int, n
 
 
 @register("fab-t", default_steps=100)
-def fab_t(model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int) -> Component:
+def fab_t(
+    model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int
+) -> Component:
     """Targeted FAB (minimum-norm; Croce & Hein, ICML 2020), against the 9 most likely other classes."""
-    attack = torchattacks.FAB(model, norm=norm, eps=eps, steps=steps, n_restarts=restarts, multi_targeted=True,
-                              n_classes=num_classes)
+    attack = torchattacks.FAB(
+        model, norm=norm, eps=eps, steps=steps, n_restarts=restarts, multi_targeted=True, n_classes=num_classes
+    )
     attack.n_target_classes = min(MAX_TARGETS, num_classes - 1)
     return Component("fab-t", attack)
 
 
 @register("square", default_steps=5000)
-def square(model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int) -> Component:
+def square(
+    model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int
+) -> Component:
     """Square (black-box, score-based; Andriushchenko et al., ECCV 2020): ``steps`` queries, p_init 0.8,
     margin loss, no rescheduling."""
-    attack = torchattacks.Square(model, norm=norm, eps=eps, n_queries=steps, n_restarts=restarts, p_init=0.8,
-                                 loss="margin", resc_schedule=False)
+    attack = torchattacks.Square(
+        model, norm=norm, eps=eps, n_queries=steps, n_restarts=restarts, p_init=0.8, loss="margin", resc_schedule=False
+    )
     return Component("square", attack)
 
 
-SETTING_KEYS = ("steps", "n_restarts", "n_target_classes", "n_queries", "p_init", "rescale_schedule", "loss",
-                "eot_iter", "multi_targeted", "random_start")
+SETTING_KEYS = (
+    "steps",
+    "n_restarts",
+    "n_target_classes",
+    "n_queries",
+    "p_init",
+    "rescale_schedule",
+    "loss",
+    "eot_iter",
+    "multi_targeted",
+    "random_start",
+)
 
 
 def describe(component: Component) -> dict[str, Any]:

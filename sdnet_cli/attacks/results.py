@@ -47,10 +47,17 @@ class AttackResults:
 
         def row(attack: str, e: int, robust: np.ndarray, seconds: float) -> dict[str, Any]:
             return {
-                "model": base["model"], "dataset": base["dataset"], "attack": attack, "norm": self.norm,
-                "eps": self.eps[e].value, "eps_text": self.eps[e].text, "lam": base["lam"], "n": n,
+                "model": base["model"],
+                "dataset": base["dataset"],
+                "attack": attack,
+                "norm": self.norm,
+                "eps": self.eps[e].value,
+                "eps_text": self.eps[e].text,
+                "lam": base["lam"],
+                "n": n,
                 "clean_accuracy": round(percent(self.clean.sum(), n), 4),
-                "robust_accuracy": round(percent(robust.sum(), n), 4), "seconds": round(float(seconds), 3),
+                "robust_accuracy": round(percent(robust.sum(), n), 4),
+                "seconds": round(float(seconds), 3),
             }
 
         rows = []
@@ -82,8 +89,12 @@ def save_adversarials(path: Path, results: AttackResults, labels: np.ndarray) ->
     images = results.kept_adversarials()
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(
-            f, images=images, labels=np.asarray(labels), eps=np.array([e.value for e in results.eps]),
-            eps_text=np.array([e.text for e in results.eps]), clean=results.clean,
+            f,
+            images=images,
+            labels=np.asarray(labels),
+            eps=np.array([e.value for e in results.eps]),
+            eps_text=np.array([e.text for e in results.eps]),
+            clean=results.clean,
             robust=np.stack([results.robust(e) for e in range(len(results.eps))]),
         )
     return path

@@ -9,10 +9,11 @@ example; that flag is what the report counts.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -93,14 +94,18 @@ class AttackedModel(nn.Module):
         if policy is None or isinstance(policy, FixedLambda):
             return "constant lambda (no per-input rule): nothing to differentiate through"
         if is_line_rule(policy):
-            return (f"per-input lambda '{policy.name}' = {policy.formula}: gradients flow through lambda(x) by "
-                    "autograd; the clamp is straight-through (BPDA)")
+            return (
+                f"per-input lambda '{policy.name}' = {policy.formula}: gradients flow through lambda(x) by "
+                "autograd; the clamp is straight-through (BPDA)"
+            )
         with torch.enable_grad():
             lam = policy(self.model, self.model.normalize(x).requires_grad_(True))
         if isinstance(lam, torch.Tensor) and lam.requires_grad:
             return f"per-input lambda '{policy.name}': autograd through the policy as deployed"
-        return (f"none: per-input lambda '{policy.name}' is not differentiable and has no straight-through form, "
-                "so the backward pass holds lambda constant; robust accuracy is an upper bound")
+        return (
+            f"none: per-input lambda '{policy.name}' is not differentiable and has no straight-through form, "
+            "so the backward pass holds lambda constant; robust accuracy is an upper bound"
+        )
 
 
 # -- the threat set ------------------------------------------------------------------------------
@@ -145,8 +150,12 @@ def own_rng(device: torch.device, seed: int | None = None) -> Iterator[None]:
 # -- sample-wise runner --------------------------------------------------------------------------
 def build_components(model: nn.Module, config: AttackConfig, eps: float, num_classes: int) -> list[registry.Component]:
     """The configured attacks at one eps, in the order they run."""
-    return [registry.build(model, name, config.norm, eps, config.steps_for(name), config.restarts or 1, num_classes,
-                           config.eot_iter) for name in config.components]
+    return [
+        registry.build(
+            model, name, config.norm, eps, config.steps_for(name), config.restarts or 1, num_classes, config.eot_iter
+        )
+        for name in config.components
+    ]
 
 
 @dataclass
@@ -165,8 +174,9 @@ class SampleWise:
     instead of many nearly empty ones (as the reference AutoAttack does over its whole input).
     """
 
-    def __init__(self, model: AttackedModel, components: list[registry.Component], norm: str, eps: float,
-                 batch_size: int) -> None:
+    def __init__(
+        self, model: AttackedModel, components: list[registry.Component], norm: str, eps: float, batch_size: int
+    ) -> None:
         self.model, self.components, self.norm, self.eps, self.batch_size = model, components, norm, eps, batch_size
         self.max_excess = 0.0  # largest raw overshoot of the threat set seen (clipped before judging)
 
@@ -189,8 +199,9 @@ class SampleWise:
             seconds.append(time.perf_counter() - start)
         return SampleWiseResult(fooled, adv, seconds)
 
-    def _attack(self, component: registry.Component, x: torch.Tensor, y: torch.Tensor,
-                seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _attack(
+        self, component: registry.Component, x: torch.Tensor, y: torch.Tensor, seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(fooled flags, example inside the threat set) of one attack on one batch."""
         if hasattr(component.attack, "seed"):
             component.attack.seed = seed
@@ -206,8 +217,15 @@ def to_nhwc(x: torch.Tensor) -> np.ndarray:
 
 
 def attack_pool(
-    model: AttackedModel, runners: Sequence[SampleWise | None], n_components: int, x: torch.Tensor, y: torch.Tensor,
-    seed: int, batch_size: int, keep_adv: bool, progress: Callable[[int], None] | None,
+    model: AttackedModel,
+    runners: Sequence[SampleWise | None],
+    n_components: int,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    seed: int,
+    batch_size: int,
+    keep_adv: bool,
+    progress: Callable[[int], None] | None,
 ) -> PoolResult:
     """Clean flags, then each eps in turn on the points still standing (``None`` runner: eps 0,
     where the threat set is the input itself, so nothing is attacked)."""
@@ -263,21 +281,38 @@ def run_attack(
     attacked = AttackedModel(runtime.prepare(model), runtime).eval()
     first = runtime.to_input(images[:DIAGNOSTIC_IMAGES])
     with own_rng(runtime.device):
-        diagnostics = diagnose(attacked, first, torch.from_numpy(np.asarray(labels[:DIAGNOSTIC_IMAGES])).to(runtime.device))
+        diagnostics = diagnose(
+            attacked, first, torch.from_numpy(np.asarray(labels[:DIAGNOSTIC_IMAGES])).to(runtime.device)
+        )
         with torch.no_grad():
             num_classes = int(attacked(first[:1]).shape[1])
-    runners = [None if e.value == 0 else SampleWise(attacked, build_components(attacked, config, e.value, num_classes),
-                                                    config.norm, e.value, batch_size)
-               for e in config.eps]
+    runners = [
+        None
+        if e.value == 0
+        else SampleWise(
+            attacked, build_components(attacked, config, e.value, num_classes), config.norm, e.value, batch_size
+        )
+        for e in config.eps
+    ]
     components = list(config.components)
     state = None
     if state_path is not None:
         policy = getattr(model, "lam_policy", None)
-        state = RunState(state_path, {
-            **config.state_fields(), "seed": seed, "n": len(images), "batch_size": batch_size,
-            "pool_batches": pool_batches, "keep_adv": keep_adv,
-            "precision": runtime.precision, "lam": None if policy is None else repr(policy), **(fingerprint or {}),
-        }, resume)
+        state = RunState(
+            state_path,
+            {
+                **config.state_fields(),
+                "seed": seed,
+                "n": len(images),
+                "batch_size": batch_size,
+                "pool_batches": pool_batches,
+                "keep_adv": keep_adv,
+                "precision": runtime.precision,
+                "lam": None if policy is None else repr(policy),
+                **(fingerprint or {}),
+            },
+            resume,
+        )
     n, shape = len(images), (len(config.eps), len(components))
     clean, fooled, seconds = np.zeros(n, dtype=bool), np.zeros((*shape, n), dtype=bool), np.zeros(shape)
     adv = np.zeros((len(config.eps), n, *images.shape[1:]), dtype=np.float32) if keep_adv else None
@@ -288,8 +323,9 @@ def run_attack(
         if part is None:
             x = runtime.to_input(images[start:stop])
             y = torch.from_numpy(np.asarray(labels[start:stop])).to(runtime.device)
-            part = attack_pool(attacked, runners, len(components), x, y, derive_seed(seed, index), batch_size, keep_adv,
-                               progress)
+            part = attack_pool(
+                attacked, runners, len(components), x, y, derive_seed(seed, index), batch_size, keep_adv, progress
+            )
             if state is not None:
                 state.put(index, part)
         elif progress is not None:
@@ -301,7 +337,10 @@ def run_attack(
     max_excess = max((r.max_excess for r in runners if r is not None), default=0.0)
     diagnostics.max_excess = float(distributed.combine(np.array(max_excess), "max"))
     results = AttackResults(
-        attack=config.attack, norm=config.norm, eps=list(config.eps), components=components,
+        attack=config.attack,
+        norm=config.norm,
+        eps=list(config.eps),
+        components=components,
         clean=distributed.combine(clean, "sum"),
         fooled=distributed.combine(fooled, "sum"),
         seconds=distributed.combine(seconds, "max"),

@@ -51,13 +51,17 @@ class RunState:
         self.pools: dict[str, dict[str, Any]] = {}
         if self.path.is_file():
             if not resume:
-                raise UsageError(f"{self.path} holds an unfinished run; pass resume=True to continue it, or delete it",
-                                 parameter="resume")
+                raise UsageError(
+                    f"{self.path} holds an unfinished run; pass resume=True to continue it, or delete it",
+                    parameter="resume",
+                )
             saved = read_state(self.path)
             changed = sorted(k for k in set(config) | set(saved["config"]) if saved["config"].get(k) != config.get(k))
             if changed:
-                raise UsageError(f"cannot resume {self.path}: it was started with different settings ({', '.join(changed)})",
-                                 parameter="resume")
+                raise UsageError(
+                    f"cannot resume {self.path}: it was started with different settings ({', '.join(changed)})",
+                    parameter="resume",
+                )
             self.pools = saved["pools"]
 
     def get(self, index: int) -> PoolResult | None:
@@ -95,8 +99,9 @@ def read_state(path: Path) -> dict[str, Any]:
             raise ValueError("no config and pools")
         return saved
     except (OSError, ValueError, AttributeError) as exc:
-        raise UsageError(f"the resume state {path} is damaged ({exc}); delete it to start the run afresh",
-                         parameter="resume") from None
+        raise UsageError(
+            f"the resume state {path} is damaged ({exc}); delete it to start the run afresh", parameter="resume"
+        ) from None
 
 
 def saved_pools(path: Path) -> int:

@@ -8,9 +8,9 @@ so callers never care which.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -143,7 +143,9 @@ class CellSource:
             return self.images[: self.n], self.labels[: self.n]
         if self.c_root is None:
             raise RuntimeError("call prepare() with the corruptions before loading corrupted cells")
-        return self.spec.corrupted.read_cell(self.c_root, cell.corruption, cell.severity, self.images, self.labels, self.n)
+        return self.spec.corrupted.read_cell(
+            self.c_root, cell.corruption, cell.severity, self.images, self.labels, self.n
+        )
 
     def describe(self) -> dict:
         if self.c_root is None:

@@ -36,13 +36,28 @@ class CifarLayout:
 
 
 CIFAR10 = CifarLayout(
-    "CIFAR-10", 10, "cifar-10-batches-py", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-    "c58f30108f718f92721af3b95e74349a", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
-    b"labels", "batches.meta", b"label_names",
+    "CIFAR-10",
+    10,
+    "cifar-10-batches-py",
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "c58f30108f718f92721af3b95e74349a",
+    tuple(f"data_batch_{i}" for i in range(1, 6)),
+    ("test_batch",),
+    b"labels",
+    "batches.meta",
+    b"label_names",
 )
 CIFAR100 = CifarLayout(
-    "CIFAR-100", 100, "cifar-100-python", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-    "eb9058c3a382ffc7106e4002c42a8d85", ("train",), ("test",), b"fine_labels", "meta", b"fine_label_names",
+    "CIFAR-100",
+    100,
+    "cifar-100-python",
+    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    "eb9058c3a382ffc7106e4002c42a8d85",
+    ("train",),
+    ("test",),
+    b"fine_labels",
+    "meta",
+    b"fine_label_names",
 )
 
 

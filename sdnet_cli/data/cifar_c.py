@@ -134,8 +134,10 @@ def _check_label_range(path: Path, labels: np.ndarray, num_classes: int | None) 
 def _open_images(path: Path, rows: int | None) -> np.ndarray:
     """One corruption's images, uint8 [rows, 32, 32, 3] (any row count divisible by 5 when ``rows`` is None)."""
     data = open_npy(path)
-    fits = data.ndim == 4 and data.shape[1:] == IMAGE_SHAPE and (
-        data.shape[0] == rows if rows is not None else data.shape[0] % len(SEVERITIES) == 0
+    fits = (
+        data.ndim == 4
+        and data.shape[1:] == IMAGE_SHAPE
+        and (data.shape[0] == rows if rows is not None else data.shape[0] % len(SEVERITIES) == 0)
     )
     if data.dtype != np.uint8 or not fits:
         expected = f"uint8 {(rows, *IMAGE_SHAPE) if rows is not None else '[5*N, 32, 32, 3]'}"
@@ -505,7 +507,7 @@ def ensure_generated_cells(
     seed: int,
     workers: int = os.cpu_count() or 1,
     progress: Callable[[int], None] | None = None,
-    store: "NpyStore | None" = None,
+    store: NpyStore | None = None,
 ) -> Path:
     """The generated folder for ``seed`` under ``cache_root``, filled as needed.
 

@@ -392,7 +392,7 @@ def frost(images: np.ndarray, severity: int, rng: np.random.Generator) -> np.nda
     tops = rng.integers(0, heights - h)
     lefts = rng.integers(0, widths - w)
     layer = np.stack(
-        [textures[k][t : t + h, l : l + w, ::-1] for k, t, l in zip(which, tops, lefts)]  # BGR -> RGB
+        [textures[k][t : t + h, left : left + w, ::-1] for k, t, left in zip(which, tops, lefts)]  # BGR -> RGB
     )
     return _finish_255(image_weight * images.astype(np.float64) + frost_weight * layer)
 

@@ -64,7 +64,9 @@ class CorruptedStore(Protocol):
         """Like ``validate`` for the generated cache, where absent files are not errors (they get generated)."""
         ...
 
-    def read_cell(self, root: Path, corruption: str, severity: int, images: Any, labels: np.ndarray, n: int) -> Split: ...
+    def read_cell(
+        self, root: Path, corruption: str, severity: int, images: Any, labels: np.ndarray, n: int
+    ) -> Split: ...
 
     def describe(self, root: Path) -> dict[str, Any]: ...
 
@@ -114,18 +116,44 @@ ALEXNET_ERRORS: dict[str, float] = {
 ALEXNET_CLEAN_ERROR = 0.4345
 
 CIFAR10 = DatasetSpec(
-    "cifar10", "CIFAR-10", 10, CIFAR_MEAN, CIFAR_STD, "cifar", 32, load_cifar10,
-    NpyStore("CIFAR-10-C", "cifar10-c", 10), "cifar",
+    "cifar10",
+    "CIFAR-10",
+    10,
+    CIFAR_MEAN,
+    CIFAR_STD,
+    "cifar",
+    32,
+    load_cifar10,
+    NpyStore("CIFAR-10-C", "cifar10-c", 10),
+    "cifar",
 )
 # The authors trained CIFAR-100 with CIFAR-10's normalisation (their train.py), so their
 # checkpoints, and models trained here to match them, expect those numbers.
 CIFAR100 = DatasetSpec(
-    "cifar100", "CIFAR-100", 100, CIFAR_MEAN, CIFAR_STD, "cifar", 32, load_cifar100,
-    NpyStore("CIFAR-100-C", "cifar100-c", 100), "cifar",
+    "cifar100",
+    "CIFAR-100",
+    100,
+    CIFAR_MEAN,
+    CIFAR_STD,
+    "cifar",
+    32,
+    load_cifar100,
+    NpyStore("CIFAR-100-C", "cifar100-c", 100),
+    "cifar",
 )
 IMAGENET = DatasetSpec(
-    "imagenet", "ImageNet", 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "imagenet", 224, load_imagenet,
-    FolderStore(), "imagenet", ALEXNET_ERRORS, ALEXNET_CLEAN_ERROR,
+    "imagenet",
+    "ImageNet",
+    1000,
+    (0.485, 0.456, 0.406),
+    (0.229, 0.224, 0.225),
+    "imagenet",
+    224,
+    load_imagenet,
+    FolderStore(),
+    "imagenet",
+    ALEXNET_ERRORS,
+    ALEXNET_CLEAN_ERROR,
 )
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (CIFAR10, CIFAR100, IMAGENET)}

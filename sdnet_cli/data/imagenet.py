@@ -231,7 +231,9 @@ class FolderStore:
             if not _generated_path(root, c, s, image_key(path)).is_file()
         ]
 
-    def missing_images(self, cache_root: Path, corruptions: Sequence[str], images: ImageArray, n: int, seed: int) -> int:
+    def missing_images(
+        self, cache_root: Path, corruptions: Sequence[str], images: ImageArray, n: int, seed: int
+    ) -> int:
         return len(self._todo(self.cache_folder(cache_root, seed, images), corruptions, images, n))
 
     def ensure_generated(
@@ -266,7 +268,9 @@ class FolderStore:
         if meta_path.is_file() and json.loads(meta_path.read_text()).get("seed") != seed:
             raise DataError(f"{root} was generated with another seed; generate into another folder")
         if not meta_path.is_file() and root.is_dir() and any(root.iterdir()):
-            raise DataError(f"{root} already holds files but no {METADATA_FILE} (an official release?); use another folder")
+            raise DataError(
+                f"{root} already holds files but no {METADATA_FILE} (an official release?); use another folder"
+            )
         root.mkdir(parents=True, exist_ok=True)
         meta = {
             "generated": True,

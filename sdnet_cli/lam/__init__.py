@@ -16,8 +16,8 @@ from .calibration import (
     CALIBRATION_SUFFIX,
     Calibration,
     default_calibration_path,
-    fit_rules,
     find_calibration,
+    fit_rules,
     load_calibration,
     oracle_lambdas,
     recommend,
@@ -25,6 +25,7 @@ from .calibration import (
     store_calibration,
 )
 from .fit import fit_line, fit_line_for_accuracy, fit_rule_for_accuracy, lambda_grid, mean_group_accuracy
+from .oracles import OracleScores, oracle_scores, per_cell_oracle, per_input_oracle
 from .policies import (
     AUTO,
     FEATURES,
@@ -43,7 +44,6 @@ from .policies import (
     noise_sigma,
     stem_error,
 )
-from .oracles import OracleScores, oracle_scores, per_cell_oracle, per_input_oracle
 from .resolve import resolve_policy
 
 __all__ = [

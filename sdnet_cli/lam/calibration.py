@@ -18,9 +18,10 @@ records a recommendation, so it is computed from the file's own group curves by 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import MISSING, dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Callable, Collection, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,8 +54,10 @@ def fit_rules(points: Sequence[dict[str, Any]], grid: Sequence[float]) -> dict[s
         try:
             coefficients, b = fit_rule_for_accuracy(features, curves, grid)
         except UsageError as exc:
-            raise UsageError(f"calibration failed ({exc}): give more corruptions/severities so the groups differ",
-                             parameter="corruptions") from None
+            raise UsageError(
+                f"calibration failed ({exc}): give more corruptions/severities so the groups differ",
+                parameter="corruptions",
+            ) from None
         rules[name] = rule_type(**{field: c for (field, _), c in zip(used, coefficients)}, b=b, lo=lo, hi=hi)
     return rules
 
@@ -69,8 +72,10 @@ def rule_accuracy(rule: LineRule, points: Sequence[dict[str, Any]], grid: Sequen
 def recommend(rules: dict[str, LineRule], points: Sequence[dict[str, Any]], grid: Sequence[float]) -> str:
     """The rule ``lam="auto"`` runs: the higher mean calibration-group accuracy (ties: ``PREFERENCE``)."""
     if not points or any("curve" not in p for p in points):
-        raise UsageError("the calibration has no per-group accuracy curves to choose its recommended rule from; "
-                         "fit it again", parameter="calibration")
+        raise UsageError(
+            "the calibration has no per-group accuracy curves to choose its recommended rule from; fit it again",
+            parameter="calibration",
+        )
     return max(PREFERENCE, key=lambda name: rule_accuracy(rules[name], points, grid))
 
 
@@ -98,8 +103,9 @@ class Calibration:
 
     def __post_init__(self) -> None:
         if self.recommended not in RULES:
-            raise UsageError(f"recommended must be one of {', '.join(RULES)}, got {self.recommended!r}",
-                             parameter="recommended")
+            raise UsageError(
+                f"recommended must be one of {', '.join(RULES)}, got {self.recommended!r}", parameter="recommended"
+            )
 
     def policy(self, name: str) -> LambdaPolicy:
         """The fitted rule called ``name`` (a key of ``RULES``), or for ``"auto"`` the recommended one,
@@ -112,29 +118,52 @@ class Calibration:
     def rules(self) -> dict[str, LineRule]:
         return {RECON: self.recon, NOISE: self.noise}
 
-    def without(self, corruptions: Collection[str]) -> "Calibration":
+    def without(self, corruptions: Collection[str]) -> Calibration:
         """The calibration refitted from the stored group curves with every group of ``corruptions`` left
         out (clean always stays): what a fit that never saw those corruptions would give."""
         held_out = set(corruptions) - {CLEAN}
         unknown = held_out - set(self.corruptions)
         if unknown:
-            raise UsageError(f"corruptions {sorted(unknown)} are not among the calibration's groups "
-                             f"({', '.join(self.corruptions)})", parameter="hold_out")
+            raise UsageError(
+                f"corruptions {sorted(unknown)} are not among the calibration's groups ({', '.join(self.corruptions)})",
+                parameter="hold_out",
+            )
         kept = [p for p in self.points if p["corruption"] not in held_out]
         assert not any(p["corruption"] in held_out for p in kept)  # the held-out groups never reach the fit
         rules = fit_rules(kept, self.grid)
-        return replace(self, recon=rules[RECON], noise=rules[NOISE], recommended=recommend(rules, kept, self.grid),
-                       points=kept, corruptions=[c for c in self.corruptions if c not in held_out])
+        return replace(
+            self,
+            recon=rules[RECON],
+            noise=rules[NOISE],
+            recommended=recommend(rules, kept, self.grid),
+            points=kept,
+            corruptions=[c for c in self.corruptions if c not in held_out],
+        )
 
     def to_json(self) -> dict[str, Any]:
-        rules = {name: {f.name: getattr(rule, f.name) for f in fields(rule) if f.name != "label"}
-                 for name, rule in self.rules.items()}
-        body = {key: getattr(self, key) for key in ("recommended", "grid", "points", "corruptions", "severities", "n",
-                                                     "seed", "training_lam", "checkpoint_sha256", "split")}
+        rules = {
+            name: {f.name: getattr(rule, f.name) for f in fields(rule) if f.name != "label"}
+            for name, rule in self.rules.items()
+        }
+        body = {
+            key: getattr(self, key)
+            for key in (
+                "recommended",
+                "grid",
+                "points",
+                "corruptions",
+                "severities",
+                "n",
+                "seed",
+                "training_lam",
+                "checkpoint_sha256",
+                "split",
+            )
+        }
         return {"rules": rules, **body, "schema": SCHEMA}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Calibration":
+    def from_json(cls, data: dict[str, Any]) -> Calibration:
         """Any layout: ``rules`` with ``recon`` (schema 3) or ``auto`` (schema 2) for the
         reconstruction-error rule, or that rule at the top level and ``noise`` nested (schema 1)."""
         if "rules" in data:
@@ -142,7 +171,10 @@ class Calibration:
             recon_line = lines[RECON] if RECON in lines else lines[AUTO]
         else:
             lines, recon_line = data, data
-        rules = {RECON: _rule_from_json(ReconErrorLambda, recon_line), NOISE: _rule_from_json(NoiseLevelLambda, lines[NOISE])}
+        rules = {
+            RECON: _rule_from_json(ReconErrorLambda, recon_line),
+            NOISE: _rule_from_json(NoiseLevelLambda, lines[NOISE]),
+        }
         grid = [float(v) for v in data["grid"]]
         points = list(data["points"])
         recommended = data["recommended"] if "recommended" in data else recommend(rules, points, grid)
@@ -168,19 +200,25 @@ class Calibration:
         return Path(path)
 
     @classmethod
-    def load(cls, path: Path) -> "Calibration":
+    def load(cls, path: Path) -> Calibration:
         try:
             return cls.from_json(json.loads(Path(path).read_text()))
         except (OSError, KeyError, TypeError, ValueError) as exc:
             raise UsageError(
-                f"{path} is not a readable lambda calibration ({exc.__class__.__name__}: {exc})", parameter="calibration"
+                f"{path} is not a readable lambda calibration ({exc.__class__.__name__}: {exc})",
+                parameter="calibration",
             ) from None
 
 
 def _rule_from_json(rule: type[LineRule], line: dict[str, Any]) -> LineRule:
     """The rule from its stored coefficients; one an older layout lacks (a further term's) keeps its default 0."""
-    return rule(**{f.name: float(line[f.name]) for f in fields(rule)
-                   if f.name != "label" and (f.name in line or f.default is MISSING)})
+    return rule(
+        **{
+            f.name: float(line[f.name])
+            for f in fields(rule)
+            if f.name != "label" and (f.name in line or f.default is MISSING)
+        }
+    )
 
 
 def default_calibration_path(checkpoint: Path) -> Path:
@@ -242,11 +280,15 @@ def oracle_lambdas(sweep: Path, info: ModelInfo, cells: Sequence[Cell]) -> Calla
     except (OSError, KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"sweep {sweep} is not a readable sweep-lambda report ({exc})", parameter="sweep") from None
     if meta.get("command") != "sweep-lambda":
-        raise UsageError(f"sweep {sweep} is a {meta.get('command')!r} report, not a sweep-lambda report", parameter="sweep")
+        raise UsageError(
+            f"sweep {sweep} is a {meta.get('command')!r} report, not a sweep-lambda report", parameter="sweep"
+        )
     if info.sha256 and meta.get("checkpoint_sha256") != info.sha256:
         raise UsageError(f"sweep {sweep} was measured on another checkpoint than {info.name}", parameter="sweep")
     best = {Cell(r["corruption"], int(r["severity"])): float(r["lam"]) for r in rows if r.get("oracle")}
     missing = [f"{c.corruption}/{c.severity}" for c in cells if c not in best]
     if missing:
-        raise UsageError(f"sweep {sweep} has no row for {', '.join(missing)}; sweep those cells first", parameter="sweep")
+        raise UsageError(
+            f"sweep {sweep} has no row for {', '.join(missing)}; sweep those cells first", parameter="sweep"
+        )
     return lambda cell: FixedLambda(best[cell], label=ORACLE)

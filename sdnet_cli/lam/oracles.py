@@ -11,8 +11,8 @@ classified correctly at grid lambda j), measured on the very images they are sco
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

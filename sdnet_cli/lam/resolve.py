@@ -27,8 +27,10 @@ def resolve_policy(
         )
     if lam == AUTO or lam in RULES:
         if info is None:
-            raise UsageError(f"lam={lam!r} needs info (the checkpoint's ModelInfo) to find and check its calibration",
-                             parameter="info")
+            raise UsageError(
+                f"lam={lam!r} needs info (the checkpoint's ModelInfo) to find and check its calibration",
+                parameter="info",
+            )
         return load_calibration(info, calibration).policy(str(lam))
     if lam == ORACLE:
         raise UsageError(
@@ -39,8 +41,9 @@ def resolve_policy(
     try:
         value = float(lam)
     except (TypeError, ValueError):
-        raise UsageError(f"lam must be a number, {AUTO!r}, {RECON!r}, {NOISE!r} or {ORACLE!r}, got {lam!r}",
-                         parameter="lam") from None
+        raise UsageError(
+            f"lam must be a number, {AUTO!r}, {RECON!r}, {NOISE!r} or {ORACLE!r}, got {lam!r}", parameter="lam"
+        ) from None
     if isinstance(lam, bool) or not (math.isfinite(value) and value >= 0):
         raise UsageError(f"lam must be a finite number >= 0, got {lam!r}", parameter="lam")
     return FixedLambda(value)

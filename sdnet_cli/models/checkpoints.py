@@ -17,8 +17,8 @@ import hashlib
 import json
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -150,8 +150,9 @@ def export_official(network: nn.Module, path: Path, image_size: int) -> str:
     from .resnet import ResNet
 
     if not isinstance(network, ResNet):
-        raise CheckpointError(f"only our ResNet/SDNet builds have an official layout, not {type(network).__name__}",
-                              parameter="model")
+        raise CheckpointError(
+            f"only our ResNet/SDNet builds have an official layout, not {type(network).__name__}", parameter="model"
+        )
     layers = [m for m in network.modules() if isinstance(m, CSCLayer)]
     if layers:  # an eval forward brings every step-size buffer up to date with the weights and this input size
         was_training = network.training
@@ -160,8 +161,10 @@ def export_official(network: nn.Module, path: Path, image_size: int) -> str:
             network(torch.zeros(1, 3, image_size, image_size, device=layers[0].weight.device))
         network.train(was_training)
     all_sparse = any(isinstance(m, CSCLayer) for m in network.layer1.modules())
-    state = {official_key(k, all_sparse): v.float() if v.is_floating_point() else v
-             for k, v in unit_norm_state(network).items()}
+    state = {
+        official_key(k, all_sparse): v.float() if v.is_floating_point() else v
+        for k, v in unit_norm_state(network).items()
+    }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
     return sha256_of(path)

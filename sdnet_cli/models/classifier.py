@@ -7,9 +7,10 @@ as deployed (Tramer et al., "On Adaptive Attacks to Adversarial Example Defenses
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ class LambdaPolicy(Protocol):
 
     name: str
 
-    def __call__(self, model: "Classifier", x_normalized: torch.Tensor) -> Lambda | None: ...
+    def __call__(self, model: Classifier, x_normalized: torch.Tensor) -> Lambda | None: ...
 
 
 @dataclass
@@ -73,8 +74,10 @@ class Classifier(nn.Module):
         if self._runs_compiled(xn):
             # every layer gets a [B] tensor (what is in force where lam is None): one graph then serves
             # every policy and lambda value, where a float would be baked into the graph
-            in_force = [lam if lam is not None else layer.test_lam if layer.test_lam is not None else layer.lam
-                        for layer in self.csc_layers]
+            in_force = [
+                lam if lam is not None else layer.test_lam if layer.test_lam is not None else layer.lam
+                for layer in self.csc_layers
+            ]
             lams = [per_sample(value, xn.shape[0], xn).reshape(-1).contiguous() for value in in_force]
             with self._layer_lambdas(lams):
                 return self._compiled.network(xn)  # type: ignore[union-attr]
@@ -100,9 +103,13 @@ class Classifier(nn.Module):
 
     def _runs_compiled(self, xn: torch.Tensor) -> bool:
         compiled = self._compiled
-        return (compiled is not None and self._inference_only() and xn.shape == compiled.shape
-                and self._step_keys() == compiled.step_keys
-                and all(layer.step_size_is_current() for layer in self.csc_layers))
+        return (
+            compiled is not None
+            and self._inference_only()
+            and xn.shape == compiled.shape
+            and self._step_keys() == compiled.step_keys
+            and all(layer.step_size_is_current() for layer in self.csc_layers)
+        )
 
     def _note_eager_forward(self, xn: torch.Tensor) -> None:
         """After an eager inference forward at the compiled shape (or the first one): the step sizes it
@@ -112,7 +119,7 @@ class Classifier(nn.Module):
             compiled.shape, compiled.step_keys = xn.shape, self._step_keys()
 
     @contextmanager
-    def using(self, policy: LambdaPolicy | None) -> Iterator["Classifier"]:
+    def using(self, policy: LambdaPolicy | None) -> Iterator[Classifier]:
         """Run forwards with ``policy`` inside the block (None: training lambda); the previous policy
         comes back on exit, so blocks nest."""
         previous = self._lam_policy

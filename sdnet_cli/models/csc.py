@@ -22,9 +22,10 @@ coincide (plain ISTA steps).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Literal, Union
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from torch import nn
 
 from ..errors import UsageError
 
-Lambda = Union[float, torch.Tensor]
+Lambda = float | torch.Tensor
 """A sparsity weight: one float for the whole batch, or a tensor of shape [B] (per sample)."""
 
 FistaOrder = Literal["authors", "textbook"]

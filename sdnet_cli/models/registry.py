@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from ..errors import UsageError
 from ..data.datasets import dataset_spec
+from ..errors import UsageError
 from .checkpoints import CheckpointError, load_into, read_metadata, read_state_dict, sha256_of
 from .classifier import Classifier
 from .resnet import ResNet, Sparsity, csc_conv
@@ -33,6 +33,7 @@ ARCHITECTURES: dict[str, tuple[tuple[int, int, int, int], Sparsity]] = {
 
 TORCHVISION_MODELS: dict[str, str] = {"tv_resnet18": "resnet18", "tv_resnet50": "resnet50"}
 """Our name -> torchvision builder; their weights are torchvision's IMAGENET1K_V1."""
+
 
 class ModelError(UsageError):
     """The user asked for a model that does not exist or cannot be loaded."""
@@ -75,7 +76,9 @@ def create_model(
     spec = dataset_spec(dataset)
     if name in TORCHVISION_MODELS:
         if spec.stem != "imagenet":
-            raise ModelError(f"{name} is torchvision's ImageNet model; use it with dataset imagenet", parameter="dataset")
+            raise ModelError(
+                f"{name} is torchvision's ImageNet model; use it with dataset imagenet", parameter="dataset"
+            )
         import torchvision.models
 
         classes = num_classes or spec.num_classes
@@ -167,7 +170,9 @@ def load_model(
         weights_dir = resolve_weights_dir(weights_dir)
         found = find_shipped(model, dataset, weights_dir)
         if found is None:
-            known = sorted({e["name"] for e in read_manifest(weights_dir)} | set(ARCHITECTURES) | set(TORCHVISION_MODELS))
+            known = sorted(
+                {e["name"] for e in read_manifest(weights_dir)} | set(ARCHITECTURES) | set(TORCHVISION_MODELS)
+            )
             if model not in known:
                 raise ModelError(f"unknown model {model!r}; choose one of: {', '.join(known)}")
             raise ModelError(
@@ -182,21 +187,25 @@ def load_model(
     else:
         architecture = model
     if architecture not in ARCHITECTURES and architecture not in TORCHVISION_MODELS:
-        raise ModelError(f"unknown model {architecture!r}; choose one of: {', '.join([*ARCHITECTURES, *TORCHVISION_MODELS])}")
+        raise ModelError(
+            f"unknown model {architecture!r}; choose one of: {', '.join([*ARCHITECTURES, *TORCHVISION_MODELS])}"
+        )
     checkpoint = Path(checkpoint)
     state = read_state_dict(checkpoint)
     settings = infer_settings(state, read_metadata(checkpoint))
     sparse = architecture in ARCHITECTURES and ARCHITECTURES[architecture][1] != "none"
     if n_steps is not None:
         if not sparse:
-            raise ModelError(f"{architecture} has no CSC layers, so n_steps does not apply; use an SDNet model",
-                             parameter="n_steps")
+            raise ModelError(
+                f"{architecture} has no CSC layers, so n_steps does not apply; use an SDNet model", parameter="n_steps"
+            )
         settings["n_steps"] = n_steps
     classes = dataset_spec(dataset).num_classes
     if settings["num_classes"] != classes:
         raise ModelError(
             f"{checkpoint} has {settings['num_classes']} output classes but {dataset} has {classes}; "
-            "give the dataset it was trained on", parameter="dataset"
+            "give the dataset it was trained on",
+            parameter="dataset",
         )
     classifier = create_model(architecture, dataset=dataset, **settings)
     load_into(classifier.network, state, str(checkpoint))

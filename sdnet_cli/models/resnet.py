@@ -7,7 +7,8 @@ CSC conv is a ``DictConv`` whose parameters live under ``.dn``.
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -28,7 +29,9 @@ def csc_conv(lam: float = 0.1, n_steps: int = 2, square_noise: bool = True) -> C
     """A factory of CSC layers with shared solver settings."""
 
     def make(cin: int, cout: int, k: int, stride: int, padding: int) -> nn.Module:
-        return DictConv(cin, cout, k, stride=stride, padding=padding, lam=lam, n_steps=n_steps, square_noise=square_noise)
+        return DictConv(
+            cin, cout, k, stride=stride, padding=padding, lam=lam, n_steps=n_steps, square_noise=square_noise
+        )
 
     return make
 
