@@ -541,3 +541,78 @@ def save_attack_sweep_plot(rows: Sequence[dict], model: str, path: Path) -> Path
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return Path(path)
+
+
+def render_attack_sweep(
+    title: str, rows: Sequence[dict], meta: dict[str, Any], diagnostics: dict[str, Any], plot_name: str
+) -> str:
+    """The attack sweep's Markdown: the rows, the plot and, per lambda, the gradient-masking warnings
+    (or that there were none)."""
+    from .reports import render_markdown
+
+    lines = [
+        render_markdown(title, rows, meta),
+        f"![accuracy vs lambda]({plot_name})",
+        "",
+        "## Gradient-masking diagnostics per lambda",
+        "",
+    ]
+    for key, found in diagnostics.items():
+        warnings = found["warnings"]
+        quiet = f"no warning signs (zero-gradient fraction {found['zero_gradient_fraction']:.3f})"
+        lines.append(f"- {key}: " + ("; ".join(warnings) if warnings else quiet))
+    return "\n".join(lines) + "\n"
+
+
+def wide_accuracy(rows: Sequence[dict]) -> list[dict]:
+    """One row per cell, a column of accuracy per method (``lam``)."""
+    table: dict[tuple[Any, Any], dict[str, Any]] = {}
+    for r in rows:
+        cell = table.setdefault(
+            (r["corruption"], r["severity"]), {"corruption": r["corruption"], "severity": r["severity"]}
+        )
+        cell[str(r["lam"])] = r["accuracy"]
+    return list(table.values())
+
+
+def render_rules(title: str, rows: Sequence[dict], summary: Sequence[dict], meta: dict[str, Any]) -> str:
+    """The rule comparison's Markdown: each method's gain first, then accuracy per cell, then every row."""
+    from .reports import markdown_table, render_markdown
+
+    gains = (
+        f"Gain and clean change: accuracy points against `{rows[0]['lam']}`; corrupted_mean: mean over the "
+        f"corrupted cells. {ORACLE_NOTE}"
+    )
+    return "\n".join(
+        [
+            render_markdown(title, summary, meta).rstrip(),
+            "",
+            gains,
+            "",
+            "## Accuracy per cell (%)",
+            "",
+            markdown_table(wide_accuracy(rows)),
+            "",
+            "## All rows",
+            "",
+            markdown_table(rows),
+            "",
+        ]
+    )
+
+
+def render_hold_out(
+    title: str, rows: Sequence[dict], summary: Sequence[dict], meta: dict[str, Any], severities: Sequence[int]
+) -> str:
+    """The hold-out's Markdown: one row per held-out corruption, what the columns mean, then every row."""
+    from .reports import markdown_table, render_markdown
+
+    note = (
+        f"Per held-out corruption: mean test accuracy over severities {', '.join(map(str, severities))} at "
+        f"lambda {meta['reference_lam']:g}, and the gain (points) of rule `{meta['rule']}` over it when the "
+        "corruption's training groups are in the calibration and when they are left out (refitted from the stored "
+        "group curves of clean and the other corruptions). kept = held-out gain / in-calibration gain. No test "
+        "labels choose anything."
+    )
+    table = [render_markdown(title, summary, meta).rstrip(), "", note, "", "## All rows", "", markdown_table(rows)]
+    return "\n".join([*table, ""])

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import UsageError
 from .evaluate import Runtime, count_correct
 from .metrics import percent
 from .models.classifier import Classifier
@@ -116,11 +117,19 @@ def save_resume(
         torch.save(payload, tmp)
 
 
-def load_resume(path: Path, model: Classifier, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> TrainState:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+def check_resume(path: Path, cfg: TrainConfig, payload: dict | None = None) -> dict:
+    """The resume file's payload; a usage error when it was started with other settings than ``cfg``."""
+    payload = payload if payload is not None else torch.load(path, map_location="cpu", weights_only=True)
     if payload["config"] != asdict(cfg):
         changed = sorted(k for k in payload["config"] if payload["config"][k] != asdict(cfg).get(k))
-        raise ValueError(f"cannot resume {path}: it was started with different settings ({', '.join(changed)})")
+        raise UsageError(
+            f"cannot resume {path}: it was started with different settings ({', '.join(changed)})", parameter="resume"
+        )
+    return payload
+
+
+def load_resume(path: Path, model: Classifier, optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> TrainState:
+    payload = check_resume(path, cfg)
     model.network.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     for layer, vector in zip(model.csc_layers, payload["power_vectors"]):

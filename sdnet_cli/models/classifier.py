@@ -21,7 +21,8 @@ from .csc import CSCLayer, Lambda, per_sample
 class LambdaPolicy(Protocol):
     """Decides the CSC lambda for a batch: a float, or a [B] tensor (one lambda per input)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def __call__(self, model: Classifier, x_normalized: torch.Tensor) -> Lambda | None: ...
 

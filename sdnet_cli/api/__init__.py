@@ -1,0 +1,46 @@
+"""The Python API: one keyword-only function per job, each returning a ``Report``.
+
+A notebook uses it the way RobustBench's ``benchmark()`` is used::
+
+    from sdnet_cli import api
+    report = api.evaluate_corruptions(model="sdnet18", corruptions=["gaussian_noise"], severities=[3], n_examples=500)
+    report.to_frame()          # a pandas DataFrame, one row per cell
+    report.write("reports")    # JSON + CSV + Markdown
+
+``model=`` is a name, ``api.load_model(...)``'s result (load once, evaluate many times) or any
+``torch.nn.Module`` mapping images in [0, 1], (N, 3, H, W), to logits. Nothing here prints. Long work
+reports to ``progress`` (any object with ``task(description, total)`` returning an ``advance(k)``
+callable, and ``note(text)``), so every front end shows the same totals. The ``sdnet`` CLI only
+parses options, calls these functions and prints.
+"""
+
+from ..errors import UsageError
+from ..reports import Report
+from ._session import LoadedModel, ModelArg, Progress, Silent
+from .adversarial import attack, attack_vs_lambda
+from .corruptions import evaluate_corruptions, generate_corruptions
+from .gate import check, compare
+from .lam import compare_lambda_rules, lambda_hold_out, sweep_lambda
+from .models import EXPORT_FORMATS, export_checkpoint, load_model, train
+
+__all__ = [
+    "EXPORT_FORMATS",
+    "LoadedModel",
+    "ModelArg",
+    "Progress",
+    "Report",
+    "Silent",
+    "UsageError",
+    "attack",
+    "attack_vs_lambda",
+    "check",
+    "compare",
+    "compare_lambda_rules",
+    "evaluate_corruptions",
+    "export_checkpoint",
+    "generate_corruptions",
+    "lambda_hold_out",
+    "load_model",
+    "sweep_lambda",
+    "train",
+]

@@ -1,0 +1,88 @@
+"""The regression gate against a stored baseline, and reports side by side."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UsageError
+from ..reports import Report, base_meta, check_stem
+from ._session import Progress, Silent, single_process
+
+if TYPE_CHECKING:
+    from ..check import Suite
+
+
+def check(
+    *,
+    baseline: Path = Path("reports/baseline.json"),
+    suite: Path | None = None,
+    update: bool = False,
+    tolerance: float | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    weights_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Re-run a fixed, seeded suite and compare every metric with ``baseline``.
+
+    Returns the comparison (``meta["passed"]`` is False on a regression or a metric no longer
+    measured). With ``update`` the returned report holds the new baseline's rows instead, to be
+    written over ``baseline``. The suite comes from ``suite``, else the baseline's own, else the default.
+    """
+    from ..check import compare_with_baseline, failed, read_baseline, run_suite
+    from ..evaluate import Runtime
+
+    single_process("check")
+    baseline = Path(baseline)
+    if tolerance is not None and tolerance < 0:
+        raise UsageError(f"tolerance must be >= 0, got {tolerance}", parameter="tolerance")
+    stored = read_baseline(baseline) if not update or baseline.is_file() else None
+    chosen = _suite(suite, stored, tolerance)
+    runtime = Runtime.create(device, precision)
+    advance = (progress or Silent()).task("checking", chosen.work_units())
+    rows = run_suite(chosen, runtime, data_dir, cache_dir, advance, weights_dir)
+    if update:
+        meta = base_meta("check", chosen.seed, suite=chosen.as_meta(), **runtime.describe())
+        return Report(rows, meta, name=baseline.stem, title="sdnet check baseline")
+    table = compare_with_baseline(rows, stored[1], chosen.tolerance)  # type: ignore[index]
+    passed = not failed(table)
+    meta = base_meta(
+        "check", chosen.seed, baseline=str(baseline), tolerance=chosen.tolerance, passed=passed,
+        suite=chosen.as_meta(), **runtime.describe(),
+    )  # fmt: skip
+    return Report(table, meta, name=f"check-{baseline.stem}", title=f"sdnet check vs {baseline}")
+
+
+def _suite(suite: Path | None, stored: tuple[dict[str, Any], Any] | None, tolerance: float | None) -> Suite:
+    """The suite to run: the ``suite`` file, else the one stored in the baseline, else the default."""
+    from ..check import Suite
+
+    if suite is not None:
+        chosen = Suite.load(Path(suite))
+    elif stored is not None and "suite" in stored[0]:
+        chosen = Suite.load_dict(stored[0]["suite"])
+    else:
+        chosen = Suite()
+    if tolerance is not None:
+        chosen.tolerance = tolerance
+    return chosen
+
+
+def compare(
+    sources: Sequence[str | Path | tuple[str, Path]],
+    *,
+    out_dir: Path,
+    name: str = "compare",
+    title: str | None = None,
+    note: str = "",
+) -> list[Path]:
+    """One table (and plots) from several eval or attack reports, a column per label; writes them to
+    ``out_dir`` and returns the paths. Sources are ``"LABEL=report.json"`` or ``(label, path)``."""
+    from ..compare import compare_reports
+
+    check_stem(name)
+    return compare_reports(sources, out_dir=Path(out_dir), name=name, title=title, note=note)

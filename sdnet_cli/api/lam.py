@@ -1,0 +1,289 @@
+"""Test-time lambda: the sweep over lambdas (and the rules' calibration), rules beside oracles, hold-outs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import UsageError
+from ..reports import Report
+from ._session import ModelArg, Progress, Session, shared, strings
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ..lam import Calibration
+
+Training = tuple["np.ndarray", "np.ndarray"]
+
+
+def sweep_lambda(
+    *,
+    model: ModelArg = "sdnet18",
+    checkpoint: Path | None = None,
+    dataset: str | None = None,
+    corruptions: str | Sequence[str] = ("gaussian_noise",),
+    severities: str | int | Sequence[str | int] = ("all",),
+    lams: str | Sequence[float] = "0.1:1.4:0.1",
+    fit: bool = False,
+    fit_corruptions: str | Sequence[str] | None = None,
+    fit_n: int = 1000,
+    calibration_out: Path | None = None,
+    cifar_c_dir: Path | None = None,
+    n_examples: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    seed: int = 0,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    weights_dir: Path | None = None,
+    n_steps: int | None = None,
+    compile: bool = False,
+    progress: Progress | None = None,
+) -> Report:
+    """Accuracy and the stem's mean reconstruction error for every test lambda on every cell.
+
+    ``fit``: also calibrate the per-input rules of ``lam="recon"``/``"noise"`` on corrupted TRAINING images
+    (never the test set), record which one ``lam="auto"`` runs (the higher mean accuracy on the calibration
+    groups) and write the calibration beside the checkpoint (or ``calibration_out``).
+    The report's extras are the accuracy-vs-lambda and best-lambda-vs-error plots. ``n_steps``: FISTA steps
+    of the CSC layers, overriding the checkpoint's. ``compile``: inference through ``torch.compile``.
+    """
+    from .. import sweep
+    from ..data.cells import expand_cells, parse_corruptions, parse_severities
+    from ..lam import lambda_grid, store_calibration
+
+    _check_fit_n(fit_n)
+    grid = lambda_grid(lams)
+    names = parse_corruptions(strings(corruptions))
+    severity_list = parse_severities(strings(severities))
+    cells = expand_cells(names, severity_list)
+    fit_names = parse_corruptions(strings(fit_corruptions)) if fit_corruptions else names
+    session = Session.open("sweep-lambda", **shared(locals()))
+    session.require_lambda()
+    train = _training_images(session) if fit else None
+    source = session.cells(names)
+    advance = session.task(f"sweeping {session.info.name}", source, len(cells) * len(grid))
+    args = (session.classifier, cells, source, session.runtime)
+    rows = sweep.sweep_lambda(*args, grid, session.base(), session.batch_size, advance)
+    points = sweep.cell_points(*args, rows, session.batch_size)
+    calibration = None if train is None else _calibrate(session, train, grid, fit_names, severity_list, fit_n)
+    path = store_calibration(calibration, session.info, calibration_out) if calibration is not None else None
+    meta = session.meta(source, grid=grid, points=points, **_calibration_meta(calibration, path))
+
+    def plots(out_dir: Path, stem: str) -> list[Path]:
+        return sweep.save_sweep_plots(rows, points, out_dir, stem, session.info.name, calibration)
+
+    name = session.info.name
+    return Report(rows, meta, name=f"sweep-lambda-{name}", title=f"sdnet sweep-lambda: {name}", extras=[plots])
+
+
+def compare_lambda_rules(
+    *,
+    model: ModelArg = "sdnet18",
+    checkpoint: Path | None = None,
+    dataset: str | None = None,
+    corruptions: str | Sequence[str] = ("gaussian_noise",),
+    severities: str | int | Sequence[str | int] = ("all",),
+    rules: Sequence[float | str] = (0.1, "recon", "noise", "auto"),
+    lams: str | Sequence[float] = "0.1:1.4:0.05",
+    calibration: Path | None = None,
+    cifar_c_dir: Path | None = None,
+    n_examples: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    seed: int = 0,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    weights_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Every lambda of ``rules`` (numbers, ``"recon"``, ``"noise"``, ``"auto"``) on the same cells, beside
+    the per-cell and per-input oracles computed from one sweep of ``lams`` over the same images.
+
+    The oracles use the test labels (rows say ``uses_labels``): they are the ceilings of one lambda per
+    cell and of one grid lambda per input. Per-input rules' rows carry the chosen lambda's mean and
+    10th/90th percentiles. The Markdown leads with each method's gain over the first of ``rules``.
+    """
+    from ..data.cells import expand_cells, parse_corruptions, parse_severities
+    from ..lam import lambda_grid, resolve_policy
+    from ..sweep import ORACLE_NOTE, compare_rules, render_rules, rule_summary
+
+    if not rules:
+        raise UsageError("rules needs at least one lambda or rule name", parameter="rules")
+    grid = lambda_grid(lams)
+    names = parse_corruptions(strings(corruptions))
+    cells = expand_cells(names, parse_severities(strings(severities)))
+    session = Session.open("lambda-rules", **shared(locals()))
+    session.require_lambda()
+    policies = [resolve_policy(rule, session.classifier, session.info, calibration) for rule in rules]
+    source = session.cells(names)
+    title = f"{len(rules)} rules and a {len(grid)}-lambda sweep on {session.info.name}"
+    advance = session.task(title, source, len(cells) * (len(rules) + len(grid)))
+    rows = compare_rules(
+        session.classifier, cells, source, session.runtime, policies, grid, session.base(), session.batch_size, advance
+    )
+    summary = rule_summary(rows, rows[0]["lam"])
+    described = {"rules": [str(rule) for rule in rules], "policies": [repr(p) for p in policies]}
+    meta = session.meta(source, grid=grid, **described, summary=summary, oracle_note=ORACLE_NOTE)
+    title = f"sdnet lambda rules: {session.info.name}"
+    markdown = render_rules(title, rows, summary, meta)
+    return Report(rows, meta, name=f"lambda-rules-{session.info.name}", title=title, markdown=markdown)
+
+
+def lambda_hold_out(
+    *,
+    model: ModelArg = "sdnet18",
+    checkpoint: Path | None = None,
+    dataset: str | None = None,
+    hold_out: str | Sequence[str] = ("all", "extra"),
+    rule: str = "auto",
+    reference_lam: float = 0.1,
+    severities: str | int | Sequence[str | int] = ("all",),
+    calibration: Path | None = None,
+    fit_corruptions: str | Sequence[str] = ("all", "extra"),
+    fit_n: int = 1000,
+    fit_lams: str | Sequence[float] = "0.1,0.2,0.3,0.4,0.6,0.8,1.0,1.2,1.4",
+    calibration_out: Path | None = None,
+    cifar_c_dir: Path | None = None,
+    n_examples: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    seed: int = 0,
+    data_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    weights_dir: Path | None = None,
+    progress: Progress | None = None,
+) -> Report:
+    """Does the label-free rule work on corruptions it was not calibrated on? For each corruption of
+    ``hold_out`` in turn, ``rule`` refitted without that corruption's training groups (clean and the other
+    groups stay) is evaluated on its test cells, beside the same rule fitted with it and ``reference_lam``.
+
+    The calibration sweep over the groups runs once (on ``fit_n`` corrupted TRAINING images per group of
+    ``fit_corruptions``, at ``fit_lams``; written to ``calibration_out`` when given), or is read from
+    ``calibration`` (a file whose groups include every held-out corruption); each held-out line is refitted
+    from the stored group curves. The Markdown leads with one row per held-out corruption.
+    """
+    from .. import sweep
+    from ..data.cells import parse_severities
+
+    _check_rule(rule)
+    _check_fit_n(fit_n)
+    held = _held_out(hold_out)
+    severity_list = parse_severities(strings(severities))
+    session = Session.open("lambda-hold-out", **shared(locals()))
+    session.require_lambda()
+    source = session.cells(held, prepare=False)
+    full = _hold_out_calibration(session, held, calibration, fit_corruptions, fit_n, fit_lams, calibration_out)
+    session.prepare_cells(source, held)
+    advance = session.task(f"held-out evaluation on {session.info.name}", source, len(held) * len(severity_list) * 3)
+    rows = sweep.hold_out(
+        session.classifier, full, held, source, session.runtime, severity_list, session.base(), rule, reference_lam,
+        session.batch_size, advance,
+    )  # fmt: skip
+    summary = sweep.hold_out_summary(rows)
+    used = {"calibration": full.to_json(), "calibration_file": str(calibration or calibration_out or "")}
+    meta = session.meta(source, rule=rule, reference_lam=reference_lam, **used, summary=summary)
+    title = f"sdnet lambda hold-out: {session.info.name}, rule {rule}"
+    markdown = sweep.render_hold_out(title, rows, summary, meta, severity_list)
+    return Report(rows, meta, name=f"lambda-hold-out-{session.info.name}", title=title, markdown=markdown)
+
+
+def _held_out(hold_out: str | Sequence[str]) -> list[str]:
+    from ..data.cells import CLEAN, parse_corruptions
+
+    held = [c for c in parse_corruptions(strings(hold_out)) if c != CLEAN]
+    if not held:
+        raise UsageError("hold_out needs at least one corruption", parameter="hold_out")
+    return held
+
+
+def _check_fit_n(fit_n: int) -> None:
+    if fit_n < 2:
+        raise UsageError(f"fit_n must be >= 2, got {fit_n}", parameter="fit_n")
+
+
+def _check_rule(rule: str) -> None:
+    from ..lam import AUTO, RULES
+
+    if rule != AUTO and rule not in RULES:
+        raise UsageError(f"rule must be {AUTO!r} or one of {', '.join(RULES)}, got {rule!r}", parameter="rule")
+
+
+def _check_groups(calibration: Calibration, held: Sequence[str]) -> None:
+    missing = [c for c in held if c not in calibration.corruptions]
+    if missing:
+        raise UsageError(
+            f"the calibration has no training groups of {', '.join(missing)} to hold out; include them "
+            "in fit_corruptions",
+            parameter="hold_out",
+        )
+
+
+def _training_images(session: Session) -> Training:
+    from ..data.datasets import dataset_spec
+
+    return dataset_spec(session.dataset).load(session.folders["data_dir"], "train")
+
+
+def _calibrate(
+    session: Session,
+    train: Training,
+    grid: Sequence[float],
+    corruptions: Sequence[str],
+    severities: Sequence[int],
+    fit_n: int,
+) -> Calibration:
+    """The per-input rules fitted on ``fit_n`` corrupted training images per (corruption, severity) group."""
+    from ..data.cells import expand_cells
+    from ..data.datasets import dataset_spec
+    from ..sweep import calibrate
+
+    groups = len(expand_cells(corruptions, severities))
+    total = min(fit_n, len(train[0])) * groups * len(grid)
+    advance = session.progress.task("calibrating on training images", total)
+    return calibrate(
+        session.classifier, *train, session.runtime, grid, corruptions, severities, fit_n, session.seed, advance,
+        session.batch_size, session.info.sha256 or "", dataset_spec(session.dataset).strength,
+    )  # fmt: skip
+
+
+def _hold_out_calibration(
+    session: Session,
+    held: Sequence[str],
+    calibration: Path | None,
+    fit_corruptions: str | Sequence[str],
+    fit_n: int,
+    fit_lams: str | Sequence[float],
+    calibration_out: Path | None,
+) -> Calibration:
+    """The calibration on every group: read from ``calibration``, else fitted (and written to ``calibration_out``);
+    it must hold the training groups of every ``held`` corruption."""
+    from ..data.cells import CLEAN, parse_corruptions
+    from ..lam import lambda_grid, load_calibration
+
+    if calibration is not None:
+        full = load_calibration(session.info, Path(calibration))
+    else:
+        names = [c for c in parse_corruptions(strings(fit_corruptions)) if c != CLEAN]
+        full = _calibrate(session, _training_images(session), lambda_grid(fit_lams), names, [1, 2, 3, 4, 5], fit_n)
+        if calibration_out is not None:
+            full.save(Path(calibration_out))
+    _check_groups(full, held)
+    return full
+
+
+def _calibration_meta(calibration: Calibration | None, path: Path | None) -> dict[str, Any]:
+    if calibration is None:
+        keys = ("calibration", "calibration_rules", "calibration_formulas", "calibration_recommended")
+        return dict.fromkeys(keys)
+    return {
+        "calibration": str(path) if path else None,
+        "calibration_rules": calibration.to_json().get("rules"),
+        "calibration_formulas": {name: rule.formula for name, rule in calibration.rules.items()},
+        "calibration_recommended": calibration.recommended,
+    }

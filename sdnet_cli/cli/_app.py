@@ -1,0 +1,214 @@
+"""The ``sdnet`` app and what every command shares: usage errors as one line, the progress bar, the call
+into ``sdnet_cli.api`` with the command's options, report printing, and ``command`` (registration)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import re
+import signal
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .. import __version__
+from ..errors import Interrupted, UsageError
+from .options import LEADING, SHARED
+
+if TYPE_CHECKING:
+    from ..reports import Report
+
+app = typer.Typer(
+    name="sdnet",
+    help="Robustness of sparse-coding networks (SDNet) and ResNet baselines: CIFAR-10-C, attacks, test-time lambda.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: flags shown as flags, not as '<bool>' values
+)
+console = Console(stderr=True)
+stdout = Console()
+F = TypeVar("F", bound=Callable[..., None])
+
+FLAGS = {
+    "corruptions": "--corruption",
+    "severities": "--severity",
+    "fit_corruptions": "--fit-corruption",
+    "rules": "--rule",
+    "out_dir": "--out",
+    "save_adversarials": "--save-adv",
+    "cifar_c_dir": "--cifar-c-dir",
+}
+"""API parameter -> CLI option where the option is not simply ``--`` + the parameter with dashes."""
+
+
+def flag_message(exc: UsageError | Interrupted) -> str:
+    """The API's message, speaking of the CLI option instead of the Python parameter."""
+    if exc.parameter is None:
+        return str(exc)
+    flag = FLAGS.get(exc.parameter, "--" + exc.parameter.replace("_", "-"))
+    name = re.escape(exc.parameter)
+    return re.sub(rf"(?<![\w-]){name}(=True)?(?![\w-])", flag, str(exc), count=1)
+
+
+def main_process() -> bool:
+    """Rank 0 under torchrun (or the only process): the one that prints and writes reports."""
+    from .. import distributed
+
+    return distributed.is_main()
+
+
+def user_errors(command: F) -> F:
+    """Usage errors become one red line and exit 2; Ctrl-C and SIGTERM exit 130 / 143 with nothing
+    half-written (every file is renamed into place only when complete). Anything else is a bug and
+    keeps its traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        terminated = []
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            terminated.append(signum)
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+        try:
+            return command(*args, **kwargs)
+        except UsageError as exc:
+            console.print(f"[bold red]error:[/] {escape(flag_message(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt as exc:
+            saved = f": {escape(flag_message(exc))}" if isinstance(exc, Interrupted) else ""
+            console.print(
+                f"[yellow]{'terminated' if terminated else 'interrupted'}; no report was written{saved}[/]",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(143 if terminated else 130) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class RichProgress:
+    """``api.Progress`` on a rich progress bar (stderr), silent on torchrun's other ranks. The bar starts
+    with the first task, when the API has joined the process group and the rank is known."""
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+        )
+
+    def __enter__(self) -> RichProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar.live.is_started:
+            self.bar.stop()
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        if not main_process():
+            return lambda k: None
+        self.bar.start()
+        task = self.bar.add_task(description, total=total)
+        return lambda k: self.bar.advance(task, k)
+
+    def note(self, text: str) -> None:
+        if main_process():
+            self.bar.console.print(text)
+
+
+def call(function: Callable[..., Any], options: dict[str, Any], **extra: Any) -> Any:
+    """``function`` called with the command's options it names (plus ``extra``) and a progress bar.
+
+    ``options`` is the command's ``locals()``: its own parameters and, under ``common``, the shared
+    options ``command`` added; CLI-only ones (``out_dir``, ...) stay out unless the function names them."""
+    given = {**{k: v for k, v in options.items() if k != "common"}, **options.get("common", {}), **extra}
+    accepted = inspect.signature(function).parameters
+    with RichProgress() as progress:
+        return function(**{k: v for k, v in given.items() if k in accepted}, progress=progress)
+
+
+def preflight(out_dir: Path, name: str | None = None, parameter: str = "out_dir") -> None:
+    """Refuse, before any work, an output folder we cannot write or a report name that is not a plain stem."""
+    from ..reports import check_stem, check_writable_dir
+
+    check_writable_dir(out_dir, parameter)
+    if name is not None:
+        check_stem(name)
+
+
+def print_rows(title: str, rows: list[dict], columns: list[str]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(
+            column, justify="left" if column in ("corruption", "model", "attack", "metric", "status") else "right"
+        )
+    for row in rows:
+        table.add_row(
+            *(f"{row[c]:.2f}" if isinstance(row[c], float) and c.endswith("accuracy") else str(row[c]) for c in columns)
+        )
+    stdout.print(table)
+
+
+def write(report: Report, out_dir: Path, name: str | None) -> list[Path]:
+    paths = report.write(out_dir, name)
+    for path in paths:
+        stdout.print(f"wrote {path}")
+    return paths
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        stdout.print(f"sdnet-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Robustness of sparse-coding networks (SDNet) and ResNet baselines: CIFAR-10-C, attacks, test-time lambda."""
+
+
+def command(
+    name: str, shared: Sequence[str] = (), options: dict[str, tuple[Any, Any]] | None = None, hidden: bool = False
+) -> Callable[[Callable[..., None]], None]:
+    """Register ``sdnet NAME``: the function's own options plus the ``shared`` ones (from ``options``, default
+    ``SHARED``), which it receives in ``**common``; usage errors and interrupts handled by ``user_errors``."""
+
+    def register(function: Callable[..., None]) -> None:
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        own = [
+            p.replace(kind=keyword)
+            for p in inspect.signature(function, eval_str=True).parameters.values()
+            if p.kind != p.VAR_KEYWORD
+        ]
+        table = SHARED if options is None else options
+        added = {n: inspect.Parameter(n, keyword, annotation=table[n][0], default=table[n][1]) for n in shared}
+        first = [added.pop(n) for n in LEADING if n in added]
+        function.__signature__ = inspect.Signature([*first, *own, *added.values()])  # type: ignore[attr-defined]
+        app.command(name, hidden=hidden)(user_errors(function))
+
+    return register

@@ -1,0 +1,289 @@
+"""Commands for corruptions, attacks, models and the regression gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+
+from ._app import call, command, console, main_process, preflight, print_rows, stdout, write
+from .options import (
+    ATTACK_OPTIONS,
+    ATTACK_SHARED,
+    EVAL_OPTIONS,
+    LEADING,
+    CalibrationOpt,
+    CorruptionOpt,
+    EpsOpt,
+    SeverityOpt,
+)
+
+
+@command("eval", (*EVAL_OPTIONS, "n_steps", "compile"))
+def eval_command(
+    corruptions: CorruptionOpt = ["none"],
+    severities: SeverityOpt = ["all"],
+    lam: Annotated[
+        str | None,
+        typer.Option(
+            "--lam",
+            help="Test-time lambda of every CSC layer (SDNet only): a number; 'recon' (per input, from the stem's "
+            "reconstruction error) or 'noise' (per input, from the estimated pixel noise: its noise sigma and its "
+            "fraction of salt-and-pepper values), both calibrated by "
+            "`sdnet sweep-lambda --fit`; 'auto' (the one of them the calibration recommends); or 'oracle' (best "
+            "lambda per cell from --sweep: uses labels). "
+            "Default: the training lambda.",
+        ),
+    ] = None,
+    calibration: CalibrationOpt = None,
+    sweep: Annotated[
+        Path | None, typer.Option("--sweep", help="sweep-lambda JSON report whose best lambdas --lam oracle uses.")
+    ] = None,
+    **common: Any,
+) -> None:
+    """Accuracy on the clean test split and corrupted cells (CIFAR-10-C, CIFAR-100-C, ImageNet-C; ImageNet also
+    gets mCE and relative mCE), written as JSON, CSV and Markdown."""
+    from .. import api
+
+    preflight(common["out_dir"], common["name"])
+    report = call(api.evaluate_corruptions, locals())
+    if not main_process():
+        return
+    title = f"{report.meta['model']['name']} on {report.meta['model']['dataset']}"
+    print_rows(title, report.rows, ["corruption", "severity", "lam", "n", "accuracy"])
+    summary = report.meta["corruption_errors"]
+    if summary is not None:
+        caveat = "" if summary["complete"] else " (not all 15 benchmark corruptions: not comparable with published mCE)"
+        relative = f", relative mCE {summary['relative_mCE']:.2f}%" if summary["relative_mCE"] is not None else ""
+        stdout.print(
+            f"mCE {summary['mCE']:.2f}%{relative} over {len(summary['corruptions'])} corruptions, "
+            f"AlexNet-normalised{caveat}"
+        )
+    write(report, common["out_dir"], common["name"])
+
+
+@command("make-c", ("seed", "data_dir"))
+def make_c_command(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder to write (the official release layout of --dataset + metadata.json).")
+    ],
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="cifar10 (CIFAR-10-C), cifar100 (CIFAR-100-C) or imagenet (ImageNet-C).")
+    ] = "cifar10",
+    n_examples: Annotated[
+        int | None, typer.Option("--n-examples", "-n", help="Only the first N test images (default: all).")
+    ] = None,
+    corruptions: Annotated[
+        list[str], typer.Option("--corruption", "-c", help="Corruption(s) to generate, repeatable; 'all', 'extra'.")
+    ] = ["all", "extra"],
+    workers: Annotated[int | None, typer.Option("--workers", help="Worker processes (default: all cores).")] = None,
+    **common: Any,
+) -> None:
+    """Generate a corruption benchmark (seeded) from the test split in the release layout: CIFAR-10-C / CIFAR-100-C
+    at CIFAR strengths, ImageNet-C at ImageNet strengths (imagecorruptions)."""
+    from .. import api
+
+    preflight(out_dir)
+    stdout.print(f"wrote {call(api.generate_corruptions, locals())}")
+
+
+@command("train", ("dataset", "precision", "device", "seed", "data_dir"))
+def train_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="Architecture to train, e.g. sdnet18 or resnet18.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="Where to write the trained weights (.safetensors); a manifest entry is added beside it."
+        ),
+    ],
+    epochs: Annotated[int, typer.Option("--epochs", help="Epochs of the cosine schedule.")] = 30,
+    width: Annotated[
+        int, typer.Option("--width", help="Channels of the first stage (64 = the paper's ResNet-18).")
+    ] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per training step.")] = 128,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (cosine to 1e-6 per iteration).")] = 0.1,
+    lam: Annotated[float, typer.Option("--lam", help="Training lambda of every CSC layer (SDNet only).")] = 0.1,
+    sqrt_lasso: Annotated[
+        bool, typer.Option("--sqrt-lasso", help="Train the square-root-lasso CSC variant (SDNet only).")
+    ] = False,
+    n_train: Annotated[int | None, typer.Option("--n-train", help="Use only the first N training images.")] = None,
+    n_test: Annotated[
+        int | None, typer.Option("--n-test", help="Per-epoch test accuracy on the first N test images.")
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="Continue from <out>.resume.pt (written after every epoch) with the same settings."
+        ),
+    ] = False,
+    default: Annotated[
+        bool, typer.Option("--default/--no-default", help="Make this the default checkpoint of its architecture.")
+    ] = False,
+    half: Annotated[
+        bool,
+        typer.Option(
+            "--half",
+            help="Store the weights as fp16 (half the file; BatchNorm statistics stay fp32). The manifest's "
+            "accuracy is measured with the stored weights.",
+        ),
+    ] = False,
+    report_dir: Annotated[
+        Path,
+        typer.Option("--report-dir", help="Where the per-epoch history (JSON, CSV, Markdown) and its PNG curve go."),
+    ] = Path("reports/training"),
+    **common: Any,
+) -> None:
+    """Train a model with the reference CIFAR recipe (CIFAR-10 or CIFAR-100), save safetensors, and register it in the manifest."""
+    from .. import api
+
+    preflight(out.parent, parameter="out")
+    preflight(report_dir, parameter="report_dir")
+    report = call(api.train, locals())
+    meta = report.meta
+    shown = f"{meta['clean_accuracy']:.2f}% (fp32)" + (
+        f", {meta['clean_accuracy_bf16']:.2f}% (bf16)" if "clean_accuracy_bf16" in meta else ""
+    )
+    stdout.print(f"clean test accuracy on {meta['n_test']} images: {shown}")
+    stdout.print(f"wrote {out} (sha256 {meta['checkpoint_sha256'][:12]}...), {meta['manifest']}")
+    write(report, report_dir, None)
+
+
+@command("attack", ATTACK_OPTIONS, ATTACK_SHARED)
+def attack_command(
+    attack: Annotated[
+        str,
+        typer.Option(
+            "--attack",
+            "-a",
+            help="pgd, apgd-ce, apgd-dlr, apgd-t, fab-t, square, or autoattack: standard AutoAttack (APGD-CE, APGD-T, "
+            "FAB-T, Square with the original settings), each attack only on points still correct, worst case per "
+            "sample.",
+        ),
+    ] = "autoattack",
+    eps: EpsOpt = ["8/255"],
+    lam: Annotated[
+        str | None,
+        typer.Option(
+            "--lam",
+            help="Test-time lambda of the CSC layers (SDNet only): a number, or 'recon'/'noise'/'auto' (per input, "
+            "calibrated by `sdnet sweep-lambda --fit`; auto: the recommended one). The attack differentiates the "
+            "deployed pipeline, lambda(x) included (its clamp straight-through; the salt-and-pepper fraction of 'noise' "
+            "is piecewise constant and passes no gradient). Default: the training lambda.",
+        ),
+    ] = None,
+    calibration: CalibrationOpt = None,
+    save_adversarials: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-adv",
+            help="Also write the adversarial examples (.npz: float32 NHWC in [0,1] per eps, labels, robust flags); robust "
+            "accuracy after rounding them to uint8 goes into the report meta, separately.",
+        ),
+    ] = None,
+    **common: Any,
+) -> None:
+    """Robust accuracy under white-box and black-box attacks (torchattacks), written as JSON, CSV and Markdown."""
+    from .. import api
+
+    preflight(common["out_dir"], common["name"])
+    if save_adversarials is not None:
+        preflight(save_adversarials.parent, parameter="save_adversarials")
+    report = call(api.attack, locals(), state_dir=common["out_dir"])
+    if not main_process():
+        return
+    for warning in report.meta["diagnostics"]["warnings"]:
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    columns = ["attack", "norm", "eps_text", "lam", "n", "clean_accuracy", "robust_accuracy", "seconds"]
+    print_rows(f"{report.meta['model']['name']} on {report.meta['model']['dataset']}", report.rows, columns)
+    write(report, common["out_dir"], None)
+    if save_adversarials is not None:
+        stdout.print(f"wrote {save_adversarials}")
+
+
+@command("check", ("device", "precision", "data_dir", "cache_dir", "weights_dir"))
+def check_command(
+    baseline: Annotated[
+        Path, typer.Option("--baseline", help="Baseline JSON to compare with (written by --update).")
+    ] = Path("reports/baseline.json"),
+    suite: Annotated[
+        Path | None,
+        typer.Option(
+            "--suite",
+            help="Suite JSON: models (names or {model, checkpoint, lam}), n_examples, cells [[corruption, severity]], "
+            "attack, eps, steps, tolerance, seed. Default: the suite stored in the baseline, else the shipped sdnet18 and "
+            "resnet18 on 500 images.",
+        ),
+    ] = None,
+    update: Annotated[
+        bool, typer.Option("--update", help="Measure and (re)write the baseline instead of comparing.")
+    ] = False,
+    tolerance: Annotated[
+        float | None, typer.Option("--tolerance", help="Accuracy points a metric may fall (default: the suite's, 1.0).")
+    ] = None,
+    **common: Any,
+) -> None:
+    """Regression gate: re-run a fixed, seeded suite and compare each metric with the baseline; exit 1 on a regression."""
+    from .. import api
+
+    if update:
+        preflight(baseline.parent, parameter="baseline")
+    report = call(api.check, locals())
+    if update:
+        write(report, baseline.parent, baseline.stem)
+        return
+    tolerance = report.meta["tolerance"]
+    moved = [r for r in report.rows if r["status"] != "ok"]
+    columns = ["model", "metric", "baseline", "now", "change", "status"]
+    print_rows(f"sdnet check vs {baseline} (tolerance {tolerance:g} points)", moved or report.rows, columns)
+    if not report.meta["passed"]:
+        console.print("[bold red]check failed:[/] a metric fell below its baseline (or is no longer measured)")
+        raise typer.Exit(1)
+    stdout.print(f"check passed: {len(report.rows)} metrics within {tolerance:g} points of {baseline}")
+
+
+@command("compare", ("out_dir",))
+def compare_command(
+    sources: Annotated[
+        list[str],
+        typer.Argument(
+            help="Reports to put side by side, as LABEL=REPORT.json (eval reports, or attack reports); repeat a label to "
+            "combine several reports (of different cells) into one column.",
+            show_default=False,
+        ),
+    ],
+    name: Annotated[str, typer.Option("--name", help="Report file stem.")] = "compare",
+    title: Annotated[str | None, typer.Option("--title", help="Heading of the Markdown report.")] = None,
+    note: Annotated[
+        str, typer.Option("--note", help="A paragraph placed above the table (e.g. how the runs differ).")
+    ] = "",
+    **common: Any,
+) -> None:
+    """One table from several eval or attack reports (a row per cell, or attack and eps; a column per label), with
+    plots: accuracy vs severity per corruption, robust accuracy vs eps."""
+    from .. import api
+
+    preflight(common["out_dir"], name)
+    for path in api.compare(sources, out_dir=common["out_dir"], name=name, title=title, note=note):
+        stdout.print(f"wrote {path}")
+
+
+@command("export", (*LEADING, "weights_dir"))
+def export_command(
+    out: Annotated[Path, typer.Argument(help="File to write, e.g. model_best.pth.", show_default=False)],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="official: the state_dict the authors' SDNet code loads and runs unchanged (their key names, "
+            "unit-norm atoms); set their config's LAMBDA and NUM_LAYERS to the model's.",
+        ),
+    ] = "official",
+    **common: Any,
+) -> None:
+    """Write a model's weights in another code base's format (the authors' SDNet code)."""
+    from .. import api
+
+    preflight(out.parent, parameter="out")
+    stdout.print(f"wrote {api.export_checkpoint(out=out, format=format, **common)}")

@@ -1,0 +1,258 @@
+"""Options of several commands, declared once: flag, default and help. ``SHARED`` (and ``ATTACK_SHARED``
+for the attack commands) name them by the API parameter they fill."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Architecture (resnet18, resnet34, sdnet18, sdnet34, sdnet18_all, sdnet34_all, tv_resnet18, tv_resnet50) or a "
+        "shipped checkpoint name from the weights manifest. Without --checkpoint, an architecture name loads its default "
+        "shipped checkpoint.",
+    ),
+]
+CheckpointOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--checkpoint",
+        help="Weights to load into --model: our .safetensors, the authors' model_best.pth.tar / checkpoint.pth.tar, or your "
+        "own state_dict. Never unpickles code.",
+    ),
+]
+WeightsDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--weights-dir",
+        help="Folder with manifest.json and the shipped checkpoints (default: $SDNET_WEIGHTS, else the ones installed with "
+        "sdnet-cli).",
+    ),
+]
+DatasetOpt = Annotated[
+    str,
+    typer.Option(
+        "--dataset", help="Dataset the model was trained on (and is evaluated on): cifar10, cifar100 or imagenet."
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Folder containing cifar-10-batches-py / cifar-100-python (default: $SDNET_DATA, else ./data); for imagenet, "
+        "the folder with val/<wnid>/*.JPEG (default: $SDNET_DATA/imagenet).",
+    ),
+]
+CDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cifar-c-dir",
+        "--imagenet-c-dir",
+        help="Folder of the official corrupted release of --dataset: CIFAR-10-C / CIFAR-100-C (<corruption>.npy + "
+        "labels.npy) or ImageNet-C (<corruption>/<severity>/<wnid>/*.JPEG). Without it, the needed corruptions are "
+        "generated with --seed and cached.",
+    ),
+]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache-dir", help="Where generated CIFAR-10-C is cached (default: $SDNET_CACHE, else ~/.cache/sdnet-cli)."
+    ),
+]
+SeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--seed", help="Seed (0 .. 2**32-1) for generated corruptions and every random choice; same seed, same numbers."
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (GPU if present), cpu or cuda.")]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="fp32, or bf16 autocast: faster on GPUs and CPUs with AMX/AVX512-BF16, much slower on plain AVX2 CPUs "
+        "(see benchmarks/throughput.py). CSC solves stay fp32.",
+    ),
+]
+EvalBatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        help="Images per forward (default: 64 on CPU, 256 on GPU; benchmarks/eval_batch_size.py measures the choice). "
+        "Accuracy does not depend on it.",
+    ),
+]
+AttackBatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--batch-size",
+        help="Images per attacked batch (default: the attacks' own, sdnet_cli.attacks.config.BATCH_SIZE). Results "
+        "depend on it, as on --pool-batches.",
+    ),
+]
+NExamplesOpt = Annotated[
+    int | None, typer.Option("--n-examples", "-n", help="Use only the first N test images (of each cell).")
+]
+AttackNExamplesOpt = Annotated[
+    int | None, typer.Option("--n-examples", "-n", help="Attack only the first N test images (default: all).")
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Folder for the JSON, CSV and Markdown reports.")]
+NameOpt = Annotated[
+    str | None, typer.Option("--name", help="Report file stem (a plain file name; default per command).")
+]
+SeverityOpt = Annotated[list[str], typer.Option("--severity", "-s", help="Severity 1..5, repeatable, or 'all'.")]
+EpsOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--eps",
+        help="Budget in [0,1] pixel units: a fraction (8/255) or a decimal; repeatable for a sweep, where a point fooled "
+        "at a smaller eps counts as fooled at the larger ones.",
+    ),
+]
+NormOpt = Annotated[str, typer.Option("--norm", help="Threat model: Linf or L2.")]
+StepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--steps", help="Iterations of a single attack (square: queries); default pgd 20, apgd/fab 100, square 5000."
+    ),
+]
+RestartsOpt = Annotated[int | None, typer.Option("--restarts", help="Random restarts of a single attack (default 1).")]
+VersionOpt = Annotated[
+    str,
+    typer.Option(
+        "--version",
+        help="autoattack version: standard, or rand (randomised models: APGD-CE and APGD-DLR with 20 EOT iterations).",
+    ),
+]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume", help="Continue an interrupted run from <out>/<name>*.state.json, skipping finished pools of images."
+    ),
+]
+PoolOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--pool-batches",
+        help="Attacks run on pools of this many batches (default: sdnet_cli.attacks.config.POOL_BATCHES): before each "
+        "attack the points still standing in a pool are gathered into full batches. Results depend on it as on "
+        "--batch-size; torchrun splits and --resume saves whole pools.",
+    ),
+]
+AttackPrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="fp32 (default: attacks take gradients in fp32), or bf16 autocast for forwards and gradients.",
+    ),
+]
+CalibrationOpt = Annotated[
+    Path | None,
+    typer.Option("--calibration", help="Calibration JSON for --lam auto/recon/noise (default: the checkpoint's own)."),
+]
+CompileOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="Run inference through torch.compile: a one-off compile, then faster forwards; predictions equal eager "
+        "ones up to float rounding. Pays off for long runs.",
+    ),
+]
+NStepsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--n-steps",
+        help="FISTA steps of the CSC layers (SDNet only), for weights trained with another count than the "
+        "checkpoint records (default: the checkpoint's; 2 for the authors' files).",
+    ),
+]
+FitNOpt = Annotated[int, typer.Option("--fit-n", help="Training images per calibration group (>= 2).")]
+CalibrationOutOpt = Annotated[
+    Path | None,
+    typer.Option("--calibration-out", help="Write the calibration here (default: beside the checkpoint)."),
+]
+
+SHARED: dict[str, tuple[Any, Any]] = {
+    "model": (ModelOpt, "sdnet18"),
+    "checkpoint": (CheckpointOpt, None),
+    "dataset": (DatasetOpt, "cifar10"),
+    "cifar_c_dir": (CDirOpt, None),
+    "n_examples": (NExamplesOpt, None),
+    "batch_size": (EvalBatchOpt, None),
+    "device": (DeviceOpt, "auto"),
+    "precision": (PrecisionOpt, "fp32"),
+    "seed": (SeedOpt, 0),
+    "data_dir": (DataDirOpt, None),
+    "cache_dir": (CacheDirOpt, None),
+    "weights_dir": (WeightsDirOpt, None),
+    "n_steps": (NStepsOpt, None),
+    "compile": (CompileOpt, False),
+    "out_dir": (OutOpt, Path("reports")),
+    "name": (NameOpt, None),
+}
+"""Options with the same flag, default and help in every command that has them: name -> (type, default)."""
+
+LEADING = ("model", "checkpoint", "dataset")
+"""Shared options listed before a command's own (the rest follow them)."""
+
+ATTACK_SHARED: dict[str, tuple[Any, Any]] = {
+    **SHARED,
+    "n_examples": (AttackNExamplesOpt, None),
+    "batch_size": (AttackBatchOpt, None),
+    "precision": (AttackPrecisionOpt, "fp32"),
+    "norm": (NormOpt, "Linf"),
+    "steps": (StepsOpt, None),
+    "restarts": (RestartsOpt, None),
+    "version": (VersionOpt, "standard"),
+    "pool_batches": (PoolOpt, None),
+    "resume": (ResumeOpt, False),
+}
+"""``SHARED`` as the attack commands have it: their batch size, precision and image count, and the attack's options."""
+
+EVAL_OPTIONS = LEADING + (
+    "cifar_c_dir",
+    "n_examples",
+    "batch_size",
+    "device",
+    "precision",
+    "seed",
+    "data_dir",
+    "cache_dir",
+    "weights_dir",
+    "out_dir",
+    "name",
+)
+ATTACK_OPTIONS = LEADING + (
+    "norm",
+    "steps",
+    "restarts",
+    "version",
+    "n_examples",
+    "batch_size",
+    "pool_batches",
+    "device",
+    "precision",
+    "seed",
+    "data_dir",
+    "weights_dir",
+    "n_steps",
+    "resume",
+    "out_dir",
+    "name",
+)
+
+
+CorruptionOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--corruption",
+        "-c",
+        help="Corruption name, repeatable; 'all' = the 15 benchmark corruptions, 'extra' = the 4 extras, 'none' = clean "
+        "only. Clean accuracy is always reported alongside.",
+    ),
+]
