@@ -17,12 +17,16 @@ K = TypeVar("K", bound=Hashable)
 
 
 def median_seconds(
-    works: dict[K, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1
+    works: dict[K, Callable[[], Any]],
+    repeats: int,
+    device: torch.device,
+    warmup: int = 1,
+    statistic: Callable[[list[float]], float] = statistics.median,
 ) -> dict[K, float]:
-    """Median wall time of each ``work()`` over ``repeats`` rounds that call every work once in turn,
-    after ``warmup`` untimed rounds (kernel selection, step-size caches). Interleaving makes background
-    load on a shared machine hit every work alike, so ratios between them hold; CUDA is synchronised
-    so a time covers the whole computation."""
+    """Median (or ``statistic``, e.g. ``min``: the best round, least hit by load from elsewhere) wall time of
+    each ``work()`` over ``repeats`` rounds that call every work once in turn, after ``warmup`` untimed rounds
+    (kernel selection, step-size caches). Interleaving makes background load on a shared machine hit every
+    work alike, so ratios between them hold; CUDA is synchronised so a time covers the whole computation."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: dict[K, list[float]] = {name: [] for name in works}
     for round_ in range(warmup + repeats):
@@ -33,7 +37,7 @@ def median_seconds(
             sync()
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistic(t) for name, t in times.items()}
 
 
 def print_table(title: str, rows: Sequence[dict[str, Any]], note: str) -> None:
