@@ -5,15 +5,17 @@ loop before each batch was converted once), timed interleaved in CPU seconds of 
     python benchmarks/sweep_speed.py --n-images 256 --lams 0.1,0.7,1.4 --rounds 3 --agreement-n 2000
 
 Prints images per CPU second of each way (best of ``--rounds`` interleaved rounds) and the wall time the
-oracle sweep (27 lambdas x 21 cells x 10,000 images) would take at that rate on an idle machine with
-torch's threads all busy (CPU seconds / threads: the best case). ``--agreement-n N``: per (lambda, image)
-correctness of the bf16 sweep vs the fp32 sweep on the first N images of clean and gaussian_noise
-severity 5 (generated, seed 0), at every lambda of ``--lams``. The shipped sdnet18, CIFAR-10 ($SDNET_DATA).
+oracle sweep (27 lambdas x 21 cells x 10,000 images) would take at that rate on this machine when idle,
+every core busy (CPU seconds / cores: the best case). On a shared machine run it with OMP_NUM_THREADS=1:
+waiting threads of a multi-threaded run spin, which counts as CPU time when cores are contended.
+``--agreement-n N``: per (lambda, image) correctness of the bf16 sweep vs the fp32 sweep on the first N
+images of clean and gaussian_noise severity 5 (generated, seed 0), at every lambda of ``--lams``. The shipped sdnet18, CIFAR-10 ($SDNET_DATA).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 from collections.abc import Callable
 
@@ -93,14 +95,14 @@ def main() -> None:
             if round_:
                 best[name] = min(best[name], cpu_seconds() - start)
     forwards = args.n_images * len(grid)
-    threads = torch.get_num_threads()
+    cores = os.cpu_count() or 1
     rows = [
         {
             "sweep": name,
             "cpu s": round(seconds, 2),
             "images per cpu s": round(forwards / seconds, 1),
             "vs fp32": round(best["fp32"] / seconds, 3),
-            "oracle sweep, idle machine (min)": round(ORACLE_SWEEP * seconds / forwards / threads / 60, 1),
+            "oracle sweep, idle machine (min)": round(ORACLE_SWEEP * seconds / forwards / cores / 60, 1),
         }
         for name, seconds in best.items()
     ]
@@ -108,8 +110,9 @@ def main() -> None:
         f"Lambda sweep speed (shipped sdnet18, {args.n_images} clean images x {len(grid)} lambdas, "
         f"batch {args.batch_size})",
         rows,
-        f"CPU seconds of this process, best of {args.rounds} interleaved rounds after a warm-up round; the oracle "
-        f"sweep's time assumes all {threads} threads busy (CPU seconds / {threads}).",
+        f"CPU seconds of this process ({torch.get_num_threads()} threads), best of {args.rounds} interleaved rounds "
+        f"after a warm-up round; the oracle sweep's time assumes all {cores} cores busy at this rate (CPU seconds / "
+        f"{cores}).",
     )
     if args.agreement_n:
         print_table(
