@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from collections.abc import Callable
 
 import torch
@@ -32,12 +33,13 @@ def images_per_second(
     batch: torch.Tensor,
     repeats: int,
     statistic: Callable[[list[float]], float] = statistics.median,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
-    """Forwards of the models interleaved (``median_seconds``, median or ``statistic`` of the rounds), as
-    images per second."""
+    """Forwards of the models interleaved (``median_seconds``, median or ``statistic`` of the rounds, timed
+    by ``clock``), as images per second."""
     with torch.inference_mode(), runtime.autocast():
         works = {name: (lambda model=model: model(batch)) for name, model in models.items()}
-        seconds = median_seconds(works, repeats, runtime.device, statistic=statistic)
+        seconds = median_seconds(works, repeats, runtime.device, statistic=statistic, clock=clock)
         return {name: len(batch) / t for name, t in seconds.items()}
 
 
@@ -75,6 +77,11 @@ def main() -> None:
     parser.add_argument(
         "--best", action="store_true", help="the best (fastest) round of each model instead of the median"
     )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time CPU seconds of the process, not wall seconds (use with OMP_NUM_THREADS=1 on a shared machine)",
+    )
     parser.add_argument("--scaling", action="store_true", help="also time the eval loop over n-examples and batch size")
     parser.add_argument("--n-examples", type=int, action="append", help="for --scaling; default 256, 512, 1024")
     parser.add_argument("--scaling-batch-size", type=int, action="append", help="for --scaling; default 32, 128, 512")
@@ -89,7 +96,14 @@ def main() -> None:
             )
             repeats = args.bf16_repeats if precision == "bf16" and args.bf16_repeats else args.repeats
             models = {name: runtime.prepare(create_model(name, width=width)) for name in ("resnet18", "sdnet18")}
-            speeds = images_per_second(models, runtime, batch, repeats, min if args.best else statistics.median)
+            speeds = images_per_second(
+                models,
+                runtime,
+                batch,
+                repeats,
+                min if args.best else statistics.median,
+                time.process_time if args.cpu_time else time.perf_counter,
+            )
             for name in models:
                 rows.append(
                     {
@@ -110,7 +124,7 @@ def main() -> None:
         rows,
         "Random inputs, untrained weights (throughput does not depend on them); "
         f"{'best' if args.best else 'median'} of the timed batches after one warm-up batch, the two models "
-        "interleaved.",
+        f"interleaved; {'CPU' if args.cpu_time else 'wall'} seconds.",
     )
     if args.scaling:
         scaling(
