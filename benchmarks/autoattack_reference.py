@@ -6,13 +6,13 @@
 ICML 2020; the folder holding its ``autoattack`` package); without it the script says so and exits 0. It is
 imported from there, outside this repository, and none of it is copied here. Both attack the same
 function: the shipped sdnet18 as ``sdnet attack`` deploys it (``AttackedModel``: [0,1] input, normalisation,
-lambda policy, network, fp32), over the first ``--n-images`` CIFAR-10 test images with batch 128 and seed 0.
+lambda policy, network, fp32), over the first ``--n-images`` CIFAR-10 test images with ``--batch-size`` (128) and seed 0.
 The reference pools the still-robust points of its whole input before each attack; ours pools within
 pools of ``--pool-batches`` batches (``run_attack``), and ``--pool-batches 1`` shows the batch-by-batch run.
 
 Printed: per attack, CPU seconds of the process (``time.process_time`` around each call, so background
-load on a shared machine shifts them less than wall time) and the ratio ours / reference; then the
-per-image agreement of the robust flags. Runs one after another (an AutoAttack run cannot be interleaved
+load on a shared machine shifts them less than wall time), and for the whole run user and system seconds
+and page faults, with the ratio ours / reference; then the per-image agreement of the robust flags. Runs one after another (an AutoAttack run cannot be interleaved
 with another), so run it on a quiet machine.
 """
 
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import resource
 import sys
 import time
 from collections.abc import Callable
@@ -52,8 +53,33 @@ def timed(method: Callable[..., Any], seconds: dict[str, float], name: str) -> C
     return call
 
 
+def usage() -> dict[str, float]:
+    found = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "user": found.ru_utime,
+        "sys": found.ru_stime,
+        "major faults": found.ru_majflt,
+        "minor faults": found.ru_minflt,
+    }
+
+
+def whole(run: Callable[[], tuple[dict[str, float], np.ndarray]]) -> tuple[dict[str, float], np.ndarray]:
+    """``run``'s per-attack CPU seconds plus the whole call's user and system seconds and page faults
+    (everything the run does: clean pass, checks, judging, bookkeeping)."""
+    before = usage()
+    seconds, robust = run()
+    after = usage()
+    return {**seconds, **{f"whole run: {key}": after[key] - before[key] for key in before}}, robust
+
+
 def ours(
-    model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, eps: str, pool_batches: int, runtime: Runtime
+    model: torch.nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    eps: str,
+    pool_batches: int,
+    runtime: Runtime,
+    batch_size: int,
 ) -> tuple[dict[str, float], np.ndarray]:
     """CPU seconds per attack and robust flags of our runner (its per-batch attack call timed)."""
     seconds: dict[str, float] = collections.defaultdict(float)
@@ -71,7 +97,7 @@ def ours(
             AttackConfig.create(attack="autoattack", norm="Linf", eps=[eps]),
             seed=0,
             runtime=runtime,
-            batch_size=128,
+            batch_size=batch_size,
             pool_batches=pool_batches,
         )
     finally:
@@ -80,7 +106,13 @@ def ours(
 
 
 def reference(
-    source: Path, model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, eps: str, runtime: Runtime
+    source: Path,
+    model: torch.nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    eps: str,
+    runtime: Runtime,
+    batch_size: int,
 ) -> tuple[dict[str, float], np.ndarray]:
     """CPU seconds per attack and robust flags of the reference implementation on the same function."""
     sys.path.insert(0, str(source.resolve()))
@@ -96,7 +128,7 @@ def reference(
     for name, attribute in REFERENCE_PARTS.items():
         part = getattr(adversary, attribute)
         part.perturb = timed(part.perturb, seconds, name)
-    _, y_adv = adversary.run_standard_evaluation(x, y, bs=128, return_labels=True)
+    _, y_adv = adversary.run_standard_evaluation(x, y, bs=batch_size, return_labels=True)
     return dict(seconds), (y_adv == y).numpy()
 
 
@@ -107,6 +139,7 @@ def main() -> None:
     parser.add_argument("--eps", default="2/255")
     parser.add_argument("--pool-batches", type=int, action="append", help="ours, repeatable (default: 8)")
     parser.add_argument("--model", default="sdnet18")
+    parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
     if args.reference_src is None:
         print(
@@ -119,14 +152,17 @@ def main() -> None:
     images, labels = dataset_spec("cifar10").load(None, "test")
     images, labels = images[: args.n_images], labels[: args.n_images]
     runs = {
-        f"ours, pool_batches {p}": ours(model, images, labels, args.eps, p, runtime) for p in args.pool_batches or [8]
+        f"ours, pool_batches {p}": whole(lambda p=p: ours(model, images, labels, args.eps, p, runtime, args.batch_size))
+        for p in args.pool_batches or [8]
     }
-    ref_seconds, ref_robust = reference(args.reference_src, model, images, labels, args.eps, runtime)
+    ref_seconds, ref_robust = whole(
+        lambda: reference(args.reference_src, model, images, labels, args.eps, runtime, args.batch_size)
+    )
     rows = [
         {
             "attack": name,
-            "reference cpu s": round(ref_seconds.get(name, 0.0), 1),
-            **{f"{label} cpu s": round(seconds.get(name, 0.0), 1) for label, (seconds, _) in runs.items()},
+            "reference": round(ref_seconds.get(name, 0.0), 1),
+            **{label: round(seconds.get(name, 0.0), 1) for label, (seconds, _) in runs.items()},
             **{
                 f"{label} / reference": round(seconds.get(name, 0.0) / ref_seconds[name], 3)
                 if ref_seconds.get(name)
@@ -134,13 +170,15 @@ def main() -> None:
                 for label, (seconds, _) in runs.items()
             },
         }
-        for name in REFERENCE_PARTS
+        for name in [*REFERENCE_PARTS, *(key for key in ref_seconds if key.startswith("whole run"))]
     ]
     print_table(
         f"Standard AutoAttack vs the reference implementation ({args.model}, Linf {args.eps}, "
-        f"{args.n_images} images, batch 128)",
+        f"{args.n_images} images, batch {args.batch_size})",
         rows,
-        "CPU seconds of each attack's calls, one run after another in one process.",
+        "CPU seconds of each attack's calls (ours: attack, projection and judging of each batch; the reference: "
+        "its perturb calls), then the whole run's user and system CPU seconds and page faults (getrusage), one "
+        "run after another in one process.",
     )
     agreement = [
         {

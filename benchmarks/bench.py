@@ -17,23 +17,30 @@ K = TypeVar("K", bound=Hashable)
 
 
 def median_seconds(
-    works: dict[K, Callable[[], Any]], repeats: int, device: torch.device, warmup: int = 1
+    works: dict[K, Callable[[], Any]],
+    repeats: int,
+    device: torch.device,
+    warmup: int = 1,
+    statistic: Callable[[list[float]], float] = statistics.median,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[K, float]:
-    """Median wall time of each ``work()`` over ``repeats`` rounds that call every work once in turn,
-    after ``warmup`` untimed rounds (kernel selection, step-size caches). Interleaving makes background
-    load on a shared machine hit every work alike, so ratios between them hold; CUDA is synchronised
-    so a time covers the whole computation."""
+    """Median (or ``statistic``, e.g. ``min``: the best round, least hit by load from elsewhere) wall time of
+    each ``work()`` over ``repeats`` rounds that call every work once in turn, after ``warmup`` untimed rounds
+    (kernel selection, step-size caches). Interleaving makes background load on a shared machine hit every
+    work alike, so ratios between them hold; CUDA is synchronised so a time covers the whole computation.
+    ``clock=time.process_time`` times CPU seconds of the process instead (with one thread, the least
+    load-sensitive measure on a shared CPU)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times: dict[K, list[float]] = {name: [] for name in works}
     for round_ in range(warmup + repeats):
         for name, work in works.items():
             sync()
-            start = time.perf_counter()
+            start = clock()
             work()
             sync()
             if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+                times[name].append(clock() - start)
+    return {name: statistic(t) for name, t in times.items()}
 
 
 def print_table(title: str, rows: Sequence[dict[str, Any]], note: str) -> None:

@@ -15,6 +15,9 @@ test images ($SDNET_DATA).
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 from bench import median_seconds, print_table
@@ -25,12 +28,19 @@ from sdnet_cli.models import create_model, load_model
 
 
 def images_per_second(
-    models: dict[str, torch.nn.Module], runtime: Runtime, batch: torch.Tensor, repeats: int
+    models: dict[str, torch.nn.Module],
+    runtime: Runtime,
+    batch: torch.Tensor,
+    repeats: int,
+    statistic: Callable[[list[float]], float] = statistics.median,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, float]:
-    """Forwards of the models interleaved (``median_seconds``), as images per second."""
+    """Forwards of the models interleaved (``median_seconds``, median or ``statistic`` of the rounds, timed
+    by ``clock``), as images per second."""
     with torch.inference_mode(), runtime.autocast():
         works = {name: (lambda model=model: model(batch)) for name, model in models.items()}
-        return {name: len(batch) / t for name, t in median_seconds(works, repeats, runtime.device).items()}
+        seconds = median_seconds(works, repeats, runtime.device, statistic=statistic, clock=clock)
+        return {name: len(batch) / t for name, t in seconds.items()}
 
 
 def scaling(runtime: Runtime, n_examples: list[int], batch_sizes: list[int], batch_size: int) -> None:
@@ -64,6 +74,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bf16-repeats", type=int, help="timed forwards for bf16 (default: --repeats)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--best", action="store_true", help="the best (fastest) round of each model instead of the median"
+    )
+    parser.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time CPU seconds of the process, not wall seconds (use with OMP_NUM_THREADS=1 on a shared machine)",
+    )
     parser.add_argument("--scaling", action="store_true", help="also time the eval loop over n-examples and batch size")
     parser.add_argument("--n-examples", type=int, action="append", help="for --scaling; default 256, 512, 1024")
     parser.add_argument("--scaling-batch-size", type=int, action="append", help="for --scaling; default 32, 128, 512")
@@ -78,7 +96,14 @@ def main() -> None:
             )
             repeats = args.bf16_repeats if precision == "bf16" and args.bf16_repeats else args.repeats
             models = {name: runtime.prepare(create_model(name, width=width)) for name in ("resnet18", "sdnet18")}
-            speeds = images_per_second(models, runtime, batch, repeats)
+            speeds = images_per_second(
+                models,
+                runtime,
+                batch,
+                repeats,
+                min if args.best else statistics.median,
+                time.process_time if args.cpu_time else time.perf_counter,
+            )
             for name in models:
                 rows.append(
                     {
@@ -97,8 +122,9 @@ def main() -> None:
     print_table(
         f"Evaluation throughput, resnet18 vs sdnet18 (batch {args.batch_size}, {device})",
         rows,
-        "Random inputs, untrained weights (throughput does not depend on them); median of the timed batches "
-        "after one warm-up batch, the two models interleaved.",
+        "Random inputs, untrained weights (throughput does not depend on them); "
+        f"{'best' if args.best else 'median'} of the timed batches after one warm-up batch, the two models "
+        f"interleaved; {'CPU' if args.cpu_time else 'wall'} seconds.",
     )
     if args.scaling:
         scaling(

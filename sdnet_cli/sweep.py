@@ -25,7 +25,6 @@ from .data.cells import CLEAN, Cell, expand_cells
 from .data.corruptions import ALL_CORRUPTIONS, corrupt
 from .errors import UsageError
 from .evaluate import (
-    Batch,
     Counts,
     Runtime,
     cell_row,
@@ -33,7 +32,7 @@ from .evaluate import (
     iter_batches,
     lambda_columns,
     mean_row,
-    predict_correct,
+    predict,
 )
 from .lam import (
     AUTO,
@@ -111,23 +110,15 @@ def sweep_cells(
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
 ) -> list[CellSweep]:
-    """Every (cell, lambda) pair through the evaluation loop with a ``FixedLambda`` policy; ``lams`` is read
-    by ``lambda_grid`` (sorted, distinct)."""
+    """Every (cell, lambda) pair through the evaluation's ``predict`` with a ``FixedLambda`` policy; ``lams``
+    is read by ``lambda_grid`` (sorted, distinct)."""
     stem = _stem(model)
     grid = lambda_grid(lams)
     sweeps = []
     for cell in cells:
         images, labels = source.load(cell)
-        runs = [_run_at(model, stem, lam, images, labels, runtime, batch_size, progress) for lam in grid]
-        sweeps.append(
-            CellSweep(
-                cell,
-                grid,
-                np.stack([correct for correct, _, _ in runs]),
-                [error for _, error, _ in runs],
-                [seconds for _, _, seconds in runs],
-            )
-        )
+        correct, errors, seconds = _sweep_images(model, stem, grid, images, labels, runtime, batch_size, progress)
+        sweeps.append(CellSweep(cell, grid, correct, errors.mean(axis=1).tolist(), seconds.tolist()))
     return sweeps
 
 
@@ -160,27 +151,35 @@ def sweep_lambda(
     return sweep_rows(sweep_cells(model, cells, source, runtime, lams, batch_size, progress), row_base)
 
 
-def _run_at(
+def _sweep_images(
     model: Classifier,
     stem: CSCLayer,
-    lam: float,
+    grid: Sequence[float],
     images: np.ndarray,
     labels: np.ndarray,
     runtime: Runtime,
     batch_size: int,
     progress: Callable[[int], None] | None,
-) -> tuple[np.ndarray, float, float]:
-    """Per-image correctness at ``lam``, the stem's mean reconstruction error there (from the same
-    forwards) and the seconds it took."""
-    errors = np.zeros(len(images), dtype=np.float64)
-    with model.using(FixedLambda(lam)), stem.recording_error() as record:
-
-        def observe(batch: Batch) -> None:
-            errors[batch.rows] = record.error.cpu().numpy()  # type: ignore[union-attr]
-
-        start = time.perf_counter()
-        correct = predict_correct(model, images, labels, runtime, batch_size, progress, observe)
-    return correct, float(errors.mean()), time.perf_counter() - start
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-image correctness [L, N] and stem reconstruction error [L, N] at every grid lambda, and the
+    seconds [L] each lambda's forwards took. Each batch is converted to model input once and then run at
+    every lambda (the same forwards, on the same inputs, as one ``predict_correct`` per lambda), so the
+    uint8 decoding and copying is not repeated per lambda."""
+    correct = np.zeros((len(grid), len(images)), dtype=bool)
+    errors = np.zeros((len(grid), len(images)), dtype=np.float64)
+    seconds = np.zeros(len(grid))
+    policies = [FixedLambda(lam) for lam in grid]
+    with stem.recording_error() as record:
+        for batch in iter_batches(images, labels, runtime, batch_size):
+            for j, policy in enumerate(policies):
+                start = time.perf_counter()
+                with model.using(policy):
+                    correct[j, batch.rows] = (predict(model, batch.x, runtime) == batch.y).cpu().numpy()
+                errors[j, batch.rows] = record.error.cpu().numpy()  # type: ignore[union-attr]
+                seconds[j] += time.perf_counter() - start
+                if progress is not None:
+                    progress(batch.rows.stop - batch.rows.start)
+    return correct, errors, seconds
 
 
 def mean_features(

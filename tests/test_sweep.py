@@ -71,6 +71,17 @@ def plain_forward(model: torch.nn.Module, images: np.ndarray, lam: float) -> tup
     return logits.numpy(), (seen["x"].double() - recon).pow(2).flatten(1).sum(1).numpy()
 
 
+def test_sweep_cells_flags_every_image_at_every_lambda(model: torch.nn.Module, source: CellSource) -> None:
+    seen: list[int] = []
+    (found,) = sweep.sweep_cells(model, CELLS[:1], source, Runtime.create("cpu"), LAMS, 20, seen.append)
+    assert sum(seen) == 48 * len(LAMS)  # 48 images in batches of 20, at each lambda
+    images, labels = source.load(CELLS[0])
+    for j, lam in enumerate(LAMS):
+        logits, _ = plain_forward(model, images, lam)
+        np.testing.assert_array_equal(found.correct[j], logits.argmax(1) == labels)
+    assert len(found.seconds) == len(LAMS) and min(found.seconds) > 0
+
+
 def test_sweep_rows_oracle_errors_and_plots(model: torch.nn.Module, source: CellSource, tmp_path: Path) -> None:
     deployed = FixedLambda(0.3)
     with model.using(deployed):
