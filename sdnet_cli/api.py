@@ -1181,7 +1181,7 @@ def check(
     measured). With ``update`` the returned report holds the new baseline's rows instead, to be
     written over ``baseline``. The suite comes from ``suite``, else the baseline's own, else the default.
     """
-    from .check import Suite, compare_with_baseline, failed, read_baseline, run_suite
+    from .check import Suite, compare_with_baseline, read_baseline, run_suite, verdict
     from .evaluate import Runtime
 
     progress = progress or Silent()
@@ -1209,7 +1209,7 @@ def check(
         chosen.seed,
         baseline=str(baseline),
         tolerance=chosen.tolerance,
-        passed=not failed(table),
+        **verdict(table),
         suite=chosen.as_meta(),
         **runtime.describe(),
     )

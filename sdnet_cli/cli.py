@@ -1049,9 +1049,9 @@ def check_command(
         ["model", "metric", "baseline", "now", "change", "status"],
     )
     if not report.meta["passed"]:
-        console.print("[bold red]check failed:[/] a metric fell below its baseline (or is no longer measured)")
+        console.print(f"[bold red]check failed:[/] {escape('; '.join(report.meta['failures']))}", soft_wrap=True)
         raise typer.Exit(1)
-    out.print(f"check passed: {len(report.rows)} metrics within {tolerance:g} points of {baseline}")
+    out.print(f"check passed: {report.meta['compared']} baseline metrics within {tolerance:g} points of {baseline}")
 
 
 @app.command("compare")
