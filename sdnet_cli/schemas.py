@@ -211,18 +211,23 @@ def _reason(error: Any) -> str:
     return f"is invalid: {message}, got {error.get('input')!r}"
 
 
-def load(schema: type[M], data: Any, kind: str, path: Path | str, parameter: str | None = None) -> M:
-    """``data`` (read from ``path``) validated against ``schema``; else one ``UsageError`` naming the file
-    and the field: ``calibration weights/x.lambda.json: rules.noise.lo must be ..., got -5``."""
+def load(
+    schema: type[M],
+    data: Any,
+    kind: str,
+    path: Path | str,
+    parameter: str | None = None,
+    error: type[UsageError] = UsageError,
+) -> M:
+    """``data`` (read from ``path``) validated against ``schema``; else one ``error`` (a ``UsageError``) naming
+    the file and the field: ``calibration weights/x.lambda.json: rules.noise.lo must be ..., got -5``."""
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         more = len(exc.errors()) - 1
         extra = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        raise UsageError(
-            f"{kind} {path}: {_where(first['loc'])} {_reason(first)}{extra}", parameter=parameter
-        ) from None
+        raise error(f"{kind} {path}: {_where(first['loc'])} {_reason(first)}{extra}", parameter=parameter) from None
 
 
 # -- checkpoint metadata -------------------------------------------------------------------------
