@@ -254,7 +254,9 @@ def attack(
     stem = check_stem(name or f"attack-{info.name}-{setup.config.attack}")
     advance = progress.task(f"{setup.config.attack} on {info.name}", setup.work_units())
     with classifier.using(policy):
-        results, rows = setup.run(advance, state_dir, stem, resume, keep_adv=save_adversarials is not None)
+        results, rows = setup.run(
+            advance, state_dir, stem, resume, keep_adv=save_adversarials is not None, note=progress.note
+        )
         saved = None
         if save_adversarials is not None and distributed.is_main():
             saved = {
@@ -511,7 +513,13 @@ class _AttackSetup:
         return self.config.work_units(len(self.images), self.batch_size, self.pool_batches)
 
     def run(
-        self, advance: Callable[[int], None], state_dir: Path | None, stem: str, resume: bool, keep_adv: bool = False
+        self,
+        advance: Callable[[int], None],
+        state_dir: Path | None,
+        stem: str,
+        resume: bool,
+        keep_adv: bool = False,
+        note: Callable[[str], None] | None = None,
     ) -> tuple[Any, list[dict[str, Any]]]:
         """(AttackResults, rows) of the attack on the classifier with its policy as set by the caller;
         progress saved under ``<state_dir>/<stem>.state.json`` when a folder is given."""
@@ -538,6 +546,7 @@ class _AttackSetup:
                 resume=resume,
                 keep_adv=keep_adv,
                 fingerprint={"model": self.info.name, "checkpoint_sha256": self.info.sha256, "dataset": self.dataset},
+                note=note,
             )
         except KeyboardInterrupt:
             saved = saved_pools(state_path) if state_path is not None else 0
@@ -842,10 +851,12 @@ def lambda_hold_out(
     from .evaluate import Runtime
     from .lam import AUTO, RULES, lambda_grid, load_calibration
     from .reports import markdown_table, render_markdown
+    from .schemas import check_lam
     from .sweep import calibrate, hold_out_summary
     from .sweep import hold_out as run_hold_out
 
     progress = progress or Silent()
+    check_lam(reference_lam, "reference_lam")
     _at_least_one(n_examples, "n_examples")
     _at_least_one(batch_size, "batch_size")
     _check_seed(seed)

@@ -408,10 +408,19 @@ class Baseline(Schema):
 
 # -- reports read back by compare ----------------------------------------------------------------
 class EvalRow(Schema):
+    """A measured cell; a ``mean`` row (severity ``all``) is recomputed by ``compare``, never read."""
+
     corruption: str
-    severity: Annotated[Any, AfterValidator(count_rule(5, lower=0))] | Literal["all"]
+    severity: Any
     n: Examples
-    accuracy: Accuracy
+    accuracy: Any
+
+    @model_validator(mode="after")
+    def _measured_cell(self) -> EvalRow:
+        if self.corruption != "mean":
+            count_rule(5, lower=0)(self.severity)
+            accuracy_rule(self.accuracy)
+        return self
 
 
 class AttackRow(Schema):
