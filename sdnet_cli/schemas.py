@@ -119,7 +119,7 @@ def count_rule(upper: int, lower: int = 1) -> Callable[[Any], int]:
 
     def rule(value: Any) -> int:
         if not lower <= _integer(value) <= upper:
-            raise ValueError(f"must be an integer from {lower} to {upper:,}, got {value!r}")
+            raise ValueError(f"must be an integer >= {lower} and <= {upper:,}, got {value!r}")
         return value
 
     return rule
