@@ -24,7 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import UsageError
 
@@ -194,8 +203,11 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
+    """``rules.noise.lo``, ``rows[0].value``: the field's path, without pydantic's union-member tags."""
     text = ""
     for part in loc:
+        if isinstance(part, str) and (part[:1].isupper() or "[" in part or part in ("str", "int", "float", "bool")):
+            continue
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "the file"
 
@@ -224,7 +236,7 @@ def load(
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        first = max(exc.errors(), key=lambda e: len(e["loc"]))  # of a union's alternatives, the closest
         more = len(exc.errors()) - 1
         extra = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
         raise error(f"{kind} {path}: {_where(first['loc'])} {_reason(first)}{extra}", parameter=parameter) from None
@@ -415,12 +427,15 @@ class EvalRow(Schema):
     n: Examples
     accuracy: Any
 
-    @model_validator(mode="after")
-    def _measured_cell(self) -> EvalRow:
-        if self.corruption != "mean":
-            count_rule(5, lower=0)(self.severity)
-            accuracy_rule(self.accuracy)
-        return self
+    @field_validator("severity")
+    @classmethod
+    def _severity(cls, value: Any, info: ValidationInfo) -> Any:
+        return value if info.data.get("corruption") == "mean" else count_rule(5, lower=0)(value)
+
+    @field_validator("accuracy")
+    @classmethod
+    def _accuracy(cls, value: Any, info: ValidationInfo) -> Any:
+        return value if info.data.get("corruption") == "mean" else accuracy_rule(value)
 
 
 class AttackRow(Schema):

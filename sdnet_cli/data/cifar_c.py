@@ -416,8 +416,8 @@ def _check_free_space(folder: Path, needed: int) -> None:
     free = shutil.disk_usage(folder).free
     if needed and free < needed * 1.01 + 10_000_000:
         raise CifarCError(
-            f"not enough free space in {folder} to generate the cache: it needs {needed / 1e6:,.0f} MB, "
-            f"the disk has {free / 1e6:,.0f} MB free; free some space or pass another cache_dir",
+            f"not enough free space in {folder} to generate the cache: it needs {needed / 1e6:,.1f} MB, "
+            f"the disk has {free / 1e6:,.1f} MB free; free some space or pass another cache_dir",
             parameter="cache_dir",
         )
 
