@@ -903,3 +903,50 @@ def test_compare_row_without_severity_is_one_line(tmp_path: Path) -> None:
     )
     code, lines = invoke(["compare", f"A={path}", "--out", str(tmp_path / "out")])
     assert code == 2 and lines == [f"error: eval report {path}: rows[0].severity is missing"], lines
+
+
+# ---------------------------------------------------------------- issue 24: attack progress that moves
+
+
+class AlwaysZero(torch.nn.Module):
+    """Class 0 whatever the input (a gradient of zero): every image of class 0 stays standing through an attack."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 10).float() * 5 + 0 * x.sum()
+
+
+def test_attack_progress_moves_per_batch_and_the_long_run_note_comes_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: progress moved once per pool of 8 batches (minutes at 0/10000 on a CPU). Now: after every batch of
+    every attack, and a note with the -n hint when the first batch predicts more than LONG_RUN_SECONDS."""
+    from sdnet_cli.attacks import AttackConfig, run_attack
+    from sdnet_cli.attacks import runner as attack_runner
+
+    images, labels = np.zeros((8, 32, 32, 3), dtype=np.uint8), np.zeros(8, dtype=np.int64)
+    config = AttackConfig.create(attack="pgd", eps=["0", "8/255"], steps=1)
+    steps: list[int] = []
+    notes: list[str] = []
+    result = run_attack(AlwaysZero(), images, labels, config, batch_size=2, pool_batches=4, progress=steps.append)
+    # one pool of 8 images: eps 0 attacks nothing (8 at once), eps 8/255 attacks 4 batches of 2 standing images
+    assert steps == [8, 2, 2, 2, 2] and sum(steps) == config.work_units(8, 2, 4) == 16
+    assert result.clean.all() and not result.fooled.any()
+    monkeypatch.setattr(attack_runner, "LONG_RUN_SECONDS", 0.0)
+    run_attack(
+        AlwaysZero(), images, labels, config, batch_size=2, pool_batches=4, progress=steps.append, note=notes.append
+    )
+    assert len(notes) == 1 and "-n on the command line" in notes[0]
+    monkeypatch.setattr(attack_runner, "LONG_RUN_SECONDS", 600.0)
+    run_attack(AlwaysZero(), images, labels, config, batch_size=2, pool_batches=4, note=notes.append)
+    assert len(notes) == 1  # a short run says nothing
+
+
+def test_attack_batch_and_pool_sizes_are_bounded() -> None:
+    from sdnet_cli.attacks import AttackConfig, run_attack
+
+    images, labels = np.zeros((2, 32, 32, 3), dtype=np.uint8), np.zeros(2, dtype=np.int64)
+    config = AttackConfig.create(attack="pgd", eps=["8/255"], steps=1)
+    for kwargs, message in (
+        ({"batch_size": 10**6}, "batch_size must be"),
+        ({"pool_batches": 0}, "pool_batches must be"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            run_attack(AlwaysZero(), images, labels, config, **kwargs)
