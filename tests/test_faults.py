@@ -950,3 +950,29 @@ def test_attack_batch_and_pool_sizes_are_bounded() -> None:
     ):
         with pytest.raises(UsageError, match=message):
             run_attack(AlwaysZero(), images, labels, config, **kwargs)
+
+
+ORACLE_ROW = {"corruption": "fog", "severity": 1, "lam": 0.2, "oracle": True}
+
+
+@pytest.mark.parametrize(
+    ("row", "named"),
+    [
+        ({**ORACLE_ROW, "lam": -5.0}, "rows[0].lam must be a finite number in [0, 100], got -5.0"),
+        ({**ORACLE_ROW, "lam": "high"}, "rows[0].lam must be a number"),
+        ({**ORACLE_ROW, "severity": "x"}, "invalid literal"),
+        ({k: v for k, v in ORACLE_ROW.items() if k != "corruption"}, "an oracle row has no 'corruption'"),
+    ],
+)
+def test_oracle_sweep_rows_are_judged_like_lam(tmp_path: Path, tiny_checkpoint: Path, row: dict, named: str) -> None:
+    """A sweep report's oracle lambdas pass the --lam rule; a row without a field is one line, not a KeyError."""
+    from sdnet_cli.data.cells import Cell
+    from sdnet_cli.lam import oracle_lambdas
+
+    _, info = load_model("sdnet18", checkpoint=tiny_checkpoint)
+    path = tmp_path / "sweep.json"
+    meta = {"command": "sweep-lambda", "checkpoint_sha256": info.sha256}
+    path.write_text(json.dumps({"meta": meta, "rows": [row]}))
+    with pytest.raises(UsageError) as err:
+        oracle_lambdas(path, info, [Cell("fog", 1)])
+    assert named in one_line_naming(err, path)

@@ -30,7 +30,7 @@ from ..errors import UsageError
 from ..models.classifier import LambdaPolicy
 from ..models.registry import ModelInfo
 from ..models.weights import update_manifest
-from ..schemas import CalibrationFile, LegacyRules, load
+from ..schemas import CalibrationFile, LegacyRules, check_lam, load
 from .fit import fit_rule_for_accuracy, mean_group_accuracy
 from .policies import AUTO, NOISE, ORACLE, RECON, RULES, FixedLambda, LineRule, NoiseLevelLambda, ReconErrorLambda
 
@@ -301,7 +301,16 @@ def oracle_lambdas(sweep: Path, info: ModelInfo, cells: Sequence[Cell]) -> Calla
         )
     if info.sha256 and meta.get("checkpoint_sha256") != info.sha256:
         raise UsageError(f"sweep {sweep} was measured on another checkpoint than {info.name}", parameter="sweep")
-    best = {Cell(r["corruption"], int(r["severity"])): float(r["lam"]) for r in rows if r.get("oracle")}
+    try:
+        best = {
+            Cell(str(r["corruption"]), int(r["severity"])): check_lam(r["lam"], f"rows[{i}].lam")
+            for i, r in enumerate(rows)
+            if r.get("oracle")
+        }
+    except KeyError as exc:
+        raise UsageError(f"sweep {sweep}: an oracle row has no {exc}", parameter="sweep") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"sweep {sweep}: {exc}", parameter="sweep") from None
     missing = [f"{c.corruption}/{c.severity}" for c in cells if c not in best]
     if missing:
         raise UsageError(
