@@ -976,3 +976,10 @@ def test_oracle_sweep_rows_are_judged_like_lam(tmp_path: Path, tiny_checkpoint: 
     with pytest.raises(UsageError) as err:
         oracle_lambdas(path, info, [Cell("fog", 1)])
     assert named in one_line_naming(err, path)
+
+
+@pytest.mark.parametrize("workers", [0, 10**6])
+def test_generation_workers_are_bounded(tmp_path: Path, small: Split, workers: int) -> None:
+    with pytest.raises(UsageError, match="workers must be an integer >= 1 and <= 1,024"):
+        generate_cifar_c(*small, tmp_path / "c", ["fog"], seed=0, workers=workers)
+    assert not (tmp_path / "c").exists()

@@ -37,6 +37,7 @@ import numpy as np
 from sdnet_cli.data.corruptions import ALL_CORRUPTIONS, CIFAR_STRENGTHS, corrupt
 
 from ..errors import UsageError
+from ..schemas import WORKERS_MAX, check_count
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 CHUNK = 1000
@@ -471,6 +472,7 @@ def generate_cifar_c(
     seed = int(seed)
     corruptions = list(dict.fromkeys(corruptions))
     _check_inputs(images, labels, corruptions)
+    check_count(workers, "workers", WORKERS_MAX)
     out_dir = Path(out_dir)
     with _writing(out_dir):
         out_dir.mkdir(parents=True, exist_ok=True)
