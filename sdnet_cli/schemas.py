@@ -167,7 +167,6 @@ def check_count(value: Any, parameter: str, upper: int, lower: int = 1) -> int:
 
 # -- annotated field types: the rules above, inside file schemas -----------------------------------
 Lam = Annotated[Any, AfterValidator(lam_rule)]
-Fraction01 = Annotated[Any, AfterValidator(fraction_rule)]
 Severity = Annotated[Any, AfterValidator(severity_rule)]
 Tolerance = Annotated[Any, AfterValidator(tolerance_rule)]
 Accuracy = Annotated[Any, AfterValidator(accuracy_rule)]
