@@ -8,6 +8,7 @@ numbers; the tolerance absorbs what differs between CPUs (a few flipped predicti
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from .errors import UsageError
 from .evaluate import Runtime, evaluate_cells
 from .lam import lambda_label, resolve_policy
 from .models import load_model
+from .schemas import EXAMPLES_MAX, STEPS_MAX, check_count, check_severity, check_tolerance
 
 
 @dataclass
@@ -38,8 +40,14 @@ class ModelSpec:
         )
 
 
+SUITE_FIELDS = ("models", "dataset", "n_examples", "cells", "attack", "eps", "steps", "tolerance", "seed")
+
+
 @dataclass
 class Suite:
+    """What ``check`` measures. Every field is validated when it is set (the same rules as the flags),
+    so a value from a suite file, a baseline or ``tolerance=`` is judged before any work."""
+
     models: list[ModelSpec] = field(default_factory=lambda: [ModelSpec("sdnet18"), ModelSpec("resnet18")])
     dataset: str = "cifar10"
     n_examples: int = 500
@@ -52,30 +60,51 @@ class Suite:
     tolerance: float = 1.0  # accuracy points a metric may fall before the check fails
     seed: int = 0
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "n_examples":
+            value = check_count(value, "n_examples", EXAMPLES_MAX)
+        elif name == "steps":
+            value = check_count(value, "steps", STEPS_MAX)
+        elif name == "tolerance":
+            value = check_tolerance(value)
+        elif name == "seed":
+            value = check_count(value, "seed", 2**32 - 1, lower=0)
+        elif name == "cells":
+            value = [(str(c), check_severity(s)) for c, s in value]
+        elif name == "models" and not value:
+            raise UsageError("a suite needs at least one model", parameter="suite")
+        super().__setattr__(name, value)
+
     @classmethod
     def load(cls, path: Path) -> Suite:
         """A JSON object with any of the fields above; ``models`` items are names or {model, checkpoint, lam}."""
         try:
-            return cls.load_dict(json.loads(Path(path).read_text()))
+            data = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise UsageError(f"no suite file at {path}", parameter="suite") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"suite {path} cannot be read ({exc})", parameter="suite") from None
         except json.JSONDecodeError as exc:
             raise UsageError(f"suite {path} is not JSON ({exc})", parameter="suite") from None
+        return cls.load_dict(data, f"suite {path}")
 
     @classmethod
-    def load_dict(cls, data: dict[str, Any]) -> Suite:
+    def load_dict(cls, data: Any, source: str = "suite") -> Suite:
+        """The suite a dict describes (a suite file's or a baseline's ``meta.suite``); ``source`` names it
+        in errors. The attack settings are parsed here too, so a bad eps is refused before any work."""
+        from .schemas import SuiteFile, load
+
+        kind, _, where = source.partition(" ")
+        given = load(SuiteFile, data, kind, where or "(given)", parameter="suite").model_dump(exclude_none=True)
+        given = {k: v for k, v in given.items() if k in data}
+        if "models" in given:
+            given["models"] = [ModelSpec(m) if isinstance(m, str) else ModelSpec(**m) for m in given["models"]]
         try:
-            data = dict(data)
-            models = [
-                ModelSpec(m) if isinstance(m, str) else ModelSpec(**m)
-                for m in data.pop("models", ["sdnet18", "resnet18"])
-            ]
-            cells = [(str(c), int(s)) for c, s in data.pop("cells", cls().cells)]
-            return cls(models=models, cells=cells, **data)
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise UsageError(
-                f"not a valid suite ({exc}); its fields: {', '.join(asdict(cls()))}", parameter="suite"
-            ) from None
+            suite = cls(**given)
+            suite.attack_config()
+        except UsageError as exc:
+            raise UsageError(f"{source}: {exc}", parameter="suite") from None
+        return suite
 
     def as_meta(self) -> dict[str, Any]:
         return asdict(self)
@@ -135,36 +164,35 @@ def run_suite(
 def compare_with_baseline(
     rows: list[dict[str, Any]], baseline: list[dict[str, Any]], tolerance: float
 ) -> list[dict[str, Any]]:
-    """Each metric now vs the baseline: ok, regressed (fell by more than ``tolerance``), improved, new or missing."""
+    """Each metric now vs the baseline. A baseline metric is ok, regressed (fell by more than
+    ``tolerance``), improved, missing (not measured now), invalid (a value that is not a finite
+    accuracy) or measured on another number of images; a metric the baseline lacks is new."""
+    tolerance = check_tolerance(tolerance)
     before = {(r["model"], r["metric"]): r for r in baseline}
     now = {(r["model"], r["metric"]): r for r in rows}
     table = []
     for key in list(before) + [k for k in now if k not in before]:
         old, new = before.get(key), now.get(key)
-        change = None if old is None or new is None else round(new["value"] - old["value"], 4)
+        change = None
         if old is None:
             status = "new"
         elif new is None:
             status = "missing"
-        elif change < -tolerance:  # type: ignore[operator]
-            status = "regressed"
-        elif change > tolerance:  # type: ignore[operator]
-            status = "improved"
+        elif not (_is_accuracy(old.get("value")) and _is_accuracy(new.get("value"))):
+            status = "invalid"
+        elif old.get("n") is not None and old.get("n") != new.get("n"):
+            status = f"measured on {new.get('n')} images, baseline on {old.get('n')}"
         else:
-            status = "ok"
-        if (
-            old is not None
-            and new is not None
-            and old.get("checkpoint_sha256") != new.get("checkpoint_sha256")
-            and status == "ok"
-        ):
-            status = "ok (checkpoint changed)"
+            change = round(new["value"] - old["value"], 4)
+            status = "regressed" if change < -tolerance else "improved" if change > tolerance else "ok"
+            if status == "ok" and old.get("checkpoint_sha256") != new.get("checkpoint_sha256"):
+                status = "ok (checkpoint changed)"
         table.append(
             {
                 "model": key[0],
                 "metric": key[1],
-                "baseline": old and old["value"],
-                "now": new and new["value"],
+                "baseline": old and old.get("value"),
+                "now": new and new.get("value"),
                 "change": change,
                 "status": status,
             }
@@ -172,18 +200,52 @@ def compare_with_baseline(
     return table
 
 
+def _is_accuracy(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 100
+    )
+
+
+PASSING = ("ok", "ok (checkpoint changed)", "improved")
+
+
+def verdict(table: list[dict[str, Any]]) -> dict[str, Any]:
+    """The gate's decision, failing closed: it passes only when at least one baseline metric was compared
+    and every baseline metric was measured, finite and within tolerance. Metrics the baseline lacks are
+    counted apart (``new``): they never make a check pass."""
+    compared = [r for r in table if r["status"] != "new"]
+    failures = [f"{r['model']} {r['metric']}: {r['status']}" for r in compared if r["status"] not in PASSING]
+    if not compared:
+        failures.append("the baseline has no metric that this suite measures")
+    return {
+        "passed": not failures,
+        "compared": len(compared),
+        "new": len(table) - len(compared),
+        "failures": failures,
+    }
+
+
 def failed(table: list[dict[str, Any]]) -> bool:
-    """A regression, or a baseline metric that is no longer measured, fails the check."""
-    return any(r["status"] in ("regressed", "missing") for r in table)
+    """Whether the check fails (see ``verdict``)."""
+    return not verdict(table)["passed"]
 
 
 def read_baseline(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The baseline's meta and rows, validated: a malformed baseline is a usage error (exit 2) naming the
+    file and field, never a regression (exit 1)."""
+    from .schemas import Baseline, load
+
     try:
         report = json.loads(Path(path).read_text())
-        return report["meta"], report["rows"]
     except FileNotFoundError:
         raise UsageError(
             f"no baseline at {path}; create it with update=True (sdnet check --update)", parameter="baseline"
         ) from None
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise UsageError(f"{path} is not a baseline written by check with update=True", parameter="baseline") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(
+            f"baseline {path} is not a baseline written by check with update=True ({exc})", parameter="baseline"
+        ) from None
+    load(Baseline, report, "baseline", path, parameter="baseline")
+    if report["meta"].get("suite") is not None:
+        Suite.load_dict(report["meta"]["suite"], f"baseline {path}")
+    return report["meta"], report["rows"]

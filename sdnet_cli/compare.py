@@ -79,10 +79,15 @@ def load_source(label: str, path: Path) -> Source:
         raise CompareError(
             f"{path} is not a JSON report written by sdnet (needs 'meta' and 'rows')", parameter="sources"
         ) from None
-    if meta.get("command") not in ("eval", "attack"):
+    if not isinstance(meta, dict) or meta.get("command") not in ("eval", "attack"):
+        command = meta.get("command") if isinstance(meta, dict) else None
         raise CompareError(
-            f"{path}: only eval and attack reports can be compared, not {meta.get('command')!r}", parameter="sources"
+            f"{path}: only eval and attack reports can be compared, not {command!r}", parameter="sources"
         )
+    from .schemas import AttackReport, EvalReport, load
+
+    schema = EvalReport if meta["command"] == "eval" else AttackReport
+    load(schema, report, f"{meta['command']} report", path, parameter="sources", error=CompareError)
     return Source(label, Path(path), meta, rows)
 
 

@@ -25,6 +25,18 @@ from .evaluate import Runtime, count_correct
 from .metrics import percent
 from .models.classifier import Classifier
 from .reports import atomic_path
+from .schemas import (
+    BATCH_MAX,
+    EPOCHS_MAX,
+    EXAMPLES_MAX,
+    WIDTH_MAX,
+    check,
+    check_count,
+    check_lam,
+    check_lr,
+    finite_rule,
+    fraction_rule,
+)
 
 
 @dataclass
@@ -43,6 +55,21 @@ class TrainConfig:
     seed: int = 0
     n_train: int | None = None  # first N training images only (tests, quick runs)
     n_test: int | None = None
+
+    def __post_init__(self) -> None:
+        """The flags' rules (``schemas``), checked before any data is loaded: a lambda of -1 or a learning
+        rate of NaN would otherwise train a whole epoch, or write a checkpoint that cannot work."""
+        check_lam(self.lam)
+        check_lr(self.lr)
+        check(finite_rule, self.min_lr, "min_lr")
+        check(fraction_rule, self.momentum, "momentum")
+        check(finite_rule, self.weight_decay, "weight_decay")
+        check_count(self.epochs, "epochs", EPOCHS_MAX)
+        check_count(self.width, "width", WIDTH_MAX)
+        check_count(self.batch_size, "batch_size", BATCH_MAX)
+        for value, parameter in ((self.n_train, "n_train"), (self.n_test, "n_test")):
+            if value is not None:
+                check_count(value, parameter, EXAMPLES_MAX)
 
 
 @dataclass

@@ -180,7 +180,16 @@ def test_same_parameter_count_as_the_paper() -> None:
 
 def _register_many(weights_dir: str, prefix: str, count: int) -> None:
     for i in range(count):
-        update_manifest({"name": f"{prefix}{i}", "architecture": "resnet18", "dataset": "cifar10"}, Path(weights_dir))
+        update_manifest(
+            {
+                "name": f"{prefix}{i}",
+                "file": f"{prefix}{i}.safetensors",
+                "sha256": "0" * 64,
+                "architecture": "resnet18",
+                "dataset": "cifar10",
+            },
+            Path(weights_dir),
+        )
 
 
 def test_concurrent_manifest_updates_keep_every_entry(tmp_path: Path) -> None:

@@ -674,3 +674,312 @@ def test_help_shows_flags_as_flags() -> None:
         line.split()[:1] == ["--resume"] and len(line.split()) > 1 and line.split()[1] != "<bool>"
         for line in attack_help.splitlines()
     )
+
+
+# ---------------------------------------------------------------- issue 24: values from files judged like flags
+
+
+def checkpoint_with(tmp_path: Path, architecture: str, dtype: torch.dtype | None, metadata: dict[str, str]) -> Path:
+    """A width-8 checkpoint of ``architecture`` with every weight cast to ``dtype`` and raw header ``metadata``."""
+    state = create_model(architecture, width=8).network.state_dict()
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    path = tmp_path / f"{architecture}-{dtype}.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path), metadata=metadata)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("architecture", "dtype"),
+    [("resnet18", torch.int8), ("sdnet18", torch.int8), ("sdnet18", torch.bool), ("resnet18", torch.int64)],
+)
+def test_integer_or_bool_weights_are_refused_naming_file_and_tensor(
+    tmp_path: Path, architecture: str, dtype: torch.dtype
+) -> None:
+    """Before: int8 resnet18 evaluated to 10.00% (exit 0), int8 sdnet18 divided by zero, bool ended in NaN logits."""
+    path = checkpoint_with(tmp_path, architecture, dtype, {})
+    with pytest.raises(CheckpointError) as err:
+        load_model(architecture, checkpoint=path)
+    message = one_line_naming(err, path)
+    assert "tensor 'layer0.0." in message and str(dtype).removeprefix("torch.") in message
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_weights_still_load(tmp_path: Path, dtype: torch.dtype) -> None:
+    model, _ = load_model("sdnet18", checkpoint=checkpoint_with(tmp_path, "sdnet18", dtype, {}))
+    assert next(model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("metadata", "named"),
+    [
+        ({"lam": "-5"}, "lam must be a finite number"),
+        ({"lam": "NaN"}, "lam must be a finite number"),
+        ({"lam": "nan"}, "metadata lam is not a JSON value"),
+        ({"lam": '"0.1"'}, "lam must be a number"),
+        ({"n_steps": "0"}, "n_steps must be an integer"),
+        ({"n_steps": "1000000"}, "n_steps must be an integer"),
+    ],
+)
+def test_checkpoint_metadata_is_held_to_the_flag_rules(tmp_path: Path, metadata: dict, named: str) -> None:
+    """Before: lam = -5 ran at lambda -5 (10.00%, exit 0); lam = nan was a JSONDecodeError traceback."""
+    path = checkpoint_with(tmp_path, "sdnet18", None, metadata)
+    with pytest.raises(UsageError) as err:
+        load_model("sdnet18", checkpoint=path)
+    assert named in one_line_naming(err, path)
+
+
+@pytest.mark.parametrize(
+    ("noise", "field"),
+    [
+        ({"lo": -5.0, "hi": -1.0}, "rules.noise.lo must be a finite number in [0, 100]"),
+        ({"lo": 1.0, "hi": 0.5}, "rules.noise must have lo <= hi"),
+        ({"b": 1e30, "hi": 1e30}, "rules.noise.hi must be a finite number in [0, 100]"),
+        ({"a": float("nan")}, "rules.noise.a must be a finite number"),
+    ],
+)
+def test_calibration_values_are_refused_naming_file_and_field(
+    tmp_path: Path, tiny_checkpoint: Path, noise: dict, field: str
+) -> None:
+    """Before: lo=-5, hi=-1 ran at lambda -1; lo > hi ran; b = hi = 1e30 ran at 1e30; a NaN coefficient ended
+    in a NaN-logits message naming no file."""
+    from sdnet_cli.lam import resolve_policy
+
+    model, info = load_model("sdnet18", checkpoint=tiny_checkpoint)
+    line = {"a": 8.0, "b": 0.1, "lo": 0.1, "hi": 1.4, "c": 0.0, **noise}
+    calibration = {
+        "rules": {"recon": {"a": 0.01, "b": 0.05, "lo": 0.1, "hi": 1.4}, "noise": line},
+        "recommended": "noise",
+        "grid": [0.1, 1.4],
+        "points": [{"corruption": "clean", "severity": 0, "curve": [90.0, 80.0]}],
+        "corruptions": ["gaussian_noise"],
+        "severities": [1],
+        "n": 10,
+        "seed": 0,
+        "training_lam": 0.1,
+        "checkpoint_sha256": info.sha256,
+        "split": "train",
+        "schema": 4,
+    }
+    path = tmp_path / "x.lambda.json"
+    path.write_text(json.dumps(calibration))
+    for lam in ("auto", "noise"):
+        with pytest.raises(UsageError) as err:
+            resolve_policy(lam, model, info, calibration=path)
+        assert one_line_naming(err, path).startswith(f"calibration {path}: {field}"), err.value
+
+
+def invoke(args: list[str]) -> tuple[int, list[str]]:
+    from typer.testing import CliRunner
+
+    from sdnet_cli.cli import app
+
+    result = CliRunner().invoke(app, args)
+    return result.exit_code, [line for line in result.output.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--lam", "-1"], "--lam must be a finite number in [0, 100], got -1.0"),
+        (["--lr", "-1"], "--lr must be a finite number in (0, 100], got -1.0"),
+        (["--lr", "nan"], "--lr must be a finite number in (0, 100], got nan"),
+        (["--epochs", "100000"], "--epochs must be an integer >= 1 and <= 10,000"),
+    ],
+)
+def test_train_refuses_bad_settings_before_any_epoch(tmp_path: Path, args: list[str], message: str) -> None:
+    """Before: --lam -1 trained and wrote a checkpoint and manifest entry; --lr -1 was a traceback; --lr nan
+    failed after a whole epoch. Now: exit 2 before any data is read (the data folder does not even exist)."""
+    out = tmp_path / "w" / "m.safetensors"
+    code, lines = invoke(
+        ["train", "--model", "sdnet18", "--out", str(out), "--data-dir", str(tmp_path / "none"), *args]
+    )
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not out.exists() and not (out.parent / "manifest.json").exists()
+
+
+def test_hold_out_refuses_a_nan_reference_lambda_before_calibrating(tmp_path: Path) -> None:
+    """Before: --reference-lam nan ran a 7-minute calibration, then failed."""
+    start = time.perf_counter()
+    code, lines = invoke(["lambda-hold-out", "--reference-lam", "nan", "--data-dir", str(tmp_path / "none")])
+    assert code == 2 and len(lines) == 1 and "--reference-lam must be a finite number" in lines[0], lines
+    assert time.perf_counter() - start < 30
+
+
+@pytest.mark.parametrize(("lams", "points"), [("0:1:1e-9", "1,000,000,00"), ("0:1:1e-5", "100,001")])
+def test_a_lambda_grid_too_large_is_refused_before_allocating(tmp_path: Path, lams: str, points: str) -> None:
+    """Before: 0:1:1e-9 grew to 20 GB and was killed by the kernel; 0:1:1e-5 started 2,000,020 work units."""
+    code, lines = invoke(
+        ["sweep-lambda", "--lams", lams, "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "out")]
+    )
+    assert code == 2 and len(lines) == 1 and f"has {points}" in lines[0] and "at most 1,000" in lines[0], lines
+
+
+# ---------------------------------------------------------------- issue 24: a cache on a full disk
+
+
+def test_generation_on_a_full_disk_is_one_line_and_leaves_no_temp(
+    tmp_path: Path, small: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: SIGBUS (exit 135, no message) from a memory-mapped write into a sparse file, and a 50 MB temp
+    left behind. Now the file's blocks are allocated first, so a full disk is an ordinary ENOSPC."""
+    import errno
+
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    out = tmp_path / "c"
+    with pytest.raises(CifarCError) as err:
+        generate_cifar_c(*small, out, ["gaussian_noise"], seed=0, workers=1)
+    assert "No space left on device" in one_line_naming(err, out)
+    no_temp_files(tmp_path)
+    assert not (out / "gaussian_noise.npy").exists()
+
+
+def test_generation_checks_free_space_before_any_work(
+    tmp_path: Path, small: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    free = 1_000_000
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - free, free))
+    out = tmp_path / "c"
+    with pytest.raises(CifarCError) as err:
+        generate_cifar_c(*small, out, ["gaussian_noise", "fog"], seed=0, workers=1)
+    message = one_line_naming(err, out)  # 2 corruptions x 5 severities x 10 images x 3072 bytes = 0.3 MB
+    assert "it needs 0.3 MB, the disk has 1.0 MB free" in message
+    assert not list(out.glob("*.npy")) and not (out / "metadata.json").exists()
+
+
+def test_generation_without_fallocate_writes_the_same_file(
+    tmp_path: Path, small: Split, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the system has no posix_fallocate (macOS), zeros are written with ordinary writes instead."""
+    generate_cifar_c(*small, tmp_path / "a", ["gaussian_noise"], seed=0, workers=1)
+    monkeypatch.delattr(os, "posix_fallocate")
+    generate_cifar_c(*small, tmp_path / "b", ["gaussian_noise"], seed=0, workers=1)
+    a, b = (np.load(tmp_path / f / "gaussian_noise.npy") for f in ("a", "b"))
+    assert a.shape == (5 * N, 32, 32, 3) and np.array_equal(a, b)
+
+
+# ---------------------------------------------------------------- issue 24: reports read back by compare
+
+
+def eval_report_file(tmp_path: Path, name: str, row: dict) -> Path:
+    base = {"model": "m", "corruption": "clean", "severity": 0, "n": 10, "accuracy": 90.0}
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"meta": {"command": "eval"}, "rows": [{**base, **row}]}))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("row", "named"),
+    [
+        ({"accuracy": "high"}, "rows[0].accuracy must be a number, got 'high'"),
+        ({"accuracy": float("nan")}, "rows[0].accuracy must be an accuracy in percent"),
+        (
+            {"accuracy": 250.0},
+            "rows[0].accuracy must be an accuracy in percent, a finite number in [0, 100], got 250.0",
+        ),
+        ({"severity": None}, "rows[0].severity must be an integer"),
+        ({"severity": 6}, "rows[0].severity must be an integer >= 0 and <= 5"),
+        ({"n": 0}, "rows[0].n must be an integer"),
+    ],
+)
+def test_compare_refuses_a_report_value_that_is_not_an_accuracy(tmp_path: Path, row: dict, named: str) -> None:
+    """Before: "high", NaN or 250 was printed as an accuracy."""
+    path = eval_report_file(tmp_path, "bad", row)
+    code, lines = invoke(["compare", f"A={path}", "--out", str(tmp_path / "out")])
+    assert code == 2 and len(lines) == 1 and str(path) in lines[0] and named in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+def test_compare_row_without_severity_is_one_line(tmp_path: Path) -> None:
+    """Before: a KeyError traceback."""
+    path = tmp_path / "cut.json"
+    path.write_text(
+        json.dumps({"meta": {"command": "eval"}, "rows": [{"corruption": "fog", "n": 10, "accuracy": 5.0}]})
+    )
+    code, lines = invoke(["compare", f"A={path}", "--out", str(tmp_path / "out")])
+    assert code == 2 and lines == [f"error: eval report {path}: rows[0].severity is missing"], lines
+
+
+# ---------------------------------------------------------------- issue 24: attack progress that moves
+
+
+class AlwaysZero(torch.nn.Module):
+    """Class 0 whatever the input (a gradient of zero): every image of class 0 stays standing through an attack."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 10).float() * 5 + 0 * x.sum()
+
+
+def test_attack_progress_moves_per_batch_and_the_long_run_note_comes_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: progress moved once per pool of 8 batches (minutes at 0/10000 on a CPU). Now: after every batch of
+    every attack, and a note with the -n hint when the first batch predicts more than LONG_RUN_SECONDS."""
+    from sdnet_cli.attacks import AttackConfig, run_attack
+    from sdnet_cli.attacks import runner as attack_runner
+
+    images, labels = np.zeros((8, 32, 32, 3), dtype=np.uint8), np.zeros(8, dtype=np.int64)
+    config = AttackConfig.create(attack="pgd", eps=["0", "8/255"], steps=1)
+    steps: list[int] = []
+    notes: list[str] = []
+    result = run_attack(AlwaysZero(), images, labels, config, batch_size=2, pool_batches=4, progress=steps.append)
+    # one pool of 8 images: eps 0 attacks nothing (8 at once), eps 8/255 attacks 4 batches of 2 standing images
+    assert steps == [8, 2, 2, 2, 2] and sum(steps) == config.work_units(8, 2, 4) == 16
+    assert result.clean.all() and not result.fooled.any()
+    monkeypatch.setattr(attack_runner, "LONG_RUN_SECONDS", 0.0)
+    run_attack(
+        AlwaysZero(), images, labels, config, batch_size=2, pool_batches=4, progress=steps.append, note=notes.append
+    )
+    assert len(notes) == 1 and "-n on the command line" in notes[0]
+    monkeypatch.setattr(attack_runner, "LONG_RUN_SECONDS", 600.0)
+    run_attack(AlwaysZero(), images, labels, config, batch_size=2, pool_batches=4, note=notes.append)
+    assert len(notes) == 1  # a short run says nothing
+
+
+def test_attack_batch_and_pool_sizes_are_bounded() -> None:
+    from sdnet_cli.attacks import AttackConfig, run_attack
+
+    images, labels = np.zeros((2, 32, 32, 3), dtype=np.uint8), np.zeros(2, dtype=np.int64)
+    config = AttackConfig.create(attack="pgd", eps=["8/255"], steps=1)
+    for kwargs, message in (
+        ({"batch_size": 10**6}, "batch_size must be"),
+        ({"pool_batches": 0}, "pool_batches must be"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            run_attack(AlwaysZero(), images, labels, config, **kwargs)
+
+
+ORACLE_ROW = {"corruption": "fog", "severity": 1, "lam": 0.2, "oracle": True}
+
+
+@pytest.mark.parametrize(
+    ("row", "named"),
+    [
+        ({**ORACLE_ROW, "lam": -5.0}, "rows[0].lam must be a finite number in [0, 100], got -5.0"),
+        ({**ORACLE_ROW, "lam": "high"}, "rows[0].lam must be a number"),
+        ({**ORACLE_ROW, "severity": "x"}, "invalid literal"),
+        ({k: v for k, v in ORACLE_ROW.items() if k != "corruption"}, "an oracle row has no 'corruption'"),
+    ],
+)
+def test_oracle_sweep_rows_are_judged_like_lam(tmp_path: Path, tiny_checkpoint: Path, row: dict, named: str) -> None:
+    """A sweep report's oracle lambdas pass the --lam rule; a row without a field is one line, not a KeyError."""
+    from sdnet_cli.data.cells import Cell
+    from sdnet_cli.lam import oracle_lambdas
+
+    _, info = load_model("sdnet18", checkpoint=tiny_checkpoint)
+    path = tmp_path / "sweep.json"
+    meta = {"command": "sweep-lambda", "checkpoint_sha256": info.sha256}
+    path.write_text(json.dumps({"meta": meta, "rows": [row]}))
+    with pytest.raises(UsageError) as err:
+        oracle_lambdas(path, info, [Cell("fog", 1)])
+    assert named in one_line_naming(err, path)
+
+
+@pytest.mark.parametrize("workers", [0, 10**6])
+def test_generation_workers_are_bounded(tmp_path: Path, small: Split, workers: int) -> None:
+    with pytest.raises(UsageError, match="workers must be an integer >= 1 and <= 1,024"):
+        generate_cifar_c(*small, tmp_path / "c", ["fog"], seed=0, workers=workers)
+    assert not (tmp_path / "c").exists()

@@ -256,6 +256,7 @@ class AttackJob:
                 session.classifier, self.images, self.labels, self.config, seed=session.seed,
                 runtime=session.runtime, batch_size=session.batch_size, pool_batches=self.pool_batches,
                 progress=advance, state_path=state_path, resume=resume, keep_adv=keep_adv, fingerprint=fingerprint,
+                note=session.progress.note,
             )  # fmt: skip
         if state_path is not None:
             remove_state(state_path)

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
 from ..reports import Report, base_meta, check_stem
 from ._session import Progress, Silent, single_process
 
@@ -33,13 +32,14 @@ def check(
     measured). With ``update`` the returned report holds the new baseline's rows instead, to be
     written over ``baseline``. The suite comes from ``suite``, else the baseline's own, else the default.
     """
-    from ..check import compare_with_baseline, failed, read_baseline, run_suite
+    from ..check import compare_with_baseline, read_baseline, run_suite, verdict
     from ..evaluate import Runtime
+    from ..schemas import check_tolerance
 
     single_process("check")
     baseline = Path(baseline)
-    if tolerance is not None and tolerance < 0:
-        raise UsageError(f"tolerance must be >= 0, got {tolerance}", parameter="tolerance")
+    if tolerance is not None:
+        check_tolerance(tolerance)
     stored = read_baseline(baseline) if not update or baseline.is_file() else None
     chosen = _suite(suite, stored, tolerance)
     runtime = Runtime.create(device, precision)
@@ -49,9 +49,8 @@ def check(
         meta = base_meta("check", chosen.seed, suite=chosen.as_meta(), **runtime.describe())
         return Report(rows, meta, name=baseline.stem, title="sdnet check baseline")
     table = compare_with_baseline(rows, stored[1], chosen.tolerance)  # type: ignore[index]
-    passed = not failed(table)
     meta = base_meta(
-        "check", chosen.seed, baseline=str(baseline), tolerance=chosen.tolerance, passed=passed,
+        "check", chosen.seed, baseline=str(baseline), tolerance=chosen.tolerance, **verdict(table),
         suite=chosen.as_meta(), **runtime.describe(),
     )  # fmt: skip
     return Report(table, meta, name=f"check-{baseline.stem}", title=f"sdnet check vs {baseline}")

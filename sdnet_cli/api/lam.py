@@ -170,7 +170,9 @@ def lambda_hold_out(
     """
     from .. import sweep
     from ..data.cells import parse_severities
+    from ..schemas import check_lam
 
+    check_lam(reference_lam, "reference_lam")
     _check_rule(rule)
     _check_fit_n(fit_n)
     held = _held_out(hold_out)

@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import distributed
 from ..errors import UsageError
+from ..schemas import RESTARTS_MAX, STEPS_MAX, check, check_count, fraction_rule
 from .registry import AUTOATTACK, AUTOATTACK_VERSIONS, attack_names, registered
 
 NORMS = ("Linf", "L2")
@@ -49,14 +50,13 @@ class Eps:
             raise UsageError(
                 f"eps must be at most 1 (images are in [0, 1]), got {text!r} = {float(value):g}", parameter="eps"
             )
-        return cls(float(value), compact)
+        return cls(check(fraction_rule, float(value), "eps"), compact)
 
     @classmethod
     def of(cls, eps: Eps | str | float) -> Eps:
         """An Eps from text, a number (its shortest round-trip decimal) or an Eps."""
         if isinstance(eps, Eps):
-            if not 0 <= eps.value <= 1:
-                raise UsageError(f"eps must be in [0, 1], got {eps.text!r} = {eps.value!r}", parameter="eps")
+            check(fraction_rule, eps.value, "eps")
             return eps
         if isinstance(eps, str):
             return cls.parse(eps)
@@ -73,10 +73,9 @@ def _choice(value: str, choices: Sequence[str], parameter: str) -> str:
     raise UsageError(f"unknown {parameter} {value!r}; choose one of: {', '.join(choices)}", parameter=parameter)
 
 
-def _count(value: int | None, parameter: str) -> int | None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise UsageError(f"{parameter} must be an integer >= 1, got {value!r}", parameter=parameter)
-    return value
+def _count(value: int | None, parameter: str, upper: int) -> int | None:
+    """None (the attack's default) or an integer in [1, ``upper``] (``schemas.check_count``)."""
+    return None if value is None else check_count(value, parameter, upper)
 
 
 @dataclass(frozen=True)
@@ -136,13 +135,13 @@ class AttackConfig:
         for name, value in budgets_:
             if name not in components:
                 raise UsageError(f"budgets names {name!r}, not one of {', '.join(components)}", parameter="budgets")
-            _count(value, "budgets")
+            _count(value, "budgets", STEPS_MAX)
         return cls(
             attack=attack,
             norm=norm,
             eps=tuple(sorted({e.value: e for e in parsed}.values(), key=lambda e: e.value)),
-            steps=_count(steps, "steps"),
-            restarts=_count(restarts, "restarts"),
+            steps=_count(steps, "steps", STEPS_MAX),
+            restarts=_count(restarts, "restarts", RESTARTS_MAX),
             version=version,
             budgets=tuple(sorted(budgets_)),
         )

@@ -23,6 +23,7 @@ from .. import distributed
 from ..evaluate import Runtime, predict, predict_correct
 from ..lam import FixedLambda
 from ..metrics import percent
+from ..schemas import BATCH_MAX, POOL_BATCHES_MAX, check_count
 from . import registry
 from .checks import DIAGNOSTIC_IMAGES, diagnose
 from .config import BATCH_SIZE, POOL_BATCHES, AttackConfig
@@ -180,8 +181,16 @@ class SampleWise:
         self.model, self.components, self.norm, self.eps, self.batch_size = model, components, norm, eps, batch_size
         self.max_excess = 0.0  # largest raw overshoot of the threat set seen (clipped before judging)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, active: torch.Tensor, seed: int) -> SampleWiseResult:
-        """``seed`` fixes every draw: attack k's run r on the s-th batch of standing points uses (seed, k, r, s)."""
+    def __call__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        active: torch.Tensor,
+        seed: int,
+        done: Callable[[float], None] | None = None,
+    ) -> SampleWiseResult:
+        """``seed`` fixes every draw: attack k's run r on the s-th batch of standing points uses (seed, k, r, s).
+        ``done(f)`` after each batch: the fraction f of the attacks (each an equal share) now finished."""
         fooled = torch.zeros(len(self.components), len(x), dtype=torch.bool, device=x.device)
         adv, standing, seconds = x.clone(), active.clone(), []
         for k, component in enumerate(self.components):
@@ -190,12 +199,15 @@ class SampleWise:
                 pooled = standing.nonzero().flatten()
                 if len(pooled) == 0:  # split() would still hand out one empty batch
                     break
-                for s, idx in enumerate(pooled.split(self.batch_size)):
+                batches = pooled.split(self.batch_size)
+                for s, idx in enumerate(batches):
                     wrong, candidate = self._attack(component, x[idx], y[idx], derive_seed(seed, k, run, s))
                     hit = idx[wrong]
                     fooled[k, hit] = True
                     adv[hit] = candidate[wrong]
                     standing[hit] = False
+                    if done is not None:
+                        done((k + (run + (s + 1) / len(batches)) / component.runs) / len(self.components))
             seconds.append(time.perf_counter() - start)
         return SampleWiseResult(fooled, adv, seconds)
 
@@ -214,6 +226,47 @@ class SampleWise:
 
 def to_nhwc(x: torch.Tensor) -> np.ndarray:
     return x.detach().permute(0, 2, 3, 1).float().cpu().numpy()
+
+
+class _Share:
+    """``total`` work units handed to ``progress`` as a stage advances (``to(fraction done)``), whole units only."""
+
+    def __init__(self, progress: Callable[[int], None] | None, total: int) -> None:
+        self.progress, self.total, self.credited = progress, total, 0
+
+    def to(self, fraction: float) -> None:
+        target = int(self.total * min(fraction, 1.0))
+        if self.progress is not None and target > self.credited:
+            self.progress(target - self.credited)
+            self.credited = target
+
+
+LONG_RUN_SECONDS = 600.0
+"""An attack estimated to take longer than this (after its first batch) says so once, with the -n hint."""
+
+
+def _timed(
+    progress: Callable[[int], None] | None, total: int, note: Callable[[str], None] | None, device: str
+) -> Callable[[int], None] | None:
+    """``progress``, plus one ``note`` when the first attacked batch predicts a run over ``LONG_RUN_SECONDS``."""
+    if progress is None and note is None:
+        return None
+    start, done = time.perf_counter(), [0]
+
+    def advance(k: int) -> None:
+        if progress is not None:
+            progress(k)
+        first = done[0] == 0
+        done[0] += k
+        if note is not None and first and 0 < done[0] < total:
+            estimate = (time.perf_counter() - start) * total / done[0]
+            if estimate > LONG_RUN_SECONDS:
+                note(
+                    f"this attack will take about {estimate / 60:.0f} minutes on {device}; "
+                    "for a quick look attack fewer images (n_examples; -n on the command line)"
+                )
+
+    return advance
 
 
 def attack_pool(
@@ -236,15 +289,15 @@ def attack_pool(
     seconds = np.zeros((len(runners), n_components))
     advs = []
     for e, runner in enumerate(runners):
+        share = _Share(progress, len(x))
         if runner is not None and standing.any():
-            result = runner(x, y, standing, derive_seed(seed, e))
+            result = runner(x, y, standing, derive_seed(seed, e), share.to)
             hit = result.fooled.any(dim=0)
             fooled[e], seconds[e] = result.fooled, result.seconds
             adv, standing = torch.where(hit.view(-1, 1, 1, 1), result.adv, adv), standing & ~hit
         if keep_adv:
             advs.append(to_nhwc(adv))
-        if progress is not None:
-            progress(len(x))
+        share.to(1.0)
     return PoolResult(clean.cpu().numpy(), fooled.cpu().numpy(), seconds, np.stack(advs) if keep_adv else None)
 
 
@@ -264,6 +317,7 @@ def run_attack(
     resume: bool = False,
     keep_adv: bool = False,
     fingerprint: dict[str, Any] | None = None,
+    note: Callable[[str], None] | None = None,
 ) -> AttackResults:
     """Attack uint8 NHWC ``images`` at every eps of ``config`` (ascending) with one attack or AutoAttack.
 
@@ -272,11 +326,14 @@ def run_attack(
     seeded from (seed, p), so a run, and a resumed run, repeats exactly; the caller's torch RNG state
     is left as it was. ``progress(k)``: k of ``config.work_units(...)`` done. ``state_path``: per-pool
     results saved there, continued with ``resume`` (``fingerprint`` names the model in it, so another
-    checkpoint's state is refused). ``keep_adv``: keep the examples. Under torchrun each rank attacks
+    checkpoint's state is refused). ``keep_adv``: keep the examples. ``note``: told once when the first batch
+    predicts a run over ``LONG_RUN_SECONDS``; progress moves after every batch of every attack. Under torchrun each rank attacks
     its own whole pools (``distributed.shard_batches``), same contents and seeds, and the per-sample
     flags are merged: every rank returns the results of a single-process run with the same
     ``batch_size`` and ``pool_batches`` (``seconds``: the slowest rank's).
     """
+    check_count(batch_size, "batch_size", BATCH_MAX)
+    check_count(pool_batches, "pool_batches", POOL_BATCHES_MAX)
     runtime = runtime or Runtime.create("cpu")
     attacked = AttackedModel(runtime.prepare(model), runtime).eval()
     first = runtime.to_input(images[:DIAGNOSTIC_IMAGES])
@@ -313,6 +370,7 @@ def run_attack(
             },
             resume,
         )
+    advance = _timed(progress, config.work_units(len(images), batch_size, pool_batches), note, str(runtime.device))
     n, shape = len(images), (len(config.eps), len(components))
     clean, fooled, seconds = np.zeros(n, dtype=bool), np.zeros((*shape, n), dtype=bool), np.zeros(shape)
     adv = np.zeros((len(config.eps), n, *images.shape[1:]), dtype=np.float32) if keep_adv else None
@@ -324,7 +382,7 @@ def run_attack(
             x = runtime.to_input(images[start:stop])
             y = torch.from_numpy(np.asarray(labels[start:stop])).to(runtime.device)
             part = attack_pool(
-                attacked, runners, len(components), x, y, derive_seed(seed, index), batch_size, keep_adv, progress
+                attacked, runners, len(components), x, y, derive_seed(seed, index), batch_size, keep_adv, advance
             )
             if state is not None:
                 state.put(index, part)

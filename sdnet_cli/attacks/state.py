@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..reports import atomic_path, atomic_write_text
+from ..schemas import AttackState, load
 
 
 @dataclass
@@ -90,18 +91,22 @@ class RunState:
 
 
 def read_state(path: Path) -> dict[str, Any]:
-    """A state file's contents; a damaged one is named, with what to do."""
+    """A state file's contents, validated (``schemas.AttackState``); a damaged one is named, with what to do."""
+    advice = "delete it to start the run afresh"
     try:
         saved = json.loads(Path(path).read_text())
-        if isinstance(saved.get("batches"), dict) and "pools" not in saved:
-            raise ValueError("written by an earlier sdnet-cli that saved batches, not pools")
-        if not isinstance(saved.get("config"), dict) or not isinstance(saved.get("pools"), dict):
-            raise ValueError("no config and pools")
-        return saved
-    except (OSError, ValueError, AttributeError) as exc:
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"the resume state {path} is damaged ({exc}); {advice}", parameter="resume") from None
+    if isinstance(saved, dict) and isinstance(saved.get("batches"), dict) and "pools" not in saved:
         raise UsageError(
-            f"the resume state {path} is damaged ({exc}); delete it to start the run afresh", parameter="resume"
-        ) from None
+            f"the resume state {path} was written by an earlier sdnet-cli that saved batches, not pools; {advice}",
+            parameter="resume",
+        )
+    try:
+        load(AttackState, saved, "resume state", path, parameter="resume")
+    except UsageError as exc:
+        raise UsageError(f"{exc} (the file is damaged; {advice})", parameter="resume") from None
+    return saved
 
 
 def saved_pools(path: Path) -> int:

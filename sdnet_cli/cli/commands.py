@@ -238,9 +238,9 @@ def check_command(
     columns = ["model", "metric", "baseline", "now", "change", "status"]
     print_rows(f"sdnet check vs {baseline} (tolerance {tolerance:g} points)", moved or report.rows, columns)
     if not report.meta["passed"]:
-        console.print("[bold red]check failed:[/] a metric fell below its baseline (or is no longer measured)")
+        console.print(f"[bold red]check failed:[/] {escape('; '.join(report.meta['failures']))}", soft_wrap=True)
         raise typer.Exit(1)
-    stdout.print(f"check passed: {len(report.rows)} metrics within {tolerance:g} points of {baseline}")
+    stdout.print(f"check passed: {report.meta['compared']} baseline metrics within {tolerance:g} points of {baseline}")
 
 
 @command("compare", ("out_dir",))

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from ..schemas import EXAMPLES_MAX, WORKERS_MAX, check_count
 from .cifar_c import SEVERITIES
 from .corruptions import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
 from .datasets import dataset_spec
@@ -92,6 +93,10 @@ class CellSource:
         workers: int | None = None,
         dataset: str = "cifar10",
     ) -> None:
+        if n_examples is not None:
+            check_count(n_examples, "n_examples", EXAMPLES_MAX)
+        if workers is not None:
+            check_count(workers, "workers", WORKERS_MAX)
         self.spec = dataset_spec(dataset)
         self.images, self.labels = self.spec.load(data_dir, "test")
         self.c_dir = Path(c_dir) if c_dir is not None else None

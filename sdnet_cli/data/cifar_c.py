@@ -24,8 +24,10 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import shutil
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ import numpy as np
 from sdnet_cli.data.corruptions import ALL_CORRUPTIONS, CIFAR_STRENGTHS, corrupt
 
 from ..errors import UsageError
+from ..schemas import WORKERS_MAX, check_count
 
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 CHUNK = 1000
@@ -409,6 +412,44 @@ def _check_folder(out_dir: Path, seed: int, n: int) -> None:
         raise CifarCError(f"{out_dir} holds {meta.get('images_per_severity')} images per severity, not {n}")
 
 
+def _check_free_space(folder: Path, needed: int) -> None:
+    """Refuse before any work when ``folder``'s disk cannot hold ``needed`` more bytes (plus 1% and 10 MB)."""
+    free = shutil.disk_usage(folder).free
+    if needed and free < needed * 1.01 + 10_000_000:
+        raise CifarCError(
+            f"not enough free space in {folder} to generate the cache: it needs {needed / 1e6:,.1f} MB, "
+            f"the disk has {free / 1e6:,.1f} MB free; free some space or pass another cache_dir",
+            parameter="cache_dir",
+        )
+
+
+@contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """A disk that is full or refuses a write: one ``CifarCError`` naming the path and the system's reason."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or folder
+        raise CifarCError(
+            f"cannot write the generated cache {where}: {exc.strerror or exc}", parameter="cache_dir"
+        ) from None
+
+
+def _allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A new uint8 ``.npy`` memmap whose blocks are all allocated before any is written: a write into a
+    sparse file on a full disk is a SIGBUS that kills the process, an allocation that fails is an OSError."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    with open(path, "r+b") as f:
+        size = os.fstat(f.fileno()).st_size
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(f.fileno(), 0, size)
+        else:  # no fallocate (macOS): write the data's zeros after the header with ordinary writes
+            block, start = bytes(1 << 20), f.seek(size - math.prod(shape))
+            for offset in range(start, size, len(block)):
+                f.write(block[: size - offset])
+    return array
+
+
 def generate_cifar_c(
     images: np.ndarray,
     labels: np.ndarray,
@@ -431,72 +472,77 @@ def generate_cifar_c(
     seed = int(seed)
     corruptions = list(dict.fromkeys(corruptions))
     _check_inputs(images, labels, corruptions)
+    check_count(workers, "workers", WORKERS_MAX)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    n = len(images)
-    _check_folder(out_dir, seed, n)
-    sweep_stale_temps(out_dir)
+    with _writing(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        n = len(images)
+        _check_folder(out_dir, seed, n)
+        sweep_stale_temps(out_dir)
+        _check_free_space(out_dir, len(corruptions) * len(SEVERITIES) * images[:1].nbytes * n)
 
-    tiled = np.tile(labels.astype(np.int64), len(SEVERITIES))
+        tiled = np.tile(labels.astype(np.int64), len(SEVERITIES))
 
-    def write_labels(tmp: Path) -> None:
-        with open(tmp, "wb") as f:
-            np.save(f, tiled, allow_pickle=False)
+        def write_labels(tmp: Path) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, tiled, allow_pickle=False)
 
-    # metadata first: a folder with our files but no metadata would look official
-    present = [c for c in ALL_CORRUPTIONS if (out_dir / f"{c}.npy").is_file()]
-    _write_json(out_dir / METADATA_FILE, _metadata(seed, n, present, title))
-    _atomic_write(out_dir / LABELS_FILE, write_labels)
+        # metadata first: a folder with our files but no metadata would look official
+        present = [c for c in ALL_CORRUPTIONS if (out_dir / f"{c}.npy").is_file()]
+        _write_json(out_dir / METADATA_FILE, _metadata(seed, n, present, title))
+        _atomic_write(out_dir / LABELS_FILE, write_labels)
 
-    chunks = (n + CHUNK - 1) // CHUNK
-    tasks = [(c, s, k) for c in corruptions for s in SEVERITIES for k in range(chunks)]
-    remaining = {c: len(SEVERITIES) * chunks for c in corruptions}
-    temps = {c: _temp_path(out_dir / f"{c}.npy") for c in corruptions}
-    outputs: dict[str, np.memmap] = {}
+        chunks = (n + CHUNK - 1) // CHUNK
+        tasks = [(c, s, k) for c in corruptions for s in SEVERITIES for k in range(chunks)]
+        remaining = {c: len(SEVERITIES) * chunks for c in corruptions}
+        temps = {c: _temp_path(out_dir / f"{c}.npy") for c in corruptions}
+        outputs: dict[str, np.memmap] = {}
 
-    def discard_partial() -> None:
-        outputs.clear()
-        for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+        def discard_partial() -> None:
+            outputs.clear()
+            for tmp in temps.values():
+                tmp.unlink(missing_ok=True)
 
-    def store(name: str, severity: int, chunk: int, result: np.ndarray) -> None:
-        if name not in outputs:
-            shape = (len(SEVERITIES) * n, 32, 32, 3)
-            outputs[name] = np.lib.format.open_memmap(temps[name], mode="w+", dtype=np.uint8, shape=shape)
-        start = (severity - 1) * n + chunk * CHUNK
-        outputs[name][start : start + len(result)] = result
-        remaining[name] -= 1
-        if remaining[name] == 0:
-            outputs.pop(name).flush()
-            os.replace(temps[name], out_dir / f"{name}.npy")
-            present.append(name)
-            _write_json(out_dir / METADATA_FILE, _metadata(seed, n, present, title))
-        if progress is not None:
-            progress(len(result))
+        def store(name: str, severity: int, chunk: int, result: np.ndarray) -> None:
+            if name not in outputs:
+                outputs[name] = _allocated_memmap(temps[name], (len(SEVERITIES) * n, 32, 32, 3))
+            start = (severity - 1) * n + chunk * CHUNK
+            outputs[name][start : start + len(result)] = result
+            remaining[name] -= 1
+            if remaining[name] == 0:
+                outputs.pop(name).flush()
+                os.replace(temps[name], out_dir / f"{name}.npy")
+                present.append(name)
+                _write_json(out_dir / METADATA_FILE, _metadata(seed, n, present, title))
+            if progress is not None:
+                progress(len(result))
 
-    try:
-        if workers <= 1 or len(tasks) <= 1:
-            for task in tasks:
-                store(*task, _corrupt_chunk(images, *task, seed))
-        else:
-            # spawn, not fork: the caller may hold threads (torch, BLAS) that fork breaks
-            context = multiprocessing.get_context("spawn")
-            with concurrent.futures.ProcessPoolExecutor(
-                max_workers=min(workers, len(tasks)), mp_context=context, initializer=_init_worker, initargs=(images,)
-            ) as pool:
-                try:
-                    futures = {pool.submit(_worker_chunk, *task, seed): task for task in tasks}
-                    for future in concurrent.futures.as_completed(futures):
-                        store(*futures[future], future.result())
-                except BaseException:
-                    # partial files go first: a SIGKILL while running chunks finish must not strand them
-                    discard_partial()
-                    # without this, leaving the with-block would still run every queued chunk
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
-    finally:
-        discard_partial()
-    return out_dir
+        try:
+            if workers <= 1 or len(tasks) <= 1:
+                for task in tasks:
+                    store(*task, _corrupt_chunk(images, *task, seed))
+            else:
+                # spawn, not fork: the caller may hold threads (torch, BLAS) that fork breaks
+                context = multiprocessing.get_context("spawn")
+                with concurrent.futures.ProcessPoolExecutor(
+                    max_workers=min(workers, len(tasks)),
+                    mp_context=context,
+                    initializer=_init_worker,
+                    initargs=(images,),
+                ) as pool:
+                    try:
+                        futures = {pool.submit(_worker_chunk, *task, seed): task for task in tasks}
+                        for future in concurrent.futures.as_completed(futures):
+                            store(*futures[future], future.result())
+                    except BaseException:
+                        # partial files go first: a SIGKILL while running chunks finish must not strand them
+                        discard_partial()
+                        # without this, leaving the with-block would still run every queued chunk
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise
+        finally:
+            discard_partial()
+        return out_dir
 
 
 def ensure_generated_cells(

@@ -30,6 +30,7 @@ from ..errors import UsageError
 from ..models.classifier import LambdaPolicy
 from ..models.registry import ModelInfo
 from ..models.weights import update_manifest
+from ..schemas import CalibrationFile, LegacyRules, check_lam, load
 from .fit import fit_rule_for_accuracy, mean_group_accuracy
 from .policies import AUTO, NOISE, ORACLE, RECON, RULES, FixedLambda, LineRule, NoiseLevelLambda, ReconErrorLambda
 
@@ -201,13 +202,28 @@ class Calibration:
 
     @classmethod
     def load(cls, path: Path) -> Calibration:
+        """The calibration in ``path``, validated against its schema (``schemas.CalibrationFile``): a lambda
+        bound, coefficient or count that is out of range is refused naming the file and the field."""
         try:
-            return cls.from_json(json.loads(Path(path).read_text()))
-        except (OSError, KeyError, TypeError, ValueError) as exc:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
             raise UsageError(
-                f"{path} is not a readable lambda calibration ({exc.__class__.__name__}: {exc})",
+                f"calibration {path} is not a readable lambda calibration ({exc.__class__.__name__}: {exc})",
                 parameter="calibration",
             ) from None
+        validate_calibration(data, path)
+        return cls.from_json(data)
+
+
+def validate_calibration(data: Any, path: Path) -> None:
+    """Every layout's fields (schema 1 to 4), each rule's line wherever its layout keeps it."""
+    loaded = load(CalibrationFile, data, "calibration", path, parameter="calibration")
+    if loaded.rules is None:
+        load(LegacyRules, data, "calibration", path, parameter="calibration")
+        return
+    for name in (RECON, NOISE):
+        if name not in loaded.rules and not (name == RECON and AUTO in loaded.rules):
+            raise UsageError(f"calibration {path}: rules.{name} is missing", parameter="calibration")
 
 
 def _rule_from_json(rule: type[LineRule], line: dict[str, Any]) -> LineRule:
@@ -285,7 +301,16 @@ def oracle_lambdas(sweep: Path, info: ModelInfo, cells: Sequence[Cell]) -> Calla
         )
     if info.sha256 and meta.get("checkpoint_sha256") != info.sha256:
         raise UsageError(f"sweep {sweep} was measured on another checkpoint than {info.name}", parameter="sweep")
-    best = {Cell(r["corruption"], int(r["severity"])): float(r["lam"]) for r in rows if r.get("oracle")}
+    try:
+        best = {
+            Cell(str(r["corruption"]), int(r["severity"])): check_lam(r["lam"], f"rows[{i}].lam")
+            for i, r in enumerate(rows)
+            if r.get("oracle")
+        }
+    except KeyError as exc:
+        raise UsageError(f"sweep {sweep}: an oracle row has no {exc}", parameter="sweep") from None
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"sweep {sweep}: {exc}", parameter="sweep") from None
     missing = [f"{c.corruption}/{c.severity}" for c in cells if c not in best]
     if missing:
         raise UsageError(

@@ -9,34 +9,48 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import UsageError
+from ..schemas import GRID_MAX, check_lam
 
 
 def lambda_grid(lams: str | Sequence[float]) -> list[float]:
-    """The sorted, distinct lambdas (finite, >= 0) of ``lams``: a sequence of numbers, or text
-    ``start:stop:step`` (stop included) or a comma list."""
+    """The sorted, distinct lambdas of ``lams``: a sequence of numbers, or text ``start:stop:step`` (stop
+    included) or a comma list. Each is a valid lambda (``schemas.check_lam``) and there are at most
+    ``GRID_MAX`` of them, counted before any list is built (each point costs a full evaluation)."""
     if isinstance(lams, str):
         values = _grid_text(lams)
     else:
-        try:
-            values = [float(v) for v in lams]
-        except (TypeError, ValueError):
-            raise UsageError(f"lams must be numbers, got {lams!r}", parameter="lams") from None
-    grid = sorted({round(v, 10) for v in values})
-    if not grid or any(not (math.isfinite(v) and v >= 0) for v in grid):
-        raise UsageError(f"lams needs at least one finite lambda >= 0, got {lams!r}", parameter="lams")
-    return grid
+        values = list(lams)
+        if len(values) > GRID_MAX:
+            raise UsageError(f"lams has {len(values):,} points; at most {GRID_MAX:,} are allowed", parameter="lams")
+    if not values:
+        raise UsageError(f"lams needs at least one lambda, got {lams!r}", parameter="lams")
+    return sorted({round(check_lam(v, "lams"), 10) for v in values})
 
 
 def _grid_text(text: str) -> list[float]:
     try:
         if ":" in text:
             start, stop, step = (float(p) for p in text.split(":"))
-            if not step > 0 or stop < start:
+            if (
+                not (math.isfinite(start) and math.isfinite(stop) and math.isfinite(step))
+                or not step > 0
+                or stop < start
+            ):
                 raise ValueError
             count = int(math.floor((stop - start) / step + 1e-9)) + 1
+            if count > GRID_MAX:
+                raise UsageError(
+                    f"lams {text!r} has {count:,} points; at most {GRID_MAX:,} are allowed (use a larger step)",
+                    parameter="lams",
+                )
             return [start + i * step for i in range(count)]
-        return [float(p) for p in text.split(",") if p.strip()]
-    except ValueError:
+        parts = [p for p in text.split(",") if p.strip()]
+        if len(parts) > GRID_MAX:
+            raise UsageError(f"lams has {len(parts):,} points; at most {GRID_MAX:,} are allowed", parameter="lams")
+        return [float(p) for p in parts]
+    except ValueError as exc:
+        if isinstance(exc, UsageError):
+            raise
         raise UsageError(
             f"lams must be START:STOP:STEP (e.g. 0.1:1.4:0.1) or a comma list, got {text!r}", parameter="lams"
         ) from None

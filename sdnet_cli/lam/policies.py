@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..models.classifier import Classifier
+from ..schemas import RuleLine, check_lam, load
 
 AUTO, RECON, NOISE, ORACLE = "auto", "recon", "noise", "oracle"
 
@@ -29,6 +30,9 @@ class FixedLambda:
 
     value: float
     label: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "value", check_lam(self.value))
 
     @property
     def name(self) -> str:
@@ -142,6 +146,15 @@ class LineRule:
     label: str = ""
     rule: ClassVar[str]
     terms: ClassVar[tuple[tuple[str, str], ...]]
+
+    def __post_init__(self) -> None:
+        """The rules a calibration file's lines are held to (``schemas.RuleLine``), for a rule built in code."""
+        load(
+            RuleLine,
+            {f: getattr(self, f) for f in ("a", "b", "lo", "hi", *(f for f, _ in self.terms))},
+            "rule",
+            self.rule,
+        )
 
     @property
     def name(self) -> str:

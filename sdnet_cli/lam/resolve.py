@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from ..errors import UsageError
 from ..models.classifier import Classifier, LambdaPolicy
 from ..models.registry import ModelInfo
+from ..schemas import check_lam
 from .calibration import load_calibration
 from .policies import AUTO, NOISE, ORACLE, RECON, RULES, FixedLambda
 
@@ -44,6 +44,6 @@ def resolve_policy(
         raise UsageError(
             f"lam must be a number, {AUTO!r}, {RECON!r}, {NOISE!r} or {ORACLE!r}, got {lam!r}", parameter="lam"
         ) from None
-    if isinstance(lam, bool) or not (math.isfinite(value) and value >= 0):
-        raise UsageError(f"lam must be a finite number >= 0, got {lam!r}", parameter="lam")
-    return FixedLambda(value)
+    if isinstance(lam, bool):
+        raise UsageError(f"lam must be a number, got {lam!r}", parameter="lam")
+    return FixedLambda(check_lam(value))

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..errors import UsageError
 from ..reports import atomic_path
+from ..schemas import CheckpointMeta, load
 from .csc import CSCLayer, normalize_atoms
 
 
@@ -38,6 +39,14 @@ KEY_RULES: tuple[tuple[str, str], ...] = (
     (r"^(layer[1-4])\.layers\.", r"\1."),  # the authors' SDNet-All stages
 )
 """Renames applied to every foreign key so it matches our module names."""
+
+
+COUNTER = "num_batches_tracked"
+"""The one integer entry of a state_dict (batch norm's step counter); every other tensor is a weight."""
+
+
+def _is_integer(value: torch.Tensor) -> bool:
+    return not value.is_floating_point() and not value.is_complex() and value.dtype != torch.bool
 
 
 def sha256_of(path: Path) -> str:
@@ -81,6 +90,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     for key, value in raw.items():
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, not a tensor")
+        if not value.is_floating_point() and not (key.endswith(COUNTER) and _is_integer(value)):
+            raise CheckpointError(
+                f"{path}: tensor {key!r} holds {str(value.dtype).removeprefix('torch.')} values; weights must be "
+                "floating point (float32, float16, bfloat16 or float64), so this is not a trained model's file"
+            )
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             bad = int((~torch.isfinite(value)).sum())
             raise CheckpointError(
@@ -171,11 +185,23 @@ def export_official(network: nn.Module, path: Path, image_size: int) -> str:
 
 
 def read_metadata(path: Path) -> dict[str, object]:
-    """The model settings stored in one of our safetensors files ({} for any other file)."""
+    """The model settings stored in one of our safetensors files ({} for any other file), validated like the
+    flags that set them (``schemas.CheckpointMeta``): ``lam = -5`` or ``nan`` is refused naming the file."""
+    from safetensors import safe_open
+
     path = Path(path)
     if path.suffix != ".safetensors":
         return {}
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            stored = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types
+        raise CheckpointError(f"{path} is not a readable safetensors file: {_first_line(exc)}") from exc
+    metadata = {}
+    for key, text in stored.items():
+        try:
+            metadata[key] = json.loads(text)
+        except json.JSONDecodeError:
+            raise CheckpointError(f"checkpoint {path}: metadata {key} is not a JSON value, got {text!r}") from None
+    load(CheckpointMeta, metadata, "checkpoint", path, parameter="checkpoint", error=CheckpointError)
+    return metadata

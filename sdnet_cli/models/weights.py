@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..schemas import Manifest, ManifestEntry, load
 from .checkpoints import CheckpointError, sha256_of
 
 ENV_VAR = "SDNET_WEIGHTS"
@@ -47,19 +48,19 @@ def resolve_weights_dir(weights_dir: Path | str | None = None) -> Path:
 
 
 def read_manifest(weights_dir: Path | str | None = None) -> list[dict[str, Any]]:
-    """The manifest's entries; none where the folder has no manifest."""
+    """The manifest's entries, each validated as a ``schemas.ManifestEntry`` (a sha256, a file inside the
+    folder, a valid lambda...); none where the folder has no manifest."""
     path = resolve_weights_dir(weights_dir) / MANIFEST
     if not path.is_file():
         return []
     try:
-        models = json.loads(path.read_text())["models"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CheckpointError(
             f"{path} is not a readable manifest ({exc.__class__.__name__}: {exc})", parameter="weights_dir"
         ) from None
-    if not isinstance(models, list):
-        raise CheckpointError(f"{path} is not a readable manifest: 'models' is not a list", parameter="weights_dir")
-    return models
+    load(Manifest, data, "manifest", path, parameter="weights_dir", error=CheckpointError)
+    return data["models"]
 
 
 def find_shipped(model: str, dataset: str, weights_dir: Path | str | None = None) -> dict[str, Any] | None:
@@ -97,6 +98,7 @@ def update_manifest(entry: dict[str, Any], weights_dir: Path | str) -> Path:
     from ..reports import atomic_write_text
 
     path = Path(weights_dir) / MANIFEST
+    load(ManifestEntry, entry, "manifest entry for", path, parameter="weights_dir", error=CheckpointError)
     with manifest_lock(path):  # trainings finishing at the same time must not drop each other's entry
         models = [e for e in read_manifest(weights_dir) if e["name"] != entry["name"]]
         if entry.get("default"):
