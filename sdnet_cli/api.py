@@ -64,6 +64,8 @@ def _load(
     dataset: str,
     weights_dir: Path | None,  # type: ignore[no-untyped-def]
     n_steps: int | None = None,
+    threat: str = "corruptions",
+    model_dir: Path | None = None,
 ):
     """(Classifier, ModelInfo) of what the user named; the dataset and checkpoint path are checked first,
     so a typo is reported as itself, not as a missing checkpoint. ``n_steps`` overrides the checkpoint's
@@ -75,7 +77,13 @@ def _load(
     if checkpoint is not None and Path(checkpoint).is_dir():
         raise UsageError(f"checkpoint {checkpoint} is a directory; give the checkpoint file", parameter="checkpoint")
     return load_model(
-        model, Path(checkpoint) if checkpoint is not None else None, dataset, weights_dir, n_steps=n_steps
+        model,
+        Path(checkpoint) if checkpoint is not None else None,
+        dataset,
+        weights_dir,
+        n_steps=n_steps,
+        threat=threat,
+        model_dir=model_dir,
     )
 
 
@@ -120,6 +128,9 @@ def evaluate_corruptions(
     weights_dir: Path | None = None,
     n_steps: int | None = None,
     compile: bool = False,
+    adapt: str = "none",
+    threat: str = "corruptions",
+    model_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Accuracy on the clean test split and on every (corruption, severity) cell, plus their mean.
@@ -130,8 +141,12 @@ def evaluate_corruptions(
     release) or are generated with ``seed`` and cached in ``cache_dir``. ImageNet also gets mCE.
     ``n_steps``: FISTA steps of the CSC layers, overriding the checkpoint's (weights trained with another count).
     ``compile``: run inference through ``torch.compile`` (a one-off compile, then faster; see ``Runtime``).
+    ``adapt``: ``bn`` or ``tent``, test-time adaptation to each cell's batches of ``batch_size`` (default
+    200) test images (see ``sdnet_cli.adapt``); rows say so. ``threat``/``model_dir``: for
+    ``model="robustbench:<name>"`` (see ``models.zoo``).
     """
     from . import distributed
+    from .adapt import make_adaptation
     from .data.cells import CellSource, expand_cells, parse_corruptions, parse_severities
     from .evaluate import Runtime, evaluate_cells
     from .lam import ORACLE, lambda_label, oracle_lambdas, resolve_policy
@@ -146,9 +161,16 @@ def evaluate_corruptions(
     oracle = lam == ORACLE
     if oracle and sweep is None:
         raise UsageError("lam='oracle' needs sweep, a sweep-lambda JSON report of this checkpoint", parameter="sweep")
+    adaptation = make_adaptation(adapt, batch_size)
+    if adaptation is not None and compile:
+        raise UsageError(
+            "adapt runs the model eagerly (its BatchNorm layers change); drop compile", parameter="compile"
+        )
     runtime = Runtime.create(distributed.init(device), precision, compile)
-    batch_size = batch_size or runtime.eval_batch_size
-    classifier, info = _load(model, checkpoint, dataset, weights_dir, n_steps)
+    batch_size = adaptation.batch_size if adaptation is not None else batch_size or runtime.eval_batch_size
+    classifier, info = _load(model, checkpoint, dataset, weights_dir, n_steps, threat, model_dir)
+    if adaptation is not None:
+        adaptation.check(classifier)
     cell_policy = oracle_lambdas(sweep, info, cells) if oracle else None  # type: ignore[arg-type]
     policy = None if oracle else resolve_policy(lam, classifier, info, calibration)
     source = CellSource(data_dir, cifar_c_dir, cache_dir, seed=seed, n_examples=n_examples, dataset=dataset)
@@ -158,7 +180,7 @@ def evaluate_corruptions(
     advance = progress.task(f"evaluating {info.name}", distributed.shard_size(source.n, batch_size) * len(cells))
     with classifier.using(policy):
         base = {"model": info.name, "dataset": dataset, "lam": ORACLE if oracle else lambda_label(classifier)}
-        rows = evaluate_cells(classifier, cells, source, runtime, base, batch_size, advance, cell_policy)
+        rows = evaluate_cells(classifier, cells, source, runtime, base, batch_size, advance, cell_policy, adaptation)
     summary = corruption_errors(rows, source.spec.ce_baseline, source.spec.ce_baseline_clean)
     meta = base_meta(
         "eval",
@@ -170,6 +192,7 @@ def evaluate_corruptions(
         batch_size=batch_size,
         lam_policy=f"best lambda per cell from {sweep}" if oracle else repr(policy or "training lambda"),
         oracle=oracle,
+        adaptation=adaptation.describe() if adaptation is not None else None,
         corruption_errors=summary,
         distributed=distributed.describe(),
         **runtime.describe(),
@@ -203,6 +226,9 @@ def attack(
     resume: bool = False,
     save_adversarials: Path | None = None,
     n_steps: int | None = None,
+    adapt: str = "none",
+    threat: str = "corruptions",
+    model_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Robust accuracy of the deployed model (lambda policy included) under one attack or standard
@@ -214,7 +240,8 @@ def attack(
     are saved to ``<state_dir>/<name>.state.json``, so an interrupted run continues with ``resume`` (the
     file is removed once the run completes); ``name`` is the report's file stem (default
     ``attack-<model>-<attack>``). ``save_adversarials``: an ``.npz`` of the examples. ``n_steps``: FISTA
-    steps of the CSC layers, overriding the checkpoint's.
+    steps of the CSC layers, overriding the checkpoint's. ``threat``/``model_dir``: for
+    ``model="robustbench:<name>"``. ``adapt`` other than ``none`` is refused (out of scope).
     """
     from . import distributed
     from .attacks import requantized_robust_accuracy
@@ -222,6 +249,12 @@ def attack(
     from .lam import ORACLE, resolve_policy
 
     progress = progress or Silent()
+    if adapt != "none":
+        raise UsageError(
+            f"adapt={adapt!r}: attacks on test-time-adapted models are out of scope (the attack would have to "
+            "differentiate through the adaptation); use adapt with evaluate_corruptions (sdnet eval --adapt)",
+            parameter="adapt",
+        )
     if save_adversarials is not None and Path(save_adversarials).suffix != ".npz":
         raise UsageError(f"save_adversarials must end in .npz, got {save_adversarials}", parameter="save_adversarials")
     if lam == ORACLE:
@@ -248,6 +281,8 @@ def attack(
         seed,
         data_dir,
         n_steps,
+        threat,
+        model_dir,
     )
     classifier, info = setup.classifier, setup.info
     policy = resolve_policy(lam, classifier, info, calibration)
@@ -470,6 +505,8 @@ class _AttackSetup:
         seed: int,
         data_dir: Path | None,
         n_steps: int | None = None,
+        threat: str = "corruptions",
+        model_dir: Path | None = None,
     ) -> _AttackSetup:
         from . import distributed
         from .attacks import AttackConfig
@@ -492,7 +529,7 @@ class _AttackSetup:
             version=version,
         )
         runtime = Runtime.create(distributed.init(device), precision)
-        classifier, info = _load(model, checkpoint, dataset, weights_dir, n_steps)
+        classifier, info = _load(model, checkpoint, dataset, weights_dir, n_steps, threat, model_dir)
         images, labels = dataset_spec(dataset).load(data_dir, "test")
         return cls(
             classifier,

@@ -192,7 +192,21 @@ ModelOpt = Annotated[
         "-m",
         help="Architecture (resnet18, resnet34, sdnet18, sdnet34, sdnet18_all, sdnet34_all, tv_resnet18, tv_resnet50) or a "
         "shipped checkpoint name from the weights manifest. Without --checkpoint, an architecture name loads its default "
-        "shipped checkpoint.",
+        "shipped checkpoint. Models from outside: robustbench:<name> (RobustBench's zoo, with --threat and --model-dir), "
+        "timm:<name> (timm's architecture, with --checkpoint), or package.module:factory, a function of your own "
+        "returning an nn.Module that takes [0,1] images: this imports and runs that code.",
+    ),
+]
+ThreatOpt = Annotated[
+    str,
+    typer.Option("--threat", help="For --model robustbench:<name>: its leaderboard, corruptions, Linf or L2."),
+]
+ModelDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-dir",
+        help="For --model robustbench:<name>: RobustBench's folder of weights, laid out as "
+        "DIR/<dataset>/<threat>/<name>.pt (default ./models). Never downloads.",
     ),
 ]
 CheckpointOpt = Annotated[
@@ -377,14 +391,37 @@ def eval_command(
     weights_dir: WeightsDirOpt = None,
     n_steps: NStepsOpt = None,
     compile: CompileOpt = False,
+    adapt: Annotated[
+        str,
+        typer.Option(
+            "--adapt",
+            help="Test-time adaptation baseline: none; bn (every BatchNorm layer uses the statistics of the current "
+            "test batch; Schneider et al. 2020); tent (bn plus one Adam step, lr 1e-3, on the BatchNorm affine "
+            "parameters per batch, minimising prediction entropy; Wang et al. 2021; reset every cell). Both see "
+            "batches of --batch-size (default 200) images of one cell, and the rows say so. Combines with --lam.",
+        ),
+    ] = "none",
+    threat: ThreatOpt = "corruptions",
+    model_dir: ModelDirOpt = None,
+    robustbench_json: Annotated[
+        Path | None,
+        typer.Option(
+            "--robustbench-json",
+            help="Also write the result as a RobustBench corruptions-leaderboard entry (JSON: clean_acc, "
+            "corruptions_acc, ...), marking generated vs official CIFAR-10-C. Needs -c all -s all.",
+        ),
+    ] = None,
     out_dir: OutOpt = Path("reports"),
     name: NameOpt = None,
 ) -> None:
     """Accuracy on the clean test split and corrupted cells (CIFAR-10-C, CIFAR-100-C, ImageNet-C; ImageNet also
     gets mCE and relative mCE), written as JSON, CSV and Markdown."""
     from . import api
+    from .robustbench_export import check_request, robustbench_entry, write_robustbench_entry
 
     preflight(out_dir, name)
+    if robustbench_json is not None:
+        check_request(robustbench_json, dataset, corruption, severity)
     with RichProgress() as progress:
         report = api.evaluate_corruptions(
             model=model,
@@ -406,6 +443,9 @@ def eval_command(
             weights_dir=weights_dir,
             n_steps=n_steps,
             compile=compile,
+            adapt=adapt,
+            threat=threat,
+            model_dir=model_dir,
             progress=progress,
         )
     if not main_process():
@@ -422,6 +462,8 @@ def eval_command(
             f"AlexNet-normalised{caveat}"
         )
     write(report, out_dir, name)
+    if robustbench_json is not None:
+        out.print(f"wrote {write_robustbench_entry(robustbench_json, robustbench_entry(report.rows, report.meta))}")
 
 
 @app.command("make-c")
@@ -943,6 +985,11 @@ def attack_command(
         ),
     ] = None,
     n_steps: NStepsOpt = None,
+    adapt: Annotated[
+        str, typer.Option("--adapt", help="Not supported: attacks on test-time-adapted models are out of scope.")
+    ] = "none",
+    threat: ThreatOpt = "corruptions",
+    model_dir: ModelDirOpt = None,
 ) -> None:
     """Robust accuracy under white-box and black-box attacks (torchattacks), written as JSON, CSV and Markdown."""
     from . import api
@@ -976,6 +1023,9 @@ def attack_command(
             resume=resume,
             save_adversarials=save_adv,
             n_steps=n_steps,
+            adapt=adapt,
+            threat=threat,
+            model_dir=model_dir,
             progress=progress,
         )
     if not main_process():

@@ -112,6 +112,24 @@ def check_entry_path(path: Path) -> Path:
     return path
 
 
+def check_request(path: Path, dataset: str, corruptions: Sequence[str], severities: Sequence[str]) -> Path:
+    """Before an evaluation whose report will become an entry: the file name, the dataset, and cells that
+    cover the 15 corruptions at severities 1-5 (the values as ``parse_corruptions``/``parse_severities`` take them)."""
+    from .data.cells import parse_corruptions, parse_severities
+
+    if dataset not in DATASETS:
+        raise UsageError(
+            f"RobustBench's corruptions leaderboards are for {', '.join(DATASETS)}, not {dataset!r}", "dataset"
+        )
+    names, levels = parse_corruptions(corruptions), parse_severities(severities)
+    if not set(BENCHMARK_CORRUPTIONS) <= set(names) or list(levels) != list(SEVERITIES):
+        raise UsageError(
+            "robustbench_json needs every cell RobustBench averages: corruptions all, severities all",
+            "robustbench_json",
+        )
+    return check_entry_path(path)
+
+
 def write_robustbench_entry(path: Path, entry: Mapping[str, Any]) -> Path:
     """Write the entry as RobustBench's files are written (JSON, two-space indent), all or nothing."""
     path = check_entry_path(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -182,3 +183,28 @@ def test_a_users_factory_is_imported_and_called(tmp_path: Path, monkeypatch: pyt
         load_model("zoo_test_factories:not_callable")
     with pytest.raises(UsageError, match="cannot import"):
         load_model("zoo_test_no_such_module:build")
+
+
+def test_cli_eval_and_attack_of_a_robustbench_model(robustbench_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sdnet_cli.cli import app
+
+    common = ["--model", f"robustbench:{NAME}", "--model-dir", str(robustbench_dir), "-n", str(N)]
+    common += ["--data-dir", str(data_dir), "--out", str(tmp_path)]
+    result = CliRunner().invoke(
+        app, ["eval", *common, "-c", "gaussian_noise", "-s", "5", "--cache-dir", str(tmp_path / "c"), "--device", "cpu"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / f"eval-robustbench:{NAME}.json").read_text())
+    assert report["meta"]["model"]["source"] == "robustbench" and report["rows"][0]["accuracy"] > 90
+    attack = ["attack", *common[:4], "--data-dir", str(data_dir), "--out", str(tmp_path), "--device", "cpu"]
+    attack += ["--attack", "pgd", "--steps", "2", "--eps", "1/255", "-n", "8", "--batch-size", "8"]
+    result = CliRunner().invoke(app, attack)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / f"attack-robustbench:{NAME}-pgd.json").read_text())
+    assert report["meta"]["model"]["source"] == "robustbench"
+    result = CliRunner().invoke(app, [*attack, "--adapt", "bn"])
+    assert result.exit_code == 2 and "adapt='bn': attacks on test-time-adapted models are out of scope" in result.output
+    missing = CliRunner().invoke(app, ["eval", "--model", "robustbench:Standard", "--model-dir", str(tmp_path)])
+    assert missing.exit_code == 2 and "Standard.pt does not exist" in missing.output
