@@ -198,13 +198,13 @@ def test_cli_eval_adapt_with_lambda(tiny_checkpoint: Path, data_dir: Path, tmp_p
 
     from sdnet_cli.cli import app
 
-    args = ["eval", "--model", "sdnet18", "--checkpoint", str(tiny_checkpoint), "-c", "gaussian_noise", "-s", "3"]
-    args += ["-n", "40", "--batch-size", "20", "--lam", "0.2", "--data-dir", str(data_dir)]
+    args = ["eval", "--model", "sdnet18", "--checkpoint", str(tiny_checkpoint), "-c", "none"]
+    args += ["-n", "20", "--batch-size", "10", "--lam", "0.2", "--data-dir", str(data_dir)]
     args += ["--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path), "--device", "cpu"]
     result = CliRunner().invoke(app, [*args, "--adapt", "tent"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "eval-sdnet18.json").read_text())
-    assert all(r["adapt"] == "tent" and r["uses_test_batches"] and r["adapt_batch_size"] == 20 for r in report["rows"])
+    assert all(r["adapt"] == "tent" and r["uses_test_batches"] and r["adapt_batch_size"] == 10 for r in report["rows"])
     assert report["meta"]["adaptation"]["lr"] == 1e-3 and report["rows"][0]["lam"] == 0.2
     refused = CliRunner().invoke(app, [*args, "--adapt", "bn", "--compile"])
     assert refused.exit_code == 2 and "compile" in refused.output

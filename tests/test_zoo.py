@@ -19,7 +19,7 @@ from sdnet_cli.evaluate import Runtime, evaluate_cells
 from sdnet_cli.models import load_model
 from sdnet_cli.models.zoo import import_robustbench, is_zoo_spec, load_zoo_model, state_dict_sha256
 
-N = 100
+N = 50
 NAME = "Hendrycks2020AugMix_WRN"  # WRN-40-2 of the corruptions leaderboard: small, normalises inside
 
 
@@ -65,8 +65,16 @@ def robustbench_dir(tmp_path_factory: pytest.TempPathFactory, cifar_test: tuple[
     return root
 
 
+@pytest.fixture(scope="module")
+def noise_cache(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """Generated gaussian_noise cells of the first N test images (seed 0)."""
+    cache = tmp_path_factory.mktemp("cache")
+    CellSource(data_dir, cache_dir=cache, seed=0, n_examples=N).prepare(["gaussian_noise"])
+    return cache
+
+
 def test_robustbench_accuracy_equals_robustbench_clean_accuracy(
-    robustbench_dir: Path, data_dir: Path, tmp_path: Path
+    robustbench_dir: Path, data_dir: Path, noise_cache: Path
 ) -> None:
     utils = import_robustbench()
     classifier, info = load_model(f"robustbench:{NAME}", model_dir=robustbench_dir)
@@ -75,7 +83,7 @@ def test_robustbench_accuracy_equals_robustbench_clean_accuracy(
     assert {"width", "stem"}.isdisjoint(info.as_meta()) and info.as_meta()["name"] == f"robustbench:{NAME}"
     reference = utils.load_model(NAME, model_dir=str(robustbench_dir), dataset="cifar10", threat_model="corruptions")
 
-    source = CellSource(data_dir, cache_dir=tmp_path, seed=0, n_examples=N)
+    source = CellSource(data_dir, cache_dir=noise_cache, seed=0, n_examples=N)
     source.prepare(["gaussian_noise"])
     cells = [Cell("clean", 0), Cell("gaussian_noise", 5)]
     runtime = Runtime.create("cpu")
@@ -185,15 +193,17 @@ def test_a_users_factory_is_imported_and_called(tmp_path: Path, monkeypatch: pyt
         load_model("zoo_test_no_such_module:build")
 
 
-def test_cli_eval_and_attack_of_a_robustbench_model(robustbench_dir: Path, data_dir: Path, tmp_path: Path) -> None:
+def test_cli_eval_and_attack_of_a_robustbench_model(
+    robustbench_dir: Path, data_dir: Path, noise_cache: Path, tmp_path: Path
+) -> None:
     from typer.testing import CliRunner
 
     from sdnet_cli.cli import app
 
-    common = ["--model", f"robustbench:{NAME}", "--model-dir", str(robustbench_dir), "-n", str(N)]
+    common = ["--model", f"robustbench:{NAME}", "--model-dir", str(robustbench_dir), "-n", "20"]
     common += ["--data-dir", str(data_dir), "--out", str(tmp_path)]
     result = CliRunner().invoke(
-        app, ["eval", *common, "-c", "gaussian_noise", "-s", "5", "--cache-dir", str(tmp_path / "c"), "--device", "cpu"]
+        app, ["eval", *common, "-c", "gaussian_noise", "-s", "5", "--cache-dir", str(noise_cache), "--device", "cpu"]
     )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / f"eval-robustbench:{NAME}.json").read_text())
