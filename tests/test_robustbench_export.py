@@ -9,7 +9,7 @@ import pytest
 
 from sdnet_cli.data.corruptions import BENCHMARK_CORRUPTIONS
 from sdnet_cli.errors import UsageError
-from sdnet_cli.robustbench_export import robustbench_entry, write_robustbench_entry
+from sdnet_cli.robustbench_export import check_request, robustbench_entry, write_robustbench_entry
 
 # the fields of a real entry, model_info/cifar10/corruptions/Hendrycks2020AugMixWRN.json in RobustBench's repository
 ROBUSTBENCH_FIELDS = {
@@ -77,3 +77,20 @@ def test_written_entry_reads_back(tmp_path: Path) -> None:
     assert json.loads(path.read_text()) == entry
     with pytest.raises(UsageError, match=r"\.json"):
         write_robustbench_entry(tmp_path / "entry.txt", entry)
+
+
+def test_request_is_checked_before_the_evaluation(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sdnet_cli.cli import app
+
+    assert check_request(tmp_path / "e.json", "cifar10", ["all"], ["all"]) == tmp_path / "e.json"
+    with pytest.raises(UsageError, match="corruptions all, severities all"):
+        check_request(tmp_path / "e.json", "cifar10", ["all"], ["1", "2", "3", "4"])
+    with pytest.raises(UsageError, match="not 'imagenet'"):
+        check_request(tmp_path / "e.json", "imagenet", ["all"], ["all"])
+    result = CliRunner().invoke(
+        app, ["eval", "-c", "gaussian_noise", "--robustbench-json", str(tmp_path / "e.json"), "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 2 and "--robustbench-json needs every cell" in result.output
+    assert not list(tmp_path.iterdir())  # refused before any work
