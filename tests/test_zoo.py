@@ -169,6 +169,9 @@ def test_a_users_factory_is_imported_and_called(tmp_path: Path, monkeypatch: pyt
             def wrong_classes():
                 return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 7))
 
+            def wrong_inputs():
+                return nn.Sequential(nn.Flatten(), nn.Linear(5, 10))
+
             not_callable = 3
             """
         )
@@ -187,6 +190,8 @@ def test_a_users_factory_is_imported_and_called(tmp_path: Path, monkeypatch: pyt
     assert state_dict_sha256(expected) != info.sha256
     with pytest.raises(UsageError, match=r"shape \(2, 7\)"):
         load_model("zoo_test_factories:wrong_classes")
+    with pytest.raises(UsageError, match="fails on 2 blank 32x32 RGB images"):
+        load_model("zoo_test_factories:wrong_inputs")
     with pytest.raises(UsageError, match="no callable"):
         load_model("zoo_test_factories:not_callable")
     with pytest.raises(UsageError, match="cannot import"):

@@ -103,8 +103,15 @@ def load_zoo_model(
 def _check_outputs(classifier: Classifier, info: ZooModelInfo, image_size: int) -> None:
     """Two blank images through the model, so a wrong class count is found before any work (argmax over
     the wrong classes would report a silent, wrong accuracy)."""
-    with torch.no_grad():
-        logits = classifier(torch.zeros(2, 3, image_size, image_size))
+    try:
+        with torch.no_grad():
+            logits = classifier(torch.zeros(2, 3, image_size, image_size))
+    except RuntimeError as exc:  # e.g. a factory's module built for other inputs
+        raise ModelError(
+            f"{info.name} fails on 2 blank {image_size}x{image_size} RGB images of {info.dataset}: "
+            f"{(str(exc).strip().splitlines() or [type(exc).__name__])[0]}",
+            parameter="model",
+        ) from None
     if tuple(logits.shape) != (2, info.num_classes):
         raise ModelError(
             f"{info.name} returns outputs of shape {tuple(logits.shape)} for 2 images; {info.dataset} needs "
