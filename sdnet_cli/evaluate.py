@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from .adapt import BatchNormAdaptation
 from .data.cells import Cell, CellSource
 from .errors import UsageError
 from .lam import FixedLambda, lambda_label
@@ -221,16 +222,19 @@ def _count_with_lambdas(
     runtime: Runtime,
     batch_size: int,
     progress: Callable[[int], None] | None,
+    forward: nn.Module | None = None,
 ) -> tuple[Counts, np.ndarray | None]:
     """Counts of one cell (summed over torchrun's ranks) and, for a per-input policy, the lambda it chose
-    for each image (None for one lambda for all)."""
+    for each image (None for one lambda for all). ``forward``: what runs the batches (an adaptation's
+    module around ``model``; default ``model``)."""
     part = distributed.shard(len(images), batch_size)
     policy = model.lam_policy
+    forward = forward if forward is not None else model
     if policy is None or isinstance(policy, FixedLambda):
-        return combined(count_correct(model, images[part], labels[part], runtime, batch_size, progress)), None
+        return combined(count_correct(forward, images[part], labels[part], runtime, batch_size, progress)), None
     noting = _NotingLambdas(policy)
     with model.using(noting):
-        counts = combined(count_correct(model, images[part], labels[part], runtime, batch_size, progress))
+        counts = combined(count_correct(forward, images[part], labels[part], runtime, batch_size, progress))
     # asked of every rank (a rank whose shard is empty noted nothing but must join the all-reduce)
     if not distributed.combine(np.array(bool(noting.noted)), "max"):
         return counts, None
@@ -260,6 +264,7 @@ def evaluate_cells(
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
     cell_policy: Callable[[Cell], LambdaPolicy] | None = None,
+    adapt: BatchNormAdaptation | None = None,
 ) -> list[dict]:
     """One row per cell plus the ``mean`` row; ``row_base`` gives model, dataset and lam.
 
@@ -269,21 +274,36 @@ def evaluate_cells(
     rank returns exactly the rows of a single-process run; ``progress`` sees this rank's images.
     Under a per-input policy each row also carries ``lambda_columns`` of the lambdas it chose (the
     mean row: over every corrupted image); rows of one lambda for all have no such columns.
+    ``adapt`` (``adapt.make_adaptation``) adapts the model to each cell's test batches, of
+    ``adapt.batch_size`` images (replacing ``batch_size``), from the original model every cell; every
+    row then carries ``adapt.columns()`` (the method, ``uses_test_batches``, the batch size).
     """
+    if adapt is not None:
+        adapt.check(model)
+        if adapt.stateful and distributed.world_size() > 1:
+            raise UsageError(
+                f"adapt={adapt.name!r} carries state from batch to batch, so one process must see a cell's "
+                "batches in order; run it without torchrun",
+                parameter="adapt",
+            )
+        batch_size = adapt.batch_size
+    adapted = adapt.columns() if adapt is not None else {}
     rows, corrupted_lams = [], []
     for cell in cells:
         images, labels = source.load(cell)
         policy = cell_policy(cell) if cell_policy is not None else model.lam_policy
-        with model.using(policy):
+        adapting = adapt.cell(model) if adapt is not None else nullcontext(model)
+        with model.using(policy), adapting as forward:
             base = {**row_base, "lam": lambda_label(model)} if cell_policy is not None else row_base
             try:
-                counts, lams = _count_with_lambdas(model, images, labels, runtime, batch_size, progress)
+                counts, lams = _count_with_lambdas(model, images, labels, runtime, batch_size, progress, forward)
             except NonFiniteOutput as exc:
                 raise NonFiniteOutput(f"{cell.corruption} severity {cell.severity}: {exc}") from None
         rows.append(
             {
                 **cell_row(base, cell.corruption, cell.severity, counts),
                 **(lambda_columns(lams) if lams is not None else {}),
+                **adapted,
             }
         )
         if lams is not None and cell.severity != 0:
@@ -293,4 +313,5 @@ def evaluate_cells(
         summary["lam"] = row_base["lam"]
         if corrupted_lams:  # over every corrupted image, as the mean row's accuracy is
             summary.update(lambda_columns(np.concatenate(corrupted_lams)))
+        summary.update(adapted)
     return rows + ([summary] if summary else [])

@@ -106,10 +106,17 @@ def state_dict_sha256(module: nn.Module) -> str:
 
 
 def load_named(
-    model: str, checkpoint: Path | None, dataset: str, weights_dir: Path | None, n_steps: int | None = None
+    model: str,
+    checkpoint: Path | None,
+    dataset: str,
+    weights_dir: Path | None,
+    n_steps: int | None = None,
+    threat: str = "corruptions",
+    model_dir: Path | None = None,
 ) -> LoadedModel:
     """The model the user named; the dataset and checkpoint path are checked first, so a typo is reported
-    as itself, not as a missing checkpoint. ``n_steps`` overrides the checkpoint's FISTA step count."""
+    as itself, not as a missing checkpoint. ``n_steps`` overrides the checkpoint's FISTA step count;
+    ``threat`` and ``model_dir`` locate a ``robustbench:<name>`` model (see ``models.zoo``)."""
     from ..data.datasets import dataset_spec
     from ..models import load_model
 
@@ -117,7 +124,9 @@ def load_named(
     if checkpoint is not None and Path(checkpoint).is_dir():
         raise UsageError(f"checkpoint {checkpoint} is a directory; give the checkpoint file", parameter="checkpoint")
     path = Path(checkpoint) if checkpoint is not None else None
-    return LoadedModel(*load_model(model, path, dataset, weights_dir, n_steps=n_steps))
+    return LoadedModel(
+        *load_model(model, path, dataset, weights_dir, n_steps=n_steps, threat=threat, model_dir=model_dir)
+    )
 
 
 def wrap_module(
@@ -158,16 +167,25 @@ def resolve_model(
     weights_dir: Path | None = None,
     n_steps: int | None = None,
     normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    threat: str = "corruptions",
+    model_dir: Path | None = None,
 ) -> LoadedModel:
-    """``model=`` as a ``LoadedModel``. ``checkpoint``, ``weights_dir`` and ``n_steps`` say how to load a
-    name; ``normalize`` how to wrap a module; ``dataset`` defaults to a loaded model's own, else cifar10."""
+    """``model=`` as a ``LoadedModel``. ``checkpoint``, ``weights_dir``, ``n_steps``, ``threat`` and
+    ``model_dir`` say how to load a name; ``normalize`` how to wrap a module; ``dataset`` defaults to a
+    loaded model's own, else cifar10."""
     from torch import nn
 
     if isinstance(model, str):
         if normalize is not None:
             raise UsageError("normalize applies to a torch.nn.Module; a named model has its own", parameter="normalize")
-        return load_named(model, checkpoint, dataset or "cifar10", weights_dir, n_steps)
-    for value, parameter in ((checkpoint, "checkpoint"), (weights_dir, "weights_dir"), (n_steps, "n_steps")):
+        return load_named(model, checkpoint, dataset or "cifar10", weights_dir, n_steps, threat, model_dir)
+    named_only = (
+        (checkpoint, "checkpoint"),
+        (weights_dir, "weights_dir"),
+        (n_steps, "n_steps"),
+        (model_dir, "model_dir"),
+    )
+    for value, parameter in named_only:
         if value is not None:
             raise UsageError(f"{parameter} applies to a model name, not to a model object", parameter=parameter)
     if isinstance(model, LoadedModel):
@@ -192,6 +210,8 @@ SHARED = (
     "weights_dir",
     "n_steps",
     "normalize",
+    "threat",
+    "model_dir",
     "device",
     "precision",
     "seed",
@@ -237,6 +257,8 @@ class Session:
         weights_dir: Path | None = None,
         n_steps: int | None = None,
         normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+        threat: str = "corruptions",
+        model_dir: Path | None = None,
         device: str = "auto",
         precision: str = "fp32",
         seed: int = 0,
@@ -262,7 +284,14 @@ class Session:
             single_process(command)
         runtime = Runtime.create(dist.init(device) if distributed else device, precision, compile)
         loaded = resolve_model(
-            model, checkpoint=checkpoint, dataset=dataset, weights_dir=weights_dir, n_steps=n_steps, normalize=normalize
+            model,
+            checkpoint=checkpoint,
+            dataset=dataset,
+            weights_dir=weights_dir,
+            n_steps=n_steps,
+            normalize=normalize,
+            threat=threat,
+            model_dir=model_dir,
         )
         runtime.prepare(loaded.classifier)
         size = batch_size or default_batch_size or runtime.eval_batch_size

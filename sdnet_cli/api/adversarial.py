@@ -53,6 +53,9 @@ def attack(
     resume: bool = False,
     save_adversarials: Path | None = None,
     n_steps: int | None = None,
+    adapt: str = "none",
+    threat: str = "corruptions",
+    model_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Robust accuracy of the deployed model (lambda policy included) under one attack or standard
@@ -65,17 +68,12 @@ def attack(
     depend on it as on ``batch_size``. ``state_dir``: finished pools are saved to ``<state_dir>/<name>.state.json``,
     so an interrupted run continues with ``resume`` (the file is removed once the run completes); ``name`` is
     the report's file stem (default ``attack-<model>-<attack>``). ``save_adversarials``: an ``.npz`` of the
-    examples. ``n_steps``: FISTA steps of the CSC layers, overriding the checkpoint's.
+    examples. ``n_steps``: FISTA steps of the CSC layers, overriding the checkpoint's. ``threat``/``model_dir``:
+    for ``model="robustbench:<name>"``. ``adapt`` other than ``none`` is refused (see ``_check_attackable``).
     """
-    from ..lam import ORACLE, resolve_policy
+    from ..lam import resolve_policy
 
-    if save_adversarials is not None and Path(save_adversarials).suffix != ".npz":
-        raise UsageError(f"save_adversarials must end in .npz, got {save_adversarials}", parameter="save_adversarials")
-    if lam == ORACLE:
-        raise UsageError(
-            "lam='oracle' picks lambda per corruption cell using labels; it is no deployed pipeline to attack",
-            parameter="lam",
-        )
+    _check_attackable(lam, adapt, save_adversarials)
     config = attack_config(attack, norm, eps, steps, restarts, version)
     job = AttackJob.open("attack", config, pool_batches, distributed=True, **shared(locals()))
     classifier, info = job.session.classifier, job.session.info
@@ -187,6 +185,26 @@ def _sweep_points(
         diagnostics[key] = results.diagnostics.as_meta()
         rows += [{**row, "masking_warnings": len(diagnostics[key]["warnings"])} for row in found]
     return rows, diagnostics, results.settings
+
+
+def _check_attackable(lam: float | str | None, adapt: str, save_adversarials: Path | None) -> None:
+    """Only a deployed pipeline is attacked: no label-picked lambda, no test-time adaptation (the attack would
+    have to differentiate through the adaptation of a whole batch; out of scope)."""
+    from ..lam import ORACLE
+
+    if save_adversarials is not None and Path(save_adversarials).suffix != ".npz":
+        raise UsageError(f"save_adversarials must end in .npz, got {save_adversarials}", parameter="save_adversarials")
+    if lam == ORACLE:
+        raise UsageError(
+            "lam='oracle' picks lambda per corruption cell using labels; it is no deployed pipeline to attack",
+            parameter="lam",
+        )
+    if adapt != "none":
+        raise UsageError(
+            f"adapt={adapt!r}: attacks on test-time-adapted models are out of scope (the attack would have to "
+            "differentiate through the adaptation); use adapt with evaluate_corruptions (sdnet eval --adapt)",
+            parameter="adapt",
+        )
 
 
 def attack_config(

@@ -33,6 +33,9 @@ def evaluate_corruptions(
     weights_dir: Path | None = None,
     n_steps: int | None = None,
     compile: bool = False,
+    adapt: str = "none",
+    threat: str = "corruptions",
+    model_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Accuracy on the clean test split and on every (corruption, severity) cell, plus their mean.
@@ -44,8 +47,11 @@ def evaluate_corruptions(
     sweep report ``sweep``, which uses labels). Corrupted images come from ``cifar_c_dir`` (an official
     release) or are generated with ``seed`` and cached in ``cache_dir``. ImageNet also gets mCE.
     ``n_steps``: FISTA steps of the CSC layers, overriding the checkpoint's. ``compile``: run inference
-    through ``torch.compile`` (a one-off compile, then faster forwards; see ``Runtime``).
+    through ``torch.compile`` (a one-off compile, then faster forwards; see ``Runtime``). ``adapt``: ``bn``
+    or ``tent``, test-time adaptation to each cell's batches of ``batch_size`` (default 200) test images
+    (see ``sdnet_cli.adapt``); the rows say so. ``threat``/``model_dir``: for ``model="robustbench:<name>"``.
     """
+    from ..adapt import make_adaptation
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
     from ..evaluate import evaluate_cells
     from ..lam import ORACLE, lambda_label, oracle_lambdas, resolve_policy
@@ -56,8 +62,12 @@ def evaluate_corruptions(
     oracle = lam == ORACLE
     if oracle and sweep is None:
         raise UsageError("lam='oracle' needs sweep, a sweep-lambda JSON report of this checkpoint", parameter="sweep")
+    adaptation = make_adaptation(adapt, batch_size, compile)
+    batch_size = adaptation.batch_size if adaptation is not None else batch_size
     session = Session.open("eval", distributed=True, **shared(locals()))
     classifier, info = session.classifier, session.info
+    if adaptation is not None:
+        adaptation.check(classifier)
     cell_policy = oracle_lambdas(sweep, info, cells) if oracle else None  # type: ignore[arg-type]
     policy = None if oracle else resolve_policy(lam, classifier, info, calibration)
     source = session.cells(names)
@@ -65,13 +75,14 @@ def evaluate_corruptions(
     with classifier.using(policy):
         base = session.base(lam=ORACLE if oracle else lambda_label(classifier))
         rows = evaluate_cells(
-            classifier, cells, source, session.runtime, base, session.batch_size, advance, cell_policy
+            classifier, cells, source, session.runtime, base, session.batch_size, advance, cell_policy, adaptation
         )
     summary = corruption_errors(rows, source.spec.ce_baseline, source.spec.ce_baseline_clean)
     meta = session.meta(
         source,
         lam_policy=f"best lambda per cell from {sweep}" if oracle else repr(policy or "training lambda"),
         oracle=oracle,
+        adaptation=adaptation.describe() if adaptation is not None else None,
         corruption_errors=summary,
     )
     return Report(rows, meta, name=f"eval-{info.name}", title=f"sdnet eval: {info.name}")

@@ -41,13 +41,34 @@ def eval_command(
     sweep: Annotated[
         Path | None, typer.Option("--sweep", help="sweep-lambda JSON report whose best lambdas --lam oracle uses.")
     ] = None,
+    adapt: Annotated[
+        str,
+        typer.Option(
+            "--adapt",
+            help="Test-time adaptation baseline: none; bn (every BatchNorm layer uses the statistics of the current "
+            "test batch; Schneider et al. 2020); tent (bn plus one Adam step, lr 1e-3, on the BatchNorm affine "
+            "parameters per batch, minimising prediction entropy; Wang et al. 2021; reset every cell). Both see "
+            "batches of --batch-size (default 200) images of one cell, and the rows say so. Combines with --lam.",
+        ),
+    ] = "none",
+    robustbench_json: Annotated[
+        Path | None,
+        typer.Option(
+            "--robustbench-json",
+            help="Also write the result as a RobustBench corruptions-leaderboard entry (JSON: clean_acc, "
+            "corruptions_acc, ...), marking generated vs official CIFAR-10-C. Needs -c all -s all.",
+        ),
+    ] = None,
     **common: Any,
 ) -> None:
     """Accuracy on the clean test split and corrupted cells (CIFAR-10-C, CIFAR-100-C, ImageNet-C; ImageNet also
     gets mCE and relative mCE), written as JSON, CSV and Markdown."""
     from .. import api
+    from ..robustbench_export import check_request, robustbench_entry, write_robustbench_entry
 
     preflight(common["out_dir"], common["name"])
+    if robustbench_json is not None:
+        check_request(robustbench_json, common["dataset"], corruptions, severities)
     report = call(api.evaluate_corruptions, locals())
     if not main_process():
         return
@@ -62,6 +83,8 @@ def eval_command(
             f"AlexNet-normalised{caveat}"
         )
     write(report, common["out_dir"], common["name"])
+    if robustbench_json is not None:
+        stdout.print(f"wrote {write_robustbench_entry(robustbench_json, robustbench_entry(report.rows, report.meta))}")
 
 
 @command("make-c", ("seed", "data_dir"))
@@ -182,6 +205,9 @@ def attack_command(
             "accuracy after rounding them to uint8 goes into the report meta, separately.",
         ),
     ] = None,
+    adapt: Annotated[
+        str, typer.Option("--adapt", help="Not supported: attacks on test-time-adapted models are out of scope.")
+    ] = "none",
     **common: Any,
 ) -> None:
     """Robust accuracy under white-box and black-box attacks (torchattacks), written as JSON, CSV and Markdown."""

@@ -15,7 +15,21 @@ ModelOpt = Annotated[
         "-m",
         help="Architecture (resnet18, resnet34, sdnet18, sdnet34, sdnet18_all, sdnet34_all, tv_resnet18, tv_resnet50) or a "
         "shipped checkpoint name from the weights manifest. Without --checkpoint, an architecture name loads its default "
-        "shipped checkpoint.",
+        "shipped checkpoint. Models from outside: robustbench:<name> (RobustBench's zoo, with --threat and --model-dir), "
+        "timm:<name> (timm's architecture, with --checkpoint), or package.module:factory, a function of your own "
+        "returning an nn.Module that takes [0,1] images: this imports and runs that code.",
+    ),
+]
+ThreatOpt = Annotated[
+    str,
+    typer.Option("--threat", help="For --model robustbench:<name>: its leaderboard, corruptions, Linf or L2."),
+]
+ModelDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--model-dir",
+        help="For --model robustbench:<name>: RobustBench's folder of weights, laid out as "
+        "DIR/<dataset>/<threat>/<name>.pt (default ./models). Never downloads.",
     ),
 ]
 CheckpointOpt = Annotated[
@@ -192,6 +206,8 @@ SHARED: dict[str, tuple[Any, Any]] = {
     "weights_dir": (WeightsDirOpt, None),
     "n_steps": (NStepsOpt, None),
     "compile": (CompileOpt, False),
+    "threat": (ThreatOpt, "corruptions"),
+    "model_dir": (ModelDirOpt, None),
     "out_dir": (OutOpt, Path("reports")),
     "name": (NameOpt, None),
 }
@@ -215,6 +231,8 @@ ATTACK_SHARED: dict[str, tuple[Any, Any]] = {
 """``SHARED`` as the attack commands have it: their batch size, precision and image count, and the attack's options."""
 
 EVAL_OPTIONS = LEADING + (
+    "threat",
+    "model_dir",
     "cifar_c_dir",
     "n_examples",
     "batch_size",
@@ -228,6 +246,8 @@ EVAL_OPTIONS = LEADING + (
     "name",
 )
 ATTACK_OPTIONS = LEADING + (
+    "threat",
+    "model_dir",
     "norm",
     "steps",
     "restarts",

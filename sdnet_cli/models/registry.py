@@ -150,6 +150,8 @@ def load_model(
     dataset: str = "cifar10",
     weights_dir: Path | None = None,
     n_steps: int | None = None,
+    threat: str = "corruptions",
+    model_dir: Path | None = None,
 ) -> tuple[Classifier, ModelInfo]:
     """Resolve ``--model`` / ``--checkpoint`` to a model in eval mode and where it came from.
 
@@ -158,7 +160,15 @@ def load_model(
     checkpoints are looked up in ``weights_dir``, else ``$SDNET_WEIGHTS``, else those installed
     with the package (see ``resolve_weights_dir``). ``n_steps`` overrides the FISTA step count the
     checkpoint records (2 when it records none, as in the authors' files), for weights trained with another.
+    ``robustbench:<name>`` (with ``threat``, ``model_dir``), ``timm:<name>`` and ``package.module:factory``
+    are models from outside: see ``zoo.load_zoo_model``.
     """
+    from .zoo import is_zoo_spec, load_zoo_model  # zoo builds on this module
+
+    if is_zoo_spec(model):
+        if n_steps is not None:
+            raise ModelError(f"n_steps applies to our SDNet checkpoints, not to {model}", parameter="n_steps")
+        return load_zoo_model(model, threat=threat, model_dir=model_dir, checkpoint=checkpoint, dataset=dataset)
     if n_steps is not None and n_steps < 1:
         raise ModelError(f"n_steps must be >= 1, got {n_steps}", parameter="n_steps")
     entry: dict[str, Any] = {}
