@@ -17,8 +17,8 @@ import torch
 from bench import print_table
 from throughput import images_per_second
 
-from sdnet_cli.evaluate import Runtime
 from sdnet_cli.models import create_model
+from sdnet_cli.runtime import Runtime
 
 
 def with_bf16_stem(model: torch.nn.Module) -> torch.nn.Module:

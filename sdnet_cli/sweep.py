@@ -21,20 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data.cells import CLEAN, Cell, expand_cells
+from .data.cells import Cell, expand_cells
 from .data.corruptions import ALL_CORRUPTIONS, corrupt
 from .errors import UsageError
-from .evaluate import (
-    Batch,
-    Counts,
-    Runtime,
-    cell_row,
-    evaluate_cells,
-    iter_batches,
-    lambda_columns,
-    mean_row,
-    predict_correct,
-)
+from .evaluate import cell_row, evaluate_cells, lambda_columns, mean_row
 from .lam import (
     AUTO,
     FEATURES,
@@ -50,8 +40,10 @@ from .lam import (
     recommend,
 )
 from .models.classifier import Classifier, LambdaPolicy
-from .models.csc import CSCLayer
-from .reports import save_line_plot, save_points_plot
+from .models.csc import CSCLayer, require_csc
+from .plots import save_figure, save_line_plot, save_points_plot
+from .rows import CLEAN, HELD_OUT, IN_CALIBRATION, MEAN, REFERENCE, WORST
+from .runtime import Batch, Counts, Runtime, iter_batches, predict_correct
 
 
 class ImageSource(Protocol):
@@ -81,11 +73,9 @@ class CorruptedTrainSet:
 
 
 def _stem(model: Classifier) -> CSCLayer:
+    require_csc(model, "it has no lambda to sweep", parameter="model")
     stem = model.stem_csc
-    if stem is None:
-        raise UsageError(
-            "this model has no CSC layers, so it has no lambda to sweep (use an SDNet model)", parameter="model"
-        )
+    assert stem is not None
     return stem
 
 
@@ -344,13 +334,13 @@ def rule_summary(rows: Sequence[dict], reference: float | str) -> list[dict]:
     base = by_lam[reference]
     table = []
     for lam, found in by_lam.items():
-        corrupted = found.get("mean")
+        corrupted = found.get(MEAN)
         entry = {"lam": lam, "uses_labels": bool(next(iter(found.values())).get("uses_labels", False))}
         if corrupted is not None:
             entry.update(
                 {
                     "corrupted_mean": corrupted["accuracy"],
-                    "gain": round(corrupted["accuracy"] - base["mean"]["accuracy"], 4),
+                    "gain": round(corrupted["accuracy"] - base[MEAN]["accuracy"], 4),
                 }
             )
         if CLEAN in found:
@@ -366,7 +356,6 @@ def rule_summary(rows: Sequence[dict], reference: float | str) -> list[dict]:
 
 
 # -- generalisation to corruptions the calibration never saw ------------------------------------------
-HELD_OUT, IN_CALIBRATION, REFERENCE = "held-out", "in-calibration", "reference"
 
 
 def hold_out(
@@ -412,7 +401,7 @@ def hold_out_summary(rows: Sequence[dict]) -> list[dict]:
     """One row per held-out corruption: mean accuracy over its severities at the reference lambda, the
     rule's gain over it with the corruption in the calibration and held out, and the share of the gain
     kept (held-out gain / in-calibration gain; undefined when the in-calibration gain is not positive)."""
-    means = {(r["held_out"], r["variant"]): r for r in rows if r["corruption"] == "mean"}
+    means = {(r["held_out"], r["variant"]): r for r in rows if r["corruption"] == MEAN}
     table = []
     for corruption in dict.fromkeys(r["held_out"] for r in rows):
         reference, inside, outside = (means[(corruption, v)] for v in (REFERENCE, IN_CALIBRATION, HELD_OUT))
@@ -497,11 +486,9 @@ def save_attack_sweep_plot(rows: Sequence[dict], model: str, path: Path) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .reports import atomic_path
-
     def final(rows_of: Sequence[dict]) -> list[dict]:  # AutoAttack: the worst case over its components
         names = {r["attack"] for r in rows_of}
-        return [r for r in rows_of if r["attack"] == "worst" or "worst" not in names]
+        return [r for r in rows_of if r["attack"] == WORST or WORST not in names]
 
     ours = final([r for r in rows if r["model"] == model])
     frame = pd.DataFrame(ours).sort_values("lam")
@@ -532,12 +519,8 @@ def save_attack_sweep_plot(rows: Sequence[dict], model: str, path: Path) -> Path
             )
     ax.set_xlabel("test-time lambda")
     ax.set_ylabel("accuracy (%)")
-    attack = "autoattack" if ours[0]["attack"] == "worst" else ours[0]["attack"]
+    attack = "autoattack" if ours[0]["attack"] == WORST else ours[0]["attack"]
     ax.set_title(f"{model}: accuracy under {attack} vs lambda ({ours[0]['n']} images)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=7)
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, Path(path))

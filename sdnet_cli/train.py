@@ -20,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .evaluate import Runtime, count_correct
+from ._io import atomic_path
 from .metrics import percent
 from .models.classifier import Classifier
-from .reports import atomic_path
+from .runtime import Runtime, count_correct
 
 
 @dataclass

@@ -35,10 +35,10 @@ from sdnet_cli.attacks import (
 from sdnet_cli.cli import app
 from sdnet_cli.data.cifar import load_cifar10
 from sdnet_cli.errors import UsageError
-from sdnet_cli.evaluate import Runtime, count_correct, predict
 from sdnet_cli.lam import FEATURES, Calibration, NoiseLevelLambda, ReconErrorLambda
 from sdnet_cli.models import Classifier, create_model, load_model
 from sdnet_cli.models.checkpoints import sha256_of
+from sdnet_cli.runtime import Runtime, count_correct, predict
 from sdnet_cli.train import TrainConfig, train
 
 CPU = Runtime.create("cpu", "fp32")

@@ -2,7 +2,7 @@
 
 Attacks work on [0,1] images and differentiate ``AttackedModel``: the deployed model itself
 (normalisation, lambda policy, network), in eval mode, fp32 unless bf16 is asked for. Whether an
-adversarial example fools the model is decided once, by ``evaluate.predict`` on that very
+adversarial example fools the model is decided once, by ``runtime.predict`` on that very
 example; that flag is what the report counts.
 """
 
@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..evaluate import Runtime, predict, predict_correct
 from ..lam import FixedLambda
 from ..metrics import percent
+from ..runtime import Runtime, predict, predict_correct
 from . import registry
 from .checks import DIAGNOSTIC_IMAGES, diagnose
 from .config import BATCH_SIZE, POOL_BATCHES, AttackConfig

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import check_writable_dir
 from ..errors import UsageError
-from .cifar_c import SEVERITIES
+from ..rows import CLEAN
 from .corruptions import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
-from .datasets import dataset_spec
 
-CLEAN = "clean"
+SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)  # of every corruption benchmark; a clean cell has severity 0
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,8 @@ class CellSource:
         workers: int | None = None,
         dataset: str = "cifar10",
     ) -> None:
+        from .datasets import dataset_spec  # here, not above: the stores that datasets imports use SEVERITIES
+
         self.spec = dataset_spec(dataset)
         self.images, self.labels = self.spec.load(data_dir, "test")
         self.c_dir = Path(c_dir) if c_dir is not None else None
@@ -117,10 +119,8 @@ class CellSource:
             store.validate(self.c_dir, needed, self.images, self.labels, self.n)
         else:
             store.validate_cache(self.cache_dir, needed, self.images, self.labels, self.n, self.seed)
-            if self.missing_images(needed):  # generation will write into the cache
-                from ..reports import check_writable_dir
-
-                check_writable_dir(self.cache_dir, "cache_dir")
+            if self.missing_images(needed):  # generation will write into the cache: probe with its longest name
+                check_writable_dir(self.cache_dir, "cache_dir", [f"{c}.npy" for c in needed])
 
     def prepare(self, corruptions: Sequence[str], progress: Callable[[int], None] | None = None) -> None:
         """Check the files (``validate``), then generate (once, cached) what an official folder would provide."""

@@ -194,7 +194,7 @@ class Calibration:
         )
 
     def save(self, path: Path) -> Path:
-        from ..reports import atomic_write_text
+        from .._io import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
         return Path(path)

@@ -260,3 +260,19 @@ class DictConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dn(x)
+
+
+def csc_layers(model: nn.Module) -> list[CSCLayer]:
+    """The CSC layers of any module, in forward order of registration (empty for a ResNet)."""
+    return [m for m in model.modules() if isinstance(m, CSCLayer)]
+
+
+def no_csc_message(name: str, consequence: str) -> str:
+    """The one wording of "this option needs an SDNet": ``consequence`` says what cannot be done."""
+    return f"{name} has no CSC layers, so {consequence}; use an SDNet model (e.g. sdnet18)"
+
+
+def require_csc(model: nn.Module, consequence: str, parameter: str, name: str = "this model") -> None:
+    """Refuse a lambda (or FISTA) option for a model without CSC layers, before any work."""
+    if not csc_layers(model):
+        raise UsageError(no_csc_message(name, consequence), parameter=parameter)
