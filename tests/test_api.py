@@ -101,6 +101,7 @@ def test_evaluate_refuses_bad_input_before_any_work(kwargs: dict, parameter: str
         assert "unknown dataset 'mnist'" in str(caught.value)
 
 
+@pytest.mark.slow
 def test_cli_help_and_version_import_no_torch() -> None:
     code = (
         "import sys\nfrom typer.testing import CliRunner\nfrom sdnet_cli.cli import app\n"
