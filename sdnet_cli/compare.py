@@ -277,7 +277,9 @@ def _curves(rows: Sequence[dict[str, Any]], labels: Sequence[str], kind: str) ->
                 line.append((x, row[label]))
     return {
         n: {
-            panel: [(label, *map(list, zip(*sorted(line)))) for label, line in lines.items()]
+            panel: [
+                (label, [x for x, _ in sorted(line)], [y for _, y in sorted(line)]) for label, line in lines.items()
+            ]
             for panel, lines in panels.items()
         }
         for n, panels in points.items()

@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from . import distributed
-from .data.cells import Cell, CellSource
+from .data.cells import Cell, CellImages
 from .lam import FixedLambda, lambda_label
 from .models.classifier import Classifier, LambdaPolicy
 from .rows import ALL, MEAN
@@ -58,7 +59,7 @@ class _NotingLambdas:
         self.name = policy.name
         self.noted: list[np.ndarray] = []
 
-    def __call__(self, model: Classifier, x_normalized: torch.Tensor):  # type: ignore[no-untyped-def]
+    def __call__(self, model: Classifier, x_normalized: torch.Tensor) -> Any:
         lam = self.policy(model, x_normalized)
         if isinstance(lam, torch.Tensor) and lam.ndim == 1:
             self.noted.append(lam.detach().float().cpu().numpy())
@@ -105,7 +106,7 @@ def mean_row(rows: list[dict]) -> dict | None:
 def evaluate_cells(
     model: Classifier,
     cells: Sequence[Cell],
-    source: CellSource,
+    source: CellImages,
     runtime: Runtime,
     row_base: dict,
     batch_size: int = 256,

@@ -5,7 +5,7 @@ matplotlib is imported inside each function: only commands that draw pay its imp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,7 @@ def save_figure(fig: Any, path: Path, tight: bool = True) -> Path:
 
 
 def save_panel_grid(
-    panels: dict[str, Sequence[tuple[str, Sequence[float], Sequence[float]]]],
+    panels: Mapping[str, Sequence[tuple[str, Sequence[float], Sequence[float]]]],
     path: Path,
     title: str,
     xlabel: str,
@@ -111,7 +111,9 @@ def save_panel_grid(
     drawn = list(dict.fromkeys(label for lines in panels.values() for label, _, _ in lines))
     order = list(dict.fromkeys([*label_order, *drawn]))
     markers = "osD^v"
-    style = {label: {"color": f"C{i % 10}", "marker": markers[i // 10 % len(markers)]} for i, label in enumerate(order)}
+    style: dict[str, dict[str, Any]] = {
+        label: {"color": f"C{i % 10}", "marker": markers[i // 10 % len(markers)]} for i, label in enumerate(order)
+    }
     ncols = max(1, min(columns, len(panels)))
     nrows = -(-len(panels) // ncols)
     fig, axes = plt.subplots(

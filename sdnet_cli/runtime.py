@@ -68,7 +68,7 @@ class Runtime:
     def prepare(self, model: nn.Module) -> nn.Module:
         """Move a model to the device in channels_last layout, in eval mode, and (``compile``) compile
         its inference path. In place: returns the same model, so ``using`` and attacks work as before."""
-        model = model.to(self.device, memory_format=torch.channels_last).eval()
+        model = model.to(self.device).to(memory_format=torch.channels_last).eval()
         if self.compile:
             if not isinstance(model, Classifier):
                 raise UsageError("compile applies to classifiers (models.load_model) only", parameter="compile")

@@ -318,7 +318,7 @@ def compare_rules(
                 source,
                 runtime,
                 {**row_base, "lam": lambda_label(model)},
-                batch_size,  # type: ignore[arg-type]
+                batch_size,
                 progress,
             )
         rows += [{**r, "uses_labels": False} for r in found]
@@ -376,7 +376,7 @@ def hold_out(
     that corruption's groups (``held-out``: ``Calibration.without``). Rows carry ``held_out`` and ``variant``."""
     rows = []
     for corruption in held_out:
-        variants = {
+        variants: dict[str, LambdaPolicy] = {
             REFERENCE: FixedLambda(reference_lam),
             IN_CALIBRATION: full.policy(rule),
             HELD_OUT: full.without([corruption]).policy(rule),
@@ -389,7 +389,7 @@ def hold_out(
                     cells,
                     source,
                     runtime,
-                    {**row_base, "lam": lambda_label(model)},  # type: ignore[arg-type]
+                    {**row_base, "lam": lambda_label(model)},
                     batch_size,
                     progress,
                 )

@@ -70,6 +70,8 @@ class AttackedModel(nn.Module):
     """The deployed model as attacks see it: precision of the run, float32 logits, and a
     straight-through clamp where the lambda policy is a clamped line (else the policy unchanged)."""
 
+    model: Any  # a Classifier, or any module mapping [0,1] images to logits (``using``/``normalize`` when it has them)
+
     def __init__(self, model: nn.Module, runtime: Runtime) -> None:
         super().__init__()
         self.model = model

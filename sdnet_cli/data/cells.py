@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -26,6 +27,12 @@ SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)  # of every corruption benchmark; 
 class Cell:
     corruption: str  # "clean" or one of ALL_CORRUPTIONS
     severity: int  # 0 for clean, else 1..5
+
+
+class CellImages(Protocol):
+    """What the evaluation loop reads cells through: ``CellSource``, or calibration's corrupted training subsets."""
+
+    def load(self, cell: Cell) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def parse_corruptions(values: Iterable[str]) -> list[str]:

@@ -21,7 +21,8 @@ from .csc import CSCLayer, Lambda, per_sample
 class LambdaPolicy(Protocol):
     """Decides the CSC lambda for a batch: a float, or a [B] tensor (one lambda per input)."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def __call__(self, model: Classifier, x_normalized: torch.Tensor) -> Lambda | None: ...
 
@@ -40,6 +41,9 @@ class CompiledInference:
 
 class Classifier(nn.Module):
     """Wraps a network that expects normalised inputs; takes float images in [0, 1], NCHW."""
+
+    mean: torch.Tensor  # buffers [1, C, 1, 1]
+    std: torch.Tensor
 
     def __init__(self, network: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()

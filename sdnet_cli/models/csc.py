@@ -105,6 +105,7 @@ class CSCLayer(nn.Module):
         self.power_iters, self.power_tol = power_iters, power_tol
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.step_size: torch.Tensor
         self.register_buffer("step_size", torch.tensor(0.0))
         self._power_vector: torch.Tensor | None = None
         self._cache_key: tuple | None = None
