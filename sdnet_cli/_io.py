@@ -179,7 +179,10 @@ def check_writable_dir(
             if blocker is not None and not blocker.is_dir():
                 raise UsageError(f"{parameter} {path} cannot be created: {blocker} is a file", parameter=parameter)
             for folder in reversed([p for p in (path, *path.parents) if not p.exists()]):
-                folder.mkdir()
+                try:
+                    folder.mkdir()
+                except FileExistsError:  # another run made it meanwhile: not ours to remove
+                    continue
                 created.append(folder)
         except OSError as exc:
             raise UsageError(f"{parameter} {path} cannot be used: {_reason(exc)}", parameter=parameter) from None
