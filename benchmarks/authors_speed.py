@@ -46,8 +46,8 @@ from bench import median_seconds, print_table
 
 from sdnet_cli import api
 from sdnet_cli.data.cifar import load_cifar10
-from sdnet_cli.evaluate import Runtime, iter_batches, predict, predict_correct
 from sdnet_cli.models import load_model
+from sdnet_cli.runtime import Runtime, iter_batches, predict, predict_correct
 
 
 def width_patches(width: int) -> list[tuple[str, str]]:

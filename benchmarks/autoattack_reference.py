@@ -35,8 +35,8 @@ from bench import print_table
 from sdnet_cli.attacks import AttackConfig, run_attack, runner
 from sdnet_cli.attacks.runner import AttackedModel
 from sdnet_cli.data.datasets import dataset_spec
-from sdnet_cli.evaluate import Runtime
 from sdnet_cli.models import load_model
+from sdnet_cli.runtime import Runtime
 
 REFERENCE_PARTS = {"apgd-ce": "apgd", "apgd-t": "apgd_targeted", "fab-t": "fab", "square": "square"}
 """Our component name -> the reference ``AutoAttack`` attribute that runs it."""

@@ -24,8 +24,8 @@ import torch  # noqa: E402
 from bench import median_seconds, print_table  # noqa: E402
 
 from sdnet_cli.data.cifar import load_cifar10  # noqa: E402
-from sdnet_cli.evaluate import Runtime, iter_batches, predict  # noqa: E402
 from sdnet_cli.models import load_model  # noqa: E402
+from sdnet_cli.runtime import Runtime, iter_batches, predict  # noqa: E402
 
 
 def forward(model: torch.nn.Module, runtime: Runtime, batch: torch.Tensor):  # type: ignore[no-untyped-def]

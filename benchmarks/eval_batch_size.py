@@ -17,8 +17,8 @@ import torch
 from bench import median_seconds, print_table
 
 from sdnet_cli.data.cifar import load_cifar10
-from sdnet_cli.evaluate import Runtime, predict_correct
 from sdnet_cli.models import load_model
+from sdnet_cli.runtime import Runtime, predict_correct
 
 
 def main() -> None:

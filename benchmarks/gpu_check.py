@@ -205,15 +205,15 @@ def stage_env(stage: Stage) -> None:
     if shutil.which("nvidia-smi"):
         stage.run(["nvidia-smi"], check=False)
     info = (
-        "import json, os, torch\n"
-        "from sdnet_cli.reports import package_versions\n"
+        "import json, os, platform, torch\n"
+        "from sdnet_cli._io import package_versions\n"
         "c = torch.cuda.is_available()\n"
         "print('facts:', json.dumps({'torch': torch.__version__, 'cuda': torch.version.cuda, 'cuda_available': c,\n"
         "  'device': torch.cuda.get_device_name(0) if c else 'cpu',\n"
         "  'capability': torch.cuda.get_device_capability(0) if c else None,\n"
         "  'bf16': torch.cuda.is_bf16_supported() if c else None, 'cudnn': torch.backends.cudnn.version(),\n"
         "  'nccl': '.'.join(map(str, torch.cuda.nccl.version())) if c else None,\n"
-        "  'cpus': os.cpu_count(), 'versions': package_versions()}))\n"
+        "  'cpus': os.cpu_count(), 'versions': {'python': platform.python_version(), **package_versions()}}))\n"
     )
     stage.run(python("-c", info))
     found = re.findall(r"^facts: (.*)$", stage.output(), flags=re.M)

@@ -20,9 +20,9 @@ import argparse
 import torch
 from bench import median_seconds, print_table
 
-from sdnet_cli.evaluate import Runtime
 from sdnet_cli.lam import FixedLambda, NoiseLevelLambda, ReconErrorLambda
 from sdnet_cli.models import LambdaPolicy, create_model
+from sdnet_cli.runtime import Runtime
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
         with model.using(policy):
             model(batch)
 
-    with torch.no_grad(), runtime.autocast():  # as evaluation runs (``evaluate.predict``)
+    with torch.no_grad(), runtime.autocast():  # as evaluation runs (``runtime.predict``)
         works = {name: (lambda policy=policy: forward(policy)) for name, policy in policies.items()}
         speeds = {name: args.batch_size / t for name, t in median_seconds(works, args.rounds, runtime.device).items()}
     rows = [

@@ -19,9 +19,9 @@ import torch
 from bench import median_seconds, print_table
 
 from sdnet_cli.attacks import AttackedModel, registry
-from sdnet_cli.evaluate import Runtime
 from sdnet_cli.lam import FixedLambda, ReconErrorLambda
 from sdnet_cli.models import create_model
+from sdnet_cli.runtime import Runtime
 
 
 def main() -> None:

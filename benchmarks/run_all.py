@@ -21,7 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sdnet_cli.reports import atomic_write_text
+from sdnet_cli._io import atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

@@ -25,8 +25,8 @@ from bench import print_table
 from throughput import images_per_second
 
 from sdnet_cli.data.cells import Cell, CellSource
-from sdnet_cli.evaluate import Runtime, iter_batches
 from sdnet_cli.models import create_model, load_model
+from sdnet_cli.runtime import Runtime, iter_batches
 
 
 def with_bf16_stem(model: torch.nn.Module) -> torch.nn.Module:

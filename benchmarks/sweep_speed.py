@@ -23,9 +23,9 @@ import torch
 from bench import print_table
 
 from sdnet_cli.data.cells import Cell, CellSource
-from sdnet_cli.evaluate import Runtime, predict_correct
 from sdnet_cli.lam import FixedLambda, lambda_grid
 from sdnet_cli.models import load_model
+from sdnet_cli.runtime import Runtime, predict_correct
 from sdnet_cli.sweep import sweep_cells
 
 ORACLE_SWEEP = 27 * 21 * 10_000

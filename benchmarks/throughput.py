@@ -23,8 +23,8 @@ import torch
 from bench import median_seconds, print_table
 
 from sdnet_cli.data.cifar import load_cifar10
-from sdnet_cli.evaluate import Runtime, count_correct
 from sdnet_cli.models import create_model, load_model
+from sdnet_cli.runtime import Runtime, count_correct
 
 
 def images_per_second(

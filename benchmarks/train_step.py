@@ -16,8 +16,8 @@ import argparse
 import torch
 from bench import median_seconds, print_table
 
-from sdnet_cli.evaluate import Runtime
 from sdnet_cli.models import create_model
+from sdnet_cli.runtime import Runtime
 from sdnet_cli.train import TrainConfig, make_optimizer, train_step
 
 

@@ -17,9 +17,11 @@ from typing import Any
 from .attacks import AttackConfig, run_attack
 from .data.cells import Cell, CellSource
 from .errors import UsageError
-from .evaluate import Runtime, evaluate_cells
+from .evaluate import evaluate_cells
 from .lam import lambda_label, resolve_policy
 from .models import load_model
+from .rows import CLEAN, MEAN
+from .runtime import Runtime
 from .schemas import EXAMPLES_MAX, STEPS_MAX, check_count, check_severity, check_tolerance
 
 
@@ -129,7 +131,7 @@ def run_suite(
     config = suite.attack_config()
     source = CellSource(data_dir, None, cache_dir, seed=suite.seed, n_examples=suite.n_examples, dataset=suite.dataset)
     source.prepare(sorted({c for c, _ in suite.cells}))
-    cells = [Cell("clean", 0)] + [Cell(c, s) for c, s in suite.cells]
+    cells = [Cell(CLEAN, 0)] + [Cell(c, s) for c, s in suite.cells]
     rows: list[dict[str, Any]] = []
     for spec in suite.models:
         checkpoint = Path(spec.checkpoint) if spec.checkpoint else None
@@ -140,13 +142,13 @@ def run_suite(
             found = [
                 r
                 for r in evaluate_cells(classifier, cells, source, runtime, base, progress=progress)
-                if r["corruption"] != "mean"
+                if r["corruption"] != MEAN
             ]
             metrics = [
-                ("clean" if r["severity"] == 0 else f"{r['corruption']}-{r['severity']}", r["n"], r["accuracy"])
+                (CLEAN if r["severity"] == 0 else f"{r['corruption']}-{r['severity']}", r["n"], r["accuracy"])
                 for r in found
             ]
-            images, labels = source.load(Cell("clean", 0))
+            images, labels = source.load(Cell(CLEAN, 0))
             attacked = run_attack(
                 classifier, images, labels, config, seed=suite.seed, runtime=runtime, progress=progress
             )

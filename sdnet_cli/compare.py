@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from .data.cells import CLEAN
 from .data.corruptions import BENCHMARK_CORRUPTIONS
 from .errors import UsageError
-from .reports import base_meta, markdown_table, save_panel_grid, write_report
+from .plots import save_panel_grid
+from .report import base_meta, markdown_table, write_report
+from .rows import ALL, CLEAN, MEAN
 
 MEAN_15 = f"mean ({len(BENCHMARK_CORRUPTIONS)} corruptions)"
 EVAL_KEY = ("corruption", "severity", "n")
@@ -96,7 +97,7 @@ def _measured(source: Source) -> list[tuple[tuple, float]]:
     (eps 0) on each of its rows."""
     if source.kind == "eval":
         return [
-            ((r["corruption"], r["severity"], r["n"]), r["accuracy"]) for r in source.rows if r["corruption"] != "mean"
+            ((r["corruption"], r["severity"], r["n"]), r["accuracy"]) for r in source.rows if r["corruption"] != MEAN
         ]
     measured = []
     for r in source.rows:
@@ -141,11 +142,11 @@ def _with_means(cells: dict[tuple, float]) -> dict[tuple, float]:
             by_corruption.setdefault((corruption, n), []).append(accuracy)
     for (corruption, n), values in by_corruption.items():
         if len(values) > 1:
-            out[(corruption, "mean", n)] = sum(values) / len(values)
+            out[(corruption, MEAN, n)] = sum(values) / len(values)
     for n in {n for (_, _, n) in cells}:
         if {c for (c, _, m) in cells if m == n} >= set(BENCHMARK_CORRUPTIONS):
             benchmark = [v for (c, _, m), v in cells.items() if m == n and c in BENCHMARK_CORRUPTIONS]
-            out[(MEAN_15, "all", n)] = sum(benchmark) / len(benchmark)
+            out[(MEAN_15, ALL, n)] = sum(benchmark) / len(benchmark)
     return out
 
 
@@ -281,7 +282,9 @@ def _curves(rows: Sequence[dict[str, Any]], labels: Sequence[str], kind: str) ->
                 line.append((x, row[label]))
     return {
         n: {
-            panel: [(label, *map(list, zip(*sorted(line)))) for label, line in lines.items()]
+            panel: [
+                (label, [x for x, _ in sorted(line)], [y for _, y in sorted(line)]) for label, line in lines.items()
+            ]
             for panel, lines in panels.items()
         }
         for n, panels in points.items()
@@ -323,4 +326,5 @@ def compare_reports(
     described = describe_sources(loaded)
     meta = base_meta("compare", seed=0, value=value, sources=described, plots=[path.name for _, path in plots])
     markdown = render(title, rows, value, described, note, plots)
-    return write_report(rows, meta, Path(out_dir), name, markdown=markdown) + [path for _, path in plots]
+    written = [path for _, path in plots]
+    return write_report(rows, meta, Path(out_dir), name, markdown=markdown, written=written) + written

@@ -15,7 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .data.cifar_c import SEVERITIES
+from .data.cells import SEVERITIES
+from .rows import CLEAN
 
 
 def percent(count: float, n: int) -> float:
@@ -35,7 +36,7 @@ def corruption_errors(
     if not baseline:
         return None
     error = {(r["corruption"], r["severity"]): 1.0 - r["correct"] / r["n"] for r in rows if r["n"]}
-    clean = error.get(("clean", 0))
+    clean = error.get((CLEAN, 0))
     included = [c for c in baseline if all((c, s) in error for s in SEVERITIES)]
     if not included:
         return None

@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._io import atomic_path
 from .data.cifar_c import SEVERITIES
 from .data.corruptions import BENCHMARK_CORRUPTIONS
 from .errors import UsageError
-from .reports import atomic_path
 
 DATASETS = ("cifar10", "cifar100")  # RobustBench's corruptions leaderboards of 32x32 images
 

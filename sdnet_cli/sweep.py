@@ -21,19 +21,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data.cells import CLEAN, Cell, expand_cells
+from .data.cells import Cell, expand_cells
 from .data.corruptions import ALL_CORRUPTIONS, corrupt
 from .errors import UsageError
-from .evaluate import (
-    Counts,
-    Runtime,
-    cell_row,
-    evaluate_cells,
-    iter_batches,
-    lambda_columns,
-    mean_row,
-    predict,
-)
+from .evaluate import cell_row, evaluate_cells, lambda_columns, mean_row
 from .lam import (
     AUTO,
     FEATURES,
@@ -49,8 +40,10 @@ from .lam import (
     recommend,
 )
 from .models.classifier import Classifier, LambdaPolicy
-from .models.csc import CSCLayer
-from .reports import save_line_plot, save_points_plot
+from .models.csc import CSCLayer, require_csc
+from .plots import save_figure, save_line_plot, save_points_plot
+from .rows import CLEAN, HELD_OUT, IN_CALIBRATION, MEAN, REFERENCE, WORST
+from .runtime import Counts, Runtime, iter_batches, predict
 
 
 class ImageSource(Protocol):
@@ -80,11 +73,9 @@ class CorruptedTrainSet:
 
 
 def _stem(model: Classifier) -> CSCLayer:
+    require_csc(model, "it has no lambda to sweep", parameter="model")
     stem = model.stem_csc
-    if stem is None:
-        raise UsageError(
-            "this model has no CSC layers, so it has no lambda to sweep (use an SDNet model)", parameter="model"
-        )
+    assert stem is not None
     return stem
 
 
@@ -327,7 +318,7 @@ def compare_rules(
                 source,
                 runtime,
                 {**row_base, "lam": lambda_label(model)},
-                batch_size,  # type: ignore[arg-type]
+                batch_size,
                 progress,
             )
         rows += [{**r, "uses_labels": False} for r in found]
@@ -343,13 +334,13 @@ def rule_summary(rows: Sequence[dict], reference: float | str) -> list[dict]:
     base = by_lam[reference]
     table = []
     for lam, found in by_lam.items():
-        corrupted = found.get("mean")
+        corrupted = found.get(MEAN)
         entry = {"lam": lam, "uses_labels": bool(next(iter(found.values())).get("uses_labels", False))}
         if corrupted is not None:
             entry.update(
                 {
                     "corrupted_mean": corrupted["accuracy"],
-                    "gain": round(corrupted["accuracy"] - base["mean"]["accuracy"], 4),
+                    "gain": round(corrupted["accuracy"] - base[MEAN]["accuracy"], 4),
                 }
             )
         if CLEAN in found:
@@ -365,7 +356,6 @@ def rule_summary(rows: Sequence[dict], reference: float | str) -> list[dict]:
 
 
 # -- generalisation to corruptions the calibration never saw ------------------------------------------
-HELD_OUT, IN_CALIBRATION, REFERENCE = "held-out", "in-calibration", "reference"
 
 
 def hold_out(
@@ -386,7 +376,7 @@ def hold_out(
     that corruption's groups (``held-out``: ``Calibration.without``). Rows carry ``held_out`` and ``variant``."""
     rows = []
     for corruption in held_out:
-        variants = {
+        variants: dict[str, LambdaPolicy] = {
             REFERENCE: FixedLambda(reference_lam),
             IN_CALIBRATION: full.policy(rule),
             HELD_OUT: full.without([corruption]).policy(rule),
@@ -399,7 +389,7 @@ def hold_out(
                     cells,
                     source,
                     runtime,
-                    {**row_base, "lam": lambda_label(model)},  # type: ignore[arg-type]
+                    {**row_base, "lam": lambda_label(model)},
                     batch_size,
                     progress,
                 )
@@ -411,7 +401,7 @@ def hold_out_summary(rows: Sequence[dict]) -> list[dict]:
     """One row per held-out corruption: mean accuracy over its severities at the reference lambda, the
     rule's gain over it with the corruption in the calibration and held out, and the share of the gain
     kept (held-out gain / in-calibration gain; undefined when the in-calibration gain is not positive)."""
-    means = {(r["held_out"], r["variant"]): r for r in rows if r["corruption"] == "mean"}
+    means = {(r["held_out"], r["variant"]): r for r in rows if r["corruption"] == MEAN}
     table = []
     for corruption in dict.fromkeys(r["held_out"] for r in rows):
         reference, inside, outside = (means[(corruption, v)] for v in (REFERENCE, IN_CALIBRATION, HELD_OUT))
@@ -496,11 +486,9 @@ def save_attack_sweep_plot(rows: Sequence[dict], model: str, path: Path) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .reports import atomic_path
-
     def final(rows_of: Sequence[dict]) -> list[dict]:  # AutoAttack: the worst case over its components
         names = {r["attack"] for r in rows_of}
-        return [r for r in rows_of if r["attack"] == "worst" or "worst" not in names]
+        return [r for r in rows_of if r["attack"] == WORST or WORST not in names]
 
     ours = final([r for r in rows if r["model"] == model])
     frame = pd.DataFrame(ours).sort_values("lam")
@@ -531,15 +519,11 @@ def save_attack_sweep_plot(rows: Sequence[dict], model: str, path: Path) -> Path
             )
     ax.set_xlabel("test-time lambda")
     ax.set_ylabel("accuracy (%)")
-    attack = "autoattack" if ours[0]["attack"] == "worst" else ours[0]["attack"]
+    attack = "autoattack" if ours[0]["attack"] == WORST else ours[0]["attack"]
     ax.set_title(f"{model}: accuracy under {attack} vs lambda ({ours[0]['n']} images)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=7)
-    fig.tight_layout()
-    with atomic_path(Path(path)) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return save_figure(fig, Path(path))
 
 
 def render_attack_sweep(
@@ -547,7 +531,7 @@ def render_attack_sweep(
 ) -> str:
     """The attack sweep's Markdown: the rows, the plot and, per lambda, the gradient-masking warnings
     (or that there were none)."""
-    from .reports import render_markdown
+    from .report import render_markdown
 
     lines = [
         render_markdown(title, rows, meta),
@@ -576,7 +560,7 @@ def wide_accuracy(rows: Sequence[dict]) -> list[dict]:
 
 def render_rules(title: str, rows: Sequence[dict], summary: Sequence[dict], meta: dict[str, Any]) -> str:
     """The rule comparison's Markdown: each method's gain first, then accuracy per cell, then every row."""
-    from .reports import markdown_table, render_markdown
+    from .report import markdown_table, render_markdown
 
     gains = (
         f"Gain and clean change: accuracy points against `{rows[0]['lam']}`; corrupted_mean: mean over the "
@@ -604,7 +588,7 @@ def render_hold_out(
     title: str, rows: Sequence[dict], summary: Sequence[dict], meta: dict[str, Any], severities: Sequence[int]
 ) -> str:
     """The hold-out's Markdown: one row per held-out corruption, what the columns mean, then every row."""
-    from .reports import markdown_table, render_markdown
+    from .report import markdown_table, render_markdown
 
     note = (
         f"Per held-out corruption: mean test accuracy over severities {', '.join(map(str, severities))} at "

@@ -20,11 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._io import atomic_path
 from .errors import UsageError
-from .evaluate import Runtime, count_correct
 from .metrics import percent
 from .models.classifier import Classifier
-from .reports import atomic_path
+from .runtime import Runtime, count_correct
 from .schemas import (
     BATCH_MAX,
     EPOCHS_MAX,

@@ -15,9 +15,10 @@ from torch import nn
 from sdnet_cli.adapt import BatchNormAdaptation, Tent, make_adaptation, mean_entropy
 from sdnet_cli.data.cells import Cell
 from sdnet_cli.errors import UsageError
-from sdnet_cli.evaluate import Runtime, evaluate_cells
+from sdnet_cli.evaluate import evaluate_cells
 from sdnet_cli.lam import FixedLambda
 from sdnet_cli.models import Classifier, create_model
+from sdnet_cli.runtime import Runtime
 
 CPU = Runtime.create("cpu")
 

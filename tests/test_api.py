@@ -16,8 +16,8 @@ from torch import nn
 from sdnet_cli import api
 from sdnet_cli.attacks import AttackConfig, run_attack
 from sdnet_cli.errors import UsageError
-from sdnet_cli.evaluate import Runtime, predict_correct
-from sdnet_cli.reports import Report
+from sdnet_cli.report import Report
+from sdnet_cli.runtime import Runtime, predict_correct
 
 CPU = Runtime.create("cpu")
 
@@ -101,6 +101,7 @@ def test_evaluate_refuses_bad_input_before_any_work(kwargs: dict, parameter: str
         assert "unknown dataset 'mnist'" in str(caught.value)
 
 
+@pytest.mark.slow
 def test_cli_help_and_version_import_no_torch() -> None:
     code = (
         "import sys\nfrom typer.testing import CliRunner\nfrom sdnet_cli.cli import app\n"
@@ -126,8 +127,9 @@ def test_version_matches_the_package_metadata() -> None:
 
 def test_non_finite_logits_stop_the_run_naming_the_cell(cifar_test_images) -> None:  # type: ignore[no-untyped-def]
     from sdnet_cli.data.cells import Cell
-    from sdnet_cli.evaluate import NonFiniteOutput, evaluate_cells
+    from sdnet_cli.evaluate import evaluate_cells
     from sdnet_cli.models import create_model
+    from sdnet_cli.runtime import NonFiniteOutput
 
     images, labels = cifar_test_images
 

@@ -35,10 +35,10 @@ from sdnet_cli.attacks import (
 from sdnet_cli.cli import app
 from sdnet_cli.data.cifar import load_cifar10
 from sdnet_cli.errors import UsageError
-from sdnet_cli.evaluate import Runtime, count_correct, predict
 from sdnet_cli.lam import FEATURES, Calibration, NoiseLevelLambda, ReconErrorLambda
 from sdnet_cli.models import Classifier, create_model, load_model
 from sdnet_cli.models.checkpoints import sha256_of
+from sdnet_cli.runtime import Runtime, count_correct, predict
 from sdnet_cli.train import TrainConfig, train
 
 CPU = Runtime.create("cpu", "fp32")
@@ -334,6 +334,7 @@ def test_l2_examples_stay_in_the_threat_set(trained: Classifier, first128: Pair,
     assert result.diagnostics.max_excess < 1e-4
 
 
+@pytest.mark.slow
 def test_worst_case_is_never_above_any_single_attack(trained: Classifier, first128: Pair) -> None:
     images, labels = first128[0][:64], first128[1][:64]
     auto = run_attack(
@@ -402,6 +403,7 @@ def test_autoattack_rand_version_uses_eot() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_autoattack_rand_runs_on_a_randomised_model(cifar_test: Pair) -> None:
     """A model whose forward adds noise, labelled with its own noiseless predictions so every point
     starts correct: the rand version attacks it with EOT, and the seed makes the run repeat exactly."""
@@ -534,6 +536,7 @@ def test_diagnostics_stay_quiet_on_normal_models() -> None:
     assert found.warnings() == [] and found.output_difference == 0.0 and found.zero_gradient_fraction == 0.0
 
 
+@pytest.mark.slow
 def test_square_beating_the_white_box_attacks_is_flagged(cifar_test: Pair) -> None:
     """On a zero-gradient model the white-box attacks cannot move; Square (black-box) still can."""
     images, labels = cifar_test[0][:48], cifar_test[1][:48]
@@ -736,6 +739,7 @@ def test_cli_attack_end_to_end(tiny_checkpoint: Path, data_dir: Path, tmp_path: 
     assert list(saved["eps_text"]) == ["0", "0.01", "8/255"] and saved["robust"].shape == (3, 16)
 
 
+@pytest.mark.slow
 def test_cli_autoattack_against_auto_lambda(
     short_defaults: None, tiny_checkpoint: Path, data_dir: Path, tmp_path: Path, cifar_test: Pair
 ) -> None:

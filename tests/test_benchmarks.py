@@ -13,6 +13,7 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("script", "args", "title"),
     [
@@ -55,6 +56,7 @@ def test_benchmark_prints_its_table(script: str, args: list[str], title: str, da
     assert f"### {title}" in result.stdout and "|---" in result.stdout.replace(":", "-")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("script", "flag"), [("authors_speed.py", "--authors-src"), ("autoattack_reference.py", "--reference-src")]
 )
@@ -71,6 +73,7 @@ def test_side_by_side_without_the_other_code_says_what_to_pass(script: str, flag
     assert flag in result.stdout and len(result.stdout.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_gpu_check_smoke_mode_passes_every_stage_on_cpu(data_dir: Path, tmp_path: Path) -> None:
     """The GPU check at tiny sizes on CPU (gloo for torchrun): every stage passes, the evaluation covers
     19 corruptions x 5 severities plus clean, and the one-process torchrun rows equal the plain run's."""

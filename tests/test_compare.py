@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from sdnet_cli.cli import app
 from sdnet_cli.compare import MEAN_15, CompareError, compare, compare_reports, load_source
 from sdnet_cli.data.corruptions import BENCHMARK_CORRUPTIONS
-from sdnet_cli.reports import write_report
+from sdnet_cli.report import write_report
 
 
 def eval_report(tmp: Path, name: str, cells: dict[tuple[str, int], float], n: int) -> Path:

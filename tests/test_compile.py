@@ -18,11 +18,11 @@ from torch import nn
 from torch._dynamo.utils import counters
 
 from sdnet_cli.errors import UsageError
-from sdnet_cli.evaluate import Runtime
 from sdnet_cli.lam import FixedLambda
 from sdnet_cli.models import create_model
 from sdnet_cli.models.classifier import Classifier
 from sdnet_cli.models.csc import CSCLayer, DictConv
+from sdnet_cli.runtime import Runtime
 
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 

@@ -73,6 +73,7 @@ def release(tmp_path_factory: pytest.TempPathFactory, cifar_test: tuple[np.ndarr
     return root
 
 
+@pytest.mark.slow
 def test_torchrun_eval_equals_a_single_process(data_dir: Path, release: Path, tmp_path: Path) -> None:
     # 70 images in batches of 16: rank 0 gets 2 batches (32 images), rank 1 gets 3 (38)
     args = [
@@ -109,6 +110,7 @@ def test_torchrun_eval_equals_a_single_process(data_dir: Path, release: Path, tm
     assert shared.stdout.count("wrote ") == 3 and shared.stdout.count("on cifar10") == 1  # rank 0 alone
 
 
+@pytest.mark.slow
 def test_torchrun_attack_equals_a_single_process_sample_by_sample(data_dir: Path, tmp_path: Path) -> None:
     # 24 images in pools of 2 batches of 4: rank 0 attacks pool 0, rank 1 pools 1 and 2, each with its own seed
     args = [

@@ -15,10 +15,11 @@ import sdnet_cli.lam.calibration as calibration_module
 import sdnet_cli.sweep as sweep
 from sdnet_cli import api
 from sdnet_cli.data.cells import Cell, CellSource
-from sdnet_cli.evaluate import Runtime, evaluate_cells
+from sdnet_cli.evaluate import evaluate_cells
 from sdnet_cli.lam import Calibration, FixedLambda, NoiseLevelLambda, ReconErrorLambda
 from sdnet_cli.models import create_model
 from sdnet_cli.models.checkpoints import sha256_of
+from sdnet_cli.runtime import Runtime
 
 CPU = Runtime.create("cpu")
 CELLS = [Cell("clean", 0), Cell("gaussian_noise", 5), Cell("contrast", 5)]

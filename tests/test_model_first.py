@@ -168,8 +168,8 @@ def test_attack_vs_lambda_help_names_its_own_defaults() -> None:
 
 def test_train_resume_with_changed_settings_is_a_usage_error(data_dir: Path, tmp_path: Path) -> None:
     from sdnet_cli.data.cifar import load_cifar10
-    from sdnet_cli.evaluate import Runtime
     from sdnet_cli.models import create_model
+    from sdnet_cli.runtime import Runtime
     from sdnet_cli.train import TrainConfig, train
 
     out = tmp_path / "r.safetensors"

@@ -21,7 +21,6 @@ from sdnet_cli.cli import app
 from sdnet_cli.compare import Source, compare
 from sdnet_cli.data.cells import Cell, CellSource
 from sdnet_cli.errors import UsageError
-from sdnet_cli.evaluate import Runtime
 from sdnet_cli.lam import (
     RULES,
     Calibration,
@@ -34,6 +33,7 @@ from sdnet_cli.lam import (
 )
 from sdnet_cli.models import create_model, load_model, save_checkpoint
 from sdnet_cli.models.csc import normalize_atoms
+from sdnet_cli.runtime import Runtime
 from sdnet_cli.sweep import calibrate, cell_points, save_sweep_plots, sweep_lambda
 
 runner = CliRunner()

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from sdnet_cli.data.cifar import load_cifar10
-from sdnet_cli.evaluate import Runtime, count_correct
 from sdnet_cli.models import create_model, load_model
 from sdnet_cli.models.checkpoints import sha256_of
 from sdnet_cli.models.weights import read_manifest, resolve_weights_dir
+from sdnet_cli.runtime import Runtime, count_correct
 from sdnet_cli.train import TrainConfig, augment, clean_accuracies, train
 
 CPU = Runtime.create("cpu", "fp32")

@@ -124,6 +124,7 @@ def _can_build_wheels() -> bool:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not _can_build_wheels(), reason="needs pip and setuptools (>= 70.1, or the wheel package) to build a wheel"
 )

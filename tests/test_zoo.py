@@ -15,9 +15,10 @@ from torch import nn
 
 from sdnet_cli.data.cells import Cell, CellSource
 from sdnet_cli.errors import UsageError
-from sdnet_cli.evaluate import Runtime, evaluate_cells
+from sdnet_cli.evaluate import evaluate_cells
 from sdnet_cli.models import load_model
 from sdnet_cli.models.zoo import import_robustbench, is_zoo_spec, load_zoo_model, state_dict_sha256
+from sdnet_cli.runtime import Runtime
 
 N = 50
 NAME = "Hendrycks2020AugMix_WRN"  # WRN-40-2 of the corruptions leaderboard: small, normalises inside

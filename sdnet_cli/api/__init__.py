@@ -15,7 +15,7 @@ parses options, calls these functions and prints.
 """
 
 from ..errors import UsageError
-from ..reports import Report
+from ..report import Report
 from ._session import LoadedModel, ModelArg, Progress, Silent
 from .adversarial import attack, attack_vs_lambda
 from .corruptions import evaluate_corruptions, generate_corruptions

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from ..errors import UsageError
-from ..reports import base_meta
+from ..report import base_meta
 
 if TYPE_CHECKING:
     from torch import nn
 
     from ..data.cells import CellSource
-    from ..evaluate import Runtime
     from ..models import Classifier, ModelInfo
+    from ..runtime import Runtime
 
 
 class Progress(Protocol):
@@ -275,7 +275,7 @@ class Session:
         """Check the numbers, refuse torchrun unless the job splits its work (``distributed``), create the
         runtime (``batch_size`` defaults to ``default_batch_size``, else the runtime's), load and prepare the model."""
         from .. import distributed as dist
-        from ..evaluate import Runtime
+        from ..runtime import Runtime
 
         at_least_one(n_examples, "n_examples")
         at_least_one(batch_size, "batch_size")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Interrupted, UsageError
-from ..reports import Report, check_stem
+from ..report import Report, check_stem
 from ._session import ModelArg, Progress, Session, at_least_one, shared
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import UsageError
-from ..reports import Report
+from ..report import Report
 from ._session import ModelArg, Progress, Session, Silent, at_least_one, check_seed, shared, single_process, strings
 
 

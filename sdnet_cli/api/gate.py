@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..reports import Report, base_meta, check_stem
+from ..report import Report, base_meta, check_stem
 from ._session import Progress, Silent, single_process
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ def check(
     written over ``baseline``. The suite comes from ``suite``, else the baseline's own, else the default.
     """
     from ..check import compare_with_baseline, read_baseline, run_suite, verdict
-    from ..evaluate import Runtime
+    from ..runtime import Runtime
     from ..schemas import check_tolerance
 
     single_process("check")

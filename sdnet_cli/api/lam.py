@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..reports import Report
+from ..report import Report
 from ._session import ModelArg, Progress, Session, shared, strings
 
 if TYPE_CHECKING:

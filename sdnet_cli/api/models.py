@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..reports import Report, base_meta
+from ..report import Report, base_meta
 from ._session import LoadedModel, ModelArg, Progress, Silent, at_least_one, check_seed, resolve_model, single_process
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def train(
     ``<out>.resume.pt``, written after every epoch (settings that differ from the interrupted run's are a
     usage error). ``half`` stores fp16 weights; the manifest's accuracy is then measured with the stored weights.
     """
-    from ..evaluate import Runtime
+    from ..runtime import Runtime
     from ..train import TrainConfig
 
     out = _check_train(model, out, dataset, seed, epochs=epochs, width=width, batch_size=batch_size, n_train=n_train, n_test=n_test)  # fmt: skip
@@ -215,7 +215,7 @@ def _curve(rows: Sequence[dict[str, Any]], cfg: TrainConfig) -> Callable[[Path, 
     def curve(out_dir: Path, stem: str) -> list[Path]:
         import pandas as pd
 
-        from ..reports import save_line_plot
+        from ..plots import save_line_plot
 
         title = f"{cfg.model} width {cfg.width} on {cfg.dataset}"
         frame = pd.DataFrame(list(rows))

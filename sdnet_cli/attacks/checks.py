@@ -78,7 +78,7 @@ def forward_calls_autograd(model: nn.Module, x: torch.Tensor) -> bool:
     """Does one forward (under no_grad, as at evaluation) call torch.autograd.grad/backward, or fail without gradients?"""
     calls: list[str] = []
 
-    def tracer(frame, event, arg):  # type: ignore[no-untyped-def]
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
         code = frame.f_code
         if (
             event == "call"

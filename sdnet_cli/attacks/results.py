@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_path
 from ..errors import UsageError
 from ..metrics import percent
-from ..reports import atomic_path
+from ..rows import WORST
 from .checks import Diagnostics
 from .config import Eps
 from .registry import AUTOATTACK
@@ -64,7 +65,7 @@ class AttackResults:
         for e in range(len(self.eps)):
             if self.attack == AUTOATTACK:
                 rows += [row(name, e, self.robust(e, k), self.seconds[e, k]) for k, name in enumerate(self.components)]
-                rows.append(row("worst", e, self.robust(e), self.seconds[e].sum()))
+                rows.append(row(WORST, e, self.robust(e), self.seconds[e].sum()))
             else:
                 rows.append(row(self.attack, e, self.robust(e), self.seconds[e].sum()))
         return rows

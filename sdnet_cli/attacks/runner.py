@@ -2,7 +2,7 @@
 
 Attacks work on [0,1] images and differentiate ``AttackedModel``: the deployed model itself
 (normalisation, lambda policy, network), in eval mode, fp32 unless bf16 is asked for. Whether an
-adversarial example fools the model is decided once, by ``evaluate.predict`` on that very
+adversarial example fools the model is decided once, by ``runtime.predict`` on that very
 example; that flag is what the report counts.
 """
 
@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..evaluate import Runtime, predict, predict_correct
 from ..lam import FixedLambda
 from ..metrics import percent
+from ..runtime import Runtime, predict, predict_correct
 from ..schemas import BATCH_MAX, POOL_BATCHES_MAX, check_count
 from . import registry
 from .checks import DIAGNOSTIC_IMAGES, diagnose
@@ -70,6 +70,8 @@ class _PlainGradient(torch.autograd.Function):
 class AttackedModel(nn.Module):
     """The deployed model as attacks see it: precision of the run, float32 logits, and a
     straight-through clamp where the lambda policy is a clamped line (else the policy unchanged)."""
+
+    model: Any  # a Classifier, or any module mapping [0,1] images to logits (``using``/``normalize`` when it has them)
 
     def __init__(self, model: nn.Module, runtime: Runtime) -> None:
         super().__init__()

@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from .._io import atomic_path, atomic_write_text
 from ..errors import UsageError
-from ..reports import atomic_path, atomic_write_text
 from ..schemas import AttackState, load
 
 

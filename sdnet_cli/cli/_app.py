@@ -21,7 +21,7 @@ from ..errors import Interrupted, UsageError
 from .options import LEADING, SHARED
 
 if TYPE_CHECKING:
-    from ..reports import Report
+    from ..report import Report
 
 app = typer.Typer(
     name="sdnet",
@@ -149,12 +149,10 @@ def call(function: Callable[..., Any], options: dict[str, Any], **extra: Any) ->
 
 
 def preflight(out_dir: Path, name: str | None = None, parameter: str = "out_dir") -> None:
-    """Refuse, before any work, an output folder we cannot write or a report name that is not a plain stem."""
-    from ..reports import check_stem, check_writable_dir
+    """Refuse, before any work, an output folder we cannot write or a report name that cannot be written there."""
+    from ..report import check_report_target
 
-    check_writable_dir(out_dir, parameter)
-    if name is not None:
-        check_stem(name)
+    check_report_target(out_dir, name, parameter)
 
 
 def print_rows(title: str, rows: list[dict], columns: list[str]) -> None:

@@ -215,7 +215,9 @@ def attack_command(
 
     preflight(common["out_dir"], common["name"])
     if save_adversarials is not None:
-        preflight(save_adversarials.parent, parameter="save_adversarials")
+        from .._io import check_writable_dir
+
+        check_writable_dir(save_adversarials.parent, "save_adversarials", [save_adversarials.name])
     report = call(api.attack, locals(), state_dir=common["out_dir"])
     if not main_process():
         return

@@ -11,22 +11,29 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
+from .._io import check_writable_dir
 from ..errors import UsageError
+from ..rows import CLEAN
 from ..schemas import EXAMPLES_MAX, WORKERS_MAX, check_count
-from .cifar_c import SEVERITIES
 from .corruptions import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
-from .datasets import dataset_spec
 
-CLEAN = "clean"
+SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)  # of every corruption benchmark; a clean cell has severity 0
 
 
 @dataclass(frozen=True)
 class Cell:
     corruption: str  # "clean" or one of ALL_CORRUPTIONS
     severity: int  # 0 for clean, else 1..5
+
+
+class CellImages(Protocol):
+    """What the evaluation loop reads cells through: ``CellSource``, or calibration's corrupted training subsets."""
+
+    def load(self, cell: Cell) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 def parse_corruptions(values: Iterable[str]) -> list[str]:
@@ -93,6 +100,8 @@ class CellSource:
         workers: int | None = None,
         dataset: str = "cifar10",
     ) -> None:
+        from .datasets import dataset_spec  # here, not above: the stores that datasets imports use SEVERITIES
+
         if n_examples is not None:
             check_count(n_examples, "n_examples", EXAMPLES_MAX)
         if workers is not None:
@@ -122,10 +131,8 @@ class CellSource:
             store.validate(self.c_dir, needed, self.images, self.labels, self.n)
         else:
             store.validate_cache(self.cache_dir, needed, self.images, self.labels, self.n, self.seed)
-            if self.missing_images(needed):  # generation will write into the cache
-                from ..reports import check_writable_dir
-
-                check_writable_dir(self.cache_dir, "cache_dir")
+            if self.missing_images(needed):  # generation will write into the cache: probe with its longest name
+                check_writable_dir(self.cache_dir, "cache_dir", [f"{c}.npy" for c in needed])
 
     def prepare(self, corruptions: Sequence[str], progress: Callable[[int], None] | None = None) -> None:
         """Check the files (``validate``), then generate (once, cached) what an official folder would provide."""

@@ -10,15 +10,14 @@ so results on it are never mistaken for results on the official release.
 Generation is deterministic for a seed whatever the number of workers: every block
 of ``CHUNK`` images of a (corruption, severity) has its own Generator seeded from
 ``SeedSequence([seed, corruption index in ALL_CORRUPTIONS, severity, chunk index])``.
-Files appear under their final names only when complete (temp file + os.replace); temp files
-of writers that were killed are swept by the next run, and pool workers exit with their parent.
+Files appear under their final names only when complete (``_io``'s temp file + rename); temp
+files of writers that were killed are swept by the next run, and pool workers exit with their parent.
 Every file is checked (``validate_release``) before a run reads it, never unpickled.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import importlib.metadata
 import json
 import math
 import multiprocessing
@@ -36,10 +35,11 @@ import numpy as np
 
 from sdnet_cli.data.corruptions import ALL_CORRUPTIONS, CIFAR_STRENGTHS, corrupt
 
+from .._io import atomic_path, package_versions, sweep_stale_temps, temp_path
 from ..errors import UsageError
 from ..schemas import WORKERS_MAX, check_count
+from .cells import SEVERITIES
 
-SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 CHUNK = 1000
 LABELS_FILE = "labels.npy"
 METADATA_FILE = "metadata.json"
@@ -256,73 +256,21 @@ def describe_source(root: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- writing
 
 
-def _temp_path(path: Path) -> Path:
-    """``.<name>.<pid>.tmp`` beside ``path``: the pid tells ``sweep_stale_temps`` whether its writer still runs."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill would end the process: keep its files
-        return True
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        return True
-    return True
-
-
-def sweep_stale_temps(folder: Path) -> list[Path]:
-    """Delete the temp files (``.<name>.<pid>.tmp``) that killed writers left in ``folder``; returns them.
-
-    A writer ended by SIGKILL (or a power cut) cannot clean up; a file whose pid no longer runs on
-    this machine is such a leftover, while files of live writers are kept.
-    """
-    swept = []
-    for tmp in Path(folder).glob(".*.tmp"):
-        pid = tmp.name.rsplit(".", 2)[-2]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            swept.append(tmp)
-    return swept
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary name in the same folder, then rename into place."""
-    tmp = _temp_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_json(path: Path, content: dict[str, Any]) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(content, f, indent=2)
             f.write("\n")
 
-    _atomic_write(path, write)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
-def library_versions() -> dict[str, str | None]:
+def library_versions() -> dict[str, str]:
     """Versions of the libraries whose numerics decide the generated pixels."""
-
-    def version(dist: str) -> str | None:
-        try:
-            return importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            return None
-
     return {
-        "numpy": np.__version__,
-        "scikit-image": version("scikit-image"),
-        "opencv": cv2.__version__,
-        "scipy": version("scipy"),
-        "pillow": version("pillow"),
-        "imagecorruptions": version("imagecorruptions"),
+        **package_versions(("numpy", "scikit-image", "scipy", "pillow", "imagecorruptions")),
+        "opencv": cv2.__version__,  # its distribution name varies (opencv-python, -headless, ...)
     }
 
 
@@ -490,12 +438,13 @@ def generate_cifar_c(
         # metadata first: a folder with our files but no metadata would look official
         present = [c for c in ALL_CORRUPTIONS if (out_dir / f"{c}.npy").is_file()]
         _write_json(out_dir / METADATA_FILE, _metadata(seed, n, present, title))
-        _atomic_write(out_dir / LABELS_FILE, write_labels)
+        with atomic_path(out_dir / LABELS_FILE) as tmp:
+            write_labels(tmp)
 
         chunks = (n + CHUNK - 1) // CHUNK
         tasks = [(c, s, k) for c in corruptions for s in SEVERITIES for k in range(chunks)]
         remaining = {c: len(SEVERITIES) * chunks for c in corruptions}
-        temps = {c: _temp_path(out_dir / f"{c}.npy") for c in corruptions}
+        temps = {c: temp_path(out_dir / f"{c}.npy") for c in corruptions}
         outputs: dict[str, np.memmap] = {}
 
         def discard_partial() -> None:

@@ -253,7 +253,7 @@ def _plasma_fractal(n: int, mapsize: int, decay: float, rng: np.random.Generator
 @functools.lru_cache(maxsize=1)
 def _frost_textures() -> tuple[np.ndarray, ...]:
     """The first five frost images of imagecorruptions, BGR, resized by 0.2 (CIFAR)."""
-    folder = Path(load_imagecorruptions().__file__).parent / "frost"
+    folder = Path(str(load_imagecorruptions().__file__)).parent / "frost"
     textures = []
     for name in _FROST_FILES:
         image = cv2.imread(str(folder / name))
@@ -372,7 +372,7 @@ def snow(images: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndar
     flakes = _clipped_zoom(flakes, zoom)
     flakes[flakes < threshold] = 0
     flakes = np.clip(flakes[..., 0], 0, 1)
-    angles = rng.uniform(-135, -45, size=n)
+    angles = np.asarray(rng.uniform(-135, -45, size=n))
     flakes = _motion_blur(flakes, radius, sigma, angles)
     # the reference blurs an 8-bit image, so the layer is quantised to 1/255 steps
     flakes = (np.round(np.clip(flakes, 0, 1) * 255) / 255.0)[..., None]
@@ -386,7 +386,7 @@ def frost(images: np.ndarray, severity: int, rng: np.random.Generator) -> np.nda
     image_weight, frost_weight = _params("frost", severity)
     textures = _frost_textures()
     n, h, w, _ = images.shape
-    which = rng.integers(len(textures), size=n)
+    which = np.asarray(rng.integers(len(textures), size=n))
     heights = np.array([textures[k].shape[0] for k in which])
     widths = np.array([textures[k].shape[1] for k in which])
     tops = rng.integers(0, heights - h)
@@ -469,9 +469,9 @@ def elastic_transform(images: np.ndarray, severity: int, rng: np.random.Generato
     x = _unit(images).astype(np.float32)
 
     # three points around the centre, each moved by U(-affine, affine)
-    centre = np.float32([h, w]) // 2
+    centre = np.array([h, w], dtype=np.float32) // 2
     half = min(h, w) // 3
-    src = np.float32([centre + half, [centre[0] + half, centre[1] - half], centre - half])
+    src = np.array([centre + half, [centre[0] + half, centre[1] - half], centre - half], dtype=np.float32)
     moves = rng.uniform(-affine, affine, size=(n, 3, 2)).astype(np.float32)
 
     fields = rng.uniform(-1, 1, size=(2, n, h, w))

@@ -75,9 +75,7 @@ class CorruptedStore(Protocol):
 class DatasetSpec:
     name: str
     title: str
-    num_classes: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    num_classes: int  # normalisation is the model's (models.inputs), not the images'
     stem: str  # the architecture stem the paper uses for it: "cifar" or "imagenet"
     image_size: int
     reader: Callable[[Path | None, str, bool], Split]  # (data_dir, "train" | "test", download) -> split
@@ -90,8 +88,6 @@ class DatasetSpec:
         """The ``train`` or ``test`` split (ImageNet: ``val``) as uint8 NHWC images and int64 labels."""
         return self.reader(data_dir, split, download)
 
-
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 # AlexNet's ImageNet-C errors, mean over the 5 severities (Hendrycks & Dietterich, ICLR 2019): mCE's normalisation.
 ALEXNET_ERRORS: dict[str, float] = {
@@ -119,22 +115,16 @@ CIFAR10 = DatasetSpec(
     "cifar10",
     "CIFAR-10",
     10,
-    CIFAR_MEAN,
-    CIFAR_STD,
     "cifar",
     32,
     load_cifar10,
     NpyStore("CIFAR-10-C", "cifar10-c", 10),
     "cifar",
 )
-# The authors trained CIFAR-100 with CIFAR-10's normalisation (their train.py), so their
-# checkpoints, and models trained here to match them, expect those numbers.
 CIFAR100 = DatasetSpec(
     "cifar100",
     "CIFAR-100",
     100,
-    CIFAR_MEAN,
-    CIFAR_STD,
     "cifar",
     32,
     load_cifar100,
@@ -145,8 +135,6 @@ IMAGENET = DatasetSpec(
     "imagenet",
     "ImageNet",
     1000,
-    (0.485, 0.456, 0.406),
-    (0.229, 0.224, 0.225),
     "imagenet",
     224,
     load_imagenet,

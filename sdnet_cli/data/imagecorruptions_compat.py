@@ -39,7 +39,7 @@ def _resource_filename(package_or_requirement: str, resource_name: str) -> str:
     resolves relative to the package that contains it.
     """
     module = importlib.import_module(package_or_requirement)
-    package = package_or_requirement if hasattr(module, "__path__") else module.__package__
+    package = package_or_requirement if hasattr(module, "__path__") else (module.__package__ or package_or_requirement)
     parts = [p for p in resource_name.split("/") if p not in ("", ".")]
     return str(importlib.resources.files(package).joinpath(*parts))
 
@@ -92,7 +92,7 @@ def _random_noise(image: np.ndarray, *args: Any, rng: Any = None, **kwargs: Any)
     """``skimage.util.random_noise`` seeded from numpy's global RNG, which our callers seed."""
     if rng is None:
         rng = int(np.random.randint(0, 2**31 - 1))
-    return skimage.util.random_noise(image, *args, rng=rng, **kwargs)
+    return skimage.util.random_noise(image, *args, **{**kwargs, "rng": rng})
 
 
 class _NumpyWithFloatAlias(types.ModuleType):

@@ -59,7 +59,8 @@ def fit_rules(points: Sequence[dict[str, Any]], grid: Sequence[float]) -> dict[s
                 f"calibration failed ({exc}): give more corruptions/severities so the groups differ",
                 parameter="corruptions",
             ) from None
-        rules[name] = rule_type(**{field: c for (field, _), c in zip(used, coefficients)}, b=b, lo=lo, hi=hi)
+        terms: dict[str, Any] = {field: c for (field, _), c in zip(used, coefficients)}
+        rules[name] = rule_type(**terms, b=b, lo=lo, hi=hi)
     return rules
 
 
@@ -132,10 +133,12 @@ class Calibration:
         kept = [p for p in self.points if p["corruption"] not in held_out]
         assert not any(p["corruption"] in held_out for p in kept)  # the held-out groups never reach the fit
         rules = fit_rules(kept, self.grid)
+        recon, noise = rules[RECON], rules[NOISE]
+        assert isinstance(recon, ReconErrorLambda) and isinstance(noise, NoiseLevelLambda)
         return replace(
             self,
-            recon=rules[RECON],
-            noise=rules[NOISE],
+            recon=recon,
+            noise=noise,
             recommended=recommend(rules, kept, self.grid),
             points=kept,
             corruptions=[c for c in self.corruptions if c not in held_out],
@@ -195,7 +198,7 @@ class Calibration:
         )
 
     def save(self, path: Path) -> Path:
-        from ..reports import atomic_write_text
+        from .._io import atomic_write_text
 
         atomic_write_text(Path(path), json.dumps(self.to_json(), indent=2) + "\n")
         return Path(path)
@@ -228,13 +231,12 @@ def validate_calibration(data: Any, path: Path) -> None:
 
 def _rule_from_json(rule: type[LineRule], line: dict[str, Any]) -> LineRule:
     """The rule from its stored coefficients; one an older layout lacks (a further term's) keeps its default 0."""
-    return rule(
-        **{
-            f.name: float(line[f.name])
-            for f in fields(rule)
-            if f.name != "label" and (f.name in line or f.default is MISSING)
-        }
-    )
+    coefficients: dict[str, Any] = {
+        f.name: float(line[f.name])
+        for f in fields(rule)
+        if f.name != "label" and (f.name in line or f.default is MISSING)
+    }
+    return rule(**coefficients)
 
 
 def default_calibration_path(checkpoint: Path) -> Path:

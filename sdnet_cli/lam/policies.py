@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..errors import UsageError
 from ..models.classifier import Classifier
+from ..models.csc import require_csc
 from ..schemas import RuleLine, check_lam, load
 
 AUTO, RECON, NOISE, ORACLE = "auto", "recon", "noise", "oracle"
@@ -45,11 +45,9 @@ class FixedLambda:
 # -- label-free per-input features ---------------------------------------------------------------
 def stem_error(model: Classifier, x_normalized: torch.Tensor) -> torch.Tensor:
     """[B] stem reconstruction error ||x - A^T z||^2 at the training lambda; keeps the graph for attacks."""
+    require_csc(model, "it has no reconstruction error to read lambda from", parameter="model")
     stem = model.stem_csc
-    if stem is None:
-        raise UsageError(
-            "this model has no CSC layer, so it has no reconstruction error to read lambda from", parameter="model"
-        )
+    assert stem is not None
     _, error = stem.solve(x_normalized, stem.lam)
     assert error is not None
     return error

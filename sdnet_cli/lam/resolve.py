@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import UsageError
 from ..models.classifier import Classifier, LambdaPolicy
+from ..models.csc import require_csc
 from ..models.registry import ModelInfo
 from ..schemas import check_lam
 from .calibration import load_calibration
@@ -21,10 +22,7 @@ def resolve_policy(
     cell, not the input: see ``oracle_lambdas``."""
     if lam is None:
         return None
-    if not model.csc_layers:
-        raise UsageError(
-            "lam was given, but this model has no CSC layers (only SDNet models have a lambda)", parameter="lam"
-        )
+    require_csc(model, "it has no lambda to set (lam was given)", parameter="lam")
     if lam == AUTO or lam in RULES:
         if info is None:
             raise UsageError(

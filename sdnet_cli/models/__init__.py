@@ -2,18 +2,24 @@
 
 from .checkpoints import CheckpointError, save_checkpoint
 from .classifier import Classifier, LambdaPolicy
-from .csc import CSCLayer
-from .registry import ARCHITECTURES, ModelError, ModelInfo, create_model, load_model
+from .csc import CSCLayer, csc_layers, require_csc
+from .inputs import MODEL_INPUTS, model_input
+from .registry import ARCHITECTURES, ModelError, ModelInfo, create_model, load_model, register_architecture
 
 __all__ = [
     "ARCHITECTURES",
     "CSCLayer",
+    "MODEL_INPUTS",
     "CheckpointError",
     "Classifier",
     "LambdaPolicy",
     "ModelError",
     "ModelInfo",
     "create_model",
+    "csc_layers",
     "load_model",
+    "model_input",
+    "register_architecture",
+    "require_csc",
     "save_checkpoint",
 ]

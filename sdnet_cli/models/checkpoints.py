@@ -24,8 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .._io import atomic_path
 from ..errors import UsageError
-from ..reports import atomic_path
 from ..schemas import CheckpointMeta, load
 from .csc import CSCLayer, normalize_atoms
 

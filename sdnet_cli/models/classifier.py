@@ -42,6 +42,9 @@ class CompiledInference:
 class Classifier(nn.Module):
     """Wraps a network that expects normalised inputs; takes float images in [0, 1], NCHW."""
 
+    mean: torch.Tensor  # buffers [1, C, 1, 1]
+    std: torch.Tensor
+
     def __init__(self, network: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.network = network

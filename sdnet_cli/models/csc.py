@@ -105,6 +105,7 @@ class CSCLayer(nn.Module):
         self.power_iters, self.power_tol = power_iters, power_tol
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        self.step_size: torch.Tensor
         self.register_buffer("step_size", torch.tensor(0.0))
         self._power_vector: torch.Tensor | None = None
         self._cache_key: tuple | None = None
@@ -264,3 +265,19 @@ class DictConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dn(x)
+
+
+def csc_layers(model: nn.Module) -> list[CSCLayer]:
+    """The CSC layers of any module, in forward order of registration (empty for a ResNet)."""
+    return [m for m in model.modules() if isinstance(m, CSCLayer)]
+
+
+def no_csc_message(name: str, consequence: str) -> str:
+    """The one wording of "this option needs an SDNet": ``consequence`` says what cannot be done."""
+    return f"{name} has no CSC layers, so {consequence}; use an SDNet model (e.g. sdnet18)"
+
+
+def require_csc(model: nn.Module, consequence: str, parameter: str, name: str = "this model") -> None:
+    """Refuse a lambda (or FISTA) option for a model without CSC layers, before any work."""
+    if not csc_layers(model):
+        raise UsageError(no_csc_message(name, consequence), parameter=parameter)

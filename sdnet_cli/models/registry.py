@@ -9,27 +9,84 @@ Where shipped checkpoints are found, and their manifest, is ``weights.py``'s bus
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from ..data.datasets import dataset_spec
 from ..errors import UsageError
 from .checkpoints import CheckpointError, load_into, read_metadata, read_state_dict, sha256_of
 from .classifier import Classifier
-from .resnet import ResNet, Sparsity, csc_conv
+from .csc import no_csc_message
+from .inputs import model_input
+from .resnet import ConvFactory, ResNet, Stem, csc_conv
 from .weights import find_shipped, read_manifest, resolve_weights_dir, verified_checkpoint
 
-ARCHITECTURES: dict[str, tuple[tuple[int, int, int, int], Sparsity]] = {
-    "resnet18": ((2, 2, 2, 2), "none"),
-    "resnet34": ((3, 4, 6, 3), "none"),
-    "sdnet18": ((2, 2, 2, 2), "stem"),
-    "sdnet34": ((3, 4, 6, 3), "stem"),
-    "sdnet18_all": ((2, 2, 2, 2), "all"),
-    "sdnet34_all": ((3, 4, 6, 3), "all"),
-}
+Builder = Callable[[int, int, Stem, ConvFactory], nn.Module]
+"""``(num_classes, width, stem, csc) -> network``; ``csc`` builds the CSC layers of a sparse one."""
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    sparse: bool  # whether it has CSC layers (an SDNet), so lambda and FISTA options apply
+    build: Builder
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
+"""Filled once, at import, by ``@register_architecture``; ``create_model`` builds from it."""
+
+
+def register_architecture(name: str, sparse: bool) -> Callable[[Builder], Builder]:
+    """Add an architecture under ``name``; the decorated function builds its network."""
+
+    def add(build: Builder) -> Builder:
+        if name in ARCHITECTURES:
+            raise RuntimeError(f"architecture {name!r} is registered twice")
+        ARCHITECTURES[name] = Architecture(name, sparse, build)
+        return build
+
+    return add
+
+
+@register_architecture("resnet18", sparse=False)
+def resnet18(num_classes: int, width: int, stem: Stem, csc: ConvFactory) -> nn.Module:
+    """ResNet-18 with BasicBlocks (He et al., 2016)."""
+    return ResNet((2, 2, 2, 2), num_classes, width, stem, "none", csc)
+
+
+@register_architecture("sdnet18", sparse=True)
+def sdnet18(num_classes: int, width: int, stem: Stem, csc: ConvFactory) -> nn.Module:
+    """SDNet-18: ResNet-18 whose stem conv is a CSC layer (Dai et al., NeurIPS 2022)."""
+    return ResNet((2, 2, 2, 2), num_classes, width, stem, "stem", csc)
+
+
+@register_architecture("sdnet18_all", sparse=True)
+def sdnet18_all(num_classes: int, width: int, stem: Stem, csc: ConvFactory) -> nn.Module:
+    """SDNet-18-All: every 3x3 conv a CSC layer (Dai et al., NeurIPS 2022)."""
+    return ResNet((2, 2, 2, 2), num_classes, width, stem, "all", csc)
+
+
+@register_architecture("resnet34", sparse=False)
+def resnet34(num_classes: int, width: int, stem: Stem, csc: ConvFactory) -> nn.Module:
+    """ResNet-34 with BasicBlocks (He et al., 2016)."""
+    return ResNet((3, 4, 6, 3), num_classes, width, stem, "none", csc)
+
+
+@register_architecture("sdnet34", sparse=True)
+def sdnet34(num_classes: int, width: int, stem: Stem, csc: ConvFactory) -> nn.Module:
+    """SDNet-34: ResNet-34 whose stem conv is a CSC layer (Dai et al., NeurIPS 2022)."""
+    return ResNet((3, 4, 6, 3), num_classes, width, stem, "stem", csc)
+
+
+@register_architecture("sdnet34_all", sparse=True)
+def sdnet34_all(num_classes: int, width: int, stem: Stem, csc: ConvFactory) -> nn.Module:
+    """SDNet-34-All: every 3x3 conv a CSC layer (Dai et al., NeurIPS 2022)."""
+    return ResNet((3, 4, 6, 3), num_classes, width, stem, "all", csc)
+
 
 TORCHVISION_MODELS: dict[str, str] = {"tv_resnet18": "resnet18", "tv_resnet50": "resnet50"}
 """Our name -> torchvision builder; their weights are torchvision's IMAGENET1K_V1."""
@@ -73,7 +130,7 @@ def create_model(
     square_noise: bool = True,
 ) -> Classifier:
     """An untrained model by architecture name; takes [0,1] images and returns logits."""
-    spec = dataset_spec(dataset)
+    spec = model_input(dataset)
     if name in TORCHVISION_MODELS:
         if spec.stem != "imagenet":
             raise ModelError(
@@ -86,14 +143,11 @@ def create_model(
         return Classifier(network, spec.mean, spec.std)
     if name not in ARCHITECTURES:
         raise ModelError(f"unknown model {name!r}; choose one of: {', '.join([*ARCHITECTURES, *TORCHVISION_MODELS])}")
-    blocks, sparse = ARCHITECTURES[name]
-    network = ResNet(
-        blocks,
-        num_classes=num_classes or spec.num_classes,
-        width=width,
-        stem=stem or spec.stem,  # type: ignore[arg-type]
-        sparse=sparse,
-        csc=csc_conv(lam=lam, n_steps=n_steps, square_noise=square_noise),
+    network = ARCHITECTURES[name].build(
+        num_classes or spec.num_classes,
+        width,
+        stem or spec.stem,  # type: ignore[arg-type]
+        csc_conv(lam=lam, n_steps=n_steps, square_noise=square_noise),
     )
     return Classifier(network, spec.mean, spec.std)
 
@@ -203,14 +257,12 @@ def load_model(
     checkpoint = Path(checkpoint)
     state = read_state_dict(checkpoint)
     settings = infer_settings(state, read_metadata(checkpoint))
-    sparse = architecture in ARCHITECTURES and ARCHITECTURES[architecture][1] != "none"
+    sparse = architecture in ARCHITECTURES and ARCHITECTURES[architecture].sparse
     if n_steps is not None:
         if not sparse:
-            raise ModelError(
-                f"{architecture} has no CSC layers, so n_steps does not apply; use an SDNet model", parameter="n_steps"
-            )
+            raise ModelError(no_csc_message(architecture, "n_steps does not apply"), parameter="n_steps")
         settings["n_steps"] = n_steps
-    classes = dataset_spec(dataset).num_classes
+    classes = model_input(dataset).num_classes
     if settings["num_classes"] != classes:
         raise ModelError(
             f"{checkpoint} has {settings['num_classes']} output classes but {dataset} has {classes}; "

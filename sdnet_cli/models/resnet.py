@@ -75,6 +75,11 @@ def make_stem(width: int, stem: Stem, conv: ConvFactory, sparse: bool, sparse_do
 class ResNet(nn.Module):
     """CIFAR/ImageNet ResNet with BasicBlocks; ``sparse`` picks which convs ``csc`` builds."""
 
+    layer1: nn.Sequential  # the four stages, added by name in __init__
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(
         self,
         blocks: tuple[int, int, int, int],
@@ -85,10 +90,9 @@ class ResNet(nn.Module):
         csc: ConvFactory | None = None,
     ) -> None:
         super().__init__()
-        if sparse != "none" and csc is None:
-            csc = csc_conv()
-        stem_conv = csc if sparse != "none" else plain_conv
-        block_conv = csc if sparse == "all" else plain_conv
+        sparse_conv = csc if csc is not None else csc_conv()
+        stem_conv = sparse_conv if sparse != "none" else plain_conv
+        block_conv = sparse_conv if sparse == "all" else plain_conv
         self.layer0 = make_stem(width, stem, stem_conv, sparse != "none", sparse_downsample=sparse == "all")
         cin = width
         for i, n in enumerate(blocks):

@@ -95,7 +95,7 @@ def verified_checkpoint(entry: dict[str, Any], weights_dir: Path | str | None = 
 def update_manifest(entry: dict[str, Any], weights_dir: Path | str) -> Path:
     """Add or replace (by name) one entry of the manifest in ``weights_dir``, atomically; a new default
     demotes the old one. The folder is explicit: writes never go to a looked-up (maybe installed) one."""
-    from ..reports import atomic_write_text
+    from .._io import atomic_write_text
 
     path = Path(weights_dir) / MANIFEST
     load(ManifestEntry, entry, "manifest entry for", path, parameter="weights_dir", error=CheckpointError)

@@ -1,0 +1,204 @@
+"""Writing files so that a reader never sees half of one, and package versions for provenance.
+
+Every file the tool writes goes through ``atomic_path`` (or ``write_files_atomically`` for a set):
+it is written to ``.<name>.<pid>.tmp`` beside its final name and renamed into place when whole.
+The pid lets ``sweep_stale_temps`` tell a dead writer's leftover (SIGKILL, power cut) from the
+temporary of a writer that still runs. Any ``OSError`` while writing (a full disk, a read-only
+folder, a name too long for the file system) becomes one ``WriteError`` naming the path and the
+system's reason, with no temporary left. The lowest layer: it imports nothing of the package but
+``errors``, so every other module may use it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+
+from .errors import UsageError
+
+REPORT_PACKAGES = ("torch", "torchvision", "numpy", "torchattacks", "imagecorruptions", "sdnet-cli")
+
+
+class WriteError(UsageError):
+    """A file could not be written (no space, no permission, a name too long...): the path and the reason."""
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def write_error(path: Path, exc: OSError, parameter: str | None = None) -> WriteError:
+    """The one wording of a failed write: which path, and what the system said (e.g. no space left on device)."""
+    return WriteError(f"cannot write {path}: {_reason(exc)}", parameter=parameter)
+
+
+def package_versions(names: Sequence[str] = REPORT_PACKAGES) -> dict[str, str]:
+    """Installed version of each distribution in ``names`` ("not installed" when absent)."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def temp_path(path: Path) -> Path:
+    """``.<name>.<pid>.tmp`` beside ``path``: hidden, and the pid tells a later sweep whether its writer runs."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid() or os.name == "nt":  # on Windows os.kill would end the process: keep its files
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def sweep_stale_temps(folder: Path, names: Iterable[str] | None = None) -> list[Path]:
+    """Delete the temporaries (``.<name>.<pid>.tmp``) that killed writers left in ``folder``; returns them.
+
+    Only files whose pid no longer runs on this machine are removed; ``names`` limits the sweep to the
+    temporaries of those final file names.
+    """
+    patterns = [".*.tmp"] if names is None else [f".{name}.*.tmp" for name in names]
+    swept = []
+    for pattern in patterns:
+        for tmp in Path(folder).glob(pattern):
+            pid = tmp.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                tmp.unlink(missing_ok=True)
+                swept.append(tmp)
+    return swept
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield the temporary path of ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary is removed on any failure; an ``OSError`` (in the block or the rename) becomes a
+    ``WriteError`` naming ``path``.
+    """
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # some writers (safetensors) create private files: follow the umask
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise write_error(path, exc) from exc
+    finally:
+        _remove(tmp)
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # a path that cannot even be looked up (e.g. too long) left nothing behind
+        pass
+
+
+def write_files_atomically(files: Mapping[Path, bytes | str]) -> list[Path]:
+    """Write a set of files all or nothing: every file to its temporary first, then all renamed.
+
+    On any failure no file of the set is left (renamed ones are removed again) and no temporary;
+    an ``OSError`` becomes a ``WriteError`` naming the file that failed. Returns the paths in order.
+    """
+    paths = [Path(p) for p in files]
+    temps = {path: temp_path(path) for path in paths}
+    renamed: list[Path] = []
+    current = paths[0] if paths else Path(".")
+    try:
+        for path, content in zip(paths, files.values()):
+            current = path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale_temps(path.parent, [path.name])
+            data = content.encode("utf-8") if isinstance(content, str) else content
+            with open(temps[path], "wb") as f:
+                f.write(data)
+        for path in paths:
+            current = path
+            os.replace(temps[path], path)
+            renamed.append(path)
+    except BaseException as exc:
+        for path in renamed:
+            _remove(path)
+        for tmp in temps.values():
+            _remove(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(current, exc) from exc
+        raise
+    return paths
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 60 else f"{name[:40]}... ({len(name)} characters)"
+
+
+def check_writable_dir(
+    path: Path, parameter: str, names: Sequence[str] = (), name_parameter: str | None = None
+) -> Path:
+    """Fail before any work when files named ``names`` (or a generic probe) cannot be written into ``path``.
+
+    Creates the folder (and missing parents) and a probe file under the temporary name of the
+    longest of ``names``, then removes both again: the probe meets what the real write will meet
+    (read-only or pseudo file systems, permissions, name length limits). Raises ``UsageError``;
+    a name too long for the file system is blamed on ``name_parameter`` when given.
+    """
+    path = Path(path)
+    created: list[Path] = []
+    probe_name = max(names, key=len) if names else "sdnet-probe"
+    probe = temp_path(path / probe_name)
+    try:
+        try:
+            if path.exists() and not path.is_dir():
+                raise UsageError(f"{parameter} {path} exists and is not a folder", parameter=parameter)
+            blocker = next((p for p in (path, *path.parents) if p.exists()), None)
+            if blocker is not None and not blocker.is_dir():
+                raise UsageError(f"{parameter} {path} cannot be created: {blocker} is a file", parameter=parameter)
+            for folder in reversed([p for p in (path, *path.parents) if not p.exists()]):
+                try:
+                    folder.mkdir()
+                except FileExistsError:  # another run made it meanwhile: not ours to remove
+                    continue
+                created.append(folder)
+        except OSError as exc:
+            raise UsageError(f"{parameter} {path} cannot be used: {_reason(exc)}", parameter=parameter) from None
+        try:
+            with open(probe, "xb"):
+                pass
+        except OSError as exc:
+            blamed = name_parameter if exc.errno == errno.ENAMETOOLONG and name_parameter else parameter
+            raise UsageError(
+                f"{parameter} {path}: cannot write {_short(probe_name)} there: {_reason(exc)}", parameter=blamed
+            ) from None
+    finally:
+        _remove(probe)
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+    return path

@@ -1,0 +1,165 @@
+"""Where and how forwards run, and the batch loop's primitives: uint8 images in, predictions out.
+
+Every forward the tool judges (evaluation, sweeps, the gate, attacks, training's accuracy) goes
+through ``Runtime`` and ``predict``, so device, precision and batching behave the same everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import UsageError
+from .metrics import percent
+from .models.classifier import Classifier
+
+Precision = Literal["fp32", "bf16"]
+
+
+class NonFiniteOutput(UsageError):
+    """The model's outputs are not numbers for these inputs and settings: no accuracy can be reported."""
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how forwards run. bf16 autocast + channels_last is faster than fp32 on GPUs and on
+    CPUs with AMX or AVX-512 BF16, several times slower on AVX2-only CPUs (benchmarks/); CSC solves
+    stay float32 regardless (see ``CSCLayer.solve``). ``compile`` runs a classifier's no-grad
+    inference through ``torch.compile`` (``Classifier.compile_inference``; attacks' gradient passes
+    stay eager, compiled ones were slower on CPU): faster evaluation after a one-off compile of
+    seconds to a minute, logits equal to eager up to float rounding (benchmarks/compile_speed.py)."""
+
+    device: torch.device
+    precision: Precision = "fp32"
+    compile: bool = False
+
+    @classmethod
+    def create(cls, device: str = "auto", precision: str = "fp32", compile: bool = False) -> Runtime:
+        if precision not in ("fp32", "bf16"):
+            raise UsageError(f"unknown precision {precision!r}; use fp32 or bf16", parameter="precision")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+            raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda", parameter="device")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UsageError(
+                "device cuda was asked for, but torch sees no CUDA GPU on this machine", parameter="device"
+            )
+        return cls(torch.device(device), precision, compile)  # type: ignore[arg-type]
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Images per forward when a caller does not say. Measured on a 2-core AVX-512 CPU
+        (benchmarks/eval_batch_size.py, two runs): 64 was the fastest for both models in fp32 and
+        within 3.5-5% of the fastest (64 or 128) in bf16, while 256 ran at 0.64-0.86 of the fastest.
+        GPUs: 256, not yet measured."""
+        return 64 if self.device.type == "cpu" else 256
+
+    def autocast(self) -> AbstractContextManager:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Move a model to the device in channels_last layout, in eval mode, and (``compile``) compile
+        its inference path. In place: returns the same model, so ``using`` and attacks work as before."""
+        model = model.to(self.device).to(memory_format=torch.channels_last).eval()
+        if self.compile:
+            if not isinstance(model, Classifier):
+                raise UsageError("compile applies to classifiers (models.load_model) only", parameter="compile")
+            model.compile_inference()
+        return model
+
+    def to_input(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 NHWC -> float [0,1] NCHW (channels_last) on the device."""
+        x = torch.from_numpy(np.array(images)).to(self.device)  # a copy: cells may be read-only memmaps
+        return x.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
+
+    def describe(self) -> dict[str, Any]:
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        return {"device": str(self.device), "device_name": name, "precision": self.precision, "compiled": self.compile}
+
+
+@dataclass
+class Counts:
+    n: int
+    correct: int
+    seconds: float
+
+    @property
+    def accuracy(self) -> float:
+        return percent(self.correct, self.n)
+
+
+@dataclass(frozen=True)
+class Batch:
+    rows: slice  # which images of the array this batch holds
+    x: torch.Tensor  # float [0,1] NCHW (channels_last) on the runtime's device
+    y: torch.Tensor  # int64 labels on the same device
+
+
+def iter_batches(images: np.ndarray, labels: np.ndarray, runtime: Runtime, batch_size: int) -> Iterator[Batch]:
+    """The one way uint8 NHWC images become model inputs, ``batch_size`` at a time, in order."""
+    for start in range(0, len(images), batch_size):
+        rows = slice(start, min(start + batch_size, len(images)))
+        y = torch.from_numpy(np.asarray(labels[rows], dtype=np.int64)).to(runtime.device)
+        yield Batch(rows, runtime.to_input(images[rows]), y)
+
+
+def predict(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """Predicted labels of [0,1] inputs: the judge of every accuracy the tool reports.
+
+    Runs under ``no_grad``, never ``inference_mode``: a model whose forward optimises its input
+    (test-time optimisation) switches gradients back on inside, which inference mode forbids.
+    """
+    with torch.no_grad(), runtime.autocast():
+        logits = model(x)
+    if not torch.isfinite(logits).all():  # argmax would still pick a class: a silent wrong number
+        raise NonFiniteOutput(
+            "the model returned NaN or infinite logits (e.g. a test-time lambda at which the "
+            "sparse-coding solve diverges)"
+        )
+    return logits.argmax(dim=1)
+
+
+def predict_correct(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    runtime: Runtime,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+    observe: Callable[[Batch], None] | None = None,
+) -> np.ndarray:
+    """Boolean [N]: whether the model classifies each image correctly.
+
+    ``observe(batch)`` runs after each batch's prediction, so callers can compute per-sample
+    quantities on the same inputs without a loop of their own.
+    """
+    correct = np.zeros(len(images), dtype=bool)
+    for batch in iter_batches(images, labels, runtime, batch_size):
+        correct[batch.rows] = (predict(model, batch.x, runtime) == batch.y).cpu().numpy()
+        if observe is not None:
+            observe(batch)
+        if progress is not None:
+            progress(batch.rows.stop - batch.rows.start)
+    return correct
+
+
+def count_correct(
+    model: nn.Module,
+    images: np.ndarray,
+    labels: np.ndarray,
+    runtime: Runtime,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+    observe: Callable[[Batch], None] | None = None,
+) -> Counts:
+    start = time.perf_counter()
+    correct = predict_correct(model, images, labels, runtime, batch_size, progress, observe)
+    return Counts(len(correct), int(correct.sum()), time.perf_counter() - start)
