@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_path
-from .data.cifar_c import SEVERITIES
+from .data.cells import SEVERITIES
 from .data.corruptions import BENCHMARK_CORRUPTIONS
 from .errors import UsageError
 

@@ -24,7 +24,14 @@ LAYERS: list[list[str]] = [
     ["models"],  # networks, CSC layers, checkpoints, weights; they know their input normalisation
     ["data"],  # datasets, corruptions, cells and their sources
     ["distributed", "metrics", "runtime", "lam", "attacks", "adapt"],  # forwards, lambda policies, attacks
-    ["evaluate", "sweep", "train", "check", "compare"],  # the jobs, each a loop over the pieces below
+    [
+        "evaluate",
+        "sweep",
+        "train",
+        "check",
+        "compare",
+        "robustbench_export",
+    ],  # the jobs, each a loop over the pieces below
     ["api"],  # the library's public functions (a module or a package)
     ["cli", "__main__"],  # the command line: parses, calls api, prints
 ]
@@ -106,4 +113,4 @@ def test_a_wrong_way_import_is_found(tmp_path: Path) -> None:
 def test_model_inputs_agree_with_datasets(name: str) -> None:
     """The model side (normalisation, classes, stem) is keyed by the data side's dataset names."""
     spec, expected = DATASETS[name], MODEL_INPUTS[name]
-    assert (expected.num_classes, expected.stem) == (spec.num_classes, spec.stem)
+    assert (expected.num_classes, expected.stem, expected.image_size) == (spec.num_classes, spec.stem, spec.image_size)

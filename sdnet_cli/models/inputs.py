@@ -22,14 +22,15 @@ class ModelInput:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     stem: Stem  # the architecture stem the paper uses for it
+    image_size: int  # height = width of the test images the network sees
 
 
 MODEL_INPUTS: dict[str, ModelInput] = {
-    "cifar10": ModelInput(10, CIFAR_MEAN, CIFAR_STD, "cifar"),
+    "cifar10": ModelInput(10, CIFAR_MEAN, CIFAR_STD, "cifar", 32),
     # The authors trained CIFAR-100 with CIFAR-10's normalisation (their train.py), so their
     # checkpoints, and models trained here to match them, expect those numbers.
-    "cifar100": ModelInput(100, CIFAR_MEAN, CIFAR_STD, "cifar"),
-    "imagenet": ModelInput(1000, IMAGENET_MEAN, IMAGENET_STD, "imagenet"),
+    "cifar100": ModelInput(100, CIFAR_MEAN, CIFAR_STD, "cifar", 32),
+    "imagenet": ModelInput(1000, IMAGENET_MEAN, IMAGENET_STD, "imagenet", 224),
 }
 
 

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.datasets import dataset_spec
 from .checkpoints import load_into, read_state_dict, sha256_of
 from .classifier import Classifier
+from .inputs import model_input
 from .registry import ModelError, ModelInfo
 
 ROBUSTBENCH = "robustbench:"
@@ -80,7 +80,7 @@ def load_zoo_model(
     weights, normalised with the model's pretrained config. ``package.module:factory``: the nn.Module
     the user's factory returns (called with no arguments), taking [0, 1] inputs; it runs the user's code.
     """
-    spec_ = dataset_spec(dataset)
+    spec_ = model_input(dataset)
     if spec.startswith(ROBUSTBENCH):
         if checkpoint is not None:
             raise ModelError(
@@ -220,7 +220,7 @@ def _robustbench(name: str, threat: str, model_dir: Path, dataset: str) -> tuple
         architecture=type(network).__name__,
         dataset=dataset,
         width=0,
-        num_classes=dataset_spec(dataset).num_classes,
+        num_classes=model_input(dataset).num_classes,
         lam=None,
         n_steps=0,
         square_noise=False,
