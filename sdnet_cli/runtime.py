@@ -56,10 +56,8 @@ class Runtime:
 
     @property
     def eval_batch_size(self) -> int:
-        """Images per forward when a caller does not say. Measured on a 2-core AVX-512 CPU
-        (benchmarks/eval_batch_size.py, two runs): 64 was the fastest for both models in fp32 and
-        within 3.5-5% of the fastest (64 or 128) in bf16, while 256 ran at 0.64-0.86 of the fastest.
-        GPUs: 256, not yet measured."""
+        """Images per forward when a caller does not say: on CPUs the size benchmarks/eval_batch_size.py
+        found fastest (its numbers are in reports/benchmarks.md); on GPUs a larger batch, not yet measured."""
         return 64 if self.device.type == "cpu" else 256
 
     def autocast(self) -> AbstractContextManager:

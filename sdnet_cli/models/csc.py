@@ -233,8 +233,8 @@ class CSCLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The sparse code, solved in float32 and handed on in the autocast dtype when autocast is on:
         float32 codes would promote every residual add after the stem to float32, with a cast before
-        each following convolution (sdnet18 bf16 eval 1.15-1.21x faster this way, same predictions;
-        benchmarks/stem_precision.py)."""
+        each following convolution (faster this way with the same predictions: benchmarks/stem_precision.py,
+        numbers in reports/benchmarks.md)."""
         record = self._record
         z, error = self.solve(x, self.test_lam, with_error=record is not None)
         if record is not None:
