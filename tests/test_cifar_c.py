@@ -8,15 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdnet_cli.data import cifar_c
-from sdnet_cli.data.cifar_c import (
-    CifarCError,
-    describe_source,
-    ensure_generated_cells,
-    generate_cifar_c,
-    is_generated,
-    read_cifar_c_cell,
-)
+from sdnet_cli.data import cifar_c_store
+from sdnet_cli.data.cifar_c import CifarCError, describe_source, is_generated, read_cifar_c_cell
+from sdnet_cli.data.cifar_c_generate import generate_cifar_c
+from sdnet_cli.data.cifar_c_store import ensure_generated_cells
 from sdnet_cli.data.corruptions import ALL_CORRUPTIONS, CIFAR_STRENGTHS, corrupt
 
 TWO = ["gaussian_noise", "frost"]
@@ -157,7 +152,7 @@ def test_ensure_generated_cells_only_fills_gaps(
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("nothing should be generated")
 
-    monkeypatch.setattr(cifar_c, "generate_cifar_c", fail)
+    monkeypatch.setattr(cifar_c_store, "generate_cifar_c", fail)
     assert ensure_generated_cells(tmp_path, images, labels, ["pixelate"], seed=3, workers=1) == root
     assert describe_source(root)["seed"] == 3
     assert json.loads((root / "metadata.json").read_text())["corruptions"] == ["contrast", "pixelate"]

@@ -23,16 +23,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from sdnet_cli._io import sweep_stale_temps
 from sdnet_cli.data.cells import Cell, CellSource
 from sdnet_cli.data.cifar import CIFAR100, DataError, label_names, load_cifar10, load_cifar100
-from sdnet_cli.data.cifar_c import (
-    CifarCError,
-    ensure_generated_cells,
-    generate_cifar_c,
-    read_cifar_c_cell,
-    sweep_stale_temps,
-    validate_release,
-)
+from sdnet_cli.data.cifar_c import CifarCError, read_cifar_c_cell, validate_release
+from sdnet_cli.data.cifar_c_generate import generate_cifar_c
+from sdnet_cli.data.cifar_c_store import ensure_generated_cells
 from sdnet_cli.errors import UsageError
 from sdnet_cli.models import CheckpointError, create_model, load_model
 
@@ -417,7 +413,7 @@ GENERATE = """
 import os, signal, sys, time
 import multiprocessing
 import numpy as np
-from sdnet_cli.data.cifar_c import generate_cifar_c
+from sdnet_cli.data.cifar_c_generate import generate_cifar_c
 
 def interrupt(signum, frame):
     raise KeyboardInterrupt  # what the CLI does with SIGTERM

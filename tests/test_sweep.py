@@ -34,7 +34,8 @@ from sdnet_cli.lam import (
 from sdnet_cli.models import create_model, load_model, save_checkpoint
 from sdnet_cli.models.csc import normalize_atoms
 from sdnet_cli.runtime import Runtime
-from sdnet_cli.sweep import calibrate, cell_points, save_sweep_plots, sweep_lambda
+from sdnet_cli.sweep import calibrate, cell_points, sweep_lambda
+from sdnet_cli.sweep_report import save_sweep_plots
 
 runner = CliRunner()
 LAMS = [0.1, 0.5, 1.2]

@@ -131,7 +131,7 @@ def attack_vs_lambda(
     steps of ``model``'s CSC layers, overriding its checkpoint's (not applied to ``baseline_model``).
     """
     from ..lam import lambda_grid
-    from ..sweep import render_attack_sweep, save_attack_sweep_plot
+    from ..sweep_report import render_attack_sweep, save_attack_sweep_plot
 
     grid = lambda_grid(lams)
     config = attack_config(attack, norm, eps, steps, restarts, version)

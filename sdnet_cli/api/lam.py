@@ -54,6 +54,7 @@ def sweep_lambda(
     from .. import sweep
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
     from ..lam import lambda_grid, store_calibration
+    from ..sweep_report import save_sweep_plots
 
     _check_fit_n(fit_n)
     grid = lambda_grid(lams)
@@ -74,7 +75,7 @@ def sweep_lambda(
     meta = session.meta(source, grid=grid, points=points, **_calibration_meta(calibration, path))
 
     def plots(out_dir: Path, stem: str) -> list[Path]:
-        return sweep.save_sweep_plots(rows, points, out_dir, stem, session.info.name, calibration)
+        return save_sweep_plots(rows, points, out_dir, stem, session.info.name, calibration)
 
     name = session.info.name
     return Report(rows, meta, name=f"sweep-lambda-{name}", title=f"sdnet sweep-lambda: {name}", extras=[plots])
@@ -110,7 +111,8 @@ def compare_lambda_rules(
     """
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
     from ..lam import lambda_grid, resolve_policy
-    from ..sweep import ORACLE_NOTE, compare_rules, render_rules, rule_summary
+    from ..sweep import compare_rules, rule_summary
+    from ..sweep_report import ORACLE_NOTE, render_rules
 
     if not rules:
         raise UsageError("rules needs at least one lambda or rule name", parameter="rules")
@@ -171,6 +173,7 @@ def lambda_hold_out(
     from .. import sweep
     from ..data.cells import parse_severities
     from ..schemas import check_lam
+    from ..sweep_report import render_hold_out
 
     check_lam(reference_lam, "reference_lam")
     _check_rule(rule)
@@ -191,7 +194,7 @@ def lambda_hold_out(
     used = {"calibration": full.to_json(), "calibration_file": str(calibration or calibration_out or "")}
     meta = session.meta(source, rule=rule, reference_lam=reference_lam, **used, summary=summary)
     title = f"sdnet lambda hold-out: {session.info.name}, rule {rule}"
-    markdown = sweep.render_hold_out(title, rows, summary, meta, severity_list)
+    markdown = render_hold_out(title, rows, summary, meta, severity_list)
     return Report(rows, meta, name=f"lambda-hold-out-{session.info.name}", title=title, markdown=markdown)
 
 

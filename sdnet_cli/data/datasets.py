@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import UsageError
 from .cifar import load_cifar10, load_cifar100
-from .cifar_c import NpyStore
+from .cifar_c_store import NpyStore
 from .imagenet import FolderStore, load_imagenet
 
 Split = tuple[Any, np.ndarray]

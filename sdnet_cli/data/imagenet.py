@@ -33,7 +33,8 @@ from PIL import Image
 from .._io import atomic_path, atomic_write_text
 from .cells import SEVERITIES
 from .cifar import DataError
-from .cifar_c import METADATA_FILE, describe_source, exit_with_parent, library_versions
+from .cifar_c import METADATA_FILE, describe_source
+from .cifar_c_generate import exit_with_parent, library_versions
 from .corruptions import ALL_CORRUPTIONS, corrupt
 
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"})
