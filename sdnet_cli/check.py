@@ -27,11 +27,14 @@ from .schemas import EXAMPLES_MAX, STEPS_MAX, check_count, check_severity, check
 
 @dataclass
 class ModelSpec:
-    """A model of the suite: an architecture or shipped name, optionally a checkpoint and a test lambda."""
+    """A model of the suite: an architecture or shipped name (or ``robustbench:<name>`` with its ``threat``
+    and ``model_dir``), optionally a checkpoint and a test lambda."""
 
     model: str
     checkpoint: str | None = None
     lam: str | None = None
+    threat: str | None = None  # robustbench:<name> models: their leaderboard and weights folder
+    model_dir: str | None = None
 
     @property
     def label(self) -> str:
@@ -135,7 +138,10 @@ def run_suite(
     rows: list[dict[str, Any]] = []
     for spec in suite.models:
         checkpoint = Path(spec.checkpoint) if spec.checkpoint else None
-        classifier, info = load_model(spec.model, checkpoint, suite.dataset, weights_dir)
+        model_dir = Path(spec.model_dir) if spec.model_dir else None
+        classifier, info = load_model(
+            spec.model, checkpoint, suite.dataset, weights_dir, threat=spec.threat or "corruptions", model_dir=model_dir
+        )
         runtime.prepare(classifier)
         with classifier.using(resolve_policy(spec.lam, classifier, info)):
             base = {"model": spec.label, "dataset": suite.dataset, "lam": lambda_label(classifier)}

@@ -371,6 +371,8 @@ class SuiteModel(Schema):
     model: Annotated[str, Field(min_length=1)]
     checkpoint: str | None = None
     lam: str | None = None
+    threat: Literal["corruptions", "Linf", "L2"] | None = None
+    model_dir: str | None = None
 
 
 class SuiteFile(Schema):

@@ -224,3 +224,21 @@ def test_cli_eval_and_attack_of_a_robustbench_model(
     assert result.exit_code == 2 and "adapt='bn': attacks on test-time-adapted models are out of scope" in result.output
     missing = CliRunner().invoke(app, ["eval", "--model", "robustbench:Standard", "--model-dir", str(tmp_path)])
     assert missing.exit_code == 2 and "Standard.pt does not exist" in missing.output
+
+
+def test_check_suite_holds_a_robustbench_model(
+    robustbench_dir: Path, data_dir: Path, noise_cache: Path, tmp_path: Path
+) -> None:
+    """A suite names a zoo model with its threat and folder; the baseline it writes re-checks as passed,
+    every baseline metric compared (clean, the cell, the attack)."""
+    from sdnet_cli import api
+
+    suite = tmp_path / "suite.json"
+    model = {"model": f"robustbench:{NAME}", "threat": "corruptions", "model_dir": str(robustbench_dir)}
+    suite.write_text(json.dumps({"models": [model], "n_examples": 20, "cells": [["gaussian_noise", 1]], "steps": 1}))
+    folders = {"data_dir": data_dir, "cache_dir": noise_cache, "device": "cpu"}
+    baseline = api.check(baseline=tmp_path / "baseline.json", suite=suite, update=True, **folders)
+    baseline.write(tmp_path, "baseline")
+    report = api.check(baseline=tmp_path / "baseline.json", **folders)
+    assert report.meta["passed"] and report.meta["compared"] == 3
+    assert {row["model"] for row in report.rows} == {f"robustbench:{NAME}"}
