@@ -20,6 +20,7 @@ def without_seconds(rows: list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in ("seconds", "masking_warnings")} for r in rows]
 
 
+@pytest.mark.slow
 def test_each_point_equals_an_attack_at_that_lambda(tiny_checkpoint: Path, data_dir: Path) -> None:
     sweep = api.attack_vs_lambda(
         model="sdnet18", checkpoint=tiny_checkpoint, lams="0.1,0.5", data_dir=data_dir, **COMMON
@@ -33,6 +34,7 @@ def test_each_point_equals_an_attack_at_that_lambda(tiny_checkpoint: Path, data_
     assert all(isinstance(r["masking_warnings"], int) for r in sweep.rows)
 
 
+@pytest.mark.slow
 def test_baseline_rows_plot_and_markdown(tiny_checkpoint: Path, data_dir: Path, tmp_path: Path) -> None:
     resnet = tmp_path / "r8.safetensors"
     save_checkpoint(create_model("resnet18", width=8).network, resnet, {"architecture": "resnet18"})

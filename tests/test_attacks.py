@@ -230,6 +230,7 @@ class Identity(torchattacks.attack.Attack):
         return images.clone()
 
 
+@pytest.mark.slow
 def test_one_registered_builder_adds_an_attack(
     monkeypatch: pytest.MonkeyPatch, trained: Classifier, first128: Pair
 ) -> None:
@@ -286,6 +287,7 @@ def test_cli_usage_errors_exit_2(
 
 
 # -- robust accuracy behaves -------------------------------------------------------------------
+@pytest.mark.slow
 def test_eps_zero_gives_the_clean_accuracy(pgd_sweep: AttackResults, trained: Classifier, first128: Pair) -> None:
     rows = pgd_sweep.rows(BASE)
     assert [r["eps_text"] for r in rows] == ["0", "1/255", "2/255", "8/255"]
@@ -294,6 +296,7 @@ def test_eps_zero_gives_the_clean_accuracy(pgd_sweep: AttackResults, trained: Cl
     assert rows[0]["robust_accuracy"] == rows[0]["clean_accuracy"] == pytest.approx(independent.accuracy, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_robust_accuracy_never_rises_with_eps(pgd_sweep: AttackResults) -> None:
     accuracies = accuracy_by_eps(pgd_sweep.rows(BASE), "pgd")
     assert accuracies == sorted(accuracies, reverse=True)
@@ -302,12 +305,14 @@ def test_robust_accuracy_never_rises_with_eps(pgd_sweep: AttackResults) -> None:
         assert not (pgd_sweep.robust(e + 1) & ~pgd_sweep.robust(e)).any()
 
 
+@pytest.mark.slow
 def test_pgd20_breaks_a_standard_trained_model(pgd_sweep: AttackResults) -> None:
     row = pgd_sweep.rows(BASE)[-1]
     assert row["eps_text"] == "8/255" and row["clean_accuracy"] > 25.0
     assert row["robust_accuracy"] < 5.0
 
 
+@pytest.mark.slow
 def test_linf_examples_stay_in_the_threat_set(pgd_sweep: AttackResults, first128: Pair) -> None:
     clean = first128[0].astype(np.float32) / 255
     assert pgd_sweep.adv is not None and pgd_sweep.adv.shape == (4, 128, 32, 32, 3)
@@ -321,6 +326,7 @@ def test_linf_examples_stay_in_the_threat_set(pgd_sweep: AttackResults, first128
 
 
 @pytest.mark.parametrize(("attack", "steps"), [("pgd", 10), ("apgd-ce", 10), ("fab-t", 3), ("square", 50)])
+@pytest.mark.slow
 def test_l2_examples_stay_in_the_threat_set(trained: Classifier, first128: Pair, attack: str, steps: int) -> None:
     images, labels = first128[0][:32], first128[1][:32]
     result = run_attack(
@@ -584,6 +590,7 @@ def test_the_callers_global_rng_is_left_as_it_was(cifar_test: Pair) -> None:
     assert (first.fooled == second.fooled).all() and (first.clean == second.clean).all()
 
 
+@pytest.mark.slow
 def test_bf16_attack_runs_and_is_judged_in_bf16(trained: Classifier, first128: Pair) -> None:
     bf16 = Runtime.create("cpu", "bf16")
     images, labels = first128[0][:32], first128[1][:32]
@@ -627,6 +634,7 @@ def test_a_test_time_optimising_model_is_attacked_and_flagged(cifar_test: Pair) 
     assert any("test-time optimisation" in w for w in result.diagnostics.warnings())
 
 
+@pytest.mark.slow
 def test_requantized_accuracy_at_eps_zero_is_the_clean_accuracy(
     pgd_sweep: AttackResults, trained: Classifier, first128: Pair
 ) -> None:
@@ -639,6 +647,7 @@ def test_requantized_accuracy_at_eps_zero_is_the_clean_accuracy(
 
 
 # -- resume ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_resume_skips_finished_pools_and_repeats_the_run(trained: Classifier, first128, tmp_path: Path) -> None:
     images, labels = first128[0][:48], first128[1][:48]
     args = (trained, images, labels, config("pgd", ["1/255", "2/255"], steps=5))

@@ -44,6 +44,7 @@ def test_suite_file_round_trip_and_errors(tmp_path: Path) -> None:
         Suite.load(path)
 
 
+@pytest.mark.slow
 def test_check_passes_on_itself_and_fails_on_a_regression(tmp_path: Path, data_dir: Path) -> None:
     suite = tmp_path / "suite.json"
     suite.write_text(

@@ -64,6 +64,7 @@ def randomized(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize(("kind", "count"), [("sdnet18", 123), ("resnet18", 122), ("sdnet18_all", 139)])
+@pytest.mark.slow
 def test_official_key_layout_loads(tmp_path: Path, kind: str, count: int) -> None:
     source = randomized(create_model(kind, width=8)).eval()
     official = to_official(source.network.state_dict(), kind)
@@ -192,6 +193,7 @@ def _register_many(weights_dir: str, prefix: str, count: int) -> None:
         )
 
 
+@pytest.mark.slow
 def test_concurrent_manifest_updates_keep_every_entry(tmp_path: Path) -> None:
     """Two trainings finishing together must not drop each other's entry (read-modify-write under a lock)."""
     import multiprocessing
@@ -219,6 +221,7 @@ def atom_norms(weight: torch.Tensor) -> torch.Tensor:
     return weight.double().flatten(1).norm(dim=1)
 
 
+@pytest.mark.slow
 def test_saved_dictionaries_have_unit_norm_atoms_and_the_same_outputs(tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

@@ -17,6 +17,7 @@ def test_test_split_facts(cifar_test: tuple[np.ndarray, np.ndarray]) -> None:
     np.testing.assert_allclose(images.reshape(-1, 3).mean(0) / 255, [0.4942, 0.4851, 0.4504], atol=5e-5)
 
 
+@pytest.mark.slow
 def test_train_split_facts(data_dir: Path) -> None:
     images, labels = load_cifar10(data_dir, "train", download=False)
     assert images.shape == (50000, 32, 32, 3)

@@ -34,6 +34,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory, data: tuple[np.ndarray, 
     return out
 
 
+@pytest.mark.slow
 def test_worker_count_does_not_change_the_files(
     tmp_path: Path, generated: Path, data: tuple[np.ndarray, np.ndarray]
 ) -> None:

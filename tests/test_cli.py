@@ -25,6 +25,7 @@ def run(*args: str):  # type: ignore[no-untyped-def]
     return runner.invoke(app, list(args))
 
 
+@pytest.mark.slow
 def test_eval_end_to_end(tiny_checkpoint: Path, data_dir: Path, cache_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "reports"
     result = run(
@@ -82,6 +83,7 @@ def test_eval_end_to_end(tiny_checkpoint: Path, data_dir: Path, cache_dir: Path,
     assert "| gaussian_noise" in (out / "eval-sdnet18.md").read_text()
 
 
+@pytest.mark.slow
 def test_eval_lam_is_recorded_and_changes_nothing_for_same_value(
     tiny_checkpoint: Path, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -104,6 +106,7 @@ def test_eval_lam_is_recorded_and_changes_nothing_for_same_value(
     assert row_a["lam"] == 0.1 and row_a["correct"] == row_b["correct"]
 
 
+@pytest.mark.slow
 def test_eval_compile_counts_the_same_as_eager_and_says_so(
     tiny_checkpoint: Path, data_dir: Path, tmp_path: Path
 ) -> None:
@@ -205,6 +208,7 @@ def test_eval_lam_on_resnet_exit_2(data_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "no CSC layers" in result.output
 
 
+@pytest.mark.slow
 def test_eval_reads_official_release_layout(tiny_checkpoint: Path, data_dir: Path, tmp_path: Path) -> None:
     """An official-style folder (here: constant images) is used as given, and reported as official."""
     release = tmp_path / "CIFAR-10-C"
@@ -242,6 +246,7 @@ def test_eval_reads_official_release_layout(tiny_checkpoint: Path, data_dir: Pat
     assert report["rows"][1]["correct"] == int((labels[300:400] == predicted).sum())
 
 
+@pytest.mark.slow
 def test_make_c_writes_release_layout(data_dir: Path, tmp_path: Path) -> None:
     result = run(
         "make-c",

@@ -75,6 +75,7 @@ def test_csc_layer_traces_into_one_graph(lam) -> None:
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
+@pytest.mark.slow
 def test_sdnet18_traces_into_one_graph() -> None:
     torch.manual_seed(0)
     model = create_model("sdnet18", width=4).eval()
@@ -85,6 +86,7 @@ def test_sdnet18_traces_into_one_graph() -> None:
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
+@pytest.mark.slow
 def test_compiled_inference_matches_eager_for_every_policy_with_one_compile() -> None:
     eager = Runtime.create("cpu").prepare(tiny_classifier())
     model = Runtime.create("cpu", compile=True).prepare(copy.deepcopy(eager))
@@ -106,6 +108,7 @@ def test_compiled_inference_matches_eager_for_every_policy_with_one_compile() ->
         assert graphs_compiled() - before == 1
 
 
+@pytest.mark.slow
 def test_gradient_passes_and_stale_step_sizes_run_eagerly() -> None:
     eager = Runtime.create("cpu").prepare(tiny_classifier())
     model = Runtime.create("cpu", compile=True).prepare(copy.deepcopy(eager))

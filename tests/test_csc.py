@@ -50,6 +50,7 @@ def test_synthesis_is_adjoint_of_analysis(stride: int) -> None:
     assert torch.isclose(lhs, rhs, rtol=1e-10), (float(lhs), float(rhs))
 
 
+@pytest.mark.slow
 def test_many_steps_converge_to_nonnegative_lasso_solution() -> None:
     # fewer atoms than pixels: D has full column rank, so the solution is unique
     layer = make_layer(cin=4, cout=2, n_steps=1500, fista="textbook").eval()

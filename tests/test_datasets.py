@@ -90,6 +90,7 @@ def test_cifar100_reader(cifar100_dir: Path, cifar_test: tuple[np.ndarray, np.nd
         load_cifar100(tmp_path, "test", download=False)
 
 
+@pytest.mark.slow
 def test_cifar100_train_eval_make_c_sweep_attack(cifar100_dir: Path, tmp_path: Path) -> None:
     """`--dataset cifar100` through train, eval (generated and release CIFAR-100-C), make-c, sweep-lambda, attack."""
     data = ["--data-dir", str(cifar100_dir)]
@@ -271,6 +272,7 @@ def test_image_folder_reader(imagenet_dir: Path, tmp_path: Path) -> None:
         load_imagenet(tmp_path / "empty", "test")
 
 
+@pytest.mark.slow
 def test_all_19_imagenet_strength_corruptions_on_224(imagenet_dir: Path) -> None:
     image = load_imagenet(imagenet_dir, "test")[0][0][None]
     for name in ALL_CORRUPTIONS:
@@ -320,6 +322,7 @@ def save_authors_imagenet_sdnet(path: Path) -> torch.nn.Module:
     return network
 
 
+@pytest.mark.slow
 def test_imagenet_eval_generated_release_sweep_attack(imagenet_dir: Path, tmp_path: Path) -> None:
     checkpoint = tmp_path / "model_best.pth.tar"
     save_authors_imagenet_sdnet(checkpoint)
@@ -435,6 +438,7 @@ def test_imagenet_eval_generated_release_sweep_attack(imagenet_dir: Path, tmp_pa
     assert attack[0]["dataset"] == "imagenet" and attack[0]["n"] == 2
 
 
+@pytest.mark.slow
 def test_imagenet_make_c_is_seeded_per_image(imagenet_dir: Path, tmp_path: Path) -> None:
     args = ["make-c", "--dataset", "imagenet", "--data-dir", str(imagenet_dir), "-c", "shot_noise", "--workers", "1"]
     assert run(*args, "-n", "2", "--out", str(tmp_path / "a")).exit_code == 0
@@ -448,6 +452,7 @@ def test_imagenet_make_c_is_seeded_per_image(imagenet_dir: Path, tmp_path: Path)
     assert run(*args, "--seed", "1", "-n", "2", "--out", str(tmp_path / "a")).exit_code == 2  # no mixing of seeds
 
 
+@pytest.mark.slow
 def test_torchvision_baselines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(ModelError, match="resnet18-f37072fd.pth") as missing:

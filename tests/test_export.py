@@ -39,6 +39,7 @@ def stem_lipschitz(weight: torch.Tensor, size: int) -> float:
 
 
 @pytest.mark.parametrize("name", ["sdnet18", "sdnet18_all", "resnet18"])
+@pytest.mark.slow
 def test_export_loads_back_to_identical_logits(tmp_path: Path, name: str) -> None:
     source = trained_like(name)
     out = tmp_path / "model_best.pth"
@@ -48,6 +49,7 @@ def test_export_loads_back_to_identical_logits(tmp_path: Path, name: str) -> Non
     torch.testing.assert_close(model(x), source(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_export_is_a_plain_state_dict_in_the_authors_layout(tmp_path: Path) -> None:
     source = trained_like("sdnet18_all")
     out = tmp_path / "model_best.pth"

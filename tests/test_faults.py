@@ -459,6 +459,7 @@ def running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.slow
 def test_sigterm_during_generation_removes_the_temp_file(tmp_path: Path) -> None:
     child, _ = start_generation(tmp_path, workers=1)
     try:
@@ -474,6 +475,7 @@ def test_sigterm_during_generation_removes_the_temp_file(tmp_path: Path) -> None
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+@pytest.mark.slow
 def test_pool_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     child, workers = start_generation(tmp_path, workers=2)
     child.kill()  # SIGKILL: the parent cannot clean up or stop its pool
@@ -545,6 +547,7 @@ def test_cli_bad_options_one_line_exit_2(args: list[str], message: str, tmp_path
     assert not list(tmp_path.glob("cifar10-c-seed*"))
 
 
+@pytest.mark.slow
 def test_cli_sigterm_exits_143_and_leaves_nothing(tmp_path: Path, data_dir: Path) -> None:
     """The real CLI under SIGTERM while generating CIFAR-10-C: exit 143, no report, no temp file."""
     import subprocess
@@ -586,6 +589,7 @@ def test_cli_sigterm_exits_143_and_leaves_nothing(tmp_path: Path, data_dir: Path
     assert not list(tmp_path.rglob("*.tmp")) and not out.exists()
 
 
+@pytest.mark.slow
 def test_interrupted_attack_says_what_was_saved_and_resume_finishes_it(
     tiny_checkpoint: Path, data_dir: Path, tmp_path: Path
 ) -> None:

@@ -184,6 +184,7 @@ def test_regression_by_more_than_the_tolerance_fails() -> None:
 
 
 # -- end to end on a tiny suite --------------------------------------------------------------------
+@pytest.mark.slow
 def test_gate_end_to_end_on_a_tiny_suite(tmp_path: Path, data_dir: Path, tiny_checkpoint: Path) -> None:
     suite = tmp_path / "suite.json"
     suite.write_text(

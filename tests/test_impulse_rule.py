@@ -131,6 +131,7 @@ IMPULSE = [0.0, 0.0, 0.0, 0.02, 0.04]
 CURVES = np.stack([peaked(10 * s + 20 * i) for s, i in zip(SIGMA, IMPULSE)])
 
 
+@pytest.mark.slow
 def test_two_feature_fit_finds_the_plane_through_every_peak() -> None:
     (a, c), b = fit_rule_for_accuracy(np.array([SIGMA, IMPULSE]).T, CURVES, GRID)
     assert (a, c, b) == pytest.approx((10.0, 20.0, 0.0), abs=1e-9)

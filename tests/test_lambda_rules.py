@@ -21,6 +21,8 @@ from sdnet_cli.models import create_model
 from sdnet_cli.models.checkpoints import sha256_of
 from sdnet_cli.runtime import Runtime
 
+pytestmark = pytest.mark.slow  # every test sweeps generated corrupted cells through a model
+
 CPU = Runtime.create("cpu")
 CELLS = [Cell("clean", 0), Cell("gaussian_noise", 5), Cell("contrast", 5)]
 GRID = [0.1, 0.6, 1.4]

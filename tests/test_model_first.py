@@ -49,6 +49,7 @@ def as_input(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
 
 
+@pytest.mark.slow
 def test_constant_module_scores_the_share_of_its_class(cifar_test, data_dir: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     labels = cifar_test[1][:50]
     k = int(np.bincount(labels, minlength=10).argmax())
@@ -73,6 +74,7 @@ def test_constant_module_scores_the_share_of_its_class(cifar_test, data_dir: Pat
     assert attacked.meta["batch_size"] == BATCH_SIZE
 
 
+@pytest.mark.slow
 def test_nearest_image_module_is_right_and_cannot_be_moved_within_eps(cifar_test, data_dir: Path) -> None:  # type: ignore[no-untyped-def]
     images, labels = cifar_test[0][:16], cifar_test[1][:16]
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -93,6 +95,7 @@ def test_nearest_image_module_is_right_and_cannot_be_moved_within_eps(cifar_test
     assert report.meta["model"]["name"] == "NearestImage"
 
 
+@pytest.mark.slow
 def test_a_model_loaded_once_gives_what_its_name_gives(tiny_checkpoint: Path, data_dir: Path, tmp_path: Path) -> None:
     loaded = api.load_model("sdnet18", checkpoint=tiny_checkpoint)
     common = dict(corruptions=["none"], n_examples=16, data_dir=data_dir, device="cpu", lam=0.2)
@@ -166,6 +169,7 @@ def test_attack_vs_lambda_help_names_its_own_defaults() -> None:
     assert "--compile" not in result.output and "--fit" not in result.output
 
 
+@pytest.mark.slow
 def test_train_resume_with_changed_settings_is_a_usage_error(data_dir: Path, tmp_path: Path) -> None:
     from sdnet_cli.data.cifar import load_cifar10
     from sdnet_cli.models import create_model

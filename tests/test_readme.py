@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the whole README example on real data
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

@@ -72,6 +72,7 @@ def plain_forward(model: torch.nn.Module, images: np.ndarray, lam: float) -> tup
     return logits.numpy(), (seen["x"].double() - recon).pow(2).flatten(1).sum(1).numpy()
 
 
+@pytest.mark.slow
 def test_sweep_cells_flags_every_image_at_every_lambda(model: torch.nn.Module, source: CellSource) -> None:
     seen: list[int] = []
     (found,) = sweep.sweep_cells(model, CELLS[:1], source, Runtime.create("cpu"), LAMS, 20, seen.append)
@@ -83,6 +84,7 @@ def test_sweep_cells_flags_every_image_at_every_lambda(model: torch.nn.Module, s
     assert len(found.seconds) == len(LAMS) and min(found.seconds) > 0
 
 
+@pytest.mark.slow
 def test_sweep_rows_oracle_errors_and_plots(model: torch.nn.Module, source: CellSource, tmp_path: Path) -> None:
     deployed = FixedLambda(0.3)
     with model.using(deployed):
@@ -133,6 +135,7 @@ def test_sweep_rows_oracle_errors_and_plots(model: torch.nn.Module, source: Cell
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
+@pytest.mark.slow
 def test_calibration_uses_only_training_images(
     model: torch.nn.Module, data_dir: Path, cifar_test: tuple[np.ndarray, np.ndarray], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -192,6 +195,7 @@ def test_calibration_uses_only_training_images(
     assert scores[calibration.recommended] == max(scores.values())  # auto: the rule with the higher group mean
 
 
+@pytest.mark.slow
 def test_sweep_and_calibration_refuse_what_they_cannot_do(source: CellSource) -> None:
     runtime = Runtime.create("cpu")
     with pytest.raises(UsageError, match="no CSC layers") as raised:
@@ -266,6 +270,7 @@ def test_eval_lam_auto_without_calibration_exits_2(tiny_checkpoint: Path, data_d
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_sweep_fit_then_eval_auto_noise_oracle(
     tiny_checkpoint: Path, data_dir: Path, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

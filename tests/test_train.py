@@ -34,6 +34,7 @@ def fresh(cfg: TrainConfig):  # type: ignore[no-untyped-def]
     return create_model(cfg.model, width=cfg.width, lam=cfg.lam)
 
 
+@pytest.mark.slow
 def test_training_improves_over_chance(train_data, cifar_test, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg = config(epochs=4, n_train=1280, n_test=500, lr=0.02)
     model = fresh(cfg)
@@ -45,6 +46,7 @@ def test_training_improves_over_chance(train_data, cifar_test, tmp_path: Path) -
     assert held_out.accuracy > 20.0  # chance is 10% +- 1.3 (one standard error on 500 images)
 
 
+@pytest.mark.slow
 def test_resume_retraces_the_uninterrupted_run(train_data, cifar_test, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg = config(epochs=2, n_train=256, n_test=64)
     straight = fresh(cfg)
@@ -67,6 +69,7 @@ def test_resume_retraces_the_uninterrupted_run(train_data, cifar_test, tmp_path:
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=k)
 
 
+@pytest.mark.slow
 def test_resume_refuses_changed_settings(train_data, cifar_test, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg = config(epochs=1, n_train=64, n_test=32)
     train(fresh(cfg), cfg, train_data, cifar_test, CPU, tmp_path / "r.pt")
@@ -98,6 +101,7 @@ shipped; +-2 images absorb what differs between CPUs."""
 
 
 @pytest.mark.parametrize("entry", SHIPPED, ids=[e["name"] for e in SHIPPED])
+@pytest.mark.slow
 def test_shipped_checkpoint_classifies_the_counted_images(entry: dict, cifar_test) -> None:  # type: ignore[no-untyped-def]
     path = resolve_weights_dir() / entry["file"]
     assert sha256_of(path) == entry["sha256"]
@@ -143,6 +147,7 @@ def test_default_cifar10_pair_is_one_recipe_and_meets_the_accuracy_targets() -> 
     assert load_model("sdnet18")[1].name == sdnet["name"] and load_model("resnet18")[1].name == resnet["name"]
 
 
+@pytest.mark.slow
 def test_train_command_half_stores_fp16_and_measures_the_stored_weights(data_dir: Path, tmp_path: Path) -> None:
     from safetensors import safe_open
     from typer.testing import CliRunner
@@ -188,6 +193,7 @@ def test_train_command_half_stores_fp16_and_measures_the_stored_weights(data_dir
     assert entry["clean_accuracy"] == round(recount.accuracy, 2)  # measured with the fp16 weights it stored
 
 
+@pytest.mark.slow
 def test_train_command_bf16_records_the_fp32_accuracy_users_see(data_dir: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -74,6 +74,7 @@ def noise_cache(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pat
     return cache
 
 
+@pytest.mark.slow
 def test_robustbench_accuracy_equals_robustbench_clean_accuracy(
     robustbench_dir: Path, data_dir: Path, noise_cache: Path
 ) -> None:
@@ -199,6 +200,7 @@ def test_a_users_factory_is_imported_and_called(tmp_path: Path, monkeypatch: pyt
         load_model("zoo_test_no_such_module:build")
 
 
+@pytest.mark.slow
 def test_cli_eval_and_attack_of_a_robustbench_model(
     robustbench_dir: Path, data_dir: Path, noise_cache: Path, tmp_path: Path
 ) -> None:
