@@ -284,30 +284,16 @@ class Session:
             single_process(command)
         runtime = Runtime.create(dist.init(device) if distributed else device, precision, compile)
         loaded = resolve_model(
-            model,
-            checkpoint=checkpoint,
-            dataset=dataset,
-            weights_dir=weights_dir,
-            n_steps=n_steps,
-            normalize=normalize,
-            threat=threat,
-            model_dir=model_dir,
-        )
+            model, checkpoint=checkpoint, dataset=dataset, weights_dir=weights_dir, n_steps=n_steps,
+            normalize=normalize, threat=threat, model_dir=model_dir,
+        )  # fmt: skip
         runtime.prepare(loaded.classifier)
         size = batch_size or default_batch_size or runtime.eval_batch_size
         folders = {"data_dir": data_dir, "cache_dir": cache_dir, "cifar_c_dir": cifar_c_dir}
         return cls(
-            command,
-            runtime,
-            loaded,
-            loaded.info.dataset,
-            seed,
-            size,
-            n_examples,
-            distributed,
-            progress or Silent(),
+            command, runtime, loaded, loaded.info.dataset, seed, size, n_examples, distributed, progress or Silent(),
             folders,
-        )
+        )  # fmt: skip
 
     @property
     def classifier(self) -> Classifier:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import UsageError
 from ..report import Report
@@ -54,38 +55,49 @@ def evaluate_corruptions(
     from ..adapt import make_adaptation
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
     from ..evaluate import evaluate_cells
-    from ..lam import ORACLE, lambda_label, oracle_lambdas, resolve_policy
+    from ..lam import ORACLE
     from ..metrics import corruption_errors
 
     names = parse_corruptions(strings(corruptions))
     cells = expand_cells(names, parse_severities(strings(severities)))
-    oracle = lam == ORACLE
-    if oracle and sweep is None:
+    if lam == ORACLE and sweep is None:
         raise UsageError("lam='oracle' needs sweep, a sweep-lambda JSON report of this checkpoint", parameter="sweep")
     adaptation = make_adaptation(adapt, batch_size, compile)
     batch_size = adaptation.batch_size if adaptation is not None else batch_size
     session = Session.open("eval", distributed=True, **shared(locals()))
-    classifier, info = session.classifier, session.info
     if adaptation is not None:
-        adaptation.check(classifier)
-    cell_policy = oracle_lambdas(sweep, info, cells) if oracle else None  # type: ignore[arg-type]
-    policy = None if oracle else resolve_policy(lam, classifier, info, calibration)
+        adaptation.check(session.classifier)
+    policy, cell_policy, base = _lambda_policies(session, lam, calibration, sweep, cells)
     source = session.cells(names)
-    advance = session.task(f"evaluating {info.name}", source, len(cells))
-    with classifier.using(policy):
-        base = session.base(lam=ORACLE if oracle else lambda_label(classifier))
+    advance = session.task(f"evaluating {session.info.name}", source, len(cells))
+    with session.classifier.using(policy):
         rows = evaluate_cells(
-            classifier, cells, source, session.runtime, base, session.batch_size, advance, cell_policy, adaptation
-        )
-    summary = corruption_errors(rows, source.spec.ce_baseline, source.spec.ce_baseline_clean)
+            session.classifier, cells, source, session.runtime, base, session.batch_size, advance, cell_policy,
+            adaptation,
+        )  # fmt: skip
     meta = session.meta(
         source,
-        lam_policy=f"best lambda per cell from {sweep}" if oracle else repr(policy or "training lambda"),
-        oracle=oracle,
+        lam_policy=f"best lambda per cell from {sweep}" if cell_policy else repr(policy or "training lambda"),
+        oracle=cell_policy is not None,
         adaptation=adaptation.describe() if adaptation is not None else None,
-        corruption_errors=summary,
+        corruption_errors=corruption_errors(rows, source.spec.ce_baseline, source.spec.ce_baseline_clean),
     )
-    return Report(rows, meta, name=f"eval-{info.name}", title=f"sdnet eval: {info.name}")
+    return Report(rows, meta, name=f"eval-{session.info.name}", title=f"sdnet eval: {session.info.name}")
+
+
+def _lambda_policies(
+    session: Session, lam: float | str | None, calibration: Path | None, sweep: Path | None, cells: Sequence[Any]
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(policy for every cell, per-cell oracle policy or None, the rows' base columns): ``lam='oracle'`` takes
+    each cell's best lambda from the ``sweep`` report (labels used), any other ``lam`` one policy for all."""
+    from ..lam import ORACLE, lambda_label, oracle_lambdas, resolve_policy
+
+    classifier, info = session.classifier, session.info
+    if lam == ORACLE:
+        return None, oracle_lambdas(sweep, info, cells), session.base(lam=ORACLE)  # type: ignore[arg-type]
+    policy = resolve_policy(lam, classifier, info, calibration)
+    with classifier.using(policy):
+        return policy, None, session.base(lam=lambda_label(classifier))
 
 
 def generate_corruptions(
