@@ -490,7 +490,8 @@ def test_pool_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
 
 
 def test_cli_output_and_cache_folders_are_checked_before_any_work(tmp_path: Path, data_dir: Path) -> None:
-    """A read-only --out, an --out that is a file, or a read-only --cache-dir: one line, exit 2, nothing written."""
+    """A read-only --out, an --out that is a file or under /proc, a read-only --cache-dir, a --name or --save-adv
+    too long for the file system: one line, exit 2, nothing written."""
     import os
 
     from typer.testing import CliRunner
@@ -510,12 +511,17 @@ def test_cli_output_and_cache_folders_are_checked_before_any_work(tmp_path: Path
         ["--out", str(not_a_folder)],
         ["--out", str(locked / "reports")],
         ["-c", "fog", "--cache-dir", str(locked / "cache"), "--out", str(tmp_path / "out")],
+        ["--name", "n" * 300, "--out", str(tmp_path / "out")],
+        ["--out", "/proc/sdnet-out"],
     ):
         result = CliRunner().invoke(app, [*base, *extra])
         assert result.exit_code == 2, result.output
         lines = [line for line in result.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-        assert ("--out" in lines[0]) or ("--cache-dir" in lines[0])
+        assert any(flag in lines[0] for flag in ("--out", "--cache-dir", "--name")), lines[0]
+    attack = ["attack", "--model", "resnet18", "-a", "pgd", "--steps", "1", "-n", "4", "--data-dir", str(data_dir)]
+    result = CliRunner().invoke(app, [*attack, "--out", str(tmp_path / "out"), "--save-adv", f"{'a' * 300}.npz"])
+    assert result.exit_code == 2 and "--save-adv" in result.output, result.output
     assert not (tmp_path / "out").exists()
 
 
