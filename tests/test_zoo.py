@@ -228,6 +228,7 @@ def test_cli_eval_and_attack_of_a_robustbench_model(
     assert missing.exit_code == 2 and "Standard.pt does not exist" in missing.output
 
 
+@pytest.mark.slow
 def test_check_suite_holds_a_robustbench_model(
     robustbench_dir: Path, data_dir: Path, noise_cache: Path, tmp_path: Path
 ) -> None:
