@@ -82,15 +82,6 @@ def single_process(command: str) -> None:
         raise UsageError(f"{command} runs in one process; under torchrun only eval and attack split their work")
 
 
-def require_lambda(classifier: Classifier, info: ModelInfo) -> None:
-    """Lambda sweeps, rules and hold-outs need a model with CSC layers (an SDNet)."""
-    if not classifier.csc_layers:
-        raise UsageError(
-            f"{info.name} has no CSC layers, so it has no lambda to sweep or choose; use an SDNet model (e.g. sdnet18)",
-            parameter="model",
-        )
-
-
 def state_dict_sha256(module: nn.Module) -> str:
     """A fingerprint of a module's weights: its state dict in sorted key order, each entry's name, dtype,
     shape and raw bytes, so equal weights give equal digests whatever their device or insertion order."""
@@ -304,7 +295,10 @@ class Session:
         return self.model.info
 
     def require_lambda(self) -> None:
-        require_lambda(self.classifier, self.info)
+        """Lambda sweeps, rules and hold-outs need a model with CSC layers (an SDNet)."""
+        from ..models.csc import require_csc
+
+        require_csc(self.classifier, "it has no lambda to sweep or choose", "model", self.info.name)
 
     def cells(self, names: Sequence[str], prepare: bool = True) -> CellSource:
         """The cell images of ``names``: every file checked before the first forward; with ``prepare``,
