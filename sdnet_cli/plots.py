@@ -98,11 +98,13 @@ def save_panel_grid(
     tick_rotation: float = 0.0,
     label_order: Sequence[str] = (),
     columns: int = 5,
+    legend_columns: int = 4,
 ) -> Path:
     """One PNG of small multiples: a panel per key of ``panels`` (title -> lines (label, xs, ys)), sharing
     the y axis so panels compare at a glance, with one legend. A label's colour follows its place in
     ``label_order`` (then first appearance), so it stays the same in every panel and in sibling figures.
-    Each panel's x ticks are its own xs, written as ``tick_text`` gives them (else ``%g``)."""
+    Each panel's x ticks are its own xs, written as ``tick_text`` gives them (else ``%g``); the legend has
+    ``legend_columns`` entries a row (fewer for a narrow figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,6 +142,6 @@ def save_panel_grid(
     for ax in axes.flat[len(panels) :]:
         fig.delaxes(ax)
     handles = [plt.Line2D([], [], **style[label]) for label in drawn]
-    fig.legend(handles, drawn, loc="outside lower center", ncols=min(len(drawn), 4), fontsize=8)
+    fig.legend(handles, drawn, loc="outside lower center", ncols=min(len(drawn), legend_columns), fontsize=8)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, Path(path), tight=False)
