@@ -7,6 +7,7 @@ reports/tta/run_all.sh): no number typed by hand.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -124,6 +125,10 @@ def main(folder: Path, out: Path) -> None:
         "batch on the BatchNorm affine parameters minimising the mean prediction entropy (Wang et al., ICLR "
         "2021); predictions come from the forward that computed the loss. Batches of 200 images **of one cell**; "
         "the model is reset before every cell.",
+        f"- Sampling error: a cell's accuracy on {n:,} images has a standard error of at most "
+        f"{100 * math.sqrt(0.25 / n):.1f} points. Means over many cells are steadier, but every cell holds the "
+        "same images, so their errors do not average out as if independent: read differences of a point or less "
+        "between methods as ties.",
         "- `lambda 0.1` is SDNet's training lambda; `auto` is the per-input rule its calibration recommends "
         "(calibrated on corrupted *training* images with the stored BN statistics). It sees one image and keeps "
         "no state.",
@@ -200,8 +205,8 @@ def findings(get) -> list[str]:  # type: ignore[no-untyped-def]
         adds = "add up" if s_auto_bn > s_bn else "do not add up"
         said.append(
             f"- On SDNet, lambda and BN adaptation {adds} on the noises: `auto + bn` {s_auto_bn:.2f}% vs `bn` at "
-            f"lambda 0.1 {s_bn:.2f}%. The `auto` rule was calibrated with the stored BN statistics and pushes lambda "
-            "up for noisy inputs, which BN adaptation already corrects; a rule calibrated under BN adaptation (not "
+            f"lambda 0.1 {s_bn:.2f}%. The `auto` rule was calibrated with the stored BN statistics and raises lambda "
+            "for noisy inputs, which no longer helps once BN adapts; a rule calibrated under BN adaptation (not "
             "yet an option of `sdnet sweep-lambda --fit`) is the natural next thing to try."
         )
     clean = [
