@@ -245,3 +245,9 @@ def test_check_suite_holds_a_robustbench_model(
     report = api.check(baseline=tmp_path / "baseline.json", **folders)
     assert report.meta["passed"] and report.meta["compared"] == 3
     assert {row["model"] for row in report.rows} == {f"robustbench:{NAME}"}
+
+
+@pytest.mark.parametrize(("option", "value"), [("threat", "Linf"), ("model_dir", Path("models"))])
+def test_robustbench_options_on_another_model_are_refused(option: str, value: object) -> None:
+    with pytest.raises(UsageError, match=f"{option} applies to robustbench:<name> models, not to resnet18"):
+        load_model("resnet18", **{option: value})

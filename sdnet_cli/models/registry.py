@@ -217,8 +217,14 @@ def load_model(
     ``robustbench:<name>`` (with ``threat``, ``model_dir``), ``timm:<name>`` and ``package.module:factory``
     are models from outside: see ``zoo.load_zoo_model``.
     """
-    from .zoo import is_zoo_spec, load_zoo_model  # zoo builds on this module
+    from .zoo import ROBUSTBENCH, is_zoo_spec, load_zoo_model  # zoo builds on this module
 
+    if not model.startswith(ROBUSTBENCH):  # said and ignored would be a silent surprise
+        for value, default, parameter in ((threat, "corruptions", "threat"), (model_dir, None, "model_dir")):
+            if value != default:
+                raise ModelError(
+                    f"{parameter} applies to robustbench:<name> models, not to {model}", parameter=parameter
+                )
     if is_zoo_spec(model):
         if n_steps is not None:
             raise ModelError(f"n_steps applies to our SDNet checkpoints, not to {model}", parameter="n_steps")
