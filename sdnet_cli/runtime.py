@@ -109,8 +109,8 @@ def iter_batches(images: np.ndarray, labels: np.ndarray, runtime: Runtime, batch
         yield Batch(rows, runtime.to_input(images[rows]), y)
 
 
-def predict(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-    """Predicted labels of [0,1] inputs: the judge of every accuracy the tool reports.
+def predict_logits(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """Logits of [0,1] inputs, checked finite: the judge of every accuracy the tool reports.
 
     Runs under ``no_grad``, never ``inference_mode``: a model whose forward optimises its input
     (test-time optimisation) switches gradients back on inside, which inference mode forbids.
@@ -122,7 +122,12 @@ def predict(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch.Tensor
             "the model returned NaN or infinite logits (e.g. a test-time lambda at which the "
             "sparse-coding solve diverges)"
         )
-    return logits.argmax(dim=1)
+    return logits
+
+
+def predict(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+    """Predicted labels of [0,1] inputs (``predict_logits``' argmax)."""
+    return predict_logits(model, x, runtime).argmax(dim=1)
 
 
 def predict_correct(

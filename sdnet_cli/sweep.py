@@ -12,7 +12,7 @@ Their Markdown and plots are laid out in ``sweep_report``.
 
 from __future__ import annotations
 
-import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,7 +40,8 @@ from .lam import (
 from .models.classifier import Classifier, LambdaPolicy
 from .models.csc import CSCLayer, require_csc
 from .rows import CLEAN, HELD_OUT, IN_CALIBRATION, MEAN, REFERENCE
-from .runtime import Counts, Runtime, iter_batches, predict
+from .runtime import Counts, Runtime, iter_batches
+from .sweep_plan import SweepPlan, sweep_images
 
 
 class ImageSource(Protocol):
@@ -80,13 +81,20 @@ def _stem(model: Classifier) -> CSCLayer:
 class CellSweep:
     """One cell swept over a lambda grid: which images each lambda classifies correctly (``correct[j, i]``
     for ``grid[j]`` and image i), and the stem's mean reconstruction error and the seconds at each lambda.
-    Both oracles (``lam.oracle_scores``) are functions of ``correct`` alone."""
+    Both oracles (``lam.oracle_scores``) are functions of ``correct`` alone. ``top2``: per image, whether
+    the label is among the two most likely classes at the training lambda (None when it is off the grid).
+    ``pairs_run``: the (lambda, image) pairs the network ran on (the rest inferred by the ``SweepPlan``),
+    ``audited`` of the inferred ones run anyway, ``audit_same`` of those with unchanged correctness."""
 
     cell: Cell
     grid: list[float]
     correct: np.ndarray
     mean_error: list[float]
     seconds: list[float]
+    top2: np.ndarray | None = None
+    pairs_run: int = 0
+    audited: int = 0
+    audit_same: int = 0
 
 
 def sweep_cells(
@@ -97,17 +105,51 @@ def sweep_cells(
     lams: Sequence[float],
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    plan: SweepPlan | None = None,
+    seed: int = 0,
 ) -> list[CellSweep]:
-    """Every (cell, lambda) pair through the evaluation's ``predict`` with a ``FixedLambda`` policy; ``lams``
-    is read by ``lambda_grid`` (sorted, distinct)."""
+    """Every (cell, lambda) pair through the evaluation's ``predict_logits`` with a ``FixedLambda`` policy,
+    visited by ``plan`` (default ``SweepPlan()``; ``EVERY_PAIR`` runs them all); ``seed`` draws the plan's
+    audit sample of each cell. ``lams`` is read by ``lambda_grid`` (sorted, distinct)."""
     stem = _stem(model)
     grid = lambda_grid(lams)
+    plan = plan or SweepPlan()
     sweeps = []
     for cell in cells:
         images, labels = source.load(cell)
-        correct, errors, seconds = _sweep_images(model, stem, grid, images, labels, runtime, batch_size, progress)
-        sweeps.append(CellSweep(cell, grid, correct, errors.mean(axis=1).tolist(), seconds.tolist()))
+        rng = np.random.default_rng([seed, zlib.crc32(f"{cell.corruption}/{cell.severity}".encode())])
+        found = sweep_images(model, stem, grid, images, labels, runtime, batch_size, plan, rng, progress)
+        correct = found.pred == np.asarray(labels)[None, :]
+        sweeps.append(
+            CellSweep(
+                cell,
+                grid,
+                correct,
+                found.errors.mean(axis=1).tolist(),
+                found.seconds.tolist(),
+                found.top2 if stem.lam in grid else None,
+                int(found.ran.sum()),
+                found.audited,
+                found.audit_same,
+            )  # fmt: skip
+        )
     return sweeps
+
+
+def plan_summary(sweeps: Sequence[CellSweep], plan: SweepPlan) -> dict[str, Any]:
+    """What a report's meta says of how its sweeps were run: the plan, the share of pairs the network ran
+    on, and the audit of the inferred pairs (the measured agreement of the plan with running them all)."""
+    pairs = sum(s.correct.size for s in sweeps)
+    audited = sum(s.audited for s in sweeps)
+    same = sum(s.audit_same for s in sweeps)
+    return {
+        **plan.describe(),
+        "pairs": pairs,
+        "pairs_run": sum(s.pairs_run for s in sweeps),
+        "audited": audited,
+        "audit_same": same,
+        "audit_agreement": round(same / audited, 6) if audited else None,
+    }
 
 
 def sweep_rows(sweeps: Sequence[CellSweep], row_base: dict) -> list[dict]:
@@ -134,40 +176,11 @@ def sweep_lambda(
     row_base: dict,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    plan: SweepPlan | None = None,
+    seed: int = 0,
 ) -> list[dict]:
     """``sweep_rows`` of ``sweep_cells``: one row per (cell, lambda)."""
-    return sweep_rows(sweep_cells(model, cells, source, runtime, lams, batch_size, progress), row_base)
-
-
-def _sweep_images(
-    model: Classifier,
-    stem: CSCLayer,
-    grid: Sequence[float],
-    images: np.ndarray,
-    labels: np.ndarray,
-    runtime: Runtime,
-    batch_size: int,
-    progress: Callable[[int], None] | None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-image correctness [L, N] and stem reconstruction error [L, N] at every grid lambda, and the
-    seconds [L] each lambda's forwards took. Each batch is converted to model input once and then run at
-    every lambda (the same forwards, on the same inputs, as one ``predict_correct`` per lambda), so the
-    uint8 decoding and copying is not repeated per lambda."""
-    correct = np.zeros((len(grid), len(images)), dtype=bool)
-    errors = np.zeros((len(grid), len(images)), dtype=np.float64)
-    seconds = np.zeros(len(grid))
-    policies = [FixedLambda(lam) for lam in grid]
-    with stem.recording_error() as record:
-        for batch in iter_batches(images, labels, runtime, batch_size):
-            for j, policy in enumerate(policies):
-                start = time.perf_counter()
-                with model.using(policy):
-                    correct[j, batch.rows] = (predict(model, batch.x, runtime) == batch.y).cpu().numpy()
-                errors[j, batch.rows] = record.error.cpu().numpy()  # type: ignore[union-attr]
-                seconds[j] += time.perf_counter() - start
-                if progress is not None:
-                    progress(batch.rows.stop - batch.rows.start)
-    return correct, errors, seconds
+    return sweep_rows(sweep_cells(model, cells, source, runtime, lams, batch_size, progress, plan, seed), row_base)
 
 
 def mean_features(
@@ -224,13 +237,15 @@ def calibrate(
     batch_size: int = 256,
     checkpoint_sha256: str = "",
     strength: str = "cifar",
+    plan: SweepPlan | None = None,
 ) -> Calibration:
     """Fit lambda = clamp(a * feature + b, min grid, max grid) for each rule on corrupted training images.
 
     Per (corruption, severity) group (and clean): the accuracy-optimal lambda on the grid and the
     group's mean feature; the line is the one that maximises the groups' mean accuracy, each read off
     its sweep curve (``fit_line_for_accuracy``); ``lam="auto"`` will run the rule with the higher
-    mean group accuracy. ``strength`` is the dataset's corruption strength table ("cifar" or "imagenet").
+    mean group accuracy. ``strength`` is the dataset's corruption strength table ("cifar" or "imagenet");
+    ``plan`` how the sweep visits the grid (``sweep_cells``).
     """
     if n < 1:
         raise UsageError(f"n must be >= 1, got {n}", parameter="n")
@@ -238,7 +253,8 @@ def calibrate(
     corruptions = [c for c in corruptions if c != CLEAN]
     train = CorruptedTrainSet(train_images, train_labels, n, seed, strength)
     cells = expand_cells(corruptions, severities)
-    rows = sweep_lambda(model, cells, train, runtime, grid, {"model": None, "dataset": "train"}, batch_size, progress)
+    base = {"model": None, "dataset": "train"}
+    rows = sweep_lambda(model, cells, train, runtime, grid, base, batch_size, progress, plan, seed)
     points = cell_points(model, cells, train, runtime, rows, batch_size)
     accuracy = {(r["corruption"], r["severity"], r["lam"]): r["accuracy"] for r in rows}
     for p in points:
@@ -263,17 +279,28 @@ def calibrate(
 ORACLE_CELL, ORACLE_INPUT = "oracle:per-cell", "oracle:per-input"
 
 
-def oracle_rows(sweeps: Sequence[CellSweep], row_base: dict) -> list[dict]:
+def top2_label(training_lam: float) -> str:
+    """The method name of the two-guesses reference: top-2 accuracy at the training lambda."""
+    return f"oracle:top-2@{training_lam:g}"
+
+
+def oracle_rows(sweeps: Sequence[CellSweep], row_base: dict, training_lam: float | None = None) -> list[dict]:
     """Both oracles of every swept cell as eval rows (plus their mean rows); ``seconds`` is what the sweep
-    of the cell took. The per-cell oracle's lambda columns give the lambda it chose."""
+    of the cell took. The per-cell oracle's lambda columns give the lambda it chose. With ``training_lam``
+    (on the grid), also the two-guesses reference: the label among the two most likely classes at that
+    lambda, which uses the labels as the per-input oracle does, with two tries instead of one per lambda."""
+    picks = [(ORACLE_CELL, "cell"), (ORACLE_INPUT, "input")]
+    if training_lam is not None and all(s.top2 is not None for s in sweeps):
+        picks.append((top2_label(training_lam), "top2"))
     rows = []
-    for lam, pick in ((ORACLE_CELL, "cell"), (ORACLE_INPUT, "input")):
+    for lam, pick in picks:
         found, chosen = [], []
         for swept in sweeps:
             scores = oracle_scores(swept.correct, swept.grid)
-            counts = Counts(
-                scores.n, scores.cell_correct if pick == "cell" else scores.input_correct, sum(swept.seconds)
-            )
+            correct = {"cell": scores.cell_correct, "input": scores.input_correct}.get(pick)
+            if pick == "top2":
+                correct = int(swept.top2.sum())  # type: ignore[union-attr]
+            counts = Counts(scores.n, int(correct), sum(swept.seconds))  # type: ignore[arg-type]
             row = cell_row({**row_base, "lam": lam}, swept.cell.corruption, swept.cell.severity, counts)
             if pick == "cell":
                 row.update(lambda_columns(np.full(1, scores.cell_lam)))
@@ -297,9 +324,12 @@ def compare_rules(
     row_base: dict,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
-) -> list[dict]:
+    plan: SweepPlan | None = None,
+    seed: int = 0,
+) -> tuple[list[dict], list[CellSweep]]:
     """Eval rows of every policy on ``cells`` (through ``evaluate_cells``, so per-input policies carry
-    their lambda columns), then both oracles from one sweep of ``lams`` over the same images."""
+    their lambda columns), then the oracles from one sweep of ``lams`` over the same images (visited by
+    ``plan``, see ``sweep_cells``); also returns that sweep."""
     rows = []
     for policy in policies:
         with model.using(policy):
@@ -313,7 +343,8 @@ def compare_rules(
                 progress,
             )
         rows += [{**r, "uses_labels": False} for r in found]
-    return rows + oracle_rows(sweep_cells(model, cells, source, runtime, lams, batch_size, progress), row_base)
+    sweeps = sweep_cells(model, cells, source, runtime, lams, batch_size, progress, plan, seed)
+    return rows + oracle_rows(sweeps, row_base, _stem(model).lam), sweeps
 
 
 def rule_summary(rows: Sequence[dict], reference: float | str) -> list[dict]:

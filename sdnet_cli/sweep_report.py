@@ -18,11 +18,37 @@ from .report import markdown_table, render_markdown
 from .rows import WORST
 
 ORACLE_NOTE = (
-    "Rows with uses_labels = true are references, not methods: they choose lambda with the test labels of the "
-    "very images they are scored on. oracle:per-cell is the best single grid lambda of each cell (the ceiling of "
-    "any one-lambda-per-cell method); oracle:per-input counts an image correct if any grid lambda classifies it "
-    "correctly (the ceiling of any rule picking a grid lambda per input)."
+    "Rows with uses_labels = true are references, not methods: they use the test labels of the very images they "
+    "are scored on. oracle:per-cell is the best single grid lambda of each cell: the ceiling of any "
+    "one-lambda-per-cell method, and the realistic target for a label-free rule. oracle:per-input counts an image "
+    "correct if any grid lambda classifies it correctly: with labels as the judge, every lambda is one more guess "
+    "(predictions move across lambda for most images, clean ones too), so its lead is mostly lucky guessing, not "
+    "headroom a label-free rule can expect to reach. oracle:top-2@<lambda> counts an image correct if its label is "
+    "among the two most likely classes at the training lambda: just two guesses, for scale beside the per-input "
+    "oracle's one per grid lambda."
 )
+
+
+def sweep_note(summary: dict[str, Any] | None) -> str:
+    """One sentence on how a sweep visited its (lambda, image) pairs and the measured agreement of the
+    pairs it inferred (``sweep.plan_summary``)."""
+    if not summary:
+        return ""
+    if summary["span"] == 0:
+        return f"The sweep ran every one of its {summary['pairs']:,} (lambda, image) pairs."
+    audit = (
+        f"of a random {summary['audit']:.0%} of the inferred pairs, run anyway as a check, "
+        f"{summary['audit_same']:,} of {summary['audited']:,} ({summary['audit_agreement']:.4%}) had the "
+        "inferred correctness"
+        if summary["audited"]
+        else "no inferred pair was drawn for the check"
+    )
+    return (
+        f"The sweep ran the network on {summary['pairs_run']:,} of its {summary['pairs']:,} (lambda, image) pairs "
+        f"({summary['pairs_run'] / summary['pairs']:.1%}): grid lambdas at most {summary['span']:g} apart on "
+        "every image, and between them only where an image's predicted class, or a softmax margin of at least "
+        f"{summary['margin']:g}, differed at the two ends; the other pairs took the class of the ends; {audit}."
+    )
 
 
 def _cell_label(corruption: str, severity: int) -> str:
@@ -162,7 +188,7 @@ def render_rules(title: str, rows: Sequence[dict], summary: Sequence[dict], meta
     """The rule comparison's Markdown: each method's gain first, then accuracy per cell, then every row."""
     gains = (
         f"Gain and clean change: accuracy points against `{rows[0]['lam']}`; corrupted_mean: mean over the "
-        f"corrupted cells. {ORACLE_NOTE}"
+        f"corrupted cells. {ORACLE_NOTE} {sweep_note(meta.get('sweep'))}"
     )
     return "\n".join(
         [

@@ -27,6 +27,7 @@ LAYERS: list[list[str]] = [
     [
         "evaluate",
         "sweep",
+        "sweep_plan",
         "sweep_report",
         "train",
         "check",

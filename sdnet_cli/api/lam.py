@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ..lam import Calibration
+    from ..sweep_plan import SweepPlan
 
 Training = tuple["np.ndarray", "np.ndarray"]
 
@@ -30,6 +31,7 @@ def sweep_lambda(
     fit_corruptions: str | Sequence[str] | None = None,
     fit_n: int = 1000,
     calibration_out: Path | None = None,
+    sweep_span: float = 0.2,
     cifar_c_dir: Path | None = None,
     n_examples: int | None = None,
     batch_size: int | None = None,
@@ -48,15 +50,19 @@ def sweep_lambda(
     ``fit``: also calibrate the per-input rules of ``lam="recon"``/``"noise"`` on corrupted TRAINING images
     (never the test set), record which one ``lam="auto"`` runs (the higher mean accuracy on the calibration
     groups) and write the calibration beside the checkpoint (or ``calibration_out``).
+    ``sweep_span``: the largest lambda gap across which the sweep infers a prediction instead of running it
+    (``SweepPlan``; 0 runs every pair); the meta's ``sweep`` says how many pairs ran and the measured agreement.
     The report's extras are the accuracy-vs-lambda and best-lambda-vs-error plots. ``n_steps``: FISTA steps
     of the CSC layers, overriding the checkpoint's. ``compile``: inference through ``torch.compile``.
     """
     from .. import sweep
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
     from ..lam import lambda_grid, store_calibration
+    from ..sweep_plan import SweepPlan
     from ..sweep_report import save_sweep_plots
 
     _check_fit_n(fit_n)
+    plan = SweepPlan(span=sweep_span)
     grid = lambda_grid(lams)
     names = parse_corruptions(strings(corruptions))
     severity_list = parse_severities(strings(severities))
@@ -68,11 +74,13 @@ def sweep_lambda(
     source = session.cells(names)
     advance = session.task(f"sweeping {session.info.name}", source, len(cells) * len(grid))
     args = (session.classifier, cells, source, session.runtime)
-    rows = sweep.sweep_lambda(*args, grid, session.base(), session.batch_size, advance)
+    sweeps = sweep.sweep_cells(*args, grid, session.batch_size, advance, plan, session.seed)
+    rows = sweep.sweep_rows(sweeps, session.base())
     points = sweep.cell_points(*args, rows, session.batch_size)
-    calibration = None if train is None else _calibrate(session, train, grid, fit_names, severity_list, fit_n)
+    calibration = None if train is None else _calibrate(session, train, grid, fit_names, severity_list, fit_n, plan)
     path = store_calibration(calibration, session.info, calibration_out) if calibration is not None else None
-    meta = session.meta(source, grid=grid, points=points, **_calibration_meta(calibration, path))
+    summary = sweep.plan_summary(sweeps, plan)
+    meta = session.meta(source, grid=grid, sweep=summary, points=points, **_calibration_meta(calibration, path))
 
     def plots(out_dir: Path, stem: str) -> list[Path]:
         return save_sweep_plots(rows, points, out_dir, stem, session.info.name, calibration)
@@ -91,6 +99,7 @@ def compare_lambda_rules(
     rules: Sequence[float | str] = (0.1, "recon", "noise", "auto"),
     lams: str | Sequence[float] = "0.1:1.4:0.05",
     calibration: Path | None = None,
+    sweep_span: float = 0.2,
     cifar_c_dir: Path | None = None,
     n_examples: int | None = None,
     batch_size: int | None = None,
@@ -108,14 +117,18 @@ def compare_lambda_rules(
     The oracles use the test labels (rows say ``uses_labels``): they are the ceilings of one lambda per
     cell and of one grid lambda per input. Per-input rules' rows carry the chosen lambda's mean and
     10th/90th percentiles. The Markdown leads with each method's gain over the first of ``rules``.
+    ``sweep_span``: as in ``sweep_lambda``. With the training lambda on the grid, the oracle rows also hold
+    the two-guesses reference (top-2 accuracy at the training lambda).
     """
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
     from ..lam import lambda_grid, resolve_policy
-    from ..sweep import compare_rules, rule_summary
+    from ..sweep import compare_rules, plan_summary, rule_summary
+    from ..sweep_plan import SweepPlan
     from ..sweep_report import ORACLE_NOTE, render_rules
 
     if not rules:
         raise UsageError("rules needs at least one lambda or rule name", parameter="rules")
+    plan = SweepPlan(span=sweep_span)
     grid = lambda_grid(lams)
     names = parse_corruptions(strings(corruptions))
     cells = expand_cells(names, parse_severities(strings(severities)))
@@ -125,12 +138,14 @@ def compare_lambda_rules(
     source = session.cells(names)
     title = f"{len(rules)} rules and a {len(grid)}-lambda sweep on {session.info.name}"
     advance = session.task(title, source, len(cells) * (len(rules) + len(grid)))
-    rows = compare_rules(
-        session.classifier, cells, source, session.runtime, policies, grid, session.base(), session.batch_size, advance
-    )
+    rows, sweeps = compare_rules(
+        session.classifier, cells, source, session.runtime, policies, grid, session.base(), session.batch_size,
+        advance, plan, session.seed,
+    )  # fmt: skip
     summary = rule_summary(rows, rows[0]["lam"])
     described = {"rules": [str(rule) for rule in rules], "policies": [repr(p) for p in policies]}
-    meta = session.meta(source, grid=grid, **described, summary=summary, oracle_note=ORACLE_NOTE)
+    swept = plan_summary(sweeps, plan)
+    meta = session.meta(source, grid=grid, **described, summary=summary, sweep=swept, oracle_note=ORACLE_NOTE)
     title = f"sdnet lambda rules: {session.info.name}"
     markdown = render_rules(title, rows, summary, meta)
     return Report(rows, meta, name=f"lambda-rules-{session.info.name}", title=title, markdown=markdown)
@@ -150,6 +165,7 @@ def lambda_hold_out(
     fit_n: int = 1000,
     fit_lams: str | Sequence[float] = "0.1,0.2,0.3,0.4,0.6,0.8,1.0,1.2,1.4",
     calibration_out: Path | None = None,
+    sweep_span: float = 0.2,
     cifar_c_dir: Path | None = None,
     n_examples: int | None = None,
     batch_size: int | None = None,
@@ -168,22 +184,24 @@ def lambda_hold_out(
     The calibration sweep over the groups runs once (on ``fit_n`` corrupted TRAINING images per group of
     ``fit_corruptions``, at ``fit_lams``; written to ``calibration_out`` when given), or is read from
     ``calibration`` (a file whose groups include every held-out corruption); each held-out line is refitted
-    from the stored group curves. The Markdown leads with one row per held-out corruption.
+    from the stored group curves. ``sweep_span``: of the calibration sweep, as in ``sweep_lambda``. The Markdown leads with one row per held-out corruption.
     """
     from .. import sweep
     from ..data.cells import parse_severities
     from ..schemas import check_lam
+    from ..sweep_plan import SweepPlan
     from ..sweep_report import render_hold_out
 
     check_lam(reference_lam, "reference_lam")
     _check_rule(rule)
     _check_fit_n(fit_n)
+    plan = SweepPlan(span=sweep_span)
     held = _held_out(hold_out)
     severity_list = parse_severities(strings(severities))
     session = Session.open("lambda-hold-out", **shared(locals()))
     session.require_lambda()
     source = session.cells(held, prepare=False)
-    full = _hold_out_calibration(session, held, calibration, fit_corruptions, fit_n, fit_lams, calibration_out)
+    full = _hold_out_calibration(session, held, calibration, fit_corruptions, fit_n, fit_lams, calibration_out, plan)
     session.prepare_cells(source, held)
     advance = session.task(f"held-out evaluation on {session.info.name}", source, len(held) * len(severity_list) * 3)
     rows = sweep.hold_out(
@@ -242,6 +260,7 @@ def _calibrate(
     corruptions: Sequence[str],
     severities: Sequence[int],
     fit_n: int,
+    plan: SweepPlan,
 ) -> Calibration:
     """The per-input rules fitted on ``fit_n`` corrupted training images per (corruption, severity) group."""
     from ..data.cells import expand_cells
@@ -253,7 +272,7 @@ def _calibrate(
     advance = session.progress.task("calibrating on training images", total)
     return calibrate(
         session.classifier, *train, session.runtime, grid, corruptions, severities, fit_n, session.seed, advance,
-        session.batch_size, session.info.sha256 or "", dataset_spec(session.dataset).strength,
+        session.batch_size, session.info.sha256 or "", dataset_spec(session.dataset).strength, plan,
     )  # fmt: skip
 
 
@@ -265,6 +284,7 @@ def _hold_out_calibration(
     fit_n: int,
     fit_lams: str | Sequence[float],
     calibration_out: Path | None,
+    plan: SweepPlan,
 ) -> Calibration:
     """The calibration on every group: read from ``calibration``, else fitted (and written to ``calibration_out``);
     it must hold the training groups of every ``held`` corruption."""
@@ -275,7 +295,9 @@ def _hold_out_calibration(
         full = load_calibration(session.info, Path(calibration))
     else:
         names = [c for c in parse_corruptions(strings(fit_corruptions)) if c != CLEAN]
-        full = _calibrate(session, _training_images(session), lambda_grid(fit_lams), names, [1, 2, 3, 4, 5], fit_n)
+        full = _calibrate(
+            session, _training_images(session), lambda_grid(fit_lams), names, [1, 2, 3, 4, 5], fit_n, plan
+        )
         if calibration_out is not None:
             full.save(Path(calibration_out))
     _check_groups(full, held)

@@ -19,6 +19,7 @@ from .options import (
     EpsOpt,
     FitNOpt,
     SeverityOpt,
+    SweepSpanOpt,
 )
 
 
@@ -55,6 +56,7 @@ def sweep_lambda_command(
     ] = None,
     fit_n: FitNOpt = 1000,
     calibration_out: CalibrationOutOpt = None,
+    sweep_span: SweepSpanOpt = 0.2,
     attack: Annotated[
         str | None,
         typer.Option(
@@ -155,6 +157,7 @@ def lambda_rules_command(
         ),
     ] = "0.1:1.4:0.05",
     calibration: CalibrationOpt = None,
+    sweep_span: SweepSpanOpt = 0.2,
     **common: Any,
 ) -> None:
     """Label-free lambda rules side by side with the per-cell and per-input oracles (which use labels),
@@ -206,6 +209,7 @@ def lambda_hold_out_command(
             help="Also write the calibration fitted on every group here (to reuse with --calibration).",
         ),
     ] = None,
+    sweep_span: SweepSpanOpt = 0.2,
     **common: Any,
 ) -> None:
     """Generalisation of the lambda rule: each corruption left out of the calibration in turn, evaluated on its

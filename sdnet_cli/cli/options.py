@@ -186,6 +186,16 @@ NStepsOpt = Annotated[
     ),
 ]
 FitNOpt = Annotated[int, typer.Option("--fit-n", help="Training images per calibration group (>= 2).")]
+SweepSpanOpt = Annotated[
+    float,
+    typer.Option(
+        "--sweep-span",
+        help="Largest lambda gap the sweep infers a prediction across: grid lambdas at most this far apart run on "
+        "every image, those between them only for images whose predicted class (or a softmax margin of 0.2) "
+        "differs at the two ends; the rest take the class of the ends. 0 runs every (lambda, image) pair. A "
+        "random 2% of the inferred pairs run anyway, and the report states how many of them agreed.",
+    ),
+]
 CalibrationOutOpt = Annotated[
     Path | None,
     typer.Option("--calibration-out", help="Write the calibration here (default: beside the checkpoint)."),
