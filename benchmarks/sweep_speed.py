@@ -27,6 +27,7 @@ from sdnet_cli.lam import FixedLambda, lambda_grid
 from sdnet_cli.models import load_model
 from sdnet_cli.runtime import Runtime, predict_correct
 from sdnet_cli.sweep import sweep_cells
+from sdnet_cli.sweep_plan import EVERY_PAIR
 
 ORACLE_SWEEP = 27 * 21 * 10_000
 """Forwards of the oracle sweep: the 0.1:1.4:0.05 grid, clean + the 20 noise cells, 10,000 images each."""
@@ -53,7 +54,7 @@ def agreement(model: torch.nn.Module, n: int, grid: list[float], batch_size: int
         flags = {}
         for precision in ("fp32", "bf16"):
             runtime = Runtime.create("cpu", precision)
-            flags[precision] = sweep_cells(model, [cell], source, runtime, grid, batch_size)[0].correct
+            flags[precision] = sweep_cells(model, [cell], source, runtime, grid, batch_size, plan=EVERY_PAIR)[0].correct
         same = flags["fp32"] == flags["bf16"]
         rows.append(
             {
@@ -84,8 +85,8 @@ def main() -> None:
     fp32.prepare(model)
     ways: dict[str, Callable[[], object]] = {
         "fp32, one pass per lambda": lambda: per_lambda_passes(model, source, fp32, grid),
-        "fp32": lambda: sweep_cells(model, cells, source, fp32, grid, args.batch_size),
-        "bf16": lambda: sweep_cells(model, cells, source, bf16, grid, args.batch_size),
+        "fp32": lambda: sweep_cells(model, cells, source, fp32, grid, args.batch_size, plan=EVERY_PAIR),
+        "bf16": lambda: sweep_cells(model, cells, source, bf16, grid, args.batch_size, plan=EVERY_PAIR),
     }
     best = dict.fromkeys(ways, float("inf"))
     for round_ in range(args.rounds + 1):  # round 0 warms up (kernel selection, step sizes)

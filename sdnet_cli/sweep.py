@@ -12,6 +12,7 @@ Their Markdown and plots are laid out in ``sweep_report``.
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -84,7 +85,8 @@ class CellSweep:
     Both oracles (``lam.oracle_scores``) are functions of ``correct`` alone. ``top2``: per image, whether
     the label is among the two most likely classes at the training lambda (None when it is off the grid).
     ``pairs_run``: the (lambda, image) pairs the network ran on (the rest inferred by the ``SweepPlan``),
-    ``audited`` of the inferred ones run anyway, ``audit_same`` of those with unchanged correctness."""
+    ``audited`` of the inferred ones run anyway, ``audit_same`` of those with unchanged correctness;
+    ``wall_seconds``: the whole sweep of the cell, stem-only solves and bookkeeping included."""
 
     cell: Cell
     grid: list[float]
@@ -95,6 +97,7 @@ class CellSweep:
     pairs_run: int = 0
     audited: int = 0
     audit_same: int = 0
+    wall_seconds: float = 0.0
 
 
 def sweep_cells(
@@ -117,6 +120,7 @@ def sweep_cells(
     sweeps = []
     for cell in cells:
         images, labels = source.load(cell)
+        start = time.perf_counter()
         rng = np.random.default_rng([seed, zlib.crc32(f"{cell.corruption}/{cell.severity}".encode())])
         found = sweep_images(model, stem, grid, images, labels, runtime, batch_size, plan, rng, progress)
         correct = found.pred == np.asarray(labels)[None, :]
@@ -131,6 +135,7 @@ def sweep_cells(
                 int(found.ran.sum()),
                 found.audited,
                 found.audit_same,
+                time.perf_counter() - start,
             )  # fmt: skip
         )
     return sweeps
@@ -149,6 +154,7 @@ def plan_summary(sweeps: Sequence[CellSweep], plan: SweepPlan) -> dict[str, Any]
         "audited": audited,
         "audit_same": same,
         "audit_agreement": round(same / audited, 6) if audited else None,
+        "wall_seconds": round(sum(s.wall_seconds for s in sweeps), 1),
     }
 
 
