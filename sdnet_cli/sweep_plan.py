@@ -32,8 +32,10 @@ from .models.csc import CSCLayer, ErrorRecord
 from .runtime import Runtime, iter_batches, predict_logits
 from .schemas import check, fraction_rule, lam_rule
 
-PART_BATCHES = 16
-"""Images converted to model input at once, in batches: the refinement gathers its sub-batches from them."""
+PART_BATCHES, PART_VALUES = 16, 2**25
+"""Images converted to model input at once (the refinement gathers its sub-batches from them): this many
+batches, but no more than this many input values (128 MB in float32; about 220 ImageNet images), and at least
+one batch."""
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,10 @@ def sweep_images(
     training = next((j for j, lam in enumerate(grid) if lam == stem.lam), None)
     coarse = plan.coarse(grid, training)
     y_all = np.asarray(labels)
+    values = int(np.prod(images.shape[1:]))
+    part_size = max(batch_size, min(batch_size * PART_BATCHES, PART_VALUES // values))
     with stem.recording_error() as record:
-        for part in iter_batches(images, labels, runtime, batch_size * PART_BATCHES):
+        for part in iter_batches(images, labels, runtime, part_size):
             runner = _PartRunner(model, stem, record, runtime, grid, part.x, part.y, part.rows.start, batch_size)
             everyone = np.arange(len(part.x))
             for j in coarse:
