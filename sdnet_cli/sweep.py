@@ -131,7 +131,7 @@ def sweep_cells(
                 correct,
                 found.errors.mean(axis=1).tolist(),
                 found.seconds.tolist(),
-                found.top2 if stem.lam in grid else None,
+                found.top2,
                 int(found.ran.sum()),
                 found.audited,
                 found.audit_same,

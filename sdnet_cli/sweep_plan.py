@@ -81,7 +81,7 @@ class PairResults:
     errors: np.ndarray
     ran: np.ndarray
     seconds: np.ndarray
-    top2: np.ndarray
+    top2: np.ndarray | None
     audited: int = 0
     audit_same: int = 0
 
@@ -112,12 +112,15 @@ def sweep_images(
     audit_mask = audit_rng.random((n_lams, n)) < plan.audit  # drawn per cell: the same whatever the batch size
     training = next((j for j, lam in enumerate(grid) if lam == stem.lam), None)
     coarse = plan.coarse(grid, training)
+    if training is None:
+        found.top2 = None
+    policies = [FixedLambda(lam) for lam in grid]
     y_all = np.asarray(labels)
     values = int(np.prod(images.shape[1:]))
     part_size = max(batch_size, min(batch_size * PART_BATCHES, PART_VALUES // values))
     with stem.recording_error() as record:
         for part in iter_batches(images, labels, runtime, part_size):
-            runner = _PartRunner(model, stem, record, runtime, grid, part.x, part.y, part.rows.start, batch_size)
+            runner = _PartRunner(model, stem, record, runtime, policies, part.x, part.y, part.rows.start, batch_size)
             everyone = np.arange(len(part.x))
             for j in coarse:
                 runner.run(found, j, everyone, top2=j == training)
@@ -147,14 +150,14 @@ class _PartRunner:
         stem: CSCLayer,
         record: ErrorRecord,
         runtime: Runtime,
-        grid: Sequence[float],
+        policies: Sequence[FixedLambda],
         x: torch.Tensor,
         y: torch.Tensor,
         offset: int,
         batch_size: int,
     ) -> None:
         self.model, self.stem, self.record, self.runtime = model, stem, record, runtime
-        self.policies = [FixedLambda(lam) for lam in grid]
+        self.policies = policies
         self.x, self.y, self.offset, self.batch_size = x, y, offset, batch_size
         self.stem_input: torch.Tensor | None = None
 
@@ -184,7 +187,7 @@ class _PartRunner:
                 found.pred[j, cols] = top.indices[:, 0].cpu().numpy()
                 found.margin[j, cols] = (top.values[:, 0] - top.values[:, 1]).cpu().numpy()
                 found.errors[j, cols] = self.record.error.cpu().numpy()  # type: ignore[union-attr]
-                if top2:
+                if top2 and found.top2 is not None:
                     hit = top.indices == self._rows(self.y, sel)[:, None]
                     found.top2[cols] = hit.any(dim=1).cpu().numpy()
                 found.ran[j, cols] = True
