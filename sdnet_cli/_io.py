@@ -168,8 +168,19 @@ def check_writable_dir(
     a name too long for the file system is blamed on ``name_parameter`` when given.
     """
     path = Path(path)
-    created: list[Path] = []
     probe_name = max(names, key=len) if names else "sdnet-probe"
+    for _ in range(3):
+        try:
+            _probe_dir(path, parameter, probe_name, name_parameter)
+            return path
+        except FileNotFoundError:  # another process (a torchrun rank) removed the folder we were probing: again
+            continue
+    raise UsageError(f"{parameter} {path} kept disappearing while it was checked", parameter=parameter)
+
+
+def _probe_dir(path: Path, parameter: str, probe_name: str, name_parameter: str | None) -> None:
+    """One attempt of ``check_writable_dir``; ``FileNotFoundError`` when the folder vanished under us."""
+    created: list[Path] = []
     probe = temp_path(path / probe_name)
     try:
         try:
@@ -184,11 +195,19 @@ def check_writable_dir(
                 except FileExistsError:  # another run made it meanwhile: not ours to remove
                     continue
                 created.append(folder)
+        except FileNotFoundError:  # a parent we found was removed before our mkdir
+            raise
         except OSError as exc:
             raise UsageError(f"{parameter} {path} cannot be used: {_reason(exc)}", parameter=parameter) from None
         try:
             with open(probe, "xb"):
                 pass
+        except FileNotFoundError:
+            if not path.is_dir():
+                raise
+            raise UsageError(
+                f"{parameter} {path}: cannot write {_short(probe_name)} there: no such file", parameter=parameter
+            ) from None
         except OSError as exc:
             blamed = name_parameter if exc.errno == errno.ENAMETOOLONG and name_parameter else parameter
             raise UsageError(
@@ -201,4 +220,3 @@ def check_writable_dir(
                 folder.rmdir()
             except OSError:
                 pass
-    return path

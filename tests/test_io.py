@@ -143,6 +143,26 @@ def test_probe_accepts_a_new_folder_and_leaves_nothing(tmp_path: Path) -> None:
     assert everything_in(tmp_path) == []
 
 
+def test_probe_survives_another_rank_removing_the_folder_it_probes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # torchrun: rank 0 made the folder for its own probe and removes it again just as rank 1
+    # (which found it there) writes its probe into it
+    target = tmp_path / "shared"
+    target.mkdir()
+    opened: list[Path] = []
+
+    def open_after_the_other_rank_cleaned_up(path: Path, mode: str) -> Any:
+        if not opened:
+            target.rmdir()
+        opened.append(Path(path))
+        return open(path, mode)
+
+    monkeypatch.setattr(_io, "open", open_after_the_other_rank_cleaned_up, raising=False)
+    assert check_report_target(target, "eval") == target
+    assert len(opened) == 2 and everything_in(tmp_path) == []
+
+
 @pytest.mark.parametrize(
     ("folder", "name", "parameter", "reason"),
     [
