@@ -1,26 +1,31 @@
 """Standard AutoAttack: our pooled runner vs the reference implementation, same model, images and eps.
 
-    python benchmarks/autoattack_reference.py --reference-src ../auto-attack --n-images 300 --eps 2/255
+    OMP_NUM_THREADS=1 python benchmarks/autoattack_reference.py --reference-src ../auto-attack --n-images 100
 
 ``--reference-src`` is a checkout of the reference AutoAttack (github.com/fra31/auto-attack, Croce & Hein,
 ICML 2020; the folder holding its ``autoattack`` package); without it the script says so and exits 0. It is
 imported from there, outside this repository, and none of it is copied here. Both attack the same
 function: the shipped sdnet18 as ``sdnet attack`` deploys it (``AttackedModel``: [0,1] input, normalisation,
-lambda policy, network, fp32), over the first ``--n-images`` CIFAR-10 test images with ``--batch-size`` (128) and seed 0.
-The reference pools the still-robust points of its whole input before each attack; ours pools within
-pools of ``--pool-batches`` batches (``run_attack``), and ``--pool-batches 1`` shows the batch-by-batch run.
+lambda policy, network, fp32), over the first ``--n-images`` CIFAR-10 test images with seed 0, at each
+``--batch-size`` (default 128 and 32). The reference pools the still-robust points of its whole input before
+each attack; ours pools within pools of ``--pool-batches`` batches (``run_attack``), and ``--pool-batches 1``
+shows the batch-by-batch run.
 
-Printed: per attack, CPU seconds of the process (``time.process_time`` around each call, so background
-load on a shared machine shifts them less than wall time), and for the whole run user and system seconds
-and page faults, with the ratio ours / reference; then the per-image agreement of the robust flags. Runs one after another (an AutoAttack run cannot be interleaved
-with another), so run it on a quiet machine.
+Each side runs in a fresh process of its own, ``--rounds`` times with the order alternating: run one after
+the other in one process, the second inherits the first's allocator state, and the page faults and system
+time follow the order, not the implementation. Printed per batch size, the best round of each side: CPU
+seconds per attack (``time.process_time`` around each call, so background load on a shared machine shifts
+them less than wall time), the whole run's user and system seconds and page faults, peak memory, and the
+ratios ours / reference; then the per-image agreement of the robust flags. Run it on a quiet machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import json
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -88,7 +93,7 @@ def ours(
     def timed_attack(self: runner.SampleWise, component: Any, *args: Any) -> Any:
         return timed(attack_one, seconds, component.name)(self, component, *args)
 
-    runner.SampleWise._attack = timed_attack  # type: ignore[method-assign]
+    runner.SampleWise._attack = timed_attack  # type: ignore[method-assign,assignment]
     try:
         results = run_attack(
             model,
@@ -132,14 +137,119 @@ def reference(
     return dict(seconds), (y_adv == y).numpy()
 
 
+def side(args: argparse.Namespace) -> dict[str, Any]:
+    """One side in this (fresh) process: per-attack CPU seconds, whole-run usage, peak memory and robust flags."""
+    runtime = Runtime.create("cpu")
+    model, _ = load_model(args.model)
+    images, labels = dataset_spec("cifar10").load(None, "test")
+    images, labels = images[: args.n_images], labels[: args.n_images]
+    if args.side == "reference":
+        run = whole(lambda: reference(args.reference_src, model, images, labels, args.eps, runtime, args.batch_size))
+    else:
+        pool = int(args.side.split(":")[1])
+        run = whole(lambda: ours(model, images, labels, args.eps, pool, runtime, args.batch_size))
+    seconds, robust = run
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_mb": peak_mb, "robust": robust.astype(int).tolist()}
+
+
+def in_own_process(args: argparse.Namespace, name: str, batch_size: int) -> dict[str, Any]:
+    """``side`` in a child process of its own, so neither side inherits the other's allocator state
+    (glibc's mmap threshold grows with what a process has freed, and page faults follow it)."""
+    command = [
+        sys.executable,
+        __file__,
+        "--side",
+        name,
+        "--reference-src",
+        str(args.reference_src),
+        "--n-images",
+        str(args.n_images),
+        "--eps",
+        args.eps,
+        "--model",
+        args.model,
+        "--batch-size",
+        str(batch_size),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode:
+        sys.exit(f"{name} (batch {batch_size}) failed:\n{result.stderr}")
+    found: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
+    return found
+
+
+def compare(args: argparse.Namespace, batch_size: int) -> None:
+    """Every side ``--rounds`` times, order alternating between rounds; the best round of each, and the ratios."""
+    names = ["reference", *(f"ours:{p}" for p in args.pool_batches or [8])]
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for round_ in range(args.rounds):
+        for name in names if round_ % 2 == 0 else names[::-1]:
+            results[name].append(in_own_process(args, name, batch_size))
+    label = {name: "reference" if name == "reference" else f"ours, pool_batches {name[5:]}" for name in names}
+    best = {
+        name: {key: min(r["seconds"][key] for r in runs) for key in runs[0]["seconds"]}
+        for name, runs in results.items()
+    }
+    for name, runs in results.items():
+        best[name]["whole run: user + sys"] = min(
+            r["seconds"]["whole run: user"] + r["seconds"]["whole run: sys"] for r in runs
+        )
+        best[name]["peak RSS MB"] = min(r["peak_mb"] for r in runs)
+    keys = [
+        *REFERENCE_PARTS,
+        "whole run: user + sys",
+        "whole run: sys",
+        "whole run: minor faults",
+        "whole run: major faults",
+        "peak RSS MB",
+    ]
+    ref = best["reference"]
+    rows = [
+        {
+            "measure": key,
+            **{label[name]: round(best[name].get(key, 0.0), 1) for name in names},
+            **{
+                f"{label[name]} / reference": round(best[name].get(key, 0.0) / ref[key], 3) if ref.get(key) else None
+                for name in names[1:]
+            },
+        }
+        for key in keys
+    ]
+    print_table(
+        f"Standard AutoAttack vs the reference implementation ({args.model}, Linf {args.eps}, "
+        f"{args.n_images} images, batch {batch_size})",
+        rows,
+        "Each side in a fresh process of its own, {args.rounds} rounds with "
+        "the order alternating; the best round of each. Per attack: CPU seconds of its calls (ours: attack, "
+        "projection and judging of each batch; the reference: its perturb calls); whole run: user and system CPU "
+        "seconds and page faults (getrusage) around the whole call (clean pass, checks, attacks, bookkeeping); "
+        "peak RSS of the process (model and data loading included).",
+    )
+    reference_flags = [np.array(r["robust"]) for r in results["reference"]]
+    agreement = [
+        {
+            "run": label[name],
+            "robust (ours)": int(np.array(runs[0]["robust"]).sum()),
+            "robust (reference)": int(reference_flags[0].sum()),
+            "same flag, every round": f"{int(min((np.array(r['robust']) == f).sum() for r in runs for f in reference_flags))}/{args.n_images}",
+        }
+        for name, runs in results.items()
+        if name != "reference"
+    ]
+    print_table(f"Per-image agreement of the robust flags (batch {batch_size})", agreement, "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference-src", type=Path, help="checkout of github.com/fra31/auto-attack")
-    parser.add_argument("--n-images", type=int, default=300)
+    parser.add_argument("--n-images", type=int, default=100)
     parser.add_argument("--eps", default="2/255")
     parser.add_argument("--pool-batches", type=int, action="append", help="ours, repeatable (default: 8)")
     parser.add_argument("--model", default="sdnet18")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, action="append", help="repeatable (default: 128 and 32)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each side per batch size, order alternating")
+    parser.add_argument("--side", help=argparse.SUPPRESS)  # internal: run one side in this process
     args = parser.parse_args()
     if args.reference_src is None:
         print(
@@ -147,49 +257,12 @@ def main() -> None:
             "compare standard AutoAttack with the reference implementation"
         )
         return
-    runtime = Runtime.create("cpu")
-    model, _ = load_model(args.model)
-    images, labels = dataset_spec("cifar10").load(None, "test")
-    images, labels = images[: args.n_images], labels[: args.n_images]
-    runs = {
-        f"ours, pool_batches {p}": whole(lambda p=p: ours(model, images, labels, args.eps, p, runtime, args.batch_size))
-        for p in args.pool_batches or [8]
-    }
-    ref_seconds, ref_robust = whole(
-        lambda: reference(args.reference_src, model, images, labels, args.eps, runtime, args.batch_size)
-    )
-    rows = [
-        {
-            "attack": name,
-            "reference": round(ref_seconds.get(name, 0.0), 1),
-            **{label: round(seconds.get(name, 0.0), 1) for label, (seconds, _) in runs.items()},
-            **{
-                f"{label} / reference": round(seconds.get(name, 0.0) / ref_seconds[name], 3)
-                if ref_seconds.get(name)
-                else None
-                for label, (seconds, _) in runs.items()
-            },
-        }
-        for name in [*REFERENCE_PARTS, *(key for key in ref_seconds if key.startswith("whole run"))]
-    ]
-    print_table(
-        f"Standard AutoAttack vs the reference implementation ({args.model}, Linf {args.eps}, "
-        f"{args.n_images} images, batch {args.batch_size})",
-        rows,
-        "CPU seconds of each attack's calls (ours: attack, projection and judging of each batch; the reference: "
-        "its perturb calls), then the whole run's user and system CPU seconds and page faults (getrusage), one "
-        "run after another in one process.",
-    )
-    agreement = [
-        {
-            "run": label,
-            "robust (ours)": int(robust.sum()),
-            "robust (reference)": int(ref_robust.sum()),
-            "same flag": f"{int((robust == ref_robust).sum())}/{len(robust)}",
-        }
-        for label, (_, robust) in runs.items()
-    ]
-    print_table("Per-image agreement of the robust flags", agreement, "")
+    if args.side:
+        args.batch_size = args.batch_size[0]
+        print(json.dumps(side(args)))
+        return
+    for batch_size in args.batch_size or [128, 32]:
+        compare(args, batch_size)
 
 
 if __name__ == "__main__":
