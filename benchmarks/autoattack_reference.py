@@ -41,7 +41,7 @@ from sdnet_cli.attacks import AttackConfig, run_attack, runner
 from sdnet_cli.attacks.runner import AttackedModel
 from sdnet_cli.data.datasets import dataset_spec
 from sdnet_cli.models import load_model
-from sdnet_cli.runtime import Runtime
+from sdnet_cli.runtime import Runtime, keep_freed_memory
 
 REFERENCE_PARTS = {"apgd-ce": "apgd", "apgd-t": "apgd_targeted", "fab-t": "fab", "square": "square"}
 """Our component name -> the reference ``AutoAttack`` attribute that runs it."""
@@ -138,7 +138,10 @@ def reference(
 
 
 def side(args: argparse.Namespace) -> dict[str, Any]:
-    """One side in this (fresh) process: per-attack CPU seconds, whole-run usage, peak memory and robust flags."""
+    """One side in this (fresh) process: per-attack CPU seconds, whole-run usage, peak memory and robust flags.
+    The process's allocator is set up as ``sdnet attack`` sets up its own, unless ``--glibc-default``."""
+    if not args.glibc_default:
+        keep_freed_memory()
     runtime = Runtime.create("cpu")
     model, _ = load_model(args.model)
     images, labels = dataset_spec("cifar10").load(None, "test")
@@ -171,6 +174,7 @@ def in_own_process(args: argparse.Namespace, name: str, batch_size: int) -> dict
         args.model,
         "--batch-size",
         str(batch_size),
+        *(["--glibc-default"] if args.glibc_default else []),
     ]
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode:
@@ -218,7 +222,8 @@ def compare(args: argparse.Namespace, batch_size: int) -> None:
     ]
     print_table(
         f"Standard AutoAttack vs the reference implementation ({args.model}, Linf {args.eps}, "
-        f"{args.n_images} images, batch {batch_size})",
+        f"{args.n_images} images, batch {batch_size}"
+        f"{', glibc malloc as it starts' if args.glibc_default else ''})",
         rows,
         "Each side in a fresh process of its own, {args.rounds} rounds with "
         "the order alternating; the best round of each. Per attack: CPU seconds of its calls (ours: attack, "
@@ -249,6 +254,11 @@ def main() -> None:
     parser.add_argument("--model", default="sdnet18")
     parser.add_argument("--batch-size", type=int, action="append", help="repeatable (default: 128 and 32)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each side per batch size, order alternating")
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="leave glibc's malloc as it starts (sdnet commands call runtime.keep_freed_memory first)",
+    )
     parser.add_argument("--side", help=argparse.SUPPRESS)  # internal: run one side in this process
     args = parser.parse_args()
     if args.reference_src is None:

@@ -56,7 +56,10 @@ JOBS: list[tuple[list[str], dict[str, str]]] = [
     (["eval_batch_size.py", "--n-images", "1024", "--repeats", "3"], {}),
     (["compile_speed.py"], {}),
     (["authors_speed.py", "--n-images", "1024", "--repeats", "5"], {}),  # + --authors-src when run_all has it
-    (["autoattack_reference.py", "--n-images", "100", "--eps", "2/255", "--rounds", "2"], {"OMP_NUM_THREADS": "1"}),  # + --reference-src likewise
+    (
+        ["autoattack_reference.py", "--n-images", "100", "--eps", "2/255", "--rounds", "2"],
+        {"OMP_NUM_THREADS": "1"},
+    ),  # + --reference-src likewise
 ]
 
 

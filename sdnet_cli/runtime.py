@@ -6,6 +6,8 @@ through ``Runtime`` and ``predict``, so device, precision and batching behave th
 
 from __future__ import annotations
 
+import ctypes
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -21,6 +23,32 @@ from .metrics import percent
 from .models.classifier import Classifier
 
 Precision = Literal["fp32", "bf16"]
+
+
+def keep_freed_memory(trim_mib: int = 1024) -> bool:
+    """Make glibc's malloc keep large freed blocks for reuse instead of handing each back to the kernel.
+
+    By default glibc serves every allocation of 32 MiB or more (and smaller ones until its adaptive
+    threshold has grown) with a fresh ``mmap`` and unmaps it on free, so the next tensor of that size
+    starts on untouched pages: a page fault per 4 KiB, paid again on every forward. A width-32 CIFAR
+    network's activations at batch 256 are exactly 32 MiB in fp32, and attacks re-allocate their
+    gradients at every step: in ``benchmarks/throughput.py`` this made fp32 forwards at batch 256 about
+    1.8x slower (numbers in reports/benchmarks.md). Here every block comes from the heap, and up to
+    ``trim_mib`` of freed memory stays with the process (higher peak RSS, no more faults).
+
+    Process-wide, so the CLI calls it for its own process and a notebook may call it once itself.
+    Returns False, changing nothing, where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)  # the C library this interpreter runs on
+    except OSError:
+        return False
+    if not hasattr(libc, "gnu_get_libc_version"):  # not glibc: its mallopt ignores or rejects these settings
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, trim_mib << 20))
 
 
 class NonFiniteOutput(UsageError):

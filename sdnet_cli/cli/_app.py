@@ -76,6 +76,9 @@ def user_errors(command: F) -> F:
             raise KeyboardInterrupt
 
         previous = signal.signal(signal.SIGTERM, on_sigterm)
+        from ..runtime import keep_freed_memory
+
+        keep_freed_memory()  # our own process: tensors reuse freed memory instead of faulting in fresh pages
         try:
             return command(*args, **kwargs)
         except UsageError as exc:
