@@ -34,7 +34,9 @@ def keep_freed_memory(trim_mib: int = 1024) -> bool:
     network's activations at batch 256 are exactly 32 MiB in fp32, and attacks re-allocate their
     gradients at every step: in ``benchmarks/throughput.py`` this made fp32 forwards at batch 256 about
     1.8x slower (numbers in reports/benchmarks.md). Here every block comes from the heap, and up to
-    ``trim_mib`` of freed memory stays with the process (higher peak RSS, no more faults).
+    ``trim_mib`` of freed memory stays with the process: no more faults, at the price of a higher peak
+    RSS (aligned tensor blocks leave gaps, so the heap grows by a few blocks of each large size before
+    it reuses them; +300 MB in that benchmark).
 
     Process-wide, so the CLI calls it for its own process and a notebook may call it once itself.
     Returns False, changing nothing, where the C library is not glibc.
