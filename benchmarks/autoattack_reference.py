@@ -225,7 +225,7 @@ def compare(args: argparse.Namespace, batch_size: int) -> None:
         f"{args.n_images} images, batch {batch_size}"
         f"{', glibc malloc as it starts' if args.glibc_default else ''})",
         rows,
-        "Each side in a fresh process of its own, {args.rounds} rounds with "
+        f"Each side in a fresh process of its own, {args.rounds} rounds with "
         "the order alternating; the best round of each. Per attack: CPU seconds of its calls (ours: attack, "
         "projection and judging of each batch; the reference: its perturb calls); whole run: user and system CPU "
         "seconds and page faults (getrusage) around the whole call (clean pass, checks, attacks, bookkeeping); "
