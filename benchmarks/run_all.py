@@ -29,7 +29,7 @@ ROOT = HERE.parent
 # (script and arguments, extra environment): corruptions run one thread per worker, as the
 # generator's pool does; the shipped models are width 32.
 JOBS: list[tuple[list[str], dict[str, str]]] = [
-    (["throughput.py", "--width", "16", "--width", "32", "--repeats", "3", "--scaling"], {}),
+    (["throughput.py", "--width", "32", "--batch-size", "256", "--repeats", "9", "--best"], {}),
     (["train_step.py", "--width", "32", "--batch-size", "128", "--repeats", "3"], {}),
     (["lambda_throughput.py", "--width", "32", "--rounds", "3"], {}),
     (
