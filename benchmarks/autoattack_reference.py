@@ -35,13 +35,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench import print_table
+from bench import add_allocator_option, print_table, set_up_allocator
 
 from sdnet_cli.attacks import AttackConfig, run_attack, runner
 from sdnet_cli.attacks.runner import AttackedModel
 from sdnet_cli.data.datasets import dataset_spec
 from sdnet_cli.models import load_model
-from sdnet_cli.runtime import Runtime, keep_freed_memory
+from sdnet_cli.runtime import Runtime
 
 REFERENCE_PARTS = {"apgd-ce": "apgd", "apgd-t": "apgd_targeted", "fab-t": "fab", "square": "square"}
 """Our component name -> the reference ``AutoAttack`` attribute that runs it."""
@@ -140,8 +140,7 @@ def reference(
 def side(args: argparse.Namespace) -> dict[str, Any]:
     """One side in this (fresh) process: per-attack CPU seconds, whole-run usage, peak memory and robust flags.
     The process's allocator is set up as ``sdnet attack`` sets up its own, unless ``--glibc-default``."""
-    if not args.glibc_default:
-        keep_freed_memory()
+    set_up_allocator(args.glibc_default)
     runtime = Runtime.create("cpu")
     model, _ = load_model(args.model)
     images, labels = dataset_spec("cifar10").load(None, "test")
@@ -254,11 +253,7 @@ def main() -> None:
     parser.add_argument("--model", default="sdnet18")
     parser.add_argument("--batch-size", type=int, action="append", help="repeatable (default: 128 and 32)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each side per batch size, order alternating")
-    parser.add_argument(
-        "--glibc-default",
-        action="store_true",
-        help="leave glibc's malloc as it starts (sdnet commands call runtime.keep_freed_memory first)",
-    )
+    add_allocator_option(parser)
     parser.add_argument("--side", help=argparse.SUPPRESS)  # internal: run one side in this process
     args = parser.parse_args()
     if args.reference_src is None:

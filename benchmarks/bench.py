@@ -3,6 +3,7 @@ what machine produced them (``run_all.py`` pastes them into reports/benchmarks.m
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 import pandas as pd
 import torch
 
+from sdnet_cli.runtime import keep_freed_memory
 from sdnet_cli.train import hardware
 
 K = TypeVar("K", bound=Hashable)
@@ -47,3 +49,19 @@ def print_table(title: str, rows: Sequence[dict[str, Any]], note: str) -> None:
     """A ``###`` title, the machine and method, and the rows as a Markdown table."""
     table = pd.DataFrame(rows).to_markdown(index=False, floatfmt="g")
     print(f"### {title}\n\n{hardware()}, torch {torch.__version__}. {note}\n\n{table}\n", flush=True)
+
+
+def add_allocator_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--glibc-default",
+        action="store_true",
+        help="leave glibc's malloc as it starts (sdnet commands call runtime.keep_freed_memory first)",
+    )
+
+
+def set_up_allocator(glibc_default: bool) -> str:
+    """The process's malloc as every sdnet command sets it up, unless ``glibc_default``; says which, for table notes."""
+    if glibc_default:
+        return "glibc malloc as it starts"
+    keep_freed_memory()
+    return "malloc set up as sdnet commands set it (runtime.keep_freed_memory)"

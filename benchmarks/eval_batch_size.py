@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 import torch
-from bench import median_seconds, print_table
+from bench import add_allocator_option, median_seconds, print_table, set_up_allocator
 
 from sdnet_cli.data.cifar import load_cifar10
 from sdnet_cli.models import load_model
@@ -29,7 +29,9 @@ def main() -> None:
     parser.add_argument("--n-images", type=int, default=1024, help="CIFAR-10 test images per timed pass")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    add_allocator_option(parser)
     args = parser.parse_args()
+    allocator = set_up_allocator(args.glibc_default)
     images, labels = load_cifar10(None, "test", download=False)
     images, labels = np.ascontiguousarray(images[: args.n_images]), labels[: args.n_images]
     runtimes = {p: Runtime.create(args.device, p) for p in args.precision or ["fp32", "bf16"]}
@@ -62,7 +64,7 @@ def main() -> None:
         f"Eval throughput by batch size ({runtime.describe()['device_name']}, {torch.get_num_threads()} threads)",
         rows,
         f"predict_correct (the loop of sdnet eval) over the first {len(images)} CIFAR-10 test images with the "
-        f"shipped weights; median of {args.repeats} passes after a warm-up pass, every row interleaved.",
+        f"shipped weights; median of {args.repeats} passes after a warm-up pass, every row interleaved; {allocator}.",
     )
 
 

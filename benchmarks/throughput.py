@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable
 
 import torch
-from bench import median_seconds, print_table
+from bench import add_allocator_option, median_seconds, print_table, set_up_allocator
 
 from sdnet_cli.data.cifar import load_cifar10
 from sdnet_cli.models import create_model, load_model
-from sdnet_cli.runtime import Runtime, count_correct, keep_freed_memory
+from sdnet_cli.runtime import Runtime, count_correct
 
 
 def images_per_second(
@@ -82,17 +82,12 @@ def main() -> None:
         action="store_true",
         help="time CPU seconds of the process, not wall seconds (use with OMP_NUM_THREADS=1 on a shared machine)",
     )
-    parser.add_argument(
-        "--glibc-default",
-        action="store_true",
-        help="leave glibc's malloc as it starts (sdnet commands call runtime.keep_freed_memory first)",
-    )
     parser.add_argument("--scaling", action="store_true", help="also time the eval loop over n-examples and batch size")
     parser.add_argument("--n-examples", type=int, action="append", help="for --scaling; default 256, 512, 1024")
     parser.add_argument("--scaling-batch-size", type=int, action="append", help="for --scaling; default 32, 128, 512")
+    add_allocator_option(parser)
     args = parser.parse_args()
-    if not args.glibc_default:
-        keep_freed_memory()  # as every sdnet command does
+    allocator = set_up_allocator(args.glibc_default)
     torch.manual_seed(0)
     rows = []
     for width in args.width or [32]:
@@ -131,8 +126,7 @@ def main() -> None:
         rows,
         "Random inputs, untrained weights (throughput does not depend on them); "
         f"{'best' if args.best else 'median'} of the timed batches after one warm-up batch, the two models "
-        f"interleaved; {'CPU' if args.cpu_time else 'wall'} seconds; glibc malloc "
-        f"{'as it starts' if args.glibc_default else 'set up as sdnet commands set it (runtime.keep_freed_memory)'}.",
+        f"interleaved; {'CPU' if args.cpu_time else 'wall'} seconds; {allocator}.",
     )
     if args.scaling:
         scaling(
