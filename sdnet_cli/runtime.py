@@ -25,7 +25,7 @@ from .models.classifier import Classifier
 Precision = Literal["fp32", "bf16"]
 
 
-def keep_freed_memory(trim_mib: int = 1024) -> bool:
+def keep_freed_memory() -> bool:
     """Make glibc's malloc keep large freed blocks for reuse instead of handing each back to the kernel.
 
     By default glibc serves every allocation of 32 MiB or more (and smaller ones until its adaptive
@@ -34,7 +34,7 @@ def keep_freed_memory(trim_mib: int = 1024) -> bool:
     network's activations at batch 256 are exactly 32 MiB in fp32, and attacks re-allocate their
     gradients at every step: in ``benchmarks/throughput.py`` this made fp32 forwards at batch 256 about
     1.8x slower (numbers in reports/benchmarks.md). Here every block comes from the heap, and up to
-    ``trim_mib`` of freed memory stays with the process: no more faults, at the price of a higher peak
+    1 GiB of freed memory stays with the process: no more faults, at the price of a higher peak
     RSS (aligned tensor blocks leave gaps, so the heap grows by a few blocks of each large size before
     it reuses them; +300 MB in that benchmark).
 
@@ -50,7 +50,7 @@ def keep_freed_memory(trim_mib: int = 1024) -> bool:
     if not hasattr(libc, "gnu_get_libc_version"):  # not glibc: its mallopt ignores or rejects these settings
         return False
     m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, trim_mib << 20))
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
 
 
 class NonFiniteOutput(UsageError):
