@@ -202,13 +202,9 @@ def _probe_dir(path: Path, parameter: str, probe_name: str, name_parameter: str 
         try:
             with open(probe, "xb"):
                 pass
-        except FileNotFoundError:
-            if not path.is_dir():
-                raise
-            raise UsageError(
-                f"{parameter} {path}: cannot write {_short(probe_name)} there: no such file", parameter=parameter
-            ) from None
         except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and not path.is_dir():
+                raise  # the folder vanished under us: the caller tries again
             blamed = name_parameter if exc.errno == errno.ENAMETOOLONG and name_parameter else parameter
             raise UsageError(
                 f"{parameter} {path}: cannot write {_short(probe_name)} there: {_reason(exc)}", parameter=blamed

@@ -86,11 +86,11 @@ class PairResults:
     audit_same: int = 0
 
     @classmethod
-    def empty(cls, n_lams: int, n: int) -> PairResults:
+    def empty(cls, n_lams: int, n: int, with_top2: bool) -> PairResults:
         pairs = (n_lams, n)
         return cls(
             np.zeros(pairs, dtype=np.int64), np.zeros(pairs, dtype=np.float32), np.zeros(pairs),
-            np.zeros(pairs, dtype=bool), np.zeros(n_lams), np.zeros(n, dtype=bool),
+            np.zeros(pairs, dtype=bool), np.zeros(n_lams), np.zeros(n, dtype=bool) if with_top2 else None,
         )  # fmt: skip
 
 
@@ -108,12 +108,10 @@ def sweep_images(
 ) -> PairResults:
     """Every (lambda, image) pair of one cell by ``plan``; ``progress`` advances by every pair of each part."""
     n_lams, n = len(grid), len(images)
-    found = PairResults.empty(n_lams, n)
     audit_mask = audit_rng.random((n_lams, n)) < plan.audit  # drawn per cell: the same whatever the batch size
     training = next((j for j, lam in enumerate(grid) if lam == stem.lam), None)
+    found = PairResults.empty(n_lams, n, with_top2=training is not None)
     coarse = plan.coarse(grid, training)
-    if training is None:
-        found.top2 = None
     policies = [FixedLambda(lam) for lam in grid]
     y_all = np.asarray(labels)
     values = int(np.prod(images.shape[1:]))
