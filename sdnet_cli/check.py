@@ -7,13 +7,13 @@ numbers; the tolerance absorbs what differs between CPUs (a few flipped predicti
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._io import read_json
 from .attacks import AttackConfig, run_attack
 from .data.cells import Cell, CellSource
 from .errors import UsageError
@@ -83,15 +83,7 @@ class Suite:
     @classmethod
     def load(cls, path: Path) -> Suite:
         """A JSON object with any of the fields above; ``models`` items are names or {model, checkpoint, lam}."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UsageError(f"no suite file at {path}", parameter="suite") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"suite {path} cannot be read ({exc})", parameter="suite") from None
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"suite {path} is not JSON ({exc})", parameter="suite") from None
-        return cls.load_dict(data, f"suite {path}")
+        return cls.load_dict(read_json(path, "suite file", parameter="suite"), f"suite {path}")
 
     @classmethod
     def load_dict(cls, data: Any, source: str = "suite") -> Suite:
@@ -243,16 +235,7 @@ def read_baseline(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     file and field, never a regression (exit 1)."""
     from .schemas import Baseline, load
 
-    try:
-        report = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UsageError(
-            f"no baseline at {path}; create it with update=True (sdnet check --update)", parameter="baseline"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(
-            f"baseline {path} is not a baseline written by check with update=True ({exc})", parameter="baseline"
-        ) from None
+    report = read_json(path, "baseline", "baseline", missing="; create it with update=True (sdnet check --update)")
     load(Baseline, report, "baseline", path, parameter="baseline")
     if report["meta"].get("suite") is not None:
         Suite.load_dict(report["meta"]["suite"], f"baseline {path}")

@@ -721,7 +721,7 @@ def test_other_float_weights_still_load(tmp_path: Path, dtype: torch.dtype) -> N
     [
         ({"lam": "-5"}, "lam must be a finite number"),
         ({"lam": "NaN"}, "lam must be a finite number"),
-        ({"lam": "nan"}, "metadata lam is not a JSON value"),
+        ({"lam": "nan"}, "metadata lam is not JSON"),
         ({"lam": '"0.1"'}, "lam must be a number"),
         ({"n_steps": "0"}, "n_steps must be an integer"),
         ({"n_steps": "1000000"}, "n_steps must be an integer"),

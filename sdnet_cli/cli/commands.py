@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
+from ..errors import UsageError
 from ._app import call, command, console, main_process, preflight, print_rows, stdout, write
 from .options import (
     ATTACK_OPTIONS,
@@ -252,12 +254,20 @@ def check_command(
     ] = None,
     **common: Any,
 ) -> None:
-    """Regression gate: re-run a fixed, seeded suite and compare each metric with the baseline; exit 1 on a regression."""
+    """Regression gate: re-run a fixed, seeded suite and compare each metric with the baseline; exit 1 on a regression,
+    2 on bad input (options, suite or baseline), 3 when the check itself failed (a bug: its traceback is printed)."""
     from .. import api
 
     if update:
         preflight(baseline.parent, parameter="baseline")
-    report = call(api.check, locals())
+    try:
+        report = call(api.check, locals())
+    except (UsageError, KeyboardInterrupt):
+        raise
+    except Exception:  # a traceback's exit 1 would read as a regression
+        traceback.print_exc()
+        console.print("check could not run (the error above is a bug in sdnet, not a regression): exit 3")
+        raise typer.Exit(3) from None
     if update:
         write(report, baseline.parent, baseline.stem)
         return
