@@ -81,18 +81,22 @@ class Suite:
         super().__setattr__(name, value)
 
     @classmethod
-    def load(cls, path: Path) -> Suite:
+    def load(cls, path: Path, allow_code: bool = False) -> Suite:
         """A JSON object with any of the fields above; ``models`` items are names or {model, checkpoint, lam}."""
-        return cls.load_dict(read_json(path, "suite file", parameter="suite"), f"suite {path}")
+        return cls.load_dict(read_json(path, "suite file", parameter="suite"), f"suite {path}", allow_code)
 
     @classmethod
-    def load_dict(cls, data: Any, source: str = "suite") -> Suite:
+    def load_dict(cls, data: Any, source: str = "suite", allow_code: bool = False) -> Suite:
         """The suite a dict describes (a suite file's or a baseline's ``meta.suite``); ``source`` names it
-        in errors. The attack settings are parsed here too, so a bad eps is refused before any work."""
-        from .schemas import SuiteFile, load
+        in errors. The attack settings are parsed here too, so a bad eps is refused before any work. A model
+        name that would import code (``module:factory``) is refused unless ``allow_code``
+        (``schemas.file_model_rule``): a suite comes from a pull request, and the gate must not run what it names."""
+        from .schemas import ALLOW_CODE, SuiteFile, load
 
         kind, _, where = source.partition(" ")
-        given = load(SuiteFile, data, kind, where or "(given)", parameter="suite").model_dump(exclude_none=True)
+        context = {ALLOW_CODE: allow_code}
+        loaded = load(SuiteFile, data, kind, where or "(given)", parameter="suite", context=context)
+        given = loaded.model_dump(exclude_none=True)
         given = {k: v for k, v in given.items() if k in data}
         if "models" in given:
             given["models"] = [ModelSpec(m) if isinstance(m, str) else ModelSpec(**m) for m in given["models"]]
@@ -134,7 +138,7 @@ def run_suite(
         classifier, info = load_model(
             spec.model, checkpoint, suite.dataset, weights_dir, threat=spec.threat or "corruptions", model_dir=model_dir
         )
-        runtime.prepare(classifier)
+        runtime.prepare_checked(classifier, info.name, suite.dataset)
         with classifier.using(resolve_policy(spec.lam, classifier, info)):
             base = {"model": spec.label, "dataset": suite.dataset, "lam": lambda_label(classifier)}
             found = [
@@ -230,13 +234,13 @@ def failed(table: list[dict[str, Any]]) -> bool:
     return not verdict(table)["passed"]
 
 
-def read_baseline(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def read_baseline(path: Path, allow_code: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The baseline's meta and rows, validated: a malformed baseline is a usage error (exit 2) naming the
-    file and field, never a regression (exit 1)."""
-    from .schemas import Baseline, load
+    file and field, never a regression (exit 1). Its stored suite is held to ``Suite.load_dict``'s rules."""
+    from .schemas import ALLOW_CODE, Baseline, load
 
     report = read_json(path, "baseline", "baseline", missing="; create it with update=True (sdnet check --update)")
-    load(Baseline, report, "baseline", path, parameter="baseline")
+    load(Baseline, report, "baseline", path, parameter="baseline", context={ALLOW_CODE: allow_code})
     if report["meta"].get("suite") is not None:
-        Suite.load_dict(report["meta"]["suite"], f"baseline {path}")
+        Suite.load_dict(report["meta"]["suite"], f"baseline {path}", allow_code)
     return report["meta"], report["rows"]

@@ -13,11 +13,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from sdnet_cli.api._session import Session
 from sdnet_cli.data.cells import Cell, CellSource
 from sdnet_cli.errors import UsageError
 from sdnet_cli.evaluate import evaluate_cells
-from sdnet_cli.models import load_model
-from sdnet_cli.models.zoo import import_robustbench, is_zoo_spec, load_zoo_model, state_dict_sha256
+from sdnet_cli.models import load_model, state_dict_sha256
+from sdnet_cli.models.zoo import import_robustbench, is_zoo_spec, load_zoo_model
 from sdnet_cli.runtime import Runtime
 
 N = 50
@@ -190,10 +191,10 @@ def test_a_users_factory_is_imported_and_called(tmp_path: Path, monkeypatch: pyt
     with torch.no_grad():
         expected[1].bias.add_(1e-3)
     assert state_dict_sha256(expected) != info.sha256
-    with pytest.raises(UsageError, match=r"shape \(2, 7\)"):
-        load_model("zoo_test_factories:wrong_classes")
-    with pytest.raises(UsageError, match="fails on 2 blank 32x32 RGB images"):
-        load_model("zoo_test_factories:wrong_inputs")
+    with pytest.raises(UsageError, match=r"shape \(2, 7\)"):  # the output contract, before any work
+        Session.open("eval", model="zoo_test_factories:wrong_classes", device="cpu")
+    with pytest.raises(UsageError, match="fails on 2 random 32x32 RGB images"):
+        Session.open("eval", model="zoo_test_factories:wrong_inputs", device="cpu")
     with pytest.raises(UsageError, match="no callable"):
         load_model("zoo_test_factories:not_callable")
     with pytest.raises(UsageError, match="cannot import"):

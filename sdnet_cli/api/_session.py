@@ -8,7 +8,6 @@ the jobs their validated and prepared cells, progress totals and report meta.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -82,20 +81,6 @@ def single_process(command: str) -> None:
         raise UsageError(f"{command} runs in one process; under torchrun only eval and attack split their work")
 
 
-def state_dict_sha256(module: nn.Module) -> str:
-    """A fingerprint of a module's weights: its state dict in sorted key order, each entry's name, dtype,
-    shape and raw bytes, so equal weights give equal digests whatever their device or insertion order."""
-    import torch
-
-    digest = hashlib.sha256()
-    state = module.state_dict()
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def load_named(
     model: str,
     checkpoint: Path | None,
@@ -126,7 +111,7 @@ def wrap_module(
     """A user's module as a ``Classifier`` (normalising first when ``normalize=(mean, std)`` is given) and
     a ``ModelInfo`` naming its class and the sha256 of its state dict, so reports say what was evaluated."""
     from ..data.datasets import dataset_spec
-    from ..models import Classifier, ModelInfo
+    from ..models import Classifier, ModelInfo, state_dict_sha256
 
     spec = dataset_spec(dataset)
     if isinstance(module, Classifier) and normalize is None:
@@ -278,7 +263,7 @@ class Session:
             model, checkpoint=checkpoint, dataset=dataset, weights_dir=weights_dir, n_steps=n_steps,
             normalize=normalize, threat=threat, model_dir=model_dir,
         )  # fmt: skip
-        runtime.prepare(loaded.classifier)
+        runtime.prepare_checked(loaded.classifier, loaded.info.name, loaded.info.dataset)
         size = batch_size or default_batch_size or runtime.eval_batch_size
         folders = {"data_dir": data_dir, "cache_dir": cache_dir, "cifar_c_dir": cifar_c_dir}
         return cls(

@@ -24,6 +24,7 @@ def check(
     data_dir: Path | None = None,
     cache_dir: Path | None = None,
     weights_dir: Path | None = None,
+    allow_code_in_suite: bool = False,
     progress: Progress | None = None,
 ) -> Report:
     """Re-run a fixed, seeded suite and compare every metric with ``baseline``.
@@ -31,6 +32,8 @@ def check(
     Returns the comparison (``meta["passed"]`` is False on a regression or a metric no longer
     measured). With ``update`` the returned report holds the new baseline's rows instead, to be
     written over ``baseline``. The suite comes from ``suite``, else the baseline's own, else the default.
+    A suite (or baseline) naming a ``module:factory`` model is refused unless ``allow_code_in_suite``: that
+    imports and runs the code it names.
     """
     from ..check import compare_with_baseline, read_baseline, run_suite, verdict
     from ..runtime import Runtime
@@ -40,8 +43,8 @@ def check(
     baseline = Path(baseline)
     if tolerance is not None:
         check_tolerance(tolerance)
-    stored = read_baseline(baseline) if not update or baseline.is_file() else None
-    chosen = _suite(suite, stored, tolerance)
+    stored = read_baseline(baseline, allow_code_in_suite) if not update or baseline.is_file() else None
+    chosen = _suite(suite, stored, tolerance, allow_code_in_suite)
     runtime = Runtime.create(device, precision)
     advance = (progress or Silent()).task("checking", chosen.work_units())
     rows = run_suite(chosen, runtime, data_dir, cache_dir, advance, weights_dir)
@@ -56,14 +59,16 @@ def check(
     return Report(table, meta, name=f"check-{baseline.stem}", title=f"sdnet check vs {baseline}")
 
 
-def _suite(suite: Path | None, stored: tuple[dict[str, Any], Any] | None, tolerance: float | None) -> Suite:
+def _suite(
+    suite: Path | None, stored: tuple[dict[str, Any], Any] | None, tolerance: float | None, allow_code: bool
+) -> Suite:
     """The suite to run: the ``suite`` file, else the one stored in the baseline, else the default."""
     from ..check import Suite
 
     if suite is not None:
-        chosen = Suite.load(Path(suite))
+        chosen = Suite.load(Path(suite), allow_code)
     elif stored is not None and "suite" in stored[0]:
-        chosen = Suite.load_dict(stored[0]["suite"])
+        chosen = Suite.load_dict(stored[0]["suite"], allow_code=allow_code)
     else:
         chosen = Suite()
     if tolerance is not None:

@@ -252,6 +252,15 @@ def check_command(
     tolerance: Annotated[
         float | None, typer.Option("--tolerance", help="Accuracy points a metric may fall (default: the suite's, 1.0).")
     ] = None,
+    allow_code_in_suite: Annotated[
+        bool,
+        typer.Option(
+            "--allow-code-in-suite",
+            help="Let the suite (or the baseline's stored suite) name package.module:factory models: this imports and "
+            "runs the Python code the file names. Without it such a suite is refused; never use it on a suite you did "
+            "not write (e.g. one from a pull request).",
+        ),
+    ] = False,
     **common: Any,
 ) -> None:
     """Regression gate: re-run a fixed, seeded suite and compare each metric with the baseline; exit 1 on a regression,

@@ -29,7 +29,7 @@ from .._io import read_json
 from ..data.cells import CLEAN, Cell
 from ..errors import UsageError
 from ..models.classifier import LambdaPolicy
-from ..models.registry import ModelInfo
+from ..models.info import ModelInfo
 from ..models.weights import update_manifest
 from ..schemas import CalibrationFile, LegacyRules, check_lam, load
 from .fit import fit_rule_for_accuracy, mean_group_accuracy

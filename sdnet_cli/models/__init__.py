@@ -3,8 +3,9 @@
 from .checkpoints import CheckpointError, save_checkpoint
 from .classifier import Classifier, LambdaPolicy
 from .csc import CSCLayer, csc_layers, require_csc
+from .info import ModelError, ModelInfo, state_dict_sha256
 from .inputs import MODEL_INPUTS, model_input
-from .registry import ARCHITECTURES, ModelError, ModelInfo, create_model, load_model, register_architecture
+from .registry import ARCHITECTURES, create_model, load_model, register_architecture
 
 __all__ = [
     "ARCHITECTURES",
@@ -22,4 +23,5 @@ __all__ = [
     "register_architecture",
     "require_csc",
     "save_checkpoint",
+    "state_dict_sha256",
 ]
