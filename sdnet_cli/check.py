@@ -22,7 +22,7 @@ from .lam import lambda_label, resolve_policy
 from .models import load_model
 from .rows import CLEAN, MEAN
 from .runtime import Runtime
-from .schemas import EXAMPLES_MAX, STEPS_MAX, check_count, check_severity, check_tolerance
+from .schemas import EXAMPLES_MAX, STEPS_MAX, check_count, check_seed, check_severity, check_tolerance
 
 
 @dataclass
@@ -73,7 +73,7 @@ class Suite:
         elif name == "tolerance":
             value = check_tolerance(value)
         elif name == "seed":
-            value = check_count(value, "seed", 2**32 - 1, lower=0)
+            value = check_seed(value)
         elif name == "cells":
             value = [(str(c), check_severity(s)) for c, s in value]
         elif name == "models" and not value:

@@ -60,6 +60,7 @@ CLASSES_MAX = 100_000
 TOLERANCE_MAX = 100.0
 """A tolerance of 100 accuracy points already accepts anything."""
 LR_MAX = 100.0
+SEED_MAX = 2**32 - 1
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
@@ -166,6 +167,10 @@ def check_count(value: Any, parameter: str, upper: int, lower: int = 1) -> int:
     return check(count_rule(upper, lower), value, parameter)
 
 
+def check_seed(value: Any, parameter: str = "seed") -> int:
+    return check_count(value, parameter, SEED_MAX, lower=0)
+
+
 # -- annotated field types: the rules above, inside file schemas -----------------------------------
 Lam = Annotated[Any, AfterValidator(lam_rule)]
 Severity = Annotated[Any, AfterValidator(severity_rule)]
@@ -177,7 +182,7 @@ Steps = Annotated[Any, AfterValidator(count_rule(STEPS_MAX))]
 FistaSteps = Annotated[Any, AfterValidator(count_rule(FISTA_STEPS_MAX))]
 Width = Annotated[Any, AfterValidator(count_rule(WIDTH_MAX))]
 Classes = Annotated[Any, AfterValidator(count_rule(CLASSES_MAX))]
-Seed = Annotated[Any, AfterValidator(count_rule(2**32 - 1, lower=0))]
+Seed = Annotated[Any, AfterValidator(count_rule(SEED_MAX, lower=0))]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Bits = Annotated[str, Field(pattern=r"^[01]*$")]
 

@@ -528,10 +528,10 @@ def test_cli_output_and_cache_folders_are_checked_before_any_work(tmp_path: Path
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-n", "0"], "--n-examples must be >= 1"),
-        (["--batch-size", "0"], "--batch-size must be >= 1"),
-        (["--seed", "-1"], "--seed must be in 0 .. 2**32-1"),
-        (["--seed", "99999999999999999999"], "--seed must be in"),
+        (["-n", "0"], "--n-examples must be an integer >= 1"),
+        (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+        (["--seed", "-1"], "--seed must be an integer >= 0 and <= 4,294,967,295"),
+        (["--seed", "99999999999999999999"], "--seed must be an integer"),
         (["--name", "../escaped"], "--name must be a plain file name"),
         (["--dataset", "mnist"], "unknown dataset 'mnist'"),
         (["--checkpoint", "."], "is a directory"),

@@ -7,6 +7,7 @@ cell's batches through ``forward``, and the model is back as it was afterwards.
 from __future__ import annotations
 
 from ..errors import UsageError
+from ..schemas import BATCH_MAX, check_count
 from .batchnorm import DEFAULT_BATCH_SIZE, BatchNormAdaptation, Tent, batch_statistics, mean_entropy
 
 ADAPT_CHOICES = ("none", "bn", "tent")
@@ -22,8 +23,8 @@ def make_adaptation(name: str, batch_size: int | None = None, compile: bool = Fa
         raise UsageError(
             "adapt runs the model eagerly (its BatchNorm layers change); drop compile", parameter="compile"
         )
-    if batch_size is not None and batch_size < 1:
-        raise UsageError(f"batch_size must be >= 1, got {batch_size}", parameter="batch_size")
+    if batch_size is not None:
+        check_count(batch_size, "batch_size", BATCH_MAX)
     if name == "none":
         return None
     method = Tent if name == "tent" else BatchNormAdaptation

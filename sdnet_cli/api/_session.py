@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from ..errors import UsageError
 from ..report import base_meta
+from ..schemas import BATCH_MAX, EXAMPLES_MAX, check_count, check_seed
 
 if TYPE_CHECKING:
     from torch import nn
@@ -60,14 +61,10 @@ ModelArg = Union[str, LoadedModel, "nn.Module"]
 mapping images in [0, 1], (N, 3, H, W), to logits."""
 
 
-def at_least_one(value: int | None, parameter: str) -> None:
-    if value is not None and value < 1:
-        raise UsageError(f"{parameter} must be >= 1, got {value}", parameter=parameter)
-
-
-def check_seed(seed: int) -> None:
-    if not 0 <= seed < 2**32:
-        raise UsageError(f"seed must be in 0 .. 2**32-1, got {seed}", parameter="seed")
+def count_or_none(value: int | None, parameter: str, upper: int) -> None:
+    """None (the default applies), or a count in [1, ``upper``]: the rule the same value meets in files."""
+    if value is not None:
+        check_count(value, parameter, upper)
 
 
 def strings(values: str | int | Sequence[str | int]) -> list[str]:
@@ -253,8 +250,8 @@ class Session:
         from .. import distributed as dist
         from ..runtime import Runtime
 
-        at_least_one(n_examples, "n_examples")
-        at_least_one(batch_size, "batch_size")
+        count_or_none(n_examples, "n_examples", EXAMPLES_MAX)
+        count_or_none(batch_size, "batch_size", BATCH_MAX)
         check_seed(seed)
         if not distributed:
             single_process(command)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import Interrupted, UsageError
 from ..report import Report, check_stem
-from ._session import ModelArg, Progress, Session, at_least_one, shared
+from ..schemas import POOL_BATCHES_MAX
+from ._session import ModelArg, Progress, Session, count_or_none, shared
 
 if TYPE_CHECKING:
     import numpy as np
@@ -241,7 +242,7 @@ class AttackJob:
         from ..data.datasets import dataset_spec
 
         pool_batches = POOL_BATCHES if pool_batches is None else pool_batches
-        at_least_one(pool_batches, "pool_batches")
+        count_or_none(pool_batches, "pool_batches", POOL_BATCHES_MAX)
         session = Session.open(command, default_batch_size=BATCH_SIZE, distributed=distributed, **common)
         images, labels = dataset_spec(session.dataset).load(session.folders["data_dir"], "test")
         n = session.n_examples

@@ -9,7 +9,8 @@ from typing import Any
 
 from ..errors import UsageError
 from ..report import Report
-from ._session import ModelArg, Progress, Session, Silent, at_least_one, check_seed, shared, single_process, strings
+from ..schemas import EXAMPLES_MAX, WORKERS_MAX, check_seed
+from ._session import ModelArg, Progress, Session, Silent, count_or_none, shared, single_process, strings
 
 
 def evaluate_corruptions(
@@ -118,8 +119,8 @@ def generate_corruptions(
 
     progress = progress or Silent()
     single_process("make-c")
-    at_least_one(n_examples, "n_examples")
-    at_least_one(workers, "workers")
+    count_or_none(n_examples, "n_examples", EXAMPLES_MAX)
+    count_or_none(workers, "workers", WORKERS_MAX)
     check_seed(seed)
     spec = dataset_spec(dataset)
     names = [c for c in parse_corruptions(strings(corruptions)) if c != CLEAN]

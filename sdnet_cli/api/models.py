@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..report import Report, base_meta
-from ._session import LoadedModel, ModelArg, Progress, Silent, at_least_one, check_seed, resolve_model, single_process
+from ..schemas import check_seed
+from ._session import LoadedModel, ModelArg, Progress, Silent, resolve_model, single_process
 
 if TYPE_CHECKING:
     from ..train import TrainConfig
@@ -142,7 +143,8 @@ def _check_train(model: str, out: Path, dataset: str, seed: int, **counts: int |
     if model not in ARCHITECTURES:
         raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(ARCHITECTURES)}", parameter="model")
     for parameter, value in counts.items():
-        at_least_one(value, parameter)
+        if value is not None and value < 1:  # upper bounds: TrainConfig's, checked next, also before any work
+            raise UsageError(f"{parameter} must be >= 1, got {value}", parameter=parameter)
     check_seed(seed)
     spec = dataset_spec(dataset)
     if spec.stem != "cifar":

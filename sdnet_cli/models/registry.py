@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..schemas import ROBUSTBENCH
+from ..schemas import FISTA_STEPS_MAX, ROBUSTBENCH, check_count
 from .checkpoints import CheckpointError, load_into, read_metadata, read_state_dict, sha256_of
 from .classifier import Classifier
 from .csc import no_csc_message
@@ -202,8 +202,8 @@ def load_model(
         if n_steps is not None:
             raise ModelError(f"n_steps applies to our SDNet checkpoints, not to {model}", parameter="n_steps")
         return load_zoo_model(model, threat=threat, model_dir=model_dir, checkpoint=checkpoint, dataset=dataset)
-    if n_steps is not None and n_steps < 1:
-        raise ModelError(f"n_steps must be >= 1, got {n_steps}", parameter="n_steps")
+    if n_steps is not None:
+        check_count(n_steps, "n_steps", FISTA_STEPS_MAX)
     entry: dict[str, Any] = {}
     digest: str | None = None
     if checkpoint is None and model in TORCHVISION_MODELS:
