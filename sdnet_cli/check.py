@@ -19,7 +19,7 @@ from .data.cells import Cell, CellSource
 from .errors import UsageError
 from .evaluate import evaluate_cells
 from .lam import lambda_label, resolve_policy
-from .models import load_model
+from .models import Classifier, LambdaPolicy, ModelInfo, load_model
 from .rows import CLEAN, MEAN
 from .runtime import Runtime
 from .schemas import EXAMPLES_MAX, STEPS_MAX, check_count, check_seed, check_severity, check_tolerance
@@ -64,6 +64,9 @@ class Suite:
     steps: int = 10
     tolerance: float = 1.0  # accuracy points a metric may fall before the check fails
     seed: int = 0
+    origin: str = field(default="the default suite", compare=False)
+    """Where the suite was read (``suite s.json``, ``baseline b.json meta.suite``): errors about an entry name
+    the file and its field. Not a setting: left out of ``as_meta``."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "n_examples":
@@ -101,14 +104,16 @@ class Suite:
         if "models" in given:
             given["models"] = [ModelSpec(m) if isinstance(m, str) else ModelSpec(**m) for m in given["models"]]
         try:
-            suite = cls(**given)
+            suite = cls(**given, origin=source)
             suite.attack_config()
         except UsageError as exc:
             raise UsageError(f"{source}: {exc}", parameter="suite") from None
         return suite
 
     def as_meta(self) -> dict[str, Any]:
-        return asdict(self)
+        meta = asdict(self)
+        meta.pop("origin")
+        return meta
 
     def attack_config(self) -> AttackConfig:
         return AttackConfig.create(attack=self.attack, norm="Linf", eps=[self.eps], steps=self.steps)
@@ -126,20 +131,16 @@ def run_suite(
     progress: Callable[[int], None] | None = None,
     weights_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows ``{model, checkpoint_sha256, metric, n, value}``, one per model and metric."""
+    """Rows ``{model, checkpoint_sha256, metric, n, value}``, one per model and metric. Every model is loaded,
+    held to the output contract and given its lambda policy before any work."""
     config = suite.attack_config()
+    loaded = [_load_entry(suite, i, runtime, weights_dir) for i in range(len(suite.models))]
     source = CellSource(data_dir, None, cache_dir, seed=suite.seed, n_examples=suite.n_examples, dataset=suite.dataset)
     source.prepare(sorted({c for c, _ in suite.cells}))
     cells = [Cell(CLEAN, 0)] + [Cell(c, s) for c, s in suite.cells]
     rows: list[dict[str, Any]] = []
-    for spec in suite.models:
-        checkpoint = Path(spec.checkpoint) if spec.checkpoint else None
-        model_dir = Path(spec.model_dir) if spec.model_dir else None
-        classifier, info = load_model(
-            spec.model, checkpoint, suite.dataset, weights_dir, threat=spec.threat or "corruptions", model_dir=model_dir
-        )
-        runtime.prepare_checked(classifier, info.name, suite.dataset)
-        with classifier.using(resolve_policy(spec.lam, classifier, info)):
+    for spec, (classifier, info, policy) in zip(suite.models, loaded):
+        with classifier.using(policy):
             base = {"model": spec.label, "dataset": suite.dataset, "lam": lambda_label(classifier)}
             found = [
                 r
@@ -163,6 +164,29 @@ def run_suite(
             for m, n, v in metrics
         ]
     return rows
+
+
+def _load_entry(
+    suite: Suite, index: int, runtime: Runtime, weights_dir: Path | None
+) -> tuple[Classifier, ModelInfo, LambdaPolicy | None]:
+    """Entry ``index`` of ``suite.models`` loaded, checked and with its policy; a problem is named as the file's
+    field (``suite s.json: models[1].checkpoint: ...``), not as a flag nobody typed."""
+    spec = suite.models[index]
+    try:
+        checkpoint = Path(spec.checkpoint) if spec.checkpoint else None
+        model_dir = Path(spec.model_dir) if spec.model_dir else None
+        classifier, info = load_model(
+            spec.model, checkpoint, suite.dataset, weights_dir, threat=spec.threat or "corruptions", model_dir=model_dir
+        )
+        runtime.prepare_checked(classifier, info.name, suite.dataset)
+        return classifier, info, resolve_policy(spec.lam, classifier, info)
+    except UsageError as exc:
+        entry = f"models[{index}]" + (f".{exc.parameter}" if exc.parameter in ENTRY_FIELDS else "")
+        raise UsageError(f"{suite.origin}: {entry}: {exc}") from None
+
+
+ENTRY_FIELDS = ("checkpoint", "lam", "threat", "model_dir")
+"""The fields of a suite's model entry besides ``model`` (``ModelSpec``)."""
 
 
 def compare_with_baseline(

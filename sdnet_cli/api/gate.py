@@ -44,7 +44,7 @@ def check(
     if tolerance is not None:
         check_tolerance(tolerance)
     stored = read_baseline(baseline, allow_code_in_suite) if not update or baseline.is_file() else None
-    chosen = _suite(suite, stored, tolerance, allow_code_in_suite)
+    chosen = _suite(suite, stored, tolerance, allow_code_in_suite, baseline)
     runtime = Runtime.create(device, precision)
     advance = (progress or Silent()).task("checking", chosen.work_units())
     rows = run_suite(chosen, runtime, data_dir, cache_dir, advance, weights_dir)
@@ -60,7 +60,11 @@ def check(
 
 
 def _suite(
-    suite: Path | None, stored: tuple[dict[str, Any], Any] | None, tolerance: float | None, allow_code: bool
+    suite: Path | None,
+    stored: tuple[dict[str, Any], Any] | None,
+    tolerance: float | None,
+    allow_code: bool,
+    baseline: Path,
 ) -> Suite:
     """The suite to run: the ``suite`` file, else the one stored in the baseline, else the default."""
     from ..check import Suite
@@ -68,7 +72,7 @@ def _suite(
     if suite is not None:
         chosen = Suite.load(Path(suite), allow_code)
     elif stored is not None and "suite" in stored[0]:
-        chosen = Suite.load_dict(stored[0]["suite"], allow_code=allow_code)
+        chosen = Suite.load_dict(stored[0]["suite"], f"baseline {baseline} meta.suite", allow_code)
     else:
         chosen = Suite()
     if tolerance is not None:

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 
 from ..errors import UsageError
-from ._app import call, command, console, main_process, preflight, print_rows, stdout, write
+from ._app import call, command, console, labelled, main_process, preflight, print_rows, stdout, write
 from .options import (
     ATTACK_OPTIONS,
     ATTACK_SHARED,
@@ -224,7 +223,7 @@ def attack_command(
     if not main_process():
         return
     for warning in report.meta["diagnostics"]["warnings"]:
-        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        console.print(labelled("warning:", "bold yellow", warning), soft_wrap=True)
     columns = ["attack", "norm", "eps_text", "lam", "n", "clean_accuracy", "robust_accuracy", "seconds"]
     print_rows(f"{report.meta['model']['name']} on {report.meta['model']['dataset']}", report.rows, columns)
     write(report, common["out_dir"], None)
@@ -285,7 +284,7 @@ def check_command(
     columns = ["model", "metric", "baseline", "now", "change", "status"]
     print_rows(f"sdnet check vs {baseline} (tolerance {tolerance:g} points)", moved or report.rows, columns)
     if not report.meta["passed"]:
-        console.print(f"[bold red]check failed:[/] {escape('; '.join(report.meta['failures']))}", soft_wrap=True)
+        console.print(labelled("check failed:", "bold red", "; ".join(report.meta["failures"])), soft_wrap=True)
         raise typer.Exit(1)
     stdout.print(f"check passed: {report.meta['compared']} baseline metrics within {tolerance:g} points of {baseline}")
 

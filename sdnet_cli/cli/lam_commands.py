@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from ..errors import UsageError
-from ._app import call, command, console, preflight, print_rows, stdout, write
+from ._app import call, command, console, labelled, preflight, print_rows, stdout, write
 from .options import (
     ATTACK_OPTIONS,
     ATTACK_SHARED,
@@ -80,7 +80,7 @@ def sweep_lambda_command(
     from .. import api
 
     if attack is not None:
-        console.print("[yellow]note:[/] `sdnet sweep-lambda --attack` is now `sdnet attack-vs-lambda`", highlight=False)
+        console.print(labelled("note:", "yellow", "`sdnet sweep-lambda --attack` is now `sdnet attack-vs-lambda`"))
         if fit:
             raise UsageError("--fit calibrates on corruptions; it does not combine with --attack")
         return attack_vs_lambda_report(locals())
