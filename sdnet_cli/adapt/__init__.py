@@ -1,4 +1,5 @@
-"""Test-time adaptation baselines: ``none``, ``bn`` (BatchNorm statistics of the test batch) and ``tent``.
+"""Test-time adaptation baselines: ``none``, ``bn`` (BatchNorm statistics of the test batch), ``tent``, and
+the per-image remedies ``bn-prior`` (BatchNorm statistics mixed from the stored ones and the image's).
 
 An adaptation is applied per evaluation cell: ``with adaptation.cell(model) as forward:`` runs that
 cell's batches through ``forward``, and the model is back as it was afterwards.
@@ -7,15 +8,26 @@ cell's batches through ``forward``, and the model is back as it was afterwards.
 from __future__ import annotations
 
 from ..errors import UsageError
-from .batchnorm import DEFAULT_BATCH_SIZE, BatchNormAdaptation, Tent, batch_statistics, mean_entropy
+from .batchnorm import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_PRIOR_STRENGTH,
+    BatchNormAdaptation,
+    BatchNormPrior,
+    Tent,
+    batch_statistics,
+    mean_entropy,
+)
 
-ADAPT_CHOICES = ("none", "bn", "tent")
+ADAPT_CHOICES = ("none", "bn", "tent", "bn-prior")
 
 
-def make_adaptation(name: str, batch_size: int | None = None, compile: bool = False) -> BatchNormAdaptation | None:
+def make_adaptation(
+    name: str, batch_size: int | None = None, compile: bool = False, prior_strength: float | None = None
+) -> BatchNormAdaptation | None:
     """``name`` -> the adaptation (None for ``none``); ``batch_size``: test images per adapted batch
-    (default 200, TENT's CIFAR setting). An adapted model changes while it runs, so it runs eagerly:
-    ``compile`` is refused with it."""
+    (default 200, TENT's CIFAR setting; for a per-image method only how many are computed together).
+    ``prior_strength``: N of ``bn-prior`` (default ``DEFAULT_PRIOR_STRENGTH``), refused with any other method.
+    An adapted model changes while it runs, so it runs eagerly: ``compile`` is refused with it."""
     if name not in ADAPT_CHOICES:
         raise UsageError(f"unknown adapt {name!r}; choose one of: {', '.join(ADAPT_CHOICES)}", parameter="adapt")
     if name != "none" and compile:
@@ -24,16 +36,25 @@ def make_adaptation(name: str, batch_size: int | None = None, compile: bool = Fa
         )
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"batch_size must be >= 1, got {batch_size}", parameter="batch_size")
+    if prior_strength is not None and name != "bn-prior":
+        raise UsageError(f"prior_strength applies to adapt='bn-prior', not {name!r}", parameter="prior_strength")
     if name == "none":
         return None
+    size = batch_size or DEFAULT_BATCH_SIZE
+    if name == "bn-prior":
+        return BatchNormPrior(
+            batch_size=size, prior_strength=DEFAULT_PRIOR_STRENGTH if prior_strength is None else prior_strength
+        )
     method = Tent if name == "tent" else BatchNormAdaptation
-    return method(batch_size=batch_size or DEFAULT_BATCH_SIZE)
+    return method(batch_size=size)
 
 
 __all__ = [
     "ADAPT_CHOICES",
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_PRIOR_STRENGTH",
     "BatchNormAdaptation",
+    "BatchNormPrior",
     "Tent",
     "batch_statistics",
     "make_adaptation",

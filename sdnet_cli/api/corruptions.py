@@ -35,6 +35,7 @@ def evaluate_corruptions(
     n_steps: int | None = None,
     compile: bool = False,
     adapt: str = "none",
+    prior_strength: float | None = None,
     threat: str = "corruptions",
     model_dir: Path | None = None,
     progress: Progress | None = None,
@@ -49,8 +50,9 @@ def evaluate_corruptions(
     release) or are generated with ``seed`` and cached in ``cache_dir``. ImageNet also gets mCE.
     ``n_steps``: FISTA steps of the CSC layers, overriding the checkpoint's. ``compile``: run inference
     through ``torch.compile`` (a one-off compile, then faster forwards; see ``Runtime``). ``adapt``: ``bn``
-    or ``tent``, test-time adaptation to each cell's batches of ``batch_size`` (default 200) test images
-    (see ``sdnet_cli.adapt``); the rows say so. ``threat``/``model_dir``: for ``model="robustbench:<name>"``.
+    or ``tent``, test-time adaptation to each cell's batches of ``batch_size`` (default 200) test images;
+    ``bn-prior``, per image, BatchNorm statistics mixed from the stored ones and the image's with prior
+    strength ``prior_strength`` (see ``sdnet_cli.adapt``); the rows say so. ``threat``/``model_dir``: for ``model="robustbench:<name>"``.
     """
     from ..adapt import make_adaptation
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
@@ -62,7 +64,7 @@ def evaluate_corruptions(
     cells = expand_cells(names, parse_severities(strings(severities)))
     if lam == ORACLE and sweep is None:
         raise UsageError("lam='oracle' needs sweep, a sweep-lambda JSON report of this checkpoint", parameter="sweep")
-    adaptation = make_adaptation(adapt, batch_size, compile)
+    adaptation = make_adaptation(adapt, batch_size, compile, prior_strength)
     batch_size = adaptation.batch_size if adaptation is not None else batch_size
     session = Session.open("eval", distributed=True, **shared(locals()))
     if adaptation is not None:

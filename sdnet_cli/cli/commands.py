@@ -48,9 +48,19 @@ def eval_command(
             help="Test-time adaptation baseline: none; bn (every BatchNorm layer uses the statistics of the current "
             "test batch; Schneider et al. 2020); tent (bn plus one Adam step, lr 1e-3, on the BatchNorm affine "
             "parameters per batch, minimising prediction entropy; Wang et al. 2021; reset every cell). Both see "
-            "batches of --batch-size (default 200) images of one cell, and the rows say so. Combines with --lam.",
+            "batches of --batch-size (default 200) images of one cell, and the rows say so. Per image, no state "
+            "between images: bn-prior (each image's BatchNorm statistics N/(N+1) * stored + 1/(N+1) * its own; "
+            "Schneider et al. 2020; N from --prior-strength). Combines with --lam.",
         ),
     ] = "none",
+    prior_strength: Annotated[
+        float | None,
+        typer.Option(
+            "--prior-strength",
+            help="N of --adapt bn-prior, from 0 (the image's own statistics) to 1e6 (the stored ones). Default 16: "
+            "Schneider et al.'s recommendation for adapting to a single image.",
+        ),
+    ] = None,
     robustbench_json: Annotated[
         Path | None,
         typer.Option(
