@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from . import distributed
-from .adapt import BatchNormAdaptation
+from .adapt import Adaptation
 from .data.cells import Cell, CellImages
 from .errors import UsageError
 from .lam import FixedLambda, lambda_label
@@ -119,7 +119,7 @@ def evaluate_cells(
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
     cell_policy: Callable[[Cell], LambdaPolicy] | None = None,
-    adapt: BatchNormAdaptation | None = None,
+    adapt: Adaptation | None = None,
 ) -> list[dict]:
     """One row per cell plus the ``mean`` row; ``row_base`` gives model, dataset and lam.
 

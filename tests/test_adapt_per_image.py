@@ -118,3 +118,102 @@ def test_cli_eval_bn_prior(tiny_checkpoint, data_dir, tmp_path) -> None:  # type
     assert report["meta"]["adaptation"]["prior_strength"] == 8.0
     refused = CliRunner().invoke(app, [*args, "--adapt", "bn", "--prior-strength", "8"])
     assert refused.exit_code == 2 and "prior" in refused.output
+    result = CliRunner().invoke(app, [*args[:10], "2", *args[11:], "--adapt", "memo", "--name", "memo"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "memo.json").read_text())
+    assert report["rows"][0]["n"] == 2 and report["rows"][0]["gradient_steps"] == 1
+    assert report["meta"]["adaptation"]["copies"] == 32 and report["meta"]["adaptation"]["lr"] == 0.005
+
+
+def linear_model(seed: int = 0) -> Classifier:
+    """logits = W x + b on the flattened [0, 1] image (normalisation is the identity)."""
+    torch.manual_seed(seed)
+    return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 5)), mean=[0.0] * 3, std=[1.0] * 3).eval()
+
+
+def quantised(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 6, 6), generator=g).float() / 255
+
+
+def test_memo_takes_one_sgd_step_on_the_marginal_entropy_worked_in_float64() -> None:
+    from sdnet_cli.adapt import Memo
+    from sdnet_cli.adapt.augment import augmented_copies
+    from sdnet_cli.adapt.memo import image_seed
+
+    model = linear_model()
+    x = quantised(1, 5)
+    memo = Memo(copies=4, lr=0.5, seed=7)
+    copies = augmented_copies(x[0], 4, np.random.default_rng(image_seed(7, x[0])))
+    W = model.network[1].weight.detach().double().numpy()
+    b = model.network[1].bias.detach().double().numpy()
+    c = copies.double().reshape(4, -1).numpy()
+    z = c @ W.T + b
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    log_mean = np.log(p.mean(axis=0))
+    # H = -sum_j pbar_j log pbar_j; dH/dz_kj = (1/B) p_kj (-log pbar_j + sum_i p_ki log pbar_i)
+    g = p * (-log_mean[None, :] + (p * log_mean[None, :]).sum(axis=1, keepdims=True)) / 4
+    W1, b1 = W - 0.5 * g.T @ c, b - 0.5 * g.sum(axis=0)
+    expected = x.double().reshape(1, -1).numpy() @ W1.T + b1
+    with torch.no_grad(), memo.cell(model) as forward:
+        got = forward(x)
+    np.testing.assert_allclose(got.double().numpy(), expected, rtol=0, atol=1e-5)
+    assert np.abs(expected - (x.double().reshape(1, -1).numpy() @ W.T + b)).max() > 1e-3  # the step mattered
+
+
+def test_memo_resets_between_images_and_after_the_cell() -> None:
+    from sdnet_cli.adapt import Memo
+
+    model = linear_model(1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = quantised(3, 6)
+    memo = Memo(copies=3, lr=0.5, seed=1)
+    with torch.no_grad(), memo.cell(model) as forward:
+        together = forward(x)
+        last_alone = forward(x[2:])
+        first_again = forward(x[:1])
+    torch.testing.assert_close(last_alone, together[2:], rtol=0, atol=0)  # nothing carried from images 0 and 1
+    torch.testing.assert_close(first_again, together[:1], rtol=0, atol=0)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())
+    with torch.no_grad(), Memo(copies=3, lr=0.5, seed=2).cell(model) as forward:
+        assert not torch.equal(forward(x), together)  # the seed draws other copies
+
+
+def test_memo_notes_the_lambda_of_the_original_image_only() -> None:
+    from sdnet_cli.adapt import Memo
+
+    class PerInput:
+        name = "per-input"
+
+        def __call__(self, model: Classifier, xn: torch.Tensor) -> torch.Tensor:
+            return 0.05 + 0.1 * xn.mean(dim=(1, 2, 3)).abs()
+
+    model = small_net()
+    x = quantised(3, 8)
+    images = (x.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+    source = FakeSource({Cell("clean", 0): (images, np.zeros(3, dtype=np.int64))})
+    with model.using(PerInput()):
+        row = evaluate_cells(model, [Cell("clean", 0)], source, CPU, BASE, adapt=Memo(batch_size=2, copies=2))[0]
+    expected = PerInput()(model, model.normalize(CPU.to_input(images))).numpy()
+    assert row["lam_mean"] == round(float(expected.mean()), 4)
+    assert (row["adapt"], row["images_per_decision"], row["gradient_steps"]) == ("memo", 1, 1)
+    assert "B=2" in row["adapt_settings"] and "lr 0.005" in row["adapt_settings"]
+
+
+def test_memo_augmentations_leave_out_the_benchmark_corruptions() -> None:
+    from sdnet_cli.adapt.augment import OPERATIONS, augmented_copies
+    from sdnet_cli.data.corruptions import ALL_CORRUPTIONS
+
+    resembling = {"contrast", "color", "brightness", "sharpness"}  # AugMix's own list of overlapping operations
+    assert not set(OPERATIONS) & (set(ALL_CORRUPTIONS) | resembling)
+    x = quantised(1, 9)[0]
+    a = augmented_copies(x, 5, np.random.default_rng(3))
+    assert a.shape == (5, 3, 6, 6) and float(a.min()) >= 0 and float(a.max()) <= 1
+    torch.testing.assert_close(a, augmented_copies(x, 5, np.random.default_rng(3)), rtol=0, atol=0)
+    assert len({tuple(v.flatten().tolist()) for v in a}) == 5
+    with pytest.raises(UsageError, match="memo_copies"):
+        from sdnet_cli.adapt import Memo
+
+        Memo(copies=0)

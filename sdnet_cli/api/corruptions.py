@@ -64,7 +64,7 @@ def evaluate_corruptions(
     cells = expand_cells(names, parse_severities(strings(severities)))
     if lam == ORACLE and sweep is None:
         raise UsageError("lam='oracle' needs sweep, a sweep-lambda JSON report of this checkpoint", parameter="sweep")
-    adaptation = make_adaptation(adapt, batch_size, compile, prior_strength)
+    adaptation = make_adaptation(adapt, batch_size, compile, prior_strength, seed)
     batch_size = adaptation.batch_size if adaptation is not None else batch_size
     session = Session.open("eval", distributed=True, **shared(locals()))
     if adaptation is not None:

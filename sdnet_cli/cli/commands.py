@@ -50,7 +50,10 @@ def eval_command(
             "parameters per batch, minimising prediction entropy; Wang et al. 2021; reset every cell). Both see "
             "batches of --batch-size (default 200) images of one cell, and the rows say so. Per image, no state "
             "between images: bn-prior (each image's BatchNorm statistics N/(N+1) * stored + 1/(N+1) * its own; "
-            "Schneider et al. 2020; N from --prior-strength). Combines with --lam.",
+            "Schneider et al. 2020; N from --prior-strength); memo (Zhang et al. 2022: 32 augmented copies of the "
+            "image, AugMix-style operations that are not benchmark corruptions, one SGD step, lr 0.005, on all "
+            "parameters minimising the entropy of their mean prediction, predict the original, restore; seeded by "
+            "--seed; 33 forwards and 1 backward per image). Combines with --lam.",
         ),
     ] = "none",
     prior_strength: Annotated[
