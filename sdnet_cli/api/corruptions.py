@@ -36,6 +36,7 @@ def evaluate_corruptions(
     compile: bool = False,
     adapt: str = "none",
     prior_strength: float | None = None,
+    stream: str = "cells",
     threat: str = "corruptions",
     model_dir: Path | None = None,
     progress: Progress | None = None,
@@ -52,16 +53,20 @@ def evaluate_corruptions(
     through ``torch.compile`` (a one-off compile, then faster forwards; see ``Runtime``). ``adapt``: ``bn``
     or ``tent``, test-time adaptation to each cell's batches of ``batch_size`` (default 200) test images;
     ``bn-prior``, per image, BatchNorm statistics mixed from the stored ones and the image's with prior
-    strength ``prior_strength`` (see ``sdnet_cli.adapt``); the rows say so. ``threat``/``model_dir``: for ``model="robustbench:<name>"``.
+    strength ``prior_strength``; ``memo``, per image, one entropy step on augmented copies, then reset (see
+    ``sdnet_cli.adapt``); the rows say so. ``stream``: ``cells`` (each cell on its own) or ``mixed`` (all
+    cells' images interleaved in one ``seed``-ed stream, one adaptation throughout; see ``evaluate.STREAMS``). ``threat``/``model_dir``: for ``model="robustbench:<name>"``.
     """
     from ..adapt import make_adaptation
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
-    from ..evaluate import evaluate_cells
+    from ..evaluate import check_stream, evaluate_cells
     from ..lam import ORACLE
     from ..metrics import corruption_errors
 
     names = parse_corruptions(strings(corruptions))
     cells = expand_cells(names, parse_severities(strings(severities)))
+    if check_stream(stream) == "mixed" and lam == ORACLE:
+        raise UsageError("lam='oracle' picks a lambda per cell, which a mixed stream does not have", parameter="lam")
     if lam == ORACLE and sweep is None:
         raise UsageError("lam='oracle' needs sweep, a sweep-lambda JSON report of this checkpoint", parameter="sweep")
     adaptation = make_adaptation(adapt, batch_size, compile, prior_strength, seed)
@@ -75,13 +80,14 @@ def evaluate_corruptions(
     with session.classifier.using(policy):
         rows = evaluate_cells(
             session.classifier, cells, source, session.runtime, base, session.batch_size, advance, cell_policy,
-            adaptation,
+            adaptation, stream, session.seed,
         )  # fmt: skip
     meta = session.meta(
         source,
         lam_policy=f"best lambda per cell from {sweep}" if cell_policy else repr(policy or "training lambda"),
         oracle=cell_policy is not None,
         adaptation=adaptation.describe() if adaptation is not None else None,
+        **({"stream": {"kind": stream, "seed": session.seed}} if stream == "mixed" else {}),
         corruption_errors=corruption_errors(rows, source.spec.ce_baseline, source.spec.ce_baseline_clean),
     )
     return Report(rows, meta, name=f"eval-{session.info.name}", title=f"sdnet eval: {session.info.name}")

@@ -64,6 +64,16 @@ def eval_command(
             "Schneider et al.'s recommendation for adapting to a single image.",
         ),
     ] = None,
+    stream: Annotated[
+        str,
+        typer.Option(
+            "--stream",
+            help="cells: each cell's images on their own, adaptation reset every cell. mixed: the images of all "
+            "requested cells interleaved in one stream (seeded by --seed), so an adapted batch mixes corruptions "
+            "and severities (Niu et al. 2023); one adaptation over the whole stream; per-cell accuracy still "
+            "reported. --batch-size 1 gives batch-1 adaptation.",
+        ),
+    ] = "cells",
     robustbench_json: Annotated[
         Path | None,
         typer.Option(
