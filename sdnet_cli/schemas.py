@@ -59,7 +59,8 @@ CLASSES_MAX = 100_000
 TOLERANCE_MAX = 100.0
 """A tolerance of 100 accuracy points already accepts anything."""
 LR_MAX = 100.0
-SEVERITIES = (1, 2, 3, 4, 5)
+SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+"""Of every corruption benchmark (Hendrycks & Dietterich, ICLR 2019); a clean cell has severity 0."""
 
 
 def _number(value: Any) -> float:

@@ -28,7 +28,7 @@ import numpy as np
 from ..data.cells import CLEAN, Cell
 from ..errors import UsageError
 from ..models.classifier import LambdaPolicy
-from ..models.registry import ModelInfo
+from ..models.record import ModelInfo
 from ..models.weights import update_manifest
 from ..schemas import CalibrationFile, LegacyRules, check_lam, load
 from .fit import fit_rule_for_accuracy, mean_group_accuracy
