@@ -7,7 +7,7 @@ Attacks work on [0,1] images and differentiate ``AttackedModel``: the deployed m
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -31,7 +31,7 @@ class StraightThroughLine:
     def __call__(self, model: nn.Module, x_normalized: torch.Tensor) -> torch.Tensor:
         line = self.rule.line(model, x_normalized)
         deployed = torch.as_tensor(self.rule(model, x_normalized), dtype=line.dtype, device=line.device).detach()
-        return deployed + (line - line.detach())  # exactly the deployed value; the line's gradient
+        return cast(torch.Tensor, deployed + (line - line.detach()))  # exactly the deployed value; the line's gradient
 
 
 def is_line_rule(policy: Any) -> bool:
@@ -68,7 +68,9 @@ class AttackedModel(nn.Module):
         """Logits of [0,1] images: plain NCHW tensors and gradients for the attacks, channels_last inside."""
         swap = self.policy is not getattr(self.model, "lam_policy", None)
         with self.model.using(self.policy) if swap else nullcontext(), self.runtime.autocast():
-            return self.model(_PlainGradient.apply(x).contiguous(memory_format=torch.channels_last)).float()
+            return cast(
+                torch.Tensor, self.model(_PlainGradient.apply(x).contiguous(memory_format=torch.channels_last)).float()
+            )
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """Labels from the deployed model (no straight-through view): the judge of every example."""

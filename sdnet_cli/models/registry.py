@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -126,7 +126,7 @@ def create_model(
     return Classifier(network, spec.mean, spec.std)
 
 
-def infer_settings(state: dict, metadata: dict) -> dict[str, Any]:
+def infer_settings(state: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
     """Width, classes and stem read off the tensors themselves, so foreign checkpoints need no flags."""
     stem_key = "layer0.0.dn.weight" if "layer0.0.dn.weight" in state else "layer0.0.weight"
     head_key = "linear.weight"
@@ -153,7 +153,7 @@ def torchvision_weights_file(name: str) -> Path:
     import torchvision.models
 
     url = torchvision.models.get_model_weights(TORCHVISION_MODELS[name]).IMAGENET1K_V1.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    return cast("Path", Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1])
 
 
 def _hub_checkpoint(name: str) -> tuple[Path, str]:
