@@ -32,7 +32,7 @@ def combined(counts: Counts) -> Counts:
     return Counts(int(n), int(correct), float(distributed.combine(np.array(counts.seconds), "max")))
 
 
-def cell_row(base: dict, corruption: str, severity: int | str, counts: Counts) -> dict:
+def cell_row(base: dict[str, Any], corruption: str, severity: int | str, counts: Counts) -> dict[str, Any]:
     """One report row, keys in the documented order."""
     return {
         "model": base["model"],
@@ -129,7 +129,7 @@ def _correct_with_lambdas(
     return distributed.combine(correct, "sum"), lams, seconds
 
 
-def mean_row(rows: list[dict]) -> dict | None:
+def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """``corruption: MEAN``: the plain mean over corrupted cells (the usual CIFAR-C summary)."""
     corrupted = [r for r in rows if r["severity"] != 0]
     if not corrupted:
@@ -162,14 +162,14 @@ def evaluate_cells(
     cells: Sequence[Cell],
     source: CellImages,
     runtime: Runtime,
-    row_base: dict,
+    row_base: dict[str, Any],
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
     cell_policy: Callable[[Cell], LambdaPolicy] | None = None,
     adapt: Adaptation | None = None,
     stream: str = "cells",
     seed: int = 0,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """One row per cell plus the ``mean`` row; ``row_base`` gives model, dataset and lam.
 
     ``cell_policy`` (e.g. the oracle lambda of each cell) sets the model's lambda policy per cell;
@@ -225,7 +225,9 @@ def evaluate_cells(
     return _with_mean(rows, corrupted_lams, row_base, adapted)
 
 
-def _with_mean(rows: list[dict], corrupted_lams: list[np.ndarray], row_base: dict, extra: dict) -> list[dict]:
+def _with_mean(
+    rows: list[dict[str, Any]], corrupted_lams: list[np.ndarray], row_base: dict[str, Any], extra: dict[str, Any]
+) -> list[dict[str, Any]]:
     """The cells' rows and their ``mean`` row (with ``extra``: the adaptation's columns, the stream)."""
     summary = mean_row(rows)
     if summary:
@@ -241,12 +243,12 @@ def _mixed_rows(
     cells: Sequence[Cell],
     source: CellImages,
     runtime: Runtime,
-    row_base: dict,
+    row_base: dict[str, Any],
     batch_size: int,
     progress: Callable[[int], None] | None,
     adapt: Adaptation | None,
     seed: int,
-) -> tuple[list[dict], list[np.ndarray]]:
+) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
     """One row per cell, counted from one mixed stream of all cells' images (``evaluate_cells``)."""
     loaded = [source.load(cell) for cell in cells]
     sizes = [len(labels) for _, labels in loaded]

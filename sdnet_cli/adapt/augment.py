@@ -15,6 +15,7 @@ Beta(1, 1) weight.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 import torch
@@ -30,30 +31,30 @@ def _signed(rng: np.random.Generator, value: float) -> float:
 
 
 def _autocontrast(img: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
-    return TF.autocontrast(img)
+    return cast(torch.Tensor, TF.autocontrast(img))
 
 
 def _equalize(img: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
-    return TF.equalize(img)
+    return cast(torch.Tensor, TF.equalize(img))
 
 
 def _posterize(img: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
-    return TF.posterize(img, bits=4 - int(level * 4 / 10))
+    return cast(torch.Tensor, TF.posterize(img, bits=4 - int(level * 4 / 10)))
 
 
 def _solarize(img: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
-    return TF.solarize(img, threshold=256 - int(level * 256 / 10))
+    return cast(torch.Tensor, TF.solarize(img, threshold=256 - int(level * 256 / 10)))
 
 
 def _rotate(img: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
-    return TF.rotate(img, angle=_signed(rng, level * 30 / 10))
+    return cast(torch.Tensor, TF.rotate(img, angle=_signed(rng, level * 30 / 10)))
 
 
 def _shear(axis: int) -> Callable[[torch.Tensor, float, np.random.Generator], torch.Tensor]:
     def shear(img: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
         degrees = float(np.degrees(np.arctan(_signed(rng, level * 0.3 / 10))))
         amounts = [degrees, 0.0] if axis == 0 else [0.0, degrees]
-        return TF.affine(img, angle=0.0, translate=[0, 0], scale=1.0, shear=amounts)
+        return cast(torch.Tensor, TF.affine(img, angle=0.0, translate=[0, 0], scale=1.0, shear=amounts))
 
     return shear
 
@@ -62,7 +63,7 @@ def _translate(axis: int) -> Callable[[torch.Tensor, float, np.random.Generator]
     def translate(img: torch.Tensor, level: float, rng: np.random.Generator) -> torch.Tensor:
         pixels = int(_signed(rng, level * (img.shape[-1] / 3) / 10))
         shift = [pixels, 0] if axis == 0 else [0, pixels]
-        return TF.affine(img, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0])
+        return cast(torch.Tensor, TF.affine(img, angle=0.0, translate=shift, scale=1.0, shear=[0.0, 0.0]))
 
     return translate
 
@@ -87,7 +88,7 @@ def crop_and_flip(img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     padded = TF.pad(img, [PAD, PAD, PAD, PAD])
     top, left = int(rng.integers(0, 2 * PAD + 1)), int(rng.integers(0, 2 * PAD + 1))
     out = TF.crop(padded, top, left, height, width)
-    return TF.horizontal_flip(out) if rng.random() < 0.5 else out
+    return cast(torch.Tensor, TF.horizontal_flip(out)) if rng.random() < 0.5 else cast(torch.Tensor, out)
 
 
 def augmix(img: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
