@@ -27,17 +27,18 @@ run noise-sdnet18-auto-bnprior --model sdnet18 --lam auto --adapt bn-prior
 run noise-sdnet18-bnprior --model sdnet18 --adapt bn-prior
 # the mixed stream: every cell's images interleaved, batches of 200
 run mixed-resnet18-tent --model resnet18 --adapt tent --stream mixed
-run mixed-resnet18-bn --model resnet18 --adapt bn --stream mixed
 run mixed-sdnet18-bn --model sdnet18 --adapt bn --stream mixed
-run mixed-sdnet18-tent --model sdnet18 --adapt tent --stream mixed
 # MEMO: 33 forwards and a backward per image, so severity 5 of the noises on M images, beside its baselines
 memo memo-resnet18-none --model resnet18
 memo memo-sdnet18-auto --model sdnet18 --lam auto
-memo memo-resnet18-memo --model resnet18 --adapt memo --batch-size 1
 memo memo-sdnet18-auto-memo --model sdnet18 --lam auto --adapt memo --batch-size 1
+memo memo-resnet18-memo --model resnet18 --adapt memo --batch-size 1
 # batch 1 in the mixed stream
 run batch1-resnet18-bn --model resnet18 --adapt bn --stream mixed --batch-size 1
-run batch1-sdnet18-bn --model sdnet18 --adapt bn --stream mixed --batch-size 1
 run batch1-resnet18-tent --model resnet18 --adapt tent --stream mixed --batch-size 1
+# the rest, as time allows
+run mixed-resnet18-bn --model resnet18 --adapt bn --stream mixed
+run mixed-sdnet18-tent --model sdnet18 --adapt tent --stream mixed
+run batch1-sdnet18-bn --model sdnet18 --adapt bn --stream mixed --batch-size 1
 run batch1-sdnet18-tent --model sdnet18 --adapt tent --stream mixed --batch-size 1
 run noise-resnet18-bnprior --model resnet18 --adapt bn-prior

@@ -8,6 +8,8 @@ cell's batches through ``forward``, and the model is back as it was afterwards.
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import UsageError
 from .base import Adaptation
 from .batchnorm import (
@@ -59,7 +61,39 @@ def make_adaptation(
     return method(batch_size=size)
 
 
+CALIBRATABLE = ("none", "bn", "bn-prior")
+"""Adaptations a lambda calibration can run under: no state between batches and no gradient steps."""
+
+
+def calibration_record(adapt: Adaptation | None) -> dict[str, Any] | None:
+    """What a lambda calibration records of the adaptation it was fitted under (None: stored BatchNorm
+    statistics), and what ``eval`` compares it with: the method and the settings that change its statistics."""
+    if adapt is None:
+        return None
+    columns = adapt.columns()
+    record: dict[str, Any] = {"method": adapt.name}
+    if columns["uses_test_batches"]:
+        record["batch_size"] = adapt.batch_size
+    if "prior_strength" in columns:
+        record["prior_strength"] = columns["prior_strength"]
+    return record
+
+
+def calibratable(name: str) -> str:
+    """Refuse an adaptation a calibration cannot run under (TENT carries state, MEMO steps per image)."""
+    if name not in CALIBRATABLE:
+        raise UsageError(
+            f"a lambda calibration runs under adapt {', '.join(CALIBRATABLE)}, not {name!r} (it carries state or "
+            "takes gradient steps)",
+            parameter="adapt",
+        )
+    return name
+
+
 __all__ = [
+    "CALIBRATABLE",
+    "calibratable",
+    "calibration_record",
     "ADAPT_CHOICES",
     "DEFAULT_COPIES",
     "DEFAULT_LR",

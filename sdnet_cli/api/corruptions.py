@@ -74,7 +74,8 @@ def evaluate_corruptions(
     session = Session.open("eval", distributed=True, **shared(locals()))
     if adaptation is not None:
         adaptation.check(session.classifier)
-    policy, cell_policy, base = _lambda_policies(session, lam, calibration, sweep, cells)
+    policy, cell_policy, base = _lambda_policies(session, lam, calibration, sweep, cells, adapt)
+    mismatch = _calibration_mismatch(session, lam, calibration, adaptation)
     source = session.cells(names)
     advance = session.task(f"evaluating {session.info.name}", source, len(cells))
     with session.classifier.using(policy):
@@ -88,24 +89,46 @@ def evaluate_corruptions(
         oracle=cell_policy is not None,
         adaptation=adaptation.describe() if adaptation is not None else None,
         **({"stream": {"kind": stream, "seed": session.seed}} if stream == "mixed" else {}),
+        **({"calibration_mismatch": mismatch} if mismatch else {}),
         corruption_errors=corruption_errors(rows, source.spec.ce_baseline, source.spec.ce_baseline_clean),
     )
     return Report(rows, meta, name=f"eval-{session.info.name}", title=f"sdnet eval: {session.info.name}")
 
 
 def _lambda_policies(
-    session: Session, lam: float | str | None, calibration: Path | None, sweep: Path | None, cells: Sequence[Any]
+    session: Session,
+    lam: float | str | None,
+    calibration: Path | None,
+    sweep: Path | None,
+    cells: Sequence[Any],
+    adapt: str = "none",
 ) -> tuple[Any, Any, dict[str, Any]]:
     """(policy for every cell, per-cell oracle policy or None, the rows' base columns): ``lam='oracle'`` takes
-    each cell's best lambda from the ``sweep`` report (labels used), any other ``lam`` one policy for all."""
+    each cell's best lambda from the ``sweep`` report (labels used), any other ``lam`` one policy for all (a
+    rule from the calibration fitted under ``adapt`` when the checkpoint has one)."""
     from ..lam import ORACLE, lambda_label, oracle_lambdas, resolve_policy
 
     classifier, info = session.classifier, session.info
     if lam == ORACLE:
         return None, oracle_lambdas(sweep, info, cells), session.base(lam=ORACLE)  # type: ignore[arg-type]
-    policy = resolve_policy(lam, classifier, info, calibration)
+    policy = resolve_policy(lam, classifier, info, calibration, adapt)
     with classifier.using(policy):
         return policy, None, session.base(lam=lambda_label(classifier))
+
+
+def _calibration_mismatch(
+    session: Session, lam: float | str | None, calibration: Path | None, adaptation: Any
+) -> str | None:
+    """For a calibrated rule (``recon``/``noise``/``auto``), a note when it runs under another adaptation than
+    it was fitted under (``lam.calibration_mismatch``); None otherwise."""
+    from ..adapt import calibration_record
+    from ..lam import AUTO, RULES, calibration_mismatch, load_calibration
+
+    if lam != AUTO and lam not in RULES:
+        return None
+    method = adaptation.name if adaptation is not None else None
+    fitted = load_calibration(session.info, calibration, method)
+    return calibration_mismatch(fitted, calibration_record(adaptation))
 
 
 def generate_corruptions(

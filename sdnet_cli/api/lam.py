@@ -13,6 +13,7 @@ from ._session import ModelArg, Progress, Session, shared, strings
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..adapt import Adaptation
     from ..lam import Calibration
     from ..sweep_plan import SweepPlan
 
@@ -32,6 +33,7 @@ def sweep_lambda(
     fit_n: int = 1000,
     calibration_out: Path | None = None,
     sweep_span: float = 0.2,
+    adapt: str = "none",
     cifar_c_dir: Path | None = None,
     n_examples: int | None = None,
     batch_size: int | None = None,
@@ -52,13 +54,18 @@ def sweep_lambda(
     groups) and write the calibration beside the checkpoint (or ``calibration_out``).
     ``sweep_span``: the largest lambda gap across which the sweep infers a prediction instead of running it
     (``SweepPlan``; 0 runs every pair); the meta's ``sweep`` says how many pairs ran and the measured agreement.
+    ``adapt`` (``none``, ``bn`` or ``bn-prior``): the test-time adaptation every forward of the sweep and the
+    calibration runs under (``sweep.sweep_cells``), so ``lam="auto"`` is fitted for the regime it will run
+    in; the calibration records it (and is written, by default, as ``<checkpoint stem>.lambda-<adapt>.json``,
+    which ``eval`` with that ``adapt`` prefers); under ``bn`` every pair runs (``sweep_span`` is set aside).
     The report's extras are the accuracy-vs-lambda and best-lambda-vs-error plots. ``n_steps``: FISTA steps
     of the CSC layers, overriding the checkpoint's. ``compile``: inference through ``torch.compile``.
     """
     from .. import sweep
+    from ..adapt import calibratable, make_adaptation
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
     from ..lam import lambda_grid, store_calibration
-    from ..sweep_plan import SweepPlan
+    from ..sweep_plan import EVERY_PAIR, SweepPlan
     from ..sweep_report import save_sweep_plots
 
     _check_fit_n(fit_n)
@@ -68,19 +75,27 @@ def sweep_lambda(
     severity_list = parse_severities(strings(severities))
     cells = expand_cells(names, severity_list)
     fit_names = parse_corruptions(strings(fit_corruptions)) if fit_corruptions else names
+    adaptation = make_adaptation(calibratable(adapt), batch_size if adapt == "bn" else None, compile)
+    if adaptation is not None and adaptation.columns()["uses_test_batches"]:
+        plan = EVERY_PAIR  # a plan's subsets of a batch would change its statistics
     session = Session.open("sweep-lambda", **shared(locals()))
     session.require_lambda()
     train = _training_images(session) if fit else None
     source = session.cells(names)
     advance = session.task(f"sweeping {session.info.name}", source, len(cells) * len(grid))
     args = (session.classifier, cells, source, session.runtime)
-    sweeps = sweep.sweep_cells(*args, grid, session.batch_size, advance, plan, session.seed)
+    sweeps = sweep.sweep_cells(*args, grid, session.batch_size, advance, plan, session.seed, adaptation)
     rows = sweep.sweep_rows(sweeps, session.base())
     points = sweep.cell_points(*args, rows, session.batch_size)
-    calibration = None if train is None else _calibrate(session, train, grid, fit_names, severity_list, fit_n, plan)
+    calibration = (
+        None if train is None else _calibrate(session, train, grid, fit_names, severity_list, fit_n, plan, adaptation)
+    )
     path = store_calibration(calibration, session.info, calibration_out) if calibration is not None else None
     summary = sweep.plan_summary(sweeps, plan)
-    meta = session.meta(source, grid=grid, sweep=summary, points=points, **_calibration_meta(calibration, path))
+    adapted = {"adaptation": adaptation.describe()} if adaptation is not None else {}
+    meta = session.meta(
+        source, grid=grid, sweep=summary, points=points, **adapted, **_calibration_meta(calibration, path)
+    )
 
     def plots(out_dir: Path, stem: str) -> list[Path]:
         return save_sweep_plots(rows, points, out_dir, stem, session.info.name, calibration)
@@ -262,8 +277,10 @@ def _calibrate(
     severities: Sequence[int],
     fit_n: int,
     plan: SweepPlan,
+    adaptation: Adaptation | None = None,
 ) -> Calibration:
-    """The per-input rules fitted on ``fit_n`` corrupted training images per (corruption, severity) group."""
+    """The per-input rules fitted on ``fit_n`` corrupted training images per (corruption, severity) group,
+    under ``adaptation`` (None: stored BatchNorm statistics)."""
     from ..data.cells import expand_cells
     from ..data.datasets import dataset_spec
     from ..sweep import calibrate
@@ -273,7 +290,7 @@ def _calibrate(
     advance = session.progress.task("calibrating on training images", total)
     return calibrate(
         session.classifier, *train, session.runtime, grid, corruptions, severities, fit_n, session.seed, advance,
-        session.batch_size, session.info.sha256 or "", dataset_spec(session.dataset).strength, plan,
+        session.batch_size, session.info.sha256 or "", dataset_spec(session.dataset).strength, plan, adaptation,
     )  # fmt: skip
 
 

@@ -97,6 +97,8 @@ def eval_command(
         return
     title = f"{report.meta['model']['name']} on {report.meta['model']['dataset']}"
     print_rows(title, report.rows, ["corruption", "severity", "lam", "n", "accuracy"])
+    if report.meta.get("calibration_mismatch"):
+        console.print(f"[bold yellow]note:[/] {escape(report.meta['calibration_mismatch'])}", highlight=False)
     summary = report.meta["corruption_errors"]
     if summary is not None:
         caveat = "" if summary["complete"] else " (not all 15 benchmark corruptions: not comparable with published mCE)"

@@ -57,6 +57,17 @@ def sweep_lambda_command(
     fit_n: FitNOpt = 1000,
     calibration_out: CalibrationOutOpt = None,
     sweep_span: SweepSpanOpt = 0.2,
+    adapt: Annotated[
+        str,
+        typer.Option(
+            "--adapt",
+            help="Test-time adaptation the sweep and the calibration run under: none; bn (statistics of batches "
+            "of --batch-size, default 200, of one cell or group; every lambda runs on every image); bn-prior "
+            "(per image, prior strength 16). A calibration fitted under bn or bn-prior records it and is written "
+            "as <checkpoint stem>.lambda-<adapt>.json, which `sdnet eval --lam auto --adapt` with the same "
+            "method uses.",
+        ),
+    ] = "none",
     attack: Annotated[
         str | None,
         typer.Option(
