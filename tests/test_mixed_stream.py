@@ -99,3 +99,21 @@ def test_cli_eval_mixed_stream(tiny_checkpoint: Path, data_dir: Path, tmp_path: 
     assert [r["n"] for r in report["rows"]] == [8, 8, 8, 16] and report["meta"]["stream"]["kind"] == "mixed"
     refused = CliRunner().invoke(app, [*args[:-6], "--stream", "wild"])
     assert refused.exit_code == 2 and "stream" in refused.output
+
+
+@pytest.mark.slow
+def test_api_per_image_remedies_and_mixed_stream_on_a_plain_module_and_resnet18(data_dir: Path, tmp_path: Path) -> None:
+    """A plain ``nn.Module`` (no Classifier, its own normalisation) and a small resnet18 through the API."""
+    from sdnet_cli import api
+    from sdnet_cli.models import create_model
+
+    torch.manual_seed(0)
+    plain = small_net().network  # the bare Sequential
+    common = {"corruptions": ["gaussian_noise"], "severities": [5], "n_examples": 4, "data_dir": data_dir}
+    common |= {"cache_dir": tmp_path, "device": "cpu", "batch_size": 2}
+    for model in (plain, create_model("resnet18", width=8).eval()):
+        for adapt in ("bn-prior", "memo"):
+            report = api.evaluate_corruptions(model=model, adapt=adapt, stream="mixed", **common)
+            assert [r["n"] for r in report.rows] == [4, 4, 4]
+            assert all(r["adapt"] == adapt and r["stream"] == "mixed" for r in report.rows)
+            assert report.meta["adaptation"]["method"] == adapt and report.meta["stream"]["kind"] == "mixed"
