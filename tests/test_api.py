@@ -83,21 +83,26 @@ def test_report_frame_and_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "parameter"),
     [
-        ({"n_examples": 0}, "n_examples"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"seed": -1}, "seed"),
-        ({"seed": 2**32}, "seed"),
-        ({"dataset": "mnist"}, None),
+        ({"data": {"n_examples": 0}}, "n_examples"),
+        ({"run": {"batch_size": 0}}, "batch_size"),
+        ({"data": {"seed": -1}}, "seed"),
+        ({"data": {"seed": 2**32}}, "seed"),
+        ({"data": {"dataset": "mnist"}}, None),
         ({"corruptions": ["rain"]}, "corruptions"),
         ({"lam": "oracle"}, "sweep"),
-        ({"precision": "fp8"}, "precision"),
+        ({"run": {"precision": "fp8"}}, "precision"),
+        ({"run": {"device": "tpu"}}, "device"),
     ],
 )
 def test_evaluate_refuses_bad_input_before_any_work(kwargs: dict, parameter: str | None, tmp_path: Path) -> None:
+    """A bad value is refused with its name, whether a record (``DataSpec``, ``RunSpec``) or the call holds it."""
+    data, run = kwargs.pop("data", {}), kwargs.pop("run", {})
     with pytest.raises(UsageError) as caught:
-        api.evaluate_corruptions(**{"data_dir": tmp_path / "nowhere", **kwargs})
+        api.evaluate_corruptions(
+            data=api.DataSpec(**{"data_dir": tmp_path / "nowhere", **data}), run=api.RunSpec(**run), **kwargs
+        )
     assert caught.value.parameter == parameter
-    if kwargs.get("dataset") == "mnist":
+    if data.get("dataset") == "mnist":
         assert "unknown dataset 'mnist'" in str(caught.value)
 
 

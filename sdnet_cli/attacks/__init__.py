@@ -10,7 +10,7 @@ model as attacks see it and the batch loop; ``checks``: gradient-masking warning
 """
 
 from .checks import Diagnostics, diagnose
-from .config import NORMS, AttackConfig, Eps
+from .config import NORMS, AttackConfig, Eps, Norm, check_norm
 from .registry import AUTOATTACK_VERSIONS, Component, attack_names, register
 from .results import AttackResults, save_adversarials
 from .runner import AttackedModel, build_components, requantized_robust_accuracy, run_attack
@@ -25,8 +25,10 @@ __all__ = [
     "Component",
     "Diagnostics",
     "Eps",
+    "Norm",
     "attack_names",
     "build_components",
+    "check_norm",
     "diagnose",
     "register",
     "remove_state",
