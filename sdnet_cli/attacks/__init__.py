@@ -10,8 +10,8 @@ model as attacks see it and the batch loop; ``checks``: gradient-masking warning
 """
 
 from .checks import Diagnostics, diagnose
-from .config import NORMS, AttackConfig, Eps, Norm, check_norm
-from .registry import AUTOATTACK_VERSIONS, Component, attack_names, register
+from .config import AttackConfig, Eps, check_norm
+from .registry import AUTOATTACK_VERSIONS, NORMS, AttackSetting, Component, Norm, attack_names, register
 from .results import AttackResults, save_adversarials
 from .runner import AttackedModel, build_components, requantized_robust_accuracy, run_attack
 from .state import remove_state
@@ -20,6 +20,7 @@ __all__ = [
     "AUTOATTACK_VERSIONS",
     "NORMS",
     "AttackConfig",
+    "AttackSetting",
     "AttackResults",
     "AttackedModel",
     "Component",

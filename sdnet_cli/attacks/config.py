@@ -6,15 +6,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Literal, cast, get_args
+from typing import Any, cast
 
 from .. import distributed
 from ..errors import UsageError
 from ..schemas import RESTARTS_MAX, STEPS_MAX, check, check_count, fraction_rule
-from .registry import AUTOATTACK, AUTOATTACK_VERSIONS, attack_names, registered
+from .registry import AUTOATTACK, AUTOATTACK_VERSIONS, NORMS, Norm, attack_names, registered
 
-Norm = Literal["Linf", "L2"]
-NORMS: tuple[str, ...] = get_args(Norm)
 BATCH_SIZE = 128
 """Images per attacked batch when a caller does not say."""
 POOL_BATCHES = 8
@@ -95,7 +93,7 @@ class AttackConfig:
     """
 
     attack: str
-    norm: str
+    norm: Norm
     eps: tuple[Eps, ...]
     steps: int | None = None
     restarts: int | None = None
