@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -71,7 +71,7 @@ class Runtime:
 
     @classmethod
     def create(cls, device: str = "auto", precision: str = "fp32", compile: bool = False) -> Runtime:
-        check_precision(precision)
+        typed = check_precision(precision)
         check_device(device)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -79,7 +79,7 @@ class Runtime:
             raise UsageError(
                 "device cuda was asked for, but torch sees no CUDA GPU on this machine", parameter="device"
             )
-        return cls(torch.device(device), precision, compile)  # type: ignore[arg-type]
+        return cls(torch.device(device), typed, compile)
 
     @property
     def eval_batch_size(self) -> int:
@@ -87,7 +87,7 @@ class Runtime:
         found fastest (its numbers are in reports/benchmarks.md); on GPUs a larger batch, not yet measured."""
         return 64 if self.device.type == "cpu" else 256
 
-    def autocast(self) -> AbstractContextManager:
+    def autocast(self) -> AbstractContextManager[Any]:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -149,7 +149,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch
             "the model returned NaN or infinite logits (e.g. a test-time lambda at which the "
             "sparse-coding solve diverges)"
         )
-    return logits
+    return cast(torch.Tensor, logits)
 
 
 def predict(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:
