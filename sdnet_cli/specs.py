@@ -135,11 +135,11 @@ class DataSpec:
     n_examples: int | None = None
 
     def __post_init__(self) -> None:
-        from .data.datasets import dataset_spec  # here: importing the API stays light
-
         for name in ("data_dir", "cache_dir", "cifar_c_dir"):
             _path(self, name)
         if self.dataset is not None:
+            from .data.datasets import dataset_spec  # here: the default record is made when the API is imported
+
             dataset_spec(self.dataset)
         at_least_one(self.n_examples, "n_examples")
         check_seed(self.seed)
