@@ -8,7 +8,7 @@ cell's batches through ``forward``, and the model is back as it was afterwards.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, cast, get_args
 
 from ..errors import UsageError
 from .base import Adaptation
@@ -23,7 +23,15 @@ from .batchnorm import (
 )
 from .memo import DEFAULT_COPIES, DEFAULT_LR, Memo, marginal_entropy
 
-ADAPT_CHOICES = ("none", "bn", "tent", "bn-prior", "memo")
+Adapt = Literal["none", "bn", "tent", "bn-prior", "memo"]
+ADAPT_CHOICES: tuple[str, ...] = get_args(Adapt)
+
+
+def check_adapt(name: str) -> Adapt:
+    """``name`` if it is one of ``ADAPT_CHOICES`` (typed as such), else a usage error."""
+    if name not in ADAPT_CHOICES:
+        raise UsageError(f"unknown adapt {name!r}; choose one of: {', '.join(ADAPT_CHOICES)}", parameter="adapt")
+    return cast(Adapt, name)
 
 
 def make_adaptation(
@@ -38,8 +46,7 @@ def make_adaptation(
     ``prior_strength``: N of ``bn-prior`` (default ``DEFAULT_PRIOR_STRENGTH``), refused with any other method.
     ``seed``: of ``memo``'s augmentations (with each image's content).
     An adapted model changes while it runs, so it runs eagerly: ``compile`` is refused with it."""
-    if name not in ADAPT_CHOICES:
-        raise UsageError(f"unknown adapt {name!r}; choose one of: {', '.join(ADAPT_CHOICES)}", parameter="adapt")
+    check_adapt(name)
     if name != "none" and compile:
         raise UsageError(
             "adapt runs the model eagerly (its BatchNorm layers change); drop compile", parameter="compile"
@@ -97,6 +104,7 @@ __all__ = [
     "ADAPT_CHOICES",
     "DEFAULT_COPIES",
     "DEFAULT_LR",
+    "Adapt",
     "Adaptation",
     "Memo",
     "marginal_entropy",
@@ -106,6 +114,7 @@ __all__ = [
     "BatchNormPrior",
     "Tent",
     "batch_statistics",
+    "check_adapt",
     "make_adaptation",
     "mean_entropy",
 ]

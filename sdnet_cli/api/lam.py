@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..report import Report
-from ._session import ModelArg, Progress, Session, shared, strings
+from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec
+from ._session import Progress, Session, strings
 
 if TYPE_CHECKING:
     import numpy as np
@@ -22,9 +23,9 @@ Training = tuple["np.ndarray", "np.ndarray"]
 
 def sweep_lambda(
     *,
-    model: ModelArg = "sdnet18",
-    checkpoint: Path | None = None,
-    dataset: str | None = None,
+    model: ModelSpec | ModelArg = "sdnet18",
+    data: DataSpec = DataSpec(),
+    run: RunSpec = RunSpec(),
     corruptions: str | Sequence[str] = ("gaussian_noise",),
     severities: str | int | Sequence[str | int] = ("all",),
     lams: str | Sequence[float] = "0.1:1.4:0.1",
@@ -34,17 +35,6 @@ def sweep_lambda(
     calibration_out: Path | None = None,
     sweep_span: float = 0.2,
     adapt: str = "none",
-    cifar_c_dir: Path | None = None,
-    n_examples: int | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    seed: int = 0,
-    data_dir: Path | None = None,
-    cache_dir: Path | None = None,
-    weights_dir: Path | None = None,
-    n_steps: int | None = None,
-    compile: bool = False,
     progress: Progress | None = None,
 ) -> Report:
     """Accuracy and the stem's mean reconstruction error for every test lambda on every cell.
@@ -58,8 +48,8 @@ def sweep_lambda(
     calibration runs under (``sweep.sweep_cells``), so ``lam="auto"`` is fitted for the regime it will run
     in; the calibration records it (and is written, by default, as ``<checkpoint stem>.lambda-<adapt>.json``,
     which ``eval`` with that ``adapt`` prefers); under ``bn`` every pair runs (``sweep_span`` is set aside).
-    The report's extras are the accuracy-vs-lambda and best-lambda-vs-error plots. ``n_steps``: FISTA steps
-    of the CSC layers, overriding the checkpoint's. ``compile``: inference through ``torch.compile``.
+    The report's extras are the accuracy-vs-lambda and best-lambda-vs-error plots. ``model``, ``data``,
+    ``run``: as in ``evaluate_corruptions``.
     """
     from .. import sweep
     from ..adapt import calibratable, make_adaptation
@@ -75,10 +65,10 @@ def sweep_lambda(
     severity_list = parse_severities(strings(severities))
     cells = expand_cells(names, severity_list)
     fit_names = parse_corruptions(strings(fit_corruptions)) if fit_corruptions else names
-    adaptation = make_adaptation(calibratable(adapt), batch_size if adapt == "bn" else None, compile)
+    adaptation = make_adaptation(calibratable(adapt), run.batch_size if adapt == "bn" else None, run.compile)
     if adaptation is not None and adaptation.columns()["uses_test_batches"]:
         plan = EVERY_PAIR  # a plan's subsets of a batch would change its statistics
-    session = Session.open("sweep-lambda", **shared(locals()))
+    session = Session.open("sweep-lambda", model=ModelSpec.of(model), data=data, run=run, progress=progress)
     session.require_lambda()
     train = _training_images(session) if fit else None
     source = session.cells(names)
@@ -106,24 +96,15 @@ def sweep_lambda(
 
 def compare_lambda_rules(
     *,
-    model: ModelArg = "sdnet18",
-    checkpoint: Path | None = None,
-    dataset: str | None = None,
+    model: ModelSpec | ModelArg = "sdnet18",
+    data: DataSpec = DataSpec(),
+    run: RunSpec = RunSpec(),
     corruptions: str | Sequence[str] = ("gaussian_noise",),
     severities: str | int | Sequence[str | int] = ("all",),
     rules: Sequence[float | str] = (0.1, "recon", "noise", "auto"),
     lams: str | Sequence[float] = "0.1:1.4:0.05",
     calibration: Path | None = None,
     sweep_span: float = 0.2,
-    cifar_c_dir: Path | None = None,
-    n_examples: int | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    seed: int = 0,
-    data_dir: Path | None = None,
-    cache_dir: Path | None = None,
-    weights_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Every lambda of ``rules`` (numbers, ``"recon"``, ``"noise"``, ``"auto"``) on the same cells, beside
@@ -147,7 +128,7 @@ def compare_lambda_rules(
     grid = lambda_grid(lams)
     names = parse_corruptions(strings(corruptions))
     cells = expand_cells(names, parse_severities(strings(severities)))
-    session = Session.open("lambda-rules", **shared(locals()))
+    session = Session.open("lambda-rules", model=ModelSpec.of(model), data=data, run=run, progress=progress)
     session.require_lambda()
     policies = [resolve_policy(rule, session.classifier, session.info, calibration) for rule in rules]
     source = session.cells(names)
@@ -168,9 +149,9 @@ def compare_lambda_rules(
 
 def lambda_hold_out(
     *,
-    model: ModelArg = "sdnet18",
-    checkpoint: Path | None = None,
-    dataset: str | None = None,
+    model: ModelSpec | ModelArg = "sdnet18",
+    data: DataSpec = DataSpec(),
+    run: RunSpec = RunSpec(),
     hold_out: str | Sequence[str] = ("all", "extra"),
     rule: str = "auto",
     reference_lam: float = 0.1,
@@ -181,15 +162,6 @@ def lambda_hold_out(
     fit_lams: str | Sequence[float] = "0.1,0.2,0.3,0.4,0.6,0.8,1.0,1.2,1.4",
     calibration_out: Path | None = None,
     sweep_span: float = 0.2,
-    cifar_c_dir: Path | None = None,
-    n_examples: int | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    seed: int = 0,
-    data_dir: Path | None = None,
-    cache_dir: Path | None = None,
-    weights_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Does the label-free rule work on corruptions it was not calibrated on? For each corruption of
@@ -213,7 +185,7 @@ def lambda_hold_out(
     plan = SweepPlan(span=sweep_span)
     held = _held_out(hold_out)
     severity_list = parse_severities(strings(severities))
-    session = Session.open("lambda-hold-out", **shared(locals()))
+    session = Session.open("lambda-hold-out", model=ModelSpec.of(model), data=data, run=run, progress=progress)
     session.require_lambda()
     source = session.cells(held, prepare=False)
     full = _hold_out_calibration(session, held, calibration, fit_corruptions, fit_n, fit_lams, calibration_out, plan)
@@ -266,7 +238,7 @@ def _check_groups(calibration: Calibration, held: Sequence[str]) -> None:
 def _training_images(session: Session) -> Training:
     from ..data.datasets import dataset_spec
 
-    return dataset_spec(session.dataset).load(session.folders["data_dir"], "train")
+    return dataset_spec(session.dataset).load(session.data.data_dir, "train")
 
 
 def _calibrate(
