@@ -295,6 +295,17 @@ def table_md(rows: list[dict]) -> str:
     )
 
 
+def run_log(folder: Path) -> dict[str, str]:
+    """Report stem -> the 1-minute load average its run script logged at its start (``runs.log``)."""
+    path = folder / "runs.log"
+    found = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        parts = line.split()
+        if len(parts) >= 5 and parts[1] == "start" and parts[3] == "(load:":
+            found[parts[2]] = parts[4]
+    return found
+
+
 def remedies(folder: Path, n: int) -> list[str]:
     """The sections of issue 30: per-image remedies, the mixed stream, batch 1, MEMO, lambda under BN, the target."""
     per_image = method_rows(folder, PER_IMAGE, NOISE_CELLS)
@@ -327,7 +338,9 @@ def remedies(folder: Path, n: int) -> list[str]:
         lines += [
             f"**Target (one-corruption batches):** the best per-image SDNet configuration, {top['method']} "
             f"({top['accuracy']:.2f}%), is {gap:.2f} points behind resnet18 + tent ({tent['accuracy']:.2f}%): "
-            f"{verdict} 5 points. Every per-image SDNet configuration's distance: "
+            f"{verdict} 5 points (the distance's standard error: "
+            f"{math.sqrt(tent['± s.e.'] ** 2 + top['± s.e.'] ** 2):.2f} points). Every per-image SDNet "
+            "configuration's distance: "
             + ", ".join(f"{r['method']} {tent['accuracy'] - r['accuracy']:.2f}" for r in sdnet_per_image)
             + ".",
             "",
@@ -406,7 +419,17 @@ def remedies(folder: Path, n: int) -> list[str]:
             f"{calibrated[2]['accuracy'] - calibrated[0]['accuracy']:+.2f} points.",
             "",
         ]
-    lines += ["### Runs", "", "| report | command | images | seconds (timed forwards) |", "|---|---|---:|---:|"]
+    started = run_log(folder)
+    lines += [
+        "### Runs",
+        "",
+        "Seconds: the run's timed forwards (the cells' `seconds`). Load: the machine's 1-minute load average when "
+        "the run started (2 cores shared with other jobs), from `runs.log` where the run scripts wrote it; the "
+        "runs of 2026-12-02 did not record theirs.",
+        "",
+        "| report | command | images | seconds | load at start |",
+        "|---|---|---:|---:|---:|",
+    ]
     for stem in [s for s, *_ in PER_IMAGE + BATCH_METHODS] + REMEDY_STEMS:
         if stem.startswith("sweep-"):
             continue
@@ -416,7 +439,8 @@ def remedies(folder: Path, n: int) -> list[str]:
         rows = cell_rows(report, lambda c, s: True)
         argv = report["meta"]["argv"].split(" eval ", 1)[-1]
         lines.append(
-            f"| {stem}.json | `sdnet eval {argv}` | {sum(r['n'] for r in rows):,} | {sum(r['seconds'] for r in rows):,.0f} |"
+            f"| {stem}.json | `sdnet eval {argv}` | {sum(r['n'] for r in rows):,} | "
+            f"{sum(r['seconds'] for r in rows):,.0f} | {started.get(stem, '')} |"
         )
     return lines + [""]
 
