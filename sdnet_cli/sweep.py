@@ -15,12 +15,14 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from .adapt import Adaptation, calibratable, calibration_record
 from .data.cells import Cell, expand_cells
 from .data.corruptions import ALL_CORRUPTIONS, corrupt
 from .errors import UsageError
@@ -42,7 +44,7 @@ from .models.classifier import Classifier, LambdaPolicy
 from .models.csc import CSCLayer, require_csc
 from .rows import CLEAN, HELD_OUT, IN_CALIBRATION, MEAN, REFERENCE
 from .runtime import Counts, Runtime, iter_batches
-from .sweep_plan import SweepPlan, sweep_images
+from .sweep_plan import EVERY_PAIR, SweepPlan, sweep_images
 
 
 class ImageSource(Protocol):
@@ -110,19 +112,28 @@ def sweep_cells(
     progress: Callable[[int], None] | None = None,
     plan: SweepPlan | None = None,
     seed: int = 0,
+    adapt: Adaptation | None = None,
 ) -> list[CellSweep]:
     """Every (cell, lambda) pair through the evaluation's ``predict_logits`` with a ``FixedLambda`` policy,
     visited by ``plan`` (default ``SweepPlan()``; ``EVERY_PAIR`` runs them all); ``seed`` draws the plan's
-    audit sample of each cell. ``lams`` is read by ``lambda_grid`` (sorted, distinct)."""
+    audit sample of each cell. ``lams`` is read by ``lambda_grid`` (sorted, distinct). ``adapt`` (one of
+    ``adapt.CALIBRATABLE``) runs every forward under that adaptation, reset per cell; one that normalises
+    with a batch's statistics runs every pair in its batches of ``adapt.batch_size`` (a plan's subsets of a
+    batch would change the statistics)."""
     stem = _stem(model)
     grid = lambda_grid(lams)
     plan = plan or SweepPlan()
+    if adapt is not None:
+        calibratable(adapt.name)
+        if adapt.columns()["uses_test_batches"]:
+            plan, batch_size = EVERY_PAIR, adapt.batch_size
     sweeps = []
     for cell in cells:
         images, labels = source.load(cell)
         start = time.perf_counter()
         rng = np.random.default_rng([seed, zlib.crc32(f"{cell.corruption}/{cell.severity}".encode())])
-        found = sweep_images(model, stem, grid, images, labels, runtime, batch_size, plan, rng, progress)
+        with adapt.cell(model) if adapt is not None else nullcontext(model):
+            found = sweep_images(model, stem, grid, images, labels, runtime, batch_size, plan, rng, progress)
         correct = found.pred == np.asarray(labels)[None, :]
         sweeps.append(
             CellSweep(
@@ -158,10 +169,10 @@ def plan_summary(sweeps: Sequence[CellSweep], plan: SweepPlan) -> dict[str, Any]
     }
 
 
-def sweep_rows(sweeps: Sequence[CellSweep], row_base: dict) -> list[dict]:
+def sweep_rows(sweeps: Sequence[CellSweep], row_base: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (cell, lambda): the eval columns plus the stem's ``mean_error`` at that lambda and
     ``oracle`` (true on the first most accurate lambda of each cell)."""
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for found in sweeps:
         cell_rows = []
         for j, lam in enumerate(found.grid):
@@ -179,14 +190,16 @@ def sweep_lambda(
     source: ImageSource,
     runtime: Runtime,
     lams: Sequence[float],
-    row_base: dict,
+    row_base: dict[str, Any],
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
     plan: SweepPlan | None = None,
     seed: int = 0,
-) -> list[dict]:
+    adapt: Adaptation | None = None,
+) -> list[dict[str, Any]]:
     """``sweep_rows`` of ``sweep_cells``: one row per (cell, lambda)."""
-    return sweep_rows(sweep_cells(model, cells, source, runtime, lams, batch_size, progress, plan, seed), row_base)
+    sweeps = sweep_cells(model, cells, source, runtime, lams, batch_size, progress, plan, seed, adapt)
+    return sweep_rows(sweeps, row_base)
 
 
 def mean_features(
@@ -208,9 +221,9 @@ def cell_points(
     cells: Sequence[Cell],
     source: ImageSource,
     runtime: Runtime,
-    rows: Sequence[dict],
+    rows: Sequence[dict[str, Any]],
     batch_size: int = 256,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Per cell of a sweep: its best lambda, the accuracy there, and the mean rule features (the fit's x)."""
     best = {(r["corruption"], r["severity"]): r for r in rows if r["oracle"]}
     points = []
@@ -244,6 +257,7 @@ def calibrate(
     checkpoint_sha256: str = "",
     strength: str = "cifar",
     plan: SweepPlan | None = None,
+    adapt: Adaptation | None = None,
 ) -> Calibration:
     """Fit lambda = clamp(a * feature + b, min grid, max grid) for each rule on corrupted training images.
 
@@ -251,7 +265,8 @@ def calibrate(
     group's mean feature; the line is the one that maximises the groups' mean accuracy, each read off
     its sweep curve (``fit_line_for_accuracy``); ``lam="auto"`` will run the rule with the higher
     mean group accuracy. ``strength`` is the dataset's corruption strength table ("cifar" or "imagenet");
-    ``plan`` how the sweep visits the grid (``sweep_cells``).
+    ``plan`` how the sweep visits the grid (``sweep_cells``). ``adapt``: the test-time adaptation the
+    groups run under (``sweep_cells``), recorded in the calibration so ``eval`` can compare.
     """
     if n < 1:
         raise UsageError(f"n must be >= 1, got {n}", parameter="n")
@@ -260,7 +275,7 @@ def calibrate(
     train = CorruptedTrainSet(train_images, train_labels, n, seed, strength)
     cells = expand_cells(corruptions, severities)
     base = {"model": None, "dataset": "train"}
-    rows = sweep_lambda(model, cells, train, runtime, grid, base, batch_size, progress, plan, seed)
+    rows = sweep_lambda(model, cells, train, runtime, grid, base, batch_size, progress, plan, seed, adapt)
     points = cell_points(model, cells, train, runtime, rows, batch_size)
     accuracy = {(r["corruption"], r["severity"], r["lam"]): r["accuracy"] for r in rows}
     for p in points:
@@ -278,6 +293,7 @@ def calibrate(
         seed=seed,
         training_lam=float(_stem(model).lam),
         checkpoint_sha256=checkpoint_sha256,
+        adaptation=calibration_record(adapt),
     )
 
 
@@ -290,7 +306,9 @@ def top2_label(training_lam: float) -> str:
     return f"oracle:top-2@{training_lam:g}"
 
 
-def oracle_rows(sweeps: Sequence[CellSweep], row_base: dict, training_lam: float | None = None) -> list[dict]:
+def oracle_rows(
+    sweeps: Sequence[CellSweep], row_base: dict[str, Any], training_lam: float | None = None
+) -> list[dict[str, Any]]:
     """Both oracles of every swept cell as eval rows (plus their mean rows); ``seconds`` is what the sweep
     of the cell took. The per-cell oracle's lambda columns give the lambda it chose. With ``training_lam``
     (on the grid), also the two-guesses reference: the label among the two most likely classes at that
@@ -327,12 +345,12 @@ def compare_rules(
     runtime: Runtime,
     policies: Sequence[LambdaPolicy | None],
     lams: Sequence[float],
-    row_base: dict,
+    row_base: dict[str, Any],
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
     plan: SweepPlan | None = None,
     seed: int = 0,
-) -> tuple[list[dict], list[CellSweep]]:
+) -> tuple[list[dict[str, Any]], list[CellSweep]]:
     """Eval rows of every policy on ``cells`` (through ``evaluate_cells``, so per-input policies carry
     their lambda columns), then the oracles from one sweep of ``lams`` over the same images (visited by
     ``plan``, see ``sweep_cells``); also returns that sweep."""
@@ -353,10 +371,10 @@ def compare_rules(
     return rows + oracle_rows(sweeps, row_base, _stem(model).lam), sweeps
 
 
-def rule_summary(rows: Sequence[dict], reference: float | str) -> list[dict]:
+def rule_summary(rows: Sequence[dict[str, Any]], reference: float | str) -> list[dict[str, Any]]:
     """Per method (``lam``): accuracy on clean and averaged over the corrupted cells, each as the change
     from the ``reference`` method's, and its mean chosen lambda."""
-    by_lam: dict[Any, dict[str, dict]] = {}
+    by_lam: dict[Any, dict[str, dict[str, Any]]] = {}
     for r in rows:
         by_lam.setdefault(r["lam"], {})[r["corruption"]] = r
     base = by_lam[reference]
@@ -393,12 +411,12 @@ def hold_out(
     source: ImageSource,
     runtime: Runtime,
     severities: Sequence[int],
-    row_base: dict,
+    row_base: dict[str, Any],
     rule: str = AUTO,
     reference_lam: float = 0.1,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """For each corruption of ``held_out`` in turn: its test cells under ``reference_lam``, under ``rule`` of the
     full calibration (``in-calibration``) and under ``rule`` refitted from the stored group curves without
     that corruption's groups (``held-out``: ``Calibration.without``). Rows carry ``held_out`` and ``variant``."""
@@ -425,7 +443,7 @@ def hold_out(
     return rows
 
 
-def hold_out_summary(rows: Sequence[dict]) -> list[dict]:
+def hold_out_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per held-out corruption: mean accuracy over its severities at the reference lambda, the
     rule's gain over it with the corruption in the calibration and held out, and the share of the gain
     kept (held-out gain / in-calibration gain; undefined when the in-calibration gain is not positive)."""

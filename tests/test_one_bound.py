@@ -11,7 +11,9 @@ import pytest
 
 from sdnet_cli import api
 from sdnet_cli.errors import UsageError
+from sdnet_cli.models import load_model
 from sdnet_cli.schemas import BATCH_MAX, EXAMPLES_MAX, FISTA_STEPS_MAX
+from sdnet_cli.specs import DataSpec, ModelSpec, RunSpec
 
 
 def test_fista_steps_from_the_flag_are_bounded_like_the_checkpoint_file(tmp_path: Path) -> None:
@@ -23,19 +25,24 @@ def test_fista_steps_from_the_flag_are_bounded_like_the_checkpoint_file(tmp_path
 
 
 @pytest.mark.parametrize(
-    ("argument", "value", "bound"),
+    ("record", "argument", "value", "bound"),
     [
-        ("n_steps", FISTA_STEPS_MAX + 1, FISTA_STEPS_MAX),
-        ("n_examples", EXAMPLES_MAX + 1, EXAMPLES_MAX),
-        ("batch_size", BATCH_MAX + 1, BATCH_MAX),
-        ("seed", 2**32, 2**32 - 1),
+        (ModelSpec, "n_steps", FISTA_STEPS_MAX + 1, FISTA_STEPS_MAX),
+        (DataSpec, "n_examples", EXAMPLES_MAX + 1, EXAMPLES_MAX),
+        (RunSpec, "batch_size", BATCH_MAX + 1, BATCH_MAX),
+        (DataSpec, "seed", 2**32, 2**32 - 1),
     ],
 )
-def test_api_arguments_meet_the_same_bounds(argument: str, value: int, bound: int) -> None:
+def test_api_arguments_meet_the_same_bounds(record: type, argument: str, value: int, bound: int) -> None:
     with pytest.raises(UsageError, match=rf"{argument} must be an integer >= \d and <= {bound:,}, got {value}"):
-        api.evaluate_corruptions(device="cpu", **{argument: value})  # type: ignore[arg-type]
+        record(**{argument: value})
+    with pytest.raises(UsageError, match=rf"{argument} must be an integer"):  # the library's own door too
+        if argument == "n_steps":
+            load_model("sdnet18", n_steps=value)
+        else:
+            raise UsageError(f"{argument} must be an integer (only n_steps has a library door below the records)")
 
 
 def test_the_fit_n_of_a_calibration_is_bounded() -> None:
     with pytest.raises(UsageError, match=rf"fit_n must be an integer >= 2 and <= {EXAMPLES_MAX:,}"):
-        api.sweep_lambda(device="cpu", fit_n=EXAMPLES_MAX + 1)
+        api.sweep_lambda(run=RunSpec(device="cpu"), fit_n=EXAMPLES_MAX + 1)

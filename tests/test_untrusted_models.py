@@ -22,9 +22,12 @@ from sdnet_cli.errors import UsageError
 from sdnet_cli.models import load_model, state_dict_sha256
 from sdnet_cli.models.weights import read_manifest
 from sdnet_cli.runtime import Runtime, check_gradients
+from sdnet_cli.specs import DataSpec, ModelSpec, RunSpec
 
 BASELINE = Path(__file__).resolve().parents[1] / "reports" / "baseline.json"
 CODE_NAMES = ["sys:exit", "builtins:exit", "os:abort", "os:fork", "code:interact"]
+
+CPU = RunSpec(device="cpu")
 
 
 @pytest.fixture
@@ -154,7 +157,7 @@ def factories(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 def test_sys_exit_through_the_api_is_a_usage_error() -> None:
     """Before: SystemExit left the API."""
     with pytest.raises(UsageError, match=r"model sys:exit: calling sys:exit\(\) raised SystemExit"):
-        api.evaluate_corruptions(model="sys:exit", device="cpu")
+        api.evaluate_corruptions(model="sys:exit", run=CPU)
 
 
 @pytest.mark.parametrize(
@@ -253,22 +256,22 @@ class Detached(Flat):
 def test_a_module_breaking_the_contract_is_refused_before_any_work(module: nn.Module, message: str) -> None:
     """Before: 100 outputs on CIFAR-10 gave a report of 0.0%; the others ended in tracebacks mid-run."""
     with pytest.raises(UsageError, match=message) as caught:
-        Session.open("eval", model=module, device="cpu")
+        Session.open("eval", model=ModelSpec(module), data=DataSpec(), run=CPU)
     assert "\n" not in str(caught.value)
 
 
 def test_a_factory_returning_a_tuple_is_refused(factories: str) -> None:
     with pytest.raises(UsageError, match="returns a tuple of 2, not a tensor"):
-        Session.open("eval", model=f"{factories}:tuple_out", device="cpu")
+        Session.open("eval", model=ModelSpec(f"{factories}:tuple_out"), data=DataSpec(), run=CPU)
 
 
 def test_a_model_on_the_meta_device_is_refused() -> None:
     with torch.device("meta"):
         module = Flat()
     with pytest.raises(UsageError, match="Flat has tensors without values: fc.weight is on the meta device"):
-        Session.open("eval", model=module, device="cpu")
+        Session.open("eval", model=ModelSpec(module), data=DataSpec(), run=CPU)
     with pytest.raises(UsageError, match="LazyLinear has tensors without values: weight is a lazy module's"):
-        Session.open("eval", model=nn.LazyLinear(10), device="cpu")
+        Session.open("eval", model=ModelSpec(nn.LazyLinear(10)), data=DataSpec(), run=CPU)
 
 
 def test_an_attack_refuses_a_forward_without_gradients() -> None:
@@ -283,5 +286,5 @@ def test_the_probe_leaves_the_random_state_alone() -> None:
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    Session.open("eval", model=module, device="cpu")
+    Session.open("eval", model=ModelSpec(module), data=DataSpec(), run=CPU)
     assert torch.equal(torch.rand(3), expected)

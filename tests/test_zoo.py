@@ -20,9 +20,12 @@ from sdnet_cli.evaluate import evaluate_cells
 from sdnet_cli.models import load_model, state_dict_sha256
 from sdnet_cli.models.zoo import import_robustbench, is_zoo_spec, load_zoo_model
 from sdnet_cli.runtime import Runtime
+from sdnet_cli.specs import DataSpec, ModelSpec, RunSpec
 
 N = 50
 NAME = "Hendrycks2020AugMix_WRN"  # WRN-40-2 of the corruptions leaderboard: small, normalises inside
+
+CPU = RunSpec(device="cpu")
 
 
 def test_zoo_specs_are_told_apart_from_our_model_names() -> None:
@@ -192,9 +195,9 @@ def test_a_users_factory_is_imported_and_called(tmp_path: Path, monkeypatch: pyt
         expected[1].bias.add_(1e-3)
     assert state_dict_sha256(expected) != info.sha256
     with pytest.raises(UsageError, match=r"shape \(2, 7\)"):  # the output contract, before any work
-        Session.open("eval", model="zoo_test_factories:wrong_classes", device="cpu")
+        Session.open("eval", model=ModelSpec("zoo_test_factories:wrong_classes"), data=DataSpec(), run=CPU)
     with pytest.raises(UsageError, match="fails on 2 random 32x32 RGB images"):
-        Session.open("eval", model="zoo_test_factories:wrong_inputs", device="cpu")
+        Session.open("eval", model=ModelSpec("zoo_test_factories:wrong_inputs"), data=DataSpec(), run=CPU)
     with pytest.raises(UsageError, match="no callable"):
         load_model("zoo_test_factories:not_callable")
     with pytest.raises(UsageError, match="cannot import"):
@@ -240,7 +243,7 @@ def test_check_suite_holds_a_robustbench_model(
     suite = tmp_path / "suite.json"
     model = {"model": f"robustbench:{NAME}", "threat": "corruptions", "model_dir": str(robustbench_dir)}
     suite.write_text(json.dumps({"models": [model], "n_examples": 20, "cells": [["gaussian_noise", 1]], "steps": 1}))
-    folders = {"data_dir": data_dir, "cache_dir": noise_cache, "device": "cpu"}
+    folders = {"data": api.DataSpec(data_dir=data_dir, cache_dir=noise_cache), "run": api.RunSpec(device="cpu")}
     baseline = api.check(baseline=tmp_path / "baseline.json", suite=suite, update=True, **folders)
     baseline.write(tmp_path, "baseline")
     report = api.check(baseline=tmp_path / "baseline.json", **folders)

@@ -4,29 +4,33 @@
     results = run_attack(model, images, labels, config, seed=0, runtime=Runtime.create("cpu"))
     rows = results.rows({"model": "sdnet18", "dataset": "cifar10", "lam": None})
 
-``config``: what to run (validated once); ``registry``: attack name -> builder; ``runner``: the
-model as attacks see it and the batch loop; ``checks``: gradient-masking warning signs;
+``base``: the model as attacks see it; ``config``: what to run (validated once); ``registry``: attack name -> builder; ``runner``: the
+batch loop; ``checks``: gradient-masking warning signs;
 ``state``: resumable runs; ``results``: per-sample outcome, rows and saved examples.
 """
 
+from .base import AttackedModel
 from .checks import Diagnostics, diagnose
-from .config import NORMS, AttackConfig, Eps
-from .registry import AUTOATTACK_VERSIONS, Component, attack_names, register
+from .config import AttackConfig, Eps, check_norm
+from .registry import AUTOATTACK_VERSIONS, NORMS, AttackSetting, Component, Norm, attack_names, register
 from .results import AttackResults, save_adversarials
-from .runner import AttackedModel, build_components, requantized_robust_accuracy, run_attack
+from .runner import build_components, requantized_robust_accuracy, run_attack
 from .state import remove_state
 
 __all__ = [
     "AUTOATTACK_VERSIONS",
     "NORMS",
     "AttackConfig",
+    "AttackSetting",
     "AttackResults",
     "AttackedModel",
     "Component",
     "Diagnostics",
     "Eps",
+    "Norm",
     "attack_names",
     "build_components",
+    "check_norm",
     "diagnose",
     "register",
     "remove_state",

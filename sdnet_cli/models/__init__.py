@@ -3,8 +3,8 @@
 from .checkpoints import CheckpointError, save_checkpoint
 from .classifier import Classifier, LambdaPolicy
 from .csc import CSCLayer, csc_layers, require_csc
-from .info import ModelError, ModelInfo, state_dict_sha256
 from .inputs import MODEL_INPUTS, model_input
+from .record import ModelError, ModelInfo, state_dict_sha256
 from .registry import ARCHITECTURES, create_model, load_model, register_architecture
 
 __all__ = [

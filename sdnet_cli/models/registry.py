@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -21,8 +21,8 @@ from ..schemas import FISTA_STEPS_MAX, ROBUSTBENCH, check_count
 from .checkpoints import CheckpointError, load_into, read_metadata, read_state_dict, sha256_of
 from .classifier import Classifier
 from .csc import no_csc_message
-from .info import ModelError, ModelInfo
 from .inputs import model_input
+from .record import ModelError, ModelInfo
 from .resnet import ConvFactory, ResNet, Stem, csc_conv
 from .weights import find_shipped, read_manifest, resolve_weights_dir, verified_checkpoint
 from .zoo import is_zoo_spec, load_zoo_model
@@ -127,7 +127,7 @@ def create_model(
     return Classifier(network, spec.mean, spec.std)
 
 
-def infer_settings(state: dict, metadata: dict) -> dict[str, Any]:
+def infer_settings(state: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
     """Width, classes and stem read off the tensors themselves, so foreign checkpoints need no flags."""
     stem_key = "layer0.0.dn.weight" if "layer0.0.dn.weight" in state else "layer0.0.weight"
     head_key = "linear.weight"
@@ -154,7 +154,7 @@ def torchvision_weights_file(name: str) -> Path:
     import torchvision.models
 
     url = torchvision.models.get_model_weights(TORCHVISION_MODELS[name]).IMAGENET1K_V1.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    return cast("Path", Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1])
 
 
 def _hub_checkpoint(name: str) -> tuple[Path, str]:

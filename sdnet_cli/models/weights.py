@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from .._io import read_json
 from ..schemas import Manifest, ManifestEntry, load
@@ -56,7 +56,7 @@ def read_manifest(weights_dir: Path | str | None = None) -> list[dict[str, Any]]
         return []
     data = read_json(path, "manifest", "weights_dir", error=CheckpointError)
     load(Manifest, data, "manifest", path, parameter="weights_dir", error=CheckpointError)
-    return data["models"]
+    return cast("list[dict[str, Any]]", data["models"])
 
 
 def find_shipped(model: str, dataset: str, weights_dir: Path | str | None = None) -> dict[str, Any] | None:

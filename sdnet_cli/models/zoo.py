@@ -32,8 +32,8 @@ from torch import nn
 from ..schemas import ROBUSTBENCH, TIMM, is_factory_spec
 from .checkpoints import load_into, read_state_dict, sha256_of
 from .classifier import Classifier
-from .info import ModelError, ModelInfo, state_dict_sha256
 from .inputs import model_input
+from .record import ModelError, ModelInfo, state_dict_sha256
 
 THREATS = ("corruptions", "Linf", "L2")
 DEFAULT_MODEL_DIR = Path("models")

@@ -1,7 +1,7 @@
-"""What every model loader returns beside the network: where it came from (``ModelInfo``), its identity when
-it comes from code rather than a file (``state_dict_sha256``), and the error a bad model name or file raises.
-A module of its own so that the loaders (``registry`` for ours, ``zoo`` for models from elsewhere) share it
-without importing each other."""
+"""What every loaded model carries into reports, whichever way it was loaded (registry, zoo, a module): where
+it came from (``ModelInfo``), its identity when it comes from code rather than a file (``state_dict_sha256``),
+and the error a bad model name or file raises. The loaders (``registry`` for ours, ``zoo`` for models from
+elsewhere) share it without importing each other."""
 
 from __future__ import annotations
 
