@@ -485,8 +485,12 @@ def test_pool_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     while any(running(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(running(pid) for pid in workers), "pool workers outlived their parent"
-    # its temp file stays behind; the next run sweeps it
-    assert sweep_stale_temps(tmp_path / "out") == [tmp_path / "out" / f".contrast.npy.{child.pid}.tmp"]
+    # its temp file (and the pool's scratch input) stay behind; the next run sweeps them
+    out = tmp_path / "out"
+    assert sorted(sweep_stale_temps(out)) == [
+        out / f".contrast.npy.{child.pid}.tmp",
+        out / f".pool-input.npy.{child.pid}.tmp",
+    ]
 
 
 def test_cli_output_and_cache_folders_are_checked_before_any_work(tmp_path: Path, data_dir: Path) -> None:

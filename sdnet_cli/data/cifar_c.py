@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from .cells import SEVERITIES
+from ..schemas import SEVERITIES
 
 LABELS_FILE = "labels.npy"
 METADATA_FILE = "metadata.json"

@@ -5,19 +5,16 @@ seed and library versions. Generation is deterministic for a seed whatever the n
 of ``CHUNK`` images of a (corruption, severity) has its own Generator seeded from
 ``SeedSequence([seed, corruption index in ALL_CORRUPTIONS, severity, chunk index])``.
 Files appear under their final names only when complete (``_io``'s temp file + rename); temp
-files of writers that were killed are swept by the next run, and pool workers exit with their parent.
+files of writers that were killed are swept by the next run; the pool (``workers``) never re-runs the
+caller's script, and its workers exit with their parent.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import math
-import multiprocessing
-import multiprocessing.connection
 import os
 import shutil
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,9 +26,9 @@ import numpy as np
 from sdnet_cli.data.corruptions import ALL_CORRUPTIONS, CIFAR_STRENGTHS, corrupt
 
 from .._io import atomic_path, package_versions, sweep_stale_temps, temp_path
-from ..schemas import WORKERS_MAX, check_count
-from .cells import SEVERITIES
+from ..schemas import SEVERITIES, WORKERS_MAX, check_count
 from .cifar_c import LABELS_FILE, METADATA_FILE, CifarCError, read_metadata
+from .workers import run_pool
 
 CHUNK = 1000
 _NOTE = (
@@ -80,39 +77,6 @@ def _corrupt_chunk(images: np.ndarray, name: str, severity: int, chunk: int, see
     entropy = [seed, ALL_CORRUPTIONS.index(name), severity, chunk]
     rng = np.random.default_rng(np.random.SeedSequence(entropy))
     return corrupt(images[chunk * CHUNK : (chunk + 1) * CHUNK], name, severity, rng)
-
-
-# Each pool worker receives the images once (pool initializer); tasks name rows only.
-_WORKER_IMAGES: np.ndarray | None = None
-
-
-def exit_with_parent() -> None:
-    """Make this pool worker exit as soon as the process that started it is gone, even if it was SIGKILLed.
-
-    A killed parent cannot stop its workers, which would otherwise finish (and keep the CPUs busy
-    with) work nobody will collect.
-    """
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        multiprocessing.connection.wait([parent.sentinel])  # ready when the parent has exited
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def _init_worker(images: np.ndarray) -> None:
-    global _WORKER_IMAGES
-    _WORKER_IMAGES = images
-    cv2.setNumThreads(1)  # the parallelism comes from the processes
-    exit_with_parent()
-
-
-def _worker_chunk(name: str, severity: int, chunk: int, seed: int) -> np.ndarray:
-    assert _WORKER_IMAGES is not None, "pool worker started without _init_worker"
-    return _corrupt_chunk(_WORKER_IMAGES, name, severity, chunk, seed)
 
 
 def _check_inputs(images: np.ndarray, labels: np.ndarray, corruptions: Sequence[str]) -> None:
@@ -211,7 +175,7 @@ def generate_cifar_c(
         n = len(images)
         _check_folder(out_dir, seed, n)
         sweep_stale_temps(out_dir)
-        _check_free_space(out_dir, len(corruptions) * len(SEVERITIES) * images[:1].nbytes * n)
+        _check_free_space(out_dir, (len(corruptions) * len(SEVERITIES) + 1) * images.nbytes)  # + the pool's input
 
         tiled = np.tile(labels.astype(np.int64), len(SEVERITIES))
 
@@ -251,28 +215,16 @@ def generate_cifar_c(
                 progress(len(result))
 
         try:
-            if workers <= 1 or len(tasks) <= 1:
-                for task in tasks:
-                    store(*task, _corrupt_chunk(images, *task, seed))
-            else:
-                # spawn, not fork: the caller may hold threads (torch, BLAS) that fork breaks
-                context = multiprocessing.get_context("spawn")
-                with concurrent.futures.ProcessPoolExecutor(
-                    max_workers=min(workers, len(tasks)),
-                    mp_context=context,
-                    initializer=_init_worker,
-                    initargs=(images,),
-                ) as pool:
-                    try:
-                        futures = {pool.submit(_worker_chunk, *task, seed): task for task in tasks}
-                        for future in concurrent.futures.as_completed(futures):
-                            store(*futures[future], future.result())
-                    except BaseException:
-                        # partial files go first: a SIGKILL while running chunks finish must not strand them
-                        discard_partial()
-                        # without this, leaving the with-block would still run every queued chunk
-                        pool.shutdown(wait=True, cancel_futures=True)
-                        raise
+            # partial files go first (on_stop): a SIGKILL while running chunks finish must not strand them
+            run_pool(
+                _corrupt_chunk,
+                [(*task, seed) for task in tasks],
+                lambda task, result: store(task[0], task[1], task[2], result),
+                workers,
+                shared=images,
+                scratch=out_dir,
+                on_stop=discard_partial,
+            )
         finally:
             discard_partial()
         return out_dir
