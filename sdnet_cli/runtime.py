@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -90,7 +90,7 @@ class Runtime:
         found fastest (its numbers are in reports/benchmarks.md); on GPUs a larger batch, not yet measured."""
         return 64 if self.device.type == "cpu" else 256
 
-    def autocast(self) -> AbstractContextManager:
+    def autocast(self) -> AbstractContextManager[Any]:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -152,7 +152,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch
             "the model returned NaN or infinite logits (e.g. a test-time lambda at which the "
             "sparse-coding solve diverges)"
         )
-    return logits
+    return cast(torch.Tensor, logits)
 
 
 def predict(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -156,7 +156,7 @@ class CellSource:
             self.c_root, cell.corruption, cell.severity, self.images, self.labels, self.n
         )
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         if self.c_root is None:
             return {"source": "clean test split only"}
         return self.spec.corrupted.describe(self.c_root)

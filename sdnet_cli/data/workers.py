@@ -126,9 +126,7 @@ def run_pool(
         for task in tasks:
             done(task, function(*task) if shared is None else function(shared, *task))
         return
-    shared_file = (
-        None if shared is None else temp_path(Path(scratch or tempfile.gettempdir()) / "pool-input.npy")
-    )
+    shared_file = None if shared is None else temp_path(Path(scratch or tempfile.gettempdir()) / "pool-input.npy")
     started: dict[int, Any] = {}
     try:
         if shared is not None and shared_file is not None:
