@@ -266,6 +266,7 @@ class Session:
         """Check the numbers, refuse torchrun unless the job splits its work (``distributed``), create the
         runtime (``batch_size`` defaults to ``default_batch_size``, else the runtime's), load and prepare the model."""
         from .. import distributed as dist
+        from ..forecast import Forecasting
         from ..runtime import Runtime
 
         at_least_one(n_examples, "n_examples")
@@ -281,9 +282,9 @@ class Session:
         runtime.prepare(loaded.classifier)
         size = batch_size or default_batch_size or runtime.eval_batch_size
         folders = {"data_dir": data_dir, "cache_dir": cache_dir, "cifar_c_dir": cifar_c_dir}
+        told = Silent() if progress is None else Forecasting(progress, str(runtime.device), hint=n_examples is None)
         return cls(
-            command, runtime, loaded, loaded.info.dataset, seed, size, n_examples, distributed, progress or Silent(),
-            folders,
+            command, runtime, loaded, loaded.info.dataset, seed, size, n_examples, distributed, told, folders,
         )  # fmt: skip
 
     @property

@@ -115,9 +115,10 @@ def generate_corruptions(
     (CIFAR-10-C / CIFAR-100-C ``.npy`` files, ImageNet-C folders) to ``out_dir``."""
     from ..data.cells import parse_corruptions
     from ..data.datasets import dataset_spec
+    from ..forecast import Forecasting
     from ..rows import CLEAN
 
-    progress = progress or Silent()
+    progress = Silent() if progress is None else Forecasting(progress, "cpu", hint=n_examples is None)
     single_process("make-c")
     at_least_one(n_examples, "n_examples")
     at_least_one(workers, "workers")

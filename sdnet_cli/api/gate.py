@@ -33,6 +33,7 @@ def check(
     written over ``baseline``. The suite comes from ``suite``, else the baseline's own, else the default.
     """
     from ..check import compare_with_baseline, read_baseline, run_suite, verdict
+    from ..forecast import Forecasting
     from ..runtime import Runtime
     from ..schemas import check_tolerance
 
@@ -43,7 +44,7 @@ def check(
     stored = read_baseline(baseline) if not update or baseline.is_file() else None
     chosen = _suite(suite, stored, tolerance)
     runtime = Runtime.create(device, precision)
-    advance = (progress or Silent()).task("checking", chosen.work_units())
+    advance = Forecasting(progress or Silent(), str(runtime.device), hint=False).task("checking", chosen.work_units())
     rows = run_suite(chosen, runtime, data_dir, cache_dir, advance, weights_dir)
     if update:
         meta = base_meta("check", chosen.seed, suite=chosen.as_meta(), **runtime.describe())

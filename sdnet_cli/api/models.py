@@ -88,6 +88,7 @@ def train(
     ``<out>.resume.pt``, written after every epoch (settings that differ from the interrupted run's are a
     usage error). ``half`` stores fp16 weights; the manifest's accuracy is then measured with the stored weights.
     """
+    from ..forecast import Forecasting
     from ..runtime import Runtime
     from ..train import TrainConfig
 
@@ -97,7 +98,9 @@ def train(
         square_noise=not sqrt_lasso, seed=seed, n_train=n_train, n_test=n_test,
     )  # fmt: skip
     runtime = Runtime.create(device, precision)
-    classifier, state, test_data = _fit(cfg, runtime, out, resume, data_dir, progress or Silent())
+    classifier, state, test_data = _fit(
+        cfg, runtime, out, resume, data_dir, Forecasting(progress or Silent(), str(runtime.device), hint=False)
+    )
     meta = _save_trained(classifier, cfg, out, half, test_data, runtime, precision, default, state)
     out.with_name(out.name + ".resume.pt").unlink(missing_ok=True)
     rows = [vars(h) for h in state.history]

@@ -14,10 +14,12 @@ from .options import (
     ATTACK_SHARED,
     EVAL_OPTIONS,
     LEADING,
+    SHARED,
     CalibrationOpt,
     CorruptionOpt,
     EpsOpt,
     SeverityOpt,
+    TrainDatasetOpt,
 )
 
 
@@ -112,7 +114,9 @@ def make_c_command(
     stdout.print(f"wrote {call(api.generate_corruptions, locals())}")
 
 
-@command("train", ("dataset", "precision", "device", "seed", "data_dir"))
+@command(
+    "train", ("dataset", "precision", "device", "seed", "data_dir"), {**SHARED, "dataset": (TrainDatasetOpt, "cifar10")}
+)
 def train_command(
     model: Annotated[str, typer.Option("--model", "-m", help="Architecture to train, e.g. sdnet18 or resnet18.")],
     out: Annotated[
@@ -155,7 +159,7 @@ def train_command(
     report_dir: Annotated[
         Path,
         typer.Option("--report-dir", help="Where the per-epoch history (JSON, CSV, Markdown) and its PNG curve go."),
-    ] = Path("reports/training"),
+    ] = Path("runs/training"),
     **common: Any,
 ) -> None:
     """Train a model with the reference CIFAR recipe (CIFAR-10 or CIFAR-100), save safetensors, and register it in the manifest."""
@@ -205,9 +209,6 @@ def attack_command(
             "accuracy after rounding them to uint8 goes into the report meta, separately.",
         ),
     ] = None,
-    adapt: Annotated[
-        str, typer.Option("--adapt", help="Not supported: attacks on test-time-adapted models are out of scope.")
-    ] = "none",
     **common: Any,
 ) -> None:
     """Robust accuracy under white-box and black-box attacks (torchattacks), written as JSON, CSV and Markdown."""

@@ -79,6 +79,18 @@ def _corrupt_chunk(images: np.ndarray, name: str, severity: int, chunk: int, see
     return corrupt(images[chunk * CHUNK : (chunk + 1) * CHUNK], name, severity, rng)
 
 
+def _corrupt_into(images: np.ndarray, name: str, severity: int, chunk: int, seed: int, target: str, n: int) -> int:
+    """Write that chunk's corrupted rows straight into ``target`` (the corruption's allocated temp ``.npy``);
+    returns the row count. The result stays out of the pool's result pipe: a worker killed while sending a
+    large result would leave a partial message that the parent waits for forever."""
+    rows = _corrupt_chunk(images, name, severity, chunk, seed)
+    out = np.load(target, mmap_mode="r+", allow_pickle=False)
+    start = (severity - 1) * n + chunk * CHUNK
+    out[start : start + len(rows)] = rows
+    out.flush()
+    return len(rows)
+
+
 def _check_inputs(images: np.ndarray, labels: np.ndarray, corruptions: Sequence[str]) -> None:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
         raise CifarCError(f"images must be uint8 [N, 32, 32, 3], got {images.dtype} {images.shape}")
@@ -131,10 +143,10 @@ def _writing(folder: Path) -> Iterator[None]:
         ) from None
 
 
-def _allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
-    """A new uint8 ``.npy`` memmap whose blocks are all allocated before any is written: a write into a
+def _allocate_npy(path: Path, shape: tuple[int, ...]) -> None:
+    """A new uint8 ``.npy`` of zeros whose blocks are all allocated before any is written: a write into a
     sparse file on a full disk is a SIGBUS that kills the process, an allocation that fails is an OSError."""
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape).flush()  # the header
     with open(path, "r+b") as f:
         size = os.fstat(f.fileno()).st_size
         if hasattr(os, "posix_fallocate"):
@@ -143,7 +155,6 @@ def _allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
             block, start = bytes(1 << 20), f.seek(size - math.prod(shape))
             for offset in range(start, size, len(block)):
                 f.write(block[: size - offset])
-    return array
 
 
 def generate_cifar_c(
@@ -193,33 +204,29 @@ def generate_cifar_c(
         tasks = [(c, s, k) for c in corruptions for s in SEVERITIES for k in range(chunks)]
         remaining = {c: len(SEVERITIES) * chunks for c in corruptions}
         temps = {c: temp_path(out_dir / f"{c}.npy") for c in corruptions}
-        outputs: dict[str, np.memmap] = {}
 
         def discard_partial() -> None:
-            outputs.clear()
             for tmp in temps.values():
                 tmp.unlink(missing_ok=True)
 
-        def store(name: str, severity: int, chunk: int, result: np.ndarray) -> None:
-            if name not in outputs:
-                outputs[name] = _allocated_memmap(temps[name], (len(SEVERITIES) * n, 32, 32, 3))
-            start = (severity - 1) * n + chunk * CHUNK
-            outputs[name][start : start + len(result)] = result
+        def store(task: tuple[Any, ...], rows: int) -> None:
+            name = task[0]
             remaining[name] -= 1
             if remaining[name] == 0:
-                outputs.pop(name).flush()
                 os.replace(temps[name], out_dir / f"{name}.npy")
                 present.append(name)
                 _write_json(out_dir / METADATA_FILE, _metadata(seed, n, present, title))
             if progress is not None:
-                progress(len(result))
+                progress(rows)
 
         try:
+            for name in corruptions:  # every block allocated up front: a full disk fails here, not in a worker
+                _allocate_npy(temps[name], (len(SEVERITIES) * n, 32, 32, 3))
             # partial files go first (on_stop): a SIGKILL while running chunks finish must not strand them
             run_pool(
-                _corrupt_chunk,
-                [(*task, seed) for task in tasks],
-                lambda task, result: store(task[0], task[1], task[2], result),
+                _corrupt_into,
+                [(c, s, k, seed, str(temps[c]), n) for c, s, k in tasks],
+                store,
                 workers,
                 shared=images,
                 scratch=out_dir,

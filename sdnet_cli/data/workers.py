@@ -119,7 +119,9 @@ def run_pool(
     With ``workers`` > 1 and more than one task the calls run in that many ``spawn`` processes;
     ``shared`` then travels once, through a scratch file in ``scratch`` (default: the system's temporary
     folder) that is removed at the end.
-    Results are the same either way. An exception in ``done`` or Ctrl-C cancels what has not started;
+    Results are the same either way; they must be small (a count, a path): a worker killed while it sends a
+    large one leaves a partial message in the result pipe that the parent would wait for forever, so large
+    outputs go to files. An exception in ``done`` or Ctrl-C cancels what has not started;
     ``on_stop`` then runs first, before the wait for the tasks that are running.
     """
     if workers <= 1 or len(tasks) <= 1:
