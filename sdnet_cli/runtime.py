@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -21,8 +21,7 @@ from torch import nn
 from .errors import UsageError
 from .metrics import percent
 from .models.classifier import Classifier
-
-Precision = Literal["fp32", "bf16"]
+from .specs import Precision, check_device, check_precision
 
 
 def keep_freed_memory() -> bool:
@@ -72,17 +71,15 @@ class Runtime:
 
     @classmethod
     def create(cls, device: str = "auto", precision: str = "fp32", compile: bool = False) -> Runtime:
-        if precision not in ("fp32", "bf16"):
-            raise UsageError(f"unknown precision {precision!r}; use fp32 or bf16", parameter="precision")
+        typed = check_precision(precision)
+        check_device(device)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-            raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda", parameter="device")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError(
                 "device cuda was asked for, but torch sees no CUDA GPU on this machine", parameter="device"
             )
-        return cls(torch.device(device), precision, compile)  # type: ignore[arg-type]
+        return cls(torch.device(device), typed, compile)
 
     @property
     def eval_batch_size(self) -> int:

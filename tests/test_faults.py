@@ -607,16 +607,13 @@ def test_interrupted_attack_says_what_was_saved_and_resume_finishes_it(
     from sdnet_cli.errors import Interrupted
 
     common = dict(
-        model="sdnet18",
-        checkpoint=tiny_checkpoint,
+        model=api.ModelSpec("sdnet18", checkpoint=tiny_checkpoint),
+        data=api.DataSpec(n_examples=24, data_dir=data_dir),
+        run=api.RunSpec(batch_size=8, device="cpu"),
         attack="pgd",
         eps=["1/255"],
         steps=2,
-        n_examples=24,
-        batch_size=8,
         pool_batches=1,
-        data_dir=data_dir,
-        device="cpu",
         name="run",
         state_dir=tmp_path,
     )
@@ -656,14 +653,12 @@ def test_damaged_attack_state_is_named(tiny_checkpoint: Path, data_dir: Path, tm
     (tmp_path / "run.state.json").write_text('{"config": {"attack": "pg')
     with pytest.raises(UsageError) as caught:
         api.attack(
-            model="sdnet18",
-            checkpoint=tiny_checkpoint,
+            model=api.ModelSpec("sdnet18", checkpoint=tiny_checkpoint),
+            data=api.DataSpec(n_examples=8, data_dir=data_dir),
+            run=api.RunSpec(device="cpu"),
             attack="pgd",
             eps=["1/255"],
             steps=1,
-            n_examples=8,
-            data_dir=data_dir,
-            device="cpu",
             name="run",
             state_dir=tmp_path,
             resume=True,

@@ -256,7 +256,7 @@ def test_check_suite_holds_a_robustbench_model(
     suite = tmp_path / "suite.json"
     model = {"model": f"robustbench:{NAME}", "threat": "corruptions", "model_dir": str(robustbench_dir)}
     suite.write_text(json.dumps({"models": [model], "n_examples": 20, "cells": [["gaussian_noise", 1]], "steps": 1}))
-    folders = {"data_dir": data_dir, "cache_dir": noise_cache, "device": "cpu"}
+    folders = {"data": api.DataSpec(data_dir=data_dir, cache_dir=noise_cache), "run": api.RunSpec(device="cpu")}
     baseline = api.check(baseline=tmp_path / "baseline.json", suite=suite, update=True, **folders)
     baseline.write(tmp_path, "baseline")
     report = api.check(baseline=tmp_path / "baseline.json", **folders)

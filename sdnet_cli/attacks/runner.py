@@ -75,8 +75,17 @@ def build_components(model: nn.Module, config: AttackConfig, eps: float, num_cla
     """The configured attacks at one eps, in the order they run."""
     return [
         registry.build(
-            model, name, config.norm, eps, config.steps_for(name), config.restarts or 1, num_classes, config.eot_iter
-        )
+            model,
+            name,
+            registry.AttackSetting(
+                norm=config.norm,
+                eps=eps,
+                steps=config.steps_for(name),
+                restarts=config.restarts or 1,
+                num_classes=num_classes,
+                eot_iter=config.eot_iter,
+            ),
+        )  # fmt: skip
         for name in config.components
     ]
 

@@ -1,10 +1,9 @@
-"""The ``sdnet`` app and what every command shares: usage errors as one line, the progress bar, the call
-into ``sdnet_cli.api`` with the command's options, report printing, and ``command`` (registration)."""
+"""The ``sdnet`` app and what every command shares: usage errors as one line, the progress bar, refusing
+options a run cannot use, report printing, and ``command`` (registration)."""
 
 from __future__ import annotations
 
 import functools
-import inspect
 import re
 import signal
 import time
@@ -19,7 +18,6 @@ from rich.table import Table
 
 from .. import __version__
 from ..errors import Interrupted, UsageError
-from .options import LEADING, SHARED
 
 if TYPE_CHECKING:
     from ..report import Report
@@ -154,15 +152,13 @@ class RichProgress:
             )
 
 
-def call(function: Callable[..., Any], options: dict[str, Any], **extra: Any) -> Any:
-    """``function`` called with the command's options it names (plus ``extra``) and a progress bar.
-
-    ``options`` is the command's ``locals()``: its own parameters and, under ``common``, the shared
-    options ``command`` added; CLI-only ones (``out_dir``, ...) stay out unless the function names them."""
-    given = {**{k: v for k, v in options.items() if k != "common"}, **options.get("common", {}), **extra}
-    accepted = inspect.signature(function).parameters
-    with RichProgress() as progress:
-        return function(**{k: v for k, v in given.items() if k in accepted}, progress=progress)
+def refuse_given(ctx: typer.Context, names: Sequence[str], why: str) -> None:
+    """Options among ``names`` that the user typed, though this run cannot use them, are refused (naming
+    the first), never dropped."""
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name) if param.name in names else None
+        if source is not None and source.name == "COMMANDLINE":
+            raise UsageError(f"{param.opts[0]} {why}")
 
 
 def preflight(out_dir: Path, name: str | None = None, parameter: str = "out_dir") -> None:
@@ -207,23 +203,10 @@ def main_options(
     """Robustness of sparse-coding networks (SDNet) and ResNet baselines: CIFAR-10-C, attacks, test-time lambda."""
 
 
-def command(
-    name: str, shared: Sequence[str] = (), options: dict[str, tuple[Any, Any]] | None = None, hidden: bool = False
-) -> Callable[[Callable[..., None]], None]:
-    """Register ``sdnet NAME``: the function's own options plus the ``shared`` ones (from ``options``, default
-    ``SHARED``), which it receives in ``**common``; usage errors and interrupts handled by ``user_errors``."""
+def command(name: str, hidden: bool = False) -> Callable[[Callable[..., None]], None]:
+    """Register ``sdnet NAME``, usage errors and interrupts handled by ``user_errors``."""
 
     def register(function: Callable[..., None]) -> None:
-        keyword = inspect.Parameter.KEYWORD_ONLY
-        own = [
-            p.replace(kind=keyword)
-            for p in inspect.signature(function, eval_str=True).parameters.values()
-            if p.kind != p.VAR_KEYWORD
-        ]
-        table = SHARED if options is None else options
-        added = {n: inspect.Parameter(n, keyword, annotation=table[n][0], default=table[n][1]) for n in shared}
-        first = [added.pop(n) for n in LEADING if n in added]
-        function.__signature__ = inspect.Signature([*first, *own, *added.values()])  # type: ignore[attr-defined]
         app.command(name, hidden=hidden)(user_errors(function))
 
     return register

@@ -1,10 +1,10 @@
-"""Options of several commands, declared once: flag, default and help. ``SHARED`` (and ``ATTACK_SHARED``
-for the attack commands) name them by the API parameter they fill."""
+"""Options of several commands, declared once: flag and help. Each command lists the ones it has, with
+their defaults, and builds the API's records (``ModelSpec``, ``DataSpec``, ``RunSpec``) from them."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -214,83 +214,6 @@ CalibrationOutOpt = Annotated[
     Path | None,
     typer.Option("--calibration-out", help="Write the calibration here (default: beside the checkpoint)."),
 ]
-
-SHARED: dict[str, tuple[Any, Any]] = {
-    "model": (ModelOpt, "sdnet18"),
-    "checkpoint": (CheckpointOpt, None),
-    "dataset": (DatasetOpt, "cifar10"),
-    "cifar_c_dir": (CDirOpt, None),
-    "n_examples": (NExamplesOpt, None),
-    "batch_size": (EvalBatchOpt, None),
-    "device": (DeviceOpt, "auto"),
-    "precision": (PrecisionOpt, "fp32"),
-    "seed": (SeedOpt, 0),
-    "data_dir": (DataDirOpt, None),
-    "cache_dir": (CacheDirOpt, None),
-    "weights_dir": (WeightsDirOpt, None),
-    "n_steps": (NStepsOpt, None),
-    "compile": (CompileOpt, False),
-    "threat": (ThreatOpt, "corruptions"),
-    "model_dir": (ModelDirOpt, None),
-    "out_dir": (OutOpt, Path("runs")),
-    "name": (NameOpt, None),
-}
-"""Options with the same flag, default and help in every command that has them: name -> (type, default)."""
-
-LEADING = ("model", "checkpoint", "dataset")
-"""Shared options listed before a command's own (the rest follow them)."""
-
-ATTACK_SHARED: dict[str, tuple[Any, Any]] = {
-    **SHARED,
-    "n_examples": (AttackNExamplesOpt, None),
-    "seed": (AttackSeedOpt, 0),
-    "batch_size": (AttackBatchOpt, None),
-    "precision": (AttackPrecisionOpt, "fp32"),
-    "norm": (NormOpt, "Linf"),
-    "steps": (StepsOpt, None),
-    "restarts": (RestartsOpt, None),
-    "version": (VersionOpt, "standard"),
-    "pool_batches": (PoolOpt, None),
-    "resume": (ResumeOpt, False),
-}
-"""``SHARED`` as the attack commands have it: their batch size, precision and image count, and the attack's options."""
-
-EVAL_OPTIONS = LEADING + (
-    "threat",
-    "model_dir",
-    "cifar_c_dir",
-    "n_examples",
-    "batch_size",
-    "device",
-    "precision",
-    "seed",
-    "data_dir",
-    "cache_dir",
-    "weights_dir",
-    "out_dir",
-    "name",
-)
-ATTACK_OPTIONS = LEADING + (
-    "threat",
-    "model_dir",
-    "norm",
-    "steps",
-    "restarts",
-    "version",
-    "n_examples",
-    "batch_size",
-    "pool_batches",
-    "device",
-    "precision",
-    "seed",
-    "data_dir",
-    "weights_dir",
-    "n_steps",
-    "resume",
-    "out_dir",
-    "name",
-)
-
 
 CorruptionOpt = Annotated[
     list[str],
