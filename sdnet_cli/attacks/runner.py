@@ -201,7 +201,7 @@ class _Share:
 
 PROBE_IMAGES = 32
 """Images (the first of the run) on which ``predict_seconds`` times the model before an attack."""
-PROBE_STEPS = 5
+PROBE_STEPS = 4
 """Steps of the PGD that tells the probe which images will still stand after an eps's first attack."""
 
 
@@ -214,9 +214,9 @@ def predict_seconds(
     ones meet those that a short PGD (``PROBE_STEPS``, whose steps also time the gradient) leaves standing."""
     with own_rng(x.device, 0):
         with torch.no_grad():
-            model(x)  # warm-up: the first call allocates
+            standing = model.predict(x) == y  # also the warm-up: first calls allocate
             start = time.perf_counter()
-            standing = model.predict(x) == y
+            model(x)
             forward_s = (time.perf_counter() - start) / len(x)
         grad_s = None
         per_image = forward_s  # the clean forward of every image
@@ -316,12 +316,8 @@ def run_attack(
     runtime = runtime or Runtime.create("cpu")
     attacked = AttackedModel(runtime.prepare(model), runtime).eval()
     first = runtime.to_input(images[:DIAGNOSTIC_IMAGES])
-    with own_rng(runtime.device):
-        diagnostics = diagnose(
-            attacked, first, torch.from_numpy(np.asarray(labels[:DIAGNOSTIC_IMAGES])).to(runtime.device)
-        )
-        with torch.no_grad():
-            num_classes = int(attacked(first[:1]).shape[1])
+    with own_rng(runtime.device, 0), torch.no_grad():  # its own draws: diagnose sees the caller's state
+        num_classes = int(attacked(first[:1]).shape[1])
     runners = [
         None
         if e.value == 0
@@ -354,7 +350,11 @@ def run_attack(
         x_probe = runtime.to_input(images[probe])
         y_probe = torch.from_numpy(np.asarray(labels[probe])).to(runtime.device)
         mine = distributed.shard_size(len(images), batch_size * pool_batches)
-        estimate(predict_seconds(attacked, runners, x_probe, y_probe, mine))
+        estimate(predict_seconds(attacked, runners, x_probe, y_probe, mine))  # before the checks: said sooner
+    with own_rng(runtime.device):
+        diagnostics = diagnose(
+            attacked, first, torch.from_numpy(np.asarray(labels[:DIAGNOSTIC_IMAGES])).to(runtime.device)
+        )
     n, shape = len(images), (len(config.eps), len(components))
     clean, fooled, seconds = np.zeros(n, dtype=bool), np.zeros((*shape, n), dtype=bool), np.zeros(shape)
     adv = np.zeros((len(config.eps), n, *images.shape[1:]), dtype=np.float32) if keep_adv else None
