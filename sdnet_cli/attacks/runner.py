@@ -199,9 +199,9 @@ class _Share:
             self.credited = target
 
 
-PROBE_IMAGES = 32
+PROBE_IMAGES = 16
 """Images (the first of the run) on which ``predict_seconds`` times the model before an attack."""
-PROBE_STEPS = 4
+PROBE_STEPS = 3
 """Steps of the PGD that tells the probe which images will still stand after an eps's first attack."""
 
 
