@@ -52,6 +52,7 @@ TEXT = {
     "precision": "bf16",
     "threat": "Linf",
     "adapt": "bn",
+    "prior_strength": "4",
     "stream": "mixed",
     "norm": "L2",
     "version": "rand",
@@ -88,10 +89,10 @@ REFUSED = {
         "fit_n",
         "calibration_out",
         "sweep_span",
-        "adapt",
         "cifar_c_dir",
         "cache_dir",
         "compile",
+        "adapt",
     )
 }
 """(mode, option) pairs a run cannot use: sweep-lambda's hidden options are the former ``--attack`` spelling's
