@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
 SWEEP_ONLY = (
     "corruptions", "severities", "fit", "fit_corruptions", "fit_n", "calibration_out", "sweep_span", "cifar_c_dir",
-    "cache_dir", "compile",
+    "cache_dir", "compile", "adapt",
 )  # fmt: skip
 """sweep-lambda's options that the corruption sweep uses and ``--attack`` (clean images, attacked) cannot."""
 ATTACK_ONLY = ("eps", "norm", "steps", "restarts", "version", "baseline_model", "pool_batches", "resume")
