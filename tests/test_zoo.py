@@ -30,6 +30,13 @@ needs_timm = pytest.mark.skipif(
     importlib.util.find_spec("timm") is None, reason="timm is not installed: pip install -e '.[timm]'"
 )
 
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """robustbench imports gdown, which creates ~/.cache/gdown when first imported: let that be a temporary home."""
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+
+
 N = 50
 NAME = "Hendrycks2020AugMix_WRN"  # WRN-40-2 of the corruptions leaderboard: small, normalises inside
 
