@@ -117,7 +117,7 @@ def attack_vs_lambda(
     extra is the accuracy-vs-lambda plot.
     """
     from ..lam import lambda_grid
-    from ..sweep_report import render_attack_sweep, save_attack_sweep_plot
+    from ..sweep.report import render_attack_sweep, save_attack_sweep_plot
 
     grid = lambda_grid(lams)
     config = attack_config(attack, norm, eps, steps, restarts, version)
