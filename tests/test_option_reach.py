@@ -52,6 +52,8 @@ TEXT = {
     "precision": "bf16",
     "threat": "Linf",
     "adapt": "bn",
+    "prior_strength": "4",
+    "stream": "mixed",
     "norm": "L2",
     "version": "rand",
     "attack": "apgd-ce",
@@ -90,6 +92,7 @@ REFUSED = {
         "cifar_c_dir",
         "cache_dir",
         "compile",
+        "adapt",
     )
 }
 """(mode, option) pairs a run cannot use: sweep-lambda's hidden options are the former ``--attack`` spelling's
