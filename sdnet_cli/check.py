@@ -86,7 +86,7 @@ class Suite:
     @classmethod
     def load(cls, path: Path, allow_code: bool = False) -> Suite:
         """A JSON object with any of the fields above; ``models`` items are names or {model, checkpoint, lam}."""
-        return cls.load_dict(read_json(path, "suite file", parameter="suite"), f"suite {path}", allow_code)
+        return cls.load_dict(read_json(path, "suite", parameter="suite"), f"suite {path}", allow_code)
 
     @classmethod
     def load_dict(cls, data: Any, source: str = "suite", allow_code: bool = False) -> Suite:

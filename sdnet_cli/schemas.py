@@ -288,7 +288,9 @@ def load(
         return schema.model_validate(data, context=context)
     except ValidationError as exc:
         first = max(exc.errors(), key=lambda e: len(e["loc"]))  # of a union's alternatives, the closest
-        more = len(exc.errors()) - 1
+        field = _where(first["loc"])
+        # the other alternatives of the same value (at the field or above it) are not further problems
+        more = len({w for w in (_where(e["loc"]) for e in exc.errors()) if not field.startswith(w)})
         extra = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
         raise error(f"{kind} {path}: {_where(first['loc'])} {_reason(first)}{extra}", parameter=parameter) from None
 

@@ -40,7 +40,7 @@ def _outcome(target: object) -> object:
 def test_a_key_given_twice_is_refused_naming_file_and_key(tmp_path: Path) -> None:
     suite = tmp_path / "suite.json"
     suite.write_text('{"models": ["resnet18"], "tolerance": 1.0, "tolerance": 100.0}')
-    with pytest.raises(UsageError, match=r"suite file .*suite.json: the key 'tolerance' is given twice"):
+    with pytest.raises(UsageError, match=r"suite .*suite.json: the key 'tolerance' is given twice"):
         Suite.load(suite)
 
 
@@ -80,7 +80,7 @@ def test_a_folder_is_refused_as_one_line(tmp_path: Path) -> None:
 def test_deep_nesting_is_refused_before_the_parser_recurses(tmp_path: Path) -> None:
     path = tmp_path / "suite.json"
     path.write_text("[" * 200_000 + "]" * 200_000)
-    with pytest.raises(UsageError, match=r"suite file .*suite.json nests arrays or objects more than 64 deep"):
+    with pytest.raises(UsageError, match=r"suite .*suite.json nests arrays or objects more than 64 deep"):
         Suite.load(path)
 
 
