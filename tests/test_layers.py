@@ -24,12 +24,10 @@ LAYERS: list[list[str]] = [
     ["models"],  # networks, CSC layers, checkpoints, weights; they know their input normalisation
     ["data"],  # datasets, corruptions, cells and their sources
     ["specs"],  # what a caller asks for: the model, data and run records every API function takes
-    ["distributed", "metrics", "runtime", "lam", "attacks", "adapt"],  # forwards, lambda policies, attacks
+    ["distributed", "metrics", "runtime", "forecast", "lam", "attacks", "adapt"],  # forwards, lambda policies, attacks
     [
         "evaluate",
         "sweep",
-        "sweep_plan",
-        "sweep_report",
         "train",
         "check",
         "compare",

@@ -175,6 +175,7 @@ class Session:
         size defaults to ``default_batch_size``, else the runtime's), load and prepare the model. The records
         checked their own values when they were made."""
         from .. import distributed as dist
+        from ..forecast import Forecasting
         from ..runtime import Runtime
 
         if not distributed:
@@ -183,7 +184,8 @@ class Session:
         loaded = resolve_model(model, data.dataset)
         runtime.prepare(loaded.classifier)
         size = run.batch_size or default_batch_size or runtime.eval_batch_size
-        return cls(command, runtime, loaded, loaded.info.dataset, size, data, distributed, progress or Silent())
+        told = Silent() if progress is None else Forecasting(progress, str(runtime.device), data.n_examples is None)
+        return cls(command, runtime, loaded, loaded.info.dataset, size, data, distributed, told)
 
     @property
     def classifier(self) -> Classifier:

@@ -117,7 +117,7 @@ def attack_vs_lambda(
     extra is the accuracy-vs-lambda plot.
     """
     from ..lam import lambda_grid
-    from ..sweep_report import render_attack_sweep, save_attack_sweep_plot
+    from ..sweep.report import render_attack_sweep, save_attack_sweep_plot
 
     grid = lambda_grid(lams)
     config = attack_config(attack, norm, eps, steps, restarts, version)
@@ -293,11 +293,22 @@ class AttackJob:
                 session.classifier, self.images, self.labels, self.config, seed=session.seed,
                 runtime=session.runtime, batch_size=session.batch_size, pool_batches=self.pool_batches,
                 progress=advance, state_path=state_path, resume=resume, keep_adv=keep_adv, fingerprint=fingerprint,
-                note=session.progress.note,
+                estimate=self._say_estimate,
             )  # fmt: skip
         if state_path is not None:
             remove_state(state_path)
         return results, results.rows(session.base(lam=lambda_label(session.classifier)))
+
+    def _say_estimate(self, seconds: float) -> None:
+        """The probe's prediction as one line before the attack (with the smaller-n hint when n was not given)."""
+        from ..attacks.registry import AUTOATTACK
+        from ..forecast import forecast, where
+
+        config, session = self.config, self.session
+        what = f"{config.version} AutoAttack" if config.attack == AUTOATTACK else config.attack
+        what += " at eps " + ", ".join(e.text for e in config.eps)
+        device = str(session.runtime.device)
+        session.progress.note(forecast(what, len(self.images), seconds, where(device), session.n_examples is None))
 
     @contextmanager
     def _saved_pools(self, state_path: Path | None) -> Iterator[None]:

@@ -136,9 +136,10 @@ def generate_corruptions(
     (default cifar10) read from ``data.data_dir``, its first ``data.n_examples`` images, with ``data.seed``."""
     from ..data.cells import parse_corruptions
     from ..data.datasets import dataset_spec
+    from ..forecast import Forecasting
     from ..rows import CLEAN
 
-    progress = progress or Silent()
+    progress = Silent() if progress is None else Forecasting(progress, "cpu", hint=data.n_examples is None)
     single_process("make-c")
     unused(data, ("cache_dir", "cifar_c_dir"), "make-c", "it writes a corrupted release from the clean test split")
     at_least_one(workers, "workers")

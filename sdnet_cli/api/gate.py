@@ -34,6 +34,7 @@ def check(
     ``cache_dir``) and ``run`` the device and precision; ``weights_dir`` is where shipped checkpoints are.
     """
     from ..check import compare_with_baseline, read_baseline, run_suite, verdict
+    from ..forecast import Forecasting
     from ..runtime import Runtime
     from ..schemas import check_tolerance
 
@@ -47,7 +48,7 @@ def check(
     stored = read_baseline(baseline) if not update or baseline.is_file() else None
     chosen = _suite(suite, stored, tolerance)
     runtime = Runtime.create(run.device, run.precision)
-    advance = (progress or Silent()).task("checking", chosen.work_units())
+    advance = Forecasting(progress or Silent(), str(runtime.device), hint=False).task("checking", chosen.work_units())
     rows = run_suite(chosen, runtime, data.data_dir, data.cache_dir, advance, weights_dir)
     if update:
         meta = base_meta("check", chosen.seed, suite=chosen.as_meta(), **runtime.describe())

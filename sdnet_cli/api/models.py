@@ -84,6 +84,7 @@ def train(
     ``<out>.resume.pt``, written after every epoch (settings that differ from the interrupted run's are a
     usage error). ``half`` stores fp16 weights; the manifest's accuracy is then measured with the stored weights.
     """
+    from ..forecast import Forecasting
     from ..runtime import Runtime
     from ..train import TrainConfig
 
@@ -94,7 +95,8 @@ def train(
         square_noise=not sqrt_lasso, seed=data.seed, n_train=n_train, n_test=n_test,
     )  # fmt: skip
     runtime = Runtime.create(run.device, run.precision)
-    classifier, state, test_data = _fit(cfg, runtime, out, resume, data.data_dir, progress or Silent())
+    told = Forecasting(progress or Silent(), str(runtime.device), hint=False)
+    classifier, state, test_data = _fit(cfg, runtime, out, resume, data.data_dir, told)
     meta = _save_trained(classifier, cfg, out, half, test_data, runtime, run.precision, default, state)
     out.with_name(out.name + ".resume.pt").unlink(missing_ok=True)
     rows = [vars(h) for h in state.history]

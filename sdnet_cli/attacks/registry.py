@@ -185,3 +185,14 @@ def describe(component: Component) -> dict[str, Any]:
     if isinstance(attack, (torchattacks.PGD, torchattacks.PGDL2)):
         found["step_size"] = "2.5 * eps / steps"
     return {"name": component.name, "class": type(attack).__name__, "runs": component.runs, **found}
+
+
+def calls_per_batch(component: Component) -> tuple[int, int]:
+    """(forward-and-input-gradient calls, forward-only calls) one run of ``component`` makes on a batch whose
+    points all resist it (counted on torchattacks 3.5: APGD makes 2 more, FAB-T a gradient and a forward per step)."""
+    attack = component.attack
+    restarts = max(int(getattr(attack, "n_restarts", 1)), 1) * component.runs
+    if isinstance(attack, torchattacks.Square):
+        return 0, int(attack.n_queries) * restarts
+    steps = int(getattr(attack, "steps", 1)) * restarts * max(int(getattr(attack, "n_target_classes", 1)), 1)
+    return steps, steps if isinstance(attack, torchattacks.FAB) else 0

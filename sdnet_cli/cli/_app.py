@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import re
 import signal
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -96,26 +97,25 @@ def user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 class RichProgress:
     """``api.Progress`` on a rich progress bar (stderr), silent on torchrun's other ranks. The bar starts
     with the first task, when the API has joined the process group and the rank is known."""
 
     def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            TextColumn("{task.fields[left]}"),
             console=console,
         )
 
@@ -130,12 +130,26 @@ class RichProgress:
         if not main_process():
             return lambda k: None
         self.bar.start()
-        task = self.bar.add_task(description, total=total)
-        return lambda k: self.bar.advance(task, k)
+        task = self.bar.add_task(description, total=total, left="")
+        start, done = time.perf_counter(), [0]
+
+        def advance(k: int) -> None:
+            # the time left from the average rate since the start: shown from the first step on, where
+            # rich's own estimate waits for several steps within its last 30 s (minutes in an attack)
+            done[0] += k
+            rate = done[0] / max(time.perf_counter() - start, 1e-9)
+            left = f"{_clock((total - done[0]) / rate)} left" if 0 < done[0] < total else ""
+            self.bar.update(task, advance=k, left=left)
+
+        return advance
 
     def note(self, text: str) -> None:
-        if main_process():
-            self.bar.console.print(text)
+        from ..forecast import Forecast
+
+        if main_process():  # a forecast names the command line's -n, not the API's n_examples
+            self.bar.console.print(
+                text.cli if isinstance(text, Forecast) else text, markup=False, highlight=False, soft_wrap=True
+            )
 
 
 def refuse_given(ctx: typer.Context, names: Sequence[str], why: str) -> None:

@@ -13,6 +13,7 @@ from .options import (
     AttackBatchOpt,
     AttackNExamplesOpt,
     AttackPrecisionOpt,
+    AttackSeedOpt,
     CacheDirOpt,
     CalibrationOpt,
     CDirOpt,
@@ -39,6 +40,7 @@ from .options import (
     SeverityOpt,
     StepsOpt,
     ThreatOpt,
+    TrainDatasetOpt,
     VersionOpt,
     WeightsDirOpt,
 )
@@ -119,7 +121,7 @@ def eval_command(
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     weights_dir: WeightsDirOpt = None,
-    out_dir: OutOpt = Path("reports"),
+    out_dir: OutOpt = Path("runs"),
     name: NameOpt = None,
     n_steps: NStepsOpt = None,
     compile: CompileOpt = False,
@@ -201,7 +203,7 @@ def make_c_command(
 
 @command("train")
 def train_command(
-    dataset: DatasetOpt = "cifar10",
+    dataset: TrainDatasetOpt = "cifar10",
     *,
     model: Annotated[str, typer.Option("--model", "-m", help="Architecture to train, e.g. sdnet18 or resnet18.")],
     out: Annotated[
@@ -244,7 +246,7 @@ def train_command(
     report_dir: Annotated[
         Path,
         typer.Option("--report-dir", help="Where the per-epoch history (JSON, CSV, Markdown) and its PNG curve go."),
-    ] = Path("reports/training"),
+    ] = Path("runs/training"),
     precision: PrecisionOpt = "fp32",
     device: DeviceOpt = "auto",
     seed: SeedOpt = 0,
@@ -308,9 +310,6 @@ def attack_command(
             "accuracy after rounding them to uint8 goes into the report meta, separately.",
         ),
     ] = None,
-    adapt: Annotated[
-        str, typer.Option("--adapt", help="Not supported: attacks on test-time-adapted models are out of scope.")
-    ] = "none",
     threat: ThreatOpt = "corruptions",
     model_dir: ModelDirOpt = None,
     norm: NormOpt = "Linf",
@@ -322,17 +321,16 @@ def attack_command(
     pool_batches: PoolOpt = None,
     device: DeviceOpt = "auto",
     precision: AttackPrecisionOpt = "fp32",
-    seed: SeedOpt = 0,
+    seed: AttackSeedOpt = 0,
     data_dir: DataDirOpt = None,
     weights_dir: WeightsDirOpt = None,
     n_steps: NStepsOpt = None,
     resume: ResumeOpt = False,
-    out_dir: OutOpt = Path("reports"),
+    out_dir: OutOpt = Path("runs"),
     name: NameOpt = None,
 ) -> None:
     """Robust accuracy under white-box and black-box attacks (torchattacks), written as JSON, CSV and Markdown."""
     from .. import api
-    from ..adapt import check_adapt
     from ..attacks import check_norm
     from ..specs import DataSpec, ModelSpec, RunSpec, check_precision
 
@@ -351,7 +349,7 @@ def attack_command(
             model=spec, data=data, run=run, attack=attack, norm=check_norm(norm), eps=eps, steps=steps,
             restarts=restarts, version=version, lam=lam, calibration=calibration, pool_batches=pool_batches,
             name=name, state_dir=out_dir, resume=resume, save_adversarials=save_adversarials,
-            adapt=check_adapt(adapt), progress=progress,
+            progress=progress,
         )  # fmt: skip
     if not main_process():
         return
@@ -431,7 +429,7 @@ def compare_command(
     note: Annotated[
         str, typer.Option("--note", help="A paragraph placed above the table (e.g. how the runs differ).")
     ] = "",
-    out_dir: OutOpt = Path("reports"),
+    out_dir: OutOpt = Path("runs"),
 ) -> None:
     """One table from several eval or attack reports (a row per cell, or attack and eps; a column per label), with
     plots: accuracy vs severity per corruption, robust accuracy vs eps."""

@@ -13,6 +13,7 @@ from .options import (
     AttackBatchOpt,
     AttackNExamplesOpt,
     AttackPrecisionOpt,
+    AttackSeedOpt,
     CacheDirOpt,
     CalibrationOpt,
     CalibrationOutOpt,
@@ -135,7 +136,7 @@ def sweep_lambda_command(
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     weights_dir: WeightsDirOpt = None,
-    out_dir: OutOpt = Path("reports"),
+    out_dir: OutOpt = Path("runs"),
     name: NameOpt = None,
     n_steps: NStepsOpt = None,
     compile: CompileOpt = False,
@@ -215,12 +216,12 @@ def attack_vs_lambda_command(
     pool_batches: PoolOpt = None,
     device: DeviceOpt = "auto",
     precision: AttackPrecisionOpt = "fp32",
-    seed: SeedOpt = 0,
+    seed: AttackSeedOpt = 0,
     data_dir: DataDirOpt = None,
     weights_dir: WeightsDirOpt = None,
     n_steps: NStepsOpt = None,
     resume: ResumeOpt = False,
-    out_dir: OutOpt = Path("reports"),
+    out_dir: OutOpt = Path("runs"),
     name: NameOpt = None,
 ) -> None:
     """Clean and robust accuracy for each test lambda, the deployed model attacked at that lambda on the first
@@ -309,7 +310,7 @@ def lambda_rules_command(
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     weights_dir: WeightsDirOpt = None,
-    out_dir: OutOpt = Path("reports"),
+    out_dir: OutOpt = Path("runs"),
     name: NameOpt = None,
 ) -> None:
     """Label-free lambda rules side by side with the per-cell and per-input oracles (which use labels),
@@ -387,7 +388,7 @@ def lambda_hold_out_command(
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     weights_dir: WeightsDirOpt = None,
-    out_dir: OutOpt = Path("reports"),
+    out_dir: OutOpt = Path("runs"),
     name: NameOpt = None,
 ) -> None:
     """Generalisation of the lambda rule: each corruption left out of the calibration in turn, evaluated on its

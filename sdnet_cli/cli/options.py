@@ -84,6 +84,15 @@ SeedOpt = Annotated[
         "--seed", help="Seed (0 .. 2**32-1) for generated corruptions and every random choice; same seed, same numbers."
     ),
 ]
+AttackSeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--seed", help="Seed (0 .. 2**32-1) of the attacks' random starts and draws; same seed, same numbers."
+    ),
+]
+TrainDatasetOpt = Annotated[
+    str, typer.Option("--dataset", help="Dataset to train on: cifar10 or cifar100 (its training split).")
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (GPU if present), cpu or cuda.")]
 PrecisionOpt = Annotated[
     str,
@@ -105,8 +114,7 @@ AttackBatchOpt = Annotated[
     int | None,
     typer.Option(
         "--batch-size",
-        help="Images per attacked batch (default: the attacks' own, sdnet_cli.attacks.config.BATCH_SIZE). Results "
-        "depend on it, as on --pool-batches.",
+        help="Images per attacked batch (default: 128). Results depend on it, as on --pool-batches.",
     ),
 ]
 NExamplesOpt = Annotated[
@@ -115,7 +123,13 @@ NExamplesOpt = Annotated[
 AttackNExamplesOpt = Annotated[
     int | None, typer.Option("--n-examples", "-n", help="Attack only the first N test images (default: all).")
 ]
-OutOpt = Annotated[Path, typer.Option("--out", help="Folder for the JSON, CSV and Markdown reports.")]
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        help="Folder for the JSON, CSV and Markdown reports (default: runs/ in the current folder; a checkout's .gitignore leaves it out of git).",
+    ),
+]
 NameOpt = Annotated[
     str | None, typer.Option("--name", help="Report file stem (a plain file name; default per command).")
 ]
@@ -153,7 +167,7 @@ PoolOpt = Annotated[
     int | None,
     typer.Option(
         "--pool-batches",
-        help="Attacks run on pools of this many batches (default: sdnet_cli.attacks.config.POOL_BATCHES): before each "
+        help="Attacks run on pools of this many batches (default: 8): before each "
         "attack the points still standing in a pool are gathered into full batches. Results depend on it as on "
         "--batch-size; torchrun splits and --resume saves whole pools.",
     ),
