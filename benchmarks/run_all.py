@@ -48,6 +48,7 @@ JOBS: list[tuple[list[str], dict[str, str]]] = [
         ],
         {},
     ),
+    (["checked_precision.py", "--n", "10000"], {}),
     (["sweep_speed.py", "--n-images", "256", "--lams", "0.1,0.7,1.4", "--rounds", "3", "--agreement-n", "1000"], {}),
     (["oracle_sweep.py", "--n", "10000", "--compare-n", "200", "--out", "reports/lambda/full"], {}),
     (["pgd_step.py", "--width", "32", "--batch-size", "64", "--steps", "5"], {}),

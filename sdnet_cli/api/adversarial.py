@@ -239,7 +239,9 @@ class AttackJob:
         """``common``: ``Session.open``'s parameters; the batch size defaults to the attacks' own."""
         from ..attacks.config import BATCH_SIZE, POOL_BATCHES
         from ..data.datasets import dataset_spec
+        from ..runtime import gradient_precision
 
+        gradient_precision(common.get("precision", "fp32"), "an attack")
         pool_batches = POOL_BATCHES if pool_batches is None else pool_batches
         at_least_one(pool_batches, "pool_batches")
         session = Session.open(command, default_batch_size=BATCH_SIZE, distributed=distributed, **common)

@@ -88,9 +88,10 @@ def train(
     ``<out>.resume.pt``, written after every epoch (settings that differ from the interrupted run's are a
     usage error). ``half`` stores fp16 weights; the manifest's accuracy is then measured with the stored weights.
     """
-    from ..runtime import Runtime
+    from ..runtime import Runtime, gradient_precision
     from ..train import TrainConfig
 
+    gradient_precision(precision, "training")
     out = _check_train(model, out, dataset, seed, epochs=epochs, width=width, batch_size=batch_size, n_train=n_train, n_test=n_test)  # fmt: skip
     cfg = TrainConfig(
         model=model, dataset=dataset, epochs=epochs, width=width, batch_size=batch_size, lr=lr, lam=lam,

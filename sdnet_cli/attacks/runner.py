@@ -22,7 +22,7 @@ from torch import nn
 from .. import distributed
 from ..lam import FixedLambda
 from ..metrics import percent
-from ..runtime import Runtime, predict, predict_correct
+from ..runtime import Runtime, gradient_precision, predict, predict_correct
 from ..schemas import BATCH_MAX, POOL_BATCHES_MAX, check_count
 from . import registry
 from .checks import DIAGNOSTIC_IMAGES, diagnose
@@ -337,6 +337,7 @@ def run_attack(
     check_count(batch_size, "batch_size", BATCH_MAX)
     check_count(pool_batches, "pool_batches", POOL_BATCHES_MAX)
     runtime = runtime or Runtime.create("cpu")
+    gradient_precision(runtime.precision, "an attack")
     attacked = AttackedModel(runtime.prepare(model), runtime).eval()
     first = runtime.to_input(images[:DIAGNOSTIC_IMAGES])
     with own_rng(runtime.device):
