@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 from bench import print_table
 
-from sdnet_cli.data.cells import SEVERITIES
 from sdnet_cli.data.cifar import load_cifar10
 from sdnet_cli.data.cifar_c_generate import generate_cifar_c
 from sdnet_cli.data.corruptions import ALL_CORRUPTIONS, corrupt
+from sdnet_cli.schemas import SEVERITIES
 
 FULL = 10_000  # CIFAR-10 test images per severity
 

@@ -28,7 +28,7 @@ MEAN_15 = f"mean ({len(BENCHMARK_CORRUPTIONS)} corruptions)"
 EVAL_KEY = ("corruption", "severity", "n")
 ATTACK_KEY = ("attack", "norm", "eps", "n")
 
-SourceSpec = str | os.PathLike | tuple[str, str | os.PathLike]
+SourceSpec = str | os.PathLike[str] | tuple[str, str | os.PathLike[str]]
 """``"LABEL=path.json"`` as typed on the command line, a bare path (labelled by its file stem), or ``(label, path)``."""
 Curve = tuple[str, list[float], list[float]]  # (label, xs, ys): one line of a plot
 
@@ -92,7 +92,7 @@ def load_source(label: str, path: Path) -> Source:
     return Source(label, Path(path), meta, rows)
 
 
-def _measured(source: Source) -> list[tuple[tuple, float]]:
+def _measured(source: Source) -> list[tuple[tuple[Any, ...], float]]:
     """(row key, value) for every value a report measured; an attack report repeats its clean accuracy
     (eps 0) on each of its rows."""
     if source.kind == "eval":
@@ -106,7 +106,7 @@ def _measured(source: Source) -> list[tuple[tuple, float]]:
     return measured
 
 
-def _describe_key(key: tuple) -> str:
+def _describe_key(key: tuple[Any, ...]) -> str:
     if len(key) == len(EVAL_KEY):
         corruption, severity, n = key
         return f"{corruption} severity {severity} on {n} images"
@@ -114,11 +114,11 @@ def _describe_key(key: tuple) -> str:
     return f"clean accuracy ({norm}) on {n} images" if attack == CLEAN else f"{attack} ({norm}) eps {eps} on {n} images"
 
 
-def _columns(sources: Sequence[Source]) -> dict[str, dict[tuple, float]]:
+def _columns(sources: Sequence[Source]) -> dict[str, dict[tuple[Any, ...], float]]:
     """label -> row key -> value. A label's reports may not both measure a cell (which one would the table
     show?); only the clean accuracy that attack reports repeat may recur, and only with the same value."""
-    columns: dict[str, dict[tuple, float]] = {}
-    origin: dict[tuple[str, tuple], Path] = {}
+    columns: dict[str, dict[tuple[Any, ...], float]] = {}
+    origin: dict[tuple[str, tuple[Any, ...]], Path] = {}
     for source in sources:
         cells = columns.setdefault(source.label, {})
         for key, value in _measured(source):
@@ -133,7 +133,7 @@ def _columns(sources: Sequence[Source]) -> dict[str, dict[tuple, float]]:
     return columns
 
 
-def _with_means(cells: dict[tuple, float]) -> dict[tuple, float]:
+def _with_means(cells: dict[tuple[Any, ...], float]) -> dict[tuple[Any, ...], float]:
     """Add (corruption, 'mean', n) over each corruption's severities and the benchmark mean per n."""
     out = dict(cells)
     by_corruption: dict[tuple[str, int], list[float]] = {}
@@ -150,7 +150,7 @@ def _with_means(cells: dict[tuple, float]) -> dict[tuple, float]:
     return out
 
 
-def _sort_value(value: Any) -> tuple:
+def _sort_value(value: Any) -> tuple[Any, ...]:
     """Severities and eps ("8/255") in numeric order, 'mean'/'all' after them."""
     try:
         return (0, float(Fraction(str(value))))
@@ -259,7 +259,7 @@ def _curves(rows: Sequence[dict[str, Any]], labels: Sequence[str], kind: str) ->
     severity, attack panels are attacks (per norm) over eps; every line starts at x = 0 from the clean
     accuracy measured on the same images, where its label has it."""
 
-    def where(row: dict[str, Any]) -> tuple:
+    def where(row: dict[str, Any]) -> tuple[Any, ...]:
         return (row["n"],) if kind == "eval" else (row["norm"], row["n"])
 
     name = "corruption" if kind == "eval" else "attack"

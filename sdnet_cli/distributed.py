@@ -15,7 +15,7 @@ from __future__ import annotations
 import atexit
 import os
 from collections.abc import Callable
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 import numpy as np
 import torch
@@ -84,7 +84,7 @@ def shard(n: int, batch_size: int) -> slice:
 
 def shard_size(n: int, batch_size: int) -> int:
     part = shard(n, batch_size)
-    return part.stop - part.start
+    return cast("int", part.stop - part.start)
 
 
 def rank_suffix() -> str:

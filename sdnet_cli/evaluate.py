@@ -30,7 +30,7 @@ def combined(counts: Counts) -> Counts:
     return Counts(int(n), int(correct), float(distributed.combine(np.array(counts.seconds), "max")))
 
 
-def cell_row(base: dict, corruption: str, severity: int | str, counts: Counts) -> dict:
+def cell_row(base: dict[str, Any], corruption: str, severity: int | str, counts: Counts) -> dict[str, Any]:
     """One report row, keys in the documented order."""
     return {
         "model": base["model"],
@@ -99,7 +99,7 @@ def _count_with_lambdas(
     return counts, distributed.combine(lams, "sum")
 
 
-def mean_row(rows: list[dict]) -> dict | None:
+def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """``corruption: MEAN``: the plain mean over corrupted cells (the usual CIFAR-C summary)."""
     corrupted = [r for r in rows if r["severity"] != 0]
     if not corrupted:
@@ -115,12 +115,12 @@ def evaluate_cells(
     cells: Sequence[Cell],
     source: CellImages,
     runtime: Runtime,
-    row_base: dict,
+    row_base: dict[str, Any],
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
     cell_policy: Callable[[Cell], LambdaPolicy] | None = None,
     adapt: BatchNormAdaptation | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """One row per cell plus the ``mean`` row; ``row_base`` gives model, dataset and lam.
 
     ``cell_policy`` (e.g. the oracle lambda of each cell) sets the model's lambda policy per cell;

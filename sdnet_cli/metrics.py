@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .data.cells import SEVERITIES
 from .rows import CLEAN
+from .schemas import SEVERITIES
 
 
 def percent(count: float, n: int) -> float:

@@ -109,6 +109,7 @@ def save_panel_grid(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     drawn = list(dict.fromkeys(label for lines in panels.values() for label, _, _ in lines))
     order = list(dict.fromkeys([*label_order, *drawn]))
@@ -141,7 +142,7 @@ def save_panel_grid(
             ax.set_xlabel(xlabel, fontsize=8)
     for ax in axes.flat[len(panels) :]:
         fig.delaxes(ax)
-    handles = [plt.Line2D([], [], **style[label]) for label in drawn]
+    handles = [Line2D([], [], **style[label]) for label in drawn]
     fig.legend(handles, drawn, loc="outside lower center", ncols=min(len(drawn), legend_columns), fontsize=8)
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, Path(path), tight=False)

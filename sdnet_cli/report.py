@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pandas as pd
 
@@ -39,7 +39,7 @@ def base_meta(command: str, seed: int, **extra: Any) -> dict[str, Any]:
 def markdown_table(rows: Sequence[dict[str, Any]], floatfmt: str = ".2f") -> str:
     """A Markdown table; cells with no value show as '-' (not 'nan')."""
     frame = pd.DataFrame(list(rows)).astype(object)
-    return frame.where(frame.notna(), None).to_markdown(index=False, floatfmt=floatfmt, missingval="-")
+    return cast("str", frame.where(frame.notna(), None).to_markdown(index=False, floatfmt=floatfmt, missingval="-"))
 
 
 def render_markdown(title: str, rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ._io import atomic_path
-from .data.cells import SEVERITIES
 from .data.corruptions import BENCHMARK_CORRUPTIONS
 from .errors import UsageError
+from .schemas import SEVERITIES
 
 DATASETS = ("cifar10", "cifar100")  # RobustBench's corruptions leaderboards of 32x32 images
 

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import numpy as np
 import torch
@@ -176,7 +176,7 @@ class Runtime:
         found fastest (its numbers are in reports/benchmarks.md); on GPUs a larger batch, not yet measured."""
         return 64 if self.device.type == "cpu" else 256
 
-    def autocast(self) -> AbstractContextManager:
+    def autocast(self) -> AbstractContextManager[Any]:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision != "fp32")
 
     @property
@@ -250,7 +250,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch
             "the model returned NaN or infinite logits (e.g. a test-time lambda at which the "
             "sparse-coding solve diverges)"
         )
-    return logits
+    return cast(torch.Tensor, logits)
 
 
 def predict(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> torch.Tensor:

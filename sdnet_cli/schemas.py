@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import (
     AfterValidator,
@@ -59,7 +59,8 @@ CLASSES_MAX = 100_000
 TOLERANCE_MAX = 100.0
 """A tolerance of 100 accuracy points already accepts anything."""
 LR_MAX = 100.0
-SEVERITIES = (1, 2, 3, 4, 5)
+SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+"""Of every corruption benchmark (Hendrycks & Dietterich, ICLR 2019); a clean cell has severity 0."""
 
 
 def _number(value: Any) -> float:
@@ -92,7 +93,7 @@ def fraction_rule(value: Any) -> float:
 def severity_rule(value: Any) -> int:
     if _integer(value) not in SEVERITIES:
         raise ValueError(f"must be a severity from 1 to 5, got {value!r}")
-    return value
+    return cast("int", value)
 
 
 def tolerance_rule(value: Any) -> float:
@@ -129,7 +130,7 @@ def count_rule(upper: int, lower: int = 1) -> Callable[[Any], int]:
     def rule(value: Any) -> int:
         if not lower <= _integer(value) <= upper:
             raise ValueError(f"must be an integer >= {lower} and <= {upper:,}, got {value!r}")
-        return value
+        return cast("int", value)
 
     return rule
 

@@ -158,10 +158,10 @@ def plan_summary(sweeps: Sequence[CellSweep], plan: SweepPlan) -> dict[str, Any]
     }
 
 
-def sweep_rows(sweeps: Sequence[CellSweep], row_base: dict) -> list[dict]:
+def sweep_rows(sweeps: Sequence[CellSweep], row_base: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per (cell, lambda): the eval columns plus the stem's ``mean_error`` at that lambda and
     ``oracle`` (true on the first most accurate lambda of each cell)."""
-    rows: list[dict] = []
+    rows: list[dict[str, Any]] = []
     for found in sweeps:
         cell_rows = []
         for j, lam in enumerate(found.grid):
@@ -179,12 +179,12 @@ def sweep_lambda(
     source: ImageSource,
     runtime: Runtime,
     lams: Sequence[float],
-    row_base: dict,
+    row_base: dict[str, Any],
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
     plan: SweepPlan | None = None,
     seed: int = 0,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """``sweep_rows`` of ``sweep_cells``: one row per (cell, lambda)."""
     return sweep_rows(sweep_cells(model, cells, source, runtime, lams, batch_size, progress, plan, seed), row_base)
 
@@ -208,9 +208,9 @@ def cell_points(
     cells: Sequence[Cell],
     source: ImageSource,
     runtime: Runtime,
-    rows: Sequence[dict],
+    rows: Sequence[dict[str, Any]],
     batch_size: int = 256,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """Per cell of a sweep: its best lambda, the accuracy there, and the mean rule features (the fit's x)."""
     best = {(r["corruption"], r["severity"]): r for r in rows if r["oracle"]}
     points = []
@@ -290,7 +290,9 @@ def top2_label(training_lam: float) -> str:
     return f"oracle:top-2@{training_lam:g}"
 
 
-def oracle_rows(sweeps: Sequence[CellSweep], row_base: dict, training_lam: float | None = None) -> list[dict]:
+def oracle_rows(
+    sweeps: Sequence[CellSweep], row_base: dict[str, Any], training_lam: float | None = None
+) -> list[dict[str, Any]]:
     """Both oracles of every swept cell as eval rows (plus their mean rows); ``seconds`` is what the sweep
     of the cell took. The per-cell oracle's lambda columns give the lambda it chose. With ``training_lam``
     (on the grid), also the two-guesses reference: the label among the two most likely classes at that
@@ -327,12 +329,12 @@ def compare_rules(
     runtime: Runtime,
     policies: Sequence[LambdaPolicy | None],
     lams: Sequence[float],
-    row_base: dict,
+    row_base: dict[str, Any],
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
     plan: SweepPlan | None = None,
     seed: int = 0,
-) -> tuple[list[dict], list[CellSweep]]:
+) -> tuple[list[dict[str, Any]], list[CellSweep]]:
     """Eval rows of every policy on ``cells`` (through ``evaluate_cells``, so per-input policies carry
     their lambda columns), then the oracles from one sweep of ``lams`` over the same images (visited by
     ``plan``, see ``sweep_cells``); also returns that sweep."""
@@ -353,10 +355,10 @@ def compare_rules(
     return rows + oracle_rows(sweeps, row_base, _stem(model).lam), sweeps
 
 
-def rule_summary(rows: Sequence[dict], reference: float | str) -> list[dict]:
+def rule_summary(rows: Sequence[dict[str, Any]], reference: float | str) -> list[dict[str, Any]]:
     """Per method (``lam``): accuracy on clean and averaged over the corrupted cells, each as the change
     from the ``reference`` method's, and its mean chosen lambda."""
-    by_lam: dict[Any, dict[str, dict]] = {}
+    by_lam: dict[Any, dict[str, dict[str, Any]]] = {}
     for r in rows:
         by_lam.setdefault(r["lam"], {})[r["corruption"]] = r
     base = by_lam[reference]
@@ -393,12 +395,12 @@ def hold_out(
     source: ImageSource,
     runtime: Runtime,
     severities: Sequence[int],
-    row_base: dict,
+    row_base: dict[str, Any],
     rule: str = AUTO,
     reference_lam: float = 0.1,
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """For each corruption of ``held_out`` in turn: its test cells under ``reference_lam``, under ``rule`` of the
     full calibration (``in-calibration``) and under ``rule`` refitted from the stored group curves without
     that corruption's groups (``held-out``: ``Calibration.without``). Rows carry ``held_out`` and ``variant``."""
@@ -425,7 +427,7 @@ def hold_out(
     return rows
 
 
-def hold_out_summary(rows: Sequence[dict]) -> list[dict]:
+def hold_out_summary(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per held-out corruption: mean accuracy over its severities at the reference lambda, the
     rule's gain over it with the corruption in the calibration and held out, and the share of the gain
     kept (held-out gain / in-calibration gain; undefined when the in-calibration gain is not positive)."""

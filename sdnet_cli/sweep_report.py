@@ -56,8 +56,8 @@ def _cell_label(corruption: str, severity: int) -> str:
 
 
 def save_sweep_plots(
-    rows: Sequence[dict],
-    points: Sequence[dict],
+    rows: Sequence[dict[str, Any]],
+    points: Sequence[dict[str, Any]],
     out_dir: Path,
     name: str,
     title: str,
@@ -98,7 +98,7 @@ def save_sweep_plots(
     return [accuracy, fit]
 
 
-def _line_or_none(points: Sequence[dict]) -> tuple[float, float] | None:
+def _line_or_none(points: Sequence[dict[str, Any]]) -> tuple[float, float] | None:
     """The test cells' descriptive line, when their errors differ enough to define one."""
     try:
         return fit_line([p["error"] for p in points], [p["best_lam"] for p in points])
@@ -106,7 +106,7 @@ def _line_or_none(points: Sequence[dict]) -> tuple[float, float] | None:
         return None
 
 
-def save_attack_sweep_plot(rows: Sequence[dict], model: str, path: Path) -> Path:
+def save_attack_sweep_plot(rows: Sequence[dict[str, Any]], model: str, path: Path) -> Path:
     """Clean and robust accuracy vs lambda (a line per eps) for ``model``'s rows of an attack sweep; any
     other model's rows (a baseline at its own lambda) become dashed horizontal reference lines."""
     import matplotlib
@@ -114,7 +114,9 @@ def save_attack_sweep_plot(rows: Sequence[dict], model: str, path: Path) -> Path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def final(rows_of: Sequence[dict]) -> list[dict]:  # AutoAttack: the worst case over its components
+    def final(
+        rows_of: Sequence[dict[str, Any]],
+    ) -> list[dict[str, Any]]:  # AutoAttack: the worst case over its components
         names = {r["attack"] for r in rows_of}
         return [r for r in rows_of if r["attack"] == WORST or WORST not in names]
 
@@ -155,7 +157,7 @@ def save_attack_sweep_plot(rows: Sequence[dict], model: str, path: Path) -> Path
 
 
 def render_attack_sweep(
-    title: str, rows: Sequence[dict], meta: dict[str, Any], diagnostics: dict[str, Any], plot_name: str
+    title: str, rows: Sequence[dict[str, Any]], meta: dict[str, Any], diagnostics: dict[str, Any], plot_name: str
 ) -> str:
     """The attack sweep's Markdown: the rows, the plot and, per lambda, the gradient-masking warnings
     (or that there were none)."""
@@ -173,7 +175,7 @@ def render_attack_sweep(
     return "\n".join(lines) + "\n"
 
 
-def wide_accuracy(rows: Sequence[dict]) -> list[dict]:
+def wide_accuracy(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per cell, a column of accuracy per method (``lam``)."""
     table: dict[tuple[Any, Any], dict[str, Any]] = {}
     for r in rows:
@@ -184,7 +186,9 @@ def wide_accuracy(rows: Sequence[dict]) -> list[dict]:
     return list(table.values())
 
 
-def render_rules(title: str, rows: Sequence[dict], summary: Sequence[dict], meta: dict[str, Any]) -> str:
+def render_rules(
+    title: str, rows: Sequence[dict[str, Any]], summary: Sequence[dict[str, Any]], meta: dict[str, Any]
+) -> str:
     """The rule comparison's Markdown: each method's gain first, then accuracy per cell, then every row."""
     gains = (
         f"Gain and clean change: accuracy points against `{rows[0]['lam']}`; corrupted_mean: mean over the "
@@ -209,7 +213,11 @@ def render_rules(title: str, rows: Sequence[dict], summary: Sequence[dict], meta
 
 
 def render_hold_out(
-    title: str, rows: Sequence[dict], summary: Sequence[dict], meta: dict[str, Any], severities: Sequence[int]
+    title: str,
+    rows: Sequence[dict[str, Any]],
+    summary: Sequence[dict[str, Any]],
+    meta: dict[str, Any],
+    severities: Sequence[int],
 ) -> str:
     """The hold-out's Markdown: one row per held-out corruption, what the columns mean, then every row."""
     note = (

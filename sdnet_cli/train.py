@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -144,7 +145,7 @@ def save_resume(
         torch.save(payload, tmp)
 
 
-def check_resume(path: Path, cfg: TrainConfig, payload: dict | None = None) -> dict:
+def check_resume(path: Path, cfg: TrainConfig, payload: dict[str, Any] | None = None) -> dict[str, Any]:
     """The resume file's payload; a usage error when it was started with other settings than ``cfg``."""
     payload = payload if payload is not None else torch.load(path, map_location="cpu", weights_only=True)
     if payload["config"] != asdict(cfg):

@@ -70,8 +70,10 @@ def imported_modules(path: Path, root: Path) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, *([base] if base else [])])
-            found.add(base)
-            found |= {f"{base}.{alias.name}" for alias in node.names if is_module(f"{base}.{alias.name}", root)}
+            modules = {f"{base}.{alias.name}" for alias in node.names if is_module(f"{base}.{alias.name}", root)}
+            if len(modules) < len(node.names):  # ``from .pkg import name`` runs pkg/__init__; ``from . import mod`` not
+                found.add(base)
+            found |= modules
     top = root.name
     return {m for m in found if m == top or m.startswith(f"{top}.")}
 
@@ -89,6 +91,55 @@ def violations(root: Path) -> list[str]:
             if theirs is not None and theirs > own:
                 problems.append(f"{name} (layer {own}) imports {target} (layer {theirs})")
     return problems
+
+
+def import_cycles(root: Path) -> list[list[str]]:
+    """Groups of modules that import each other, directly or around a circle (every import counts, lazy ones
+    and those under TYPE_CHECKING too: a lazy import only hides a circle, it does not remove it)."""
+    graph = {module_name(path, root): imported_modules(path, root) for path in sorted(root.rglob("*.py"))}
+    order: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(node: str) -> None:  # Tarjan's strongly connected components
+        order[node] = low[node] = len(order)
+        stack.append(node)
+        for target in sorted(graph[node] - {node}):
+            if target not in graph:
+                continue
+            if target not in order:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], order[target])
+        if low[node] == order[node]:
+            group = []
+            while not group or group[-1] != node:
+                group.append(stack.pop())
+            if len(group) > 1:
+                cycles.append(sorted(group))
+
+    for node in graph:
+        if node not in order:
+            visit(node)
+    return sorted(cycles)
+
+
+def test_no_import_cycles() -> None:
+    assert import_cycles(ROOT) == []
+
+
+def test_an_import_cycle_is_found(tmp_path: Path) -> None:
+    """The check itself: a circle through a lazy import inside a function is caught; a package importing its
+    own submodule is not a circle."""
+    root = tmp_path / PACKAGE
+    (root / "models").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "models" / "__init__.py").write_text("from .registry import f\n")
+    (root / "models" / "registry.py").write_text("def f():\n    from .zoo import g\n")
+    (root / "models" / "zoo.py").write_text("from . import registry\n")
+    assert import_cycles(root) == [["sdnet_cli.models.registry", "sdnet_cli.models.zoo"]]
 
 
 def test_no_module_imports_a_higher_layer() -> None:

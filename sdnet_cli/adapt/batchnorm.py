@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -66,7 +66,7 @@ class _TentForward(nn.Module):
             self.optimizer.zero_grad(set_to_none=True)
             mean_entropy(logits).backward()
             self.optimizer.step()
-        return logits.detach()
+        return cast(torch.Tensor, logits.detach())
 
 
 @dataclass(frozen=True)

@@ -113,8 +113,9 @@ def generate_corruptions(
 ) -> Path:
     """Write a seeded corruption benchmark of the test split in the official release layout
     (CIFAR-10-C / CIFAR-100-C ``.npy`` files, ImageNet-C folders) to ``out_dir``."""
-    from ..data.cells import CLEAN, parse_corruptions
+    from ..data.cells import parse_corruptions
     from ..data.datasets import dataset_spec
+    from ..rows import CLEAN
 
     progress = progress or Silent()
     single_process("make-c")

@@ -217,7 +217,8 @@ def lambda_hold_out(
 
 
 def _held_out(hold_out: str | Sequence[str]) -> list[str]:
-    from ..data.cells import CLEAN, parse_corruptions
+    from ..data.cells import parse_corruptions
+    from ..rows import CLEAN
 
     held = [c for c in parse_corruptions(strings(hold_out)) if c != CLEAN]
     if not held:
@@ -288,8 +289,9 @@ def _hold_out_calibration(
 ) -> Calibration:
     """The calibration on every group: read from ``calibration``, else fitted (and written to ``calibration_out``);
     it must hold the training groups of every ``held`` corruption."""
-    from ..data.cells import CLEAN, parse_corruptions
+    from ..data.cells import parse_corruptions
     from ..lam import lambda_grid, load_calibration
+    from ..rows import CLEAN
 
     if calibration is not None:
         full = load_calibration(session.info, Path(calibration))

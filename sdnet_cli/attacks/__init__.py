@@ -4,16 +4,17 @@
     results = run_attack(model, images, labels, config, seed=0, runtime=Runtime.create("cpu"))
     rows = results.rows({"model": "sdnet18", "dataset": "cifar10", "lam": None})
 
-``config``: what to run (validated once); ``registry``: attack name -> builder; ``runner``: the
-model as attacks see it and the batch loop; ``checks``: gradient-masking warning signs;
+``base``: the model as attacks see it; ``config``: what to run (validated once); ``registry``: attack name -> builder; ``runner``: the
+batch loop; ``checks``: gradient-masking warning signs;
 ``state``: resumable runs; ``results``: per-sample outcome, rows and saved examples.
 """
 
+from .base import AttackedModel
 from .checks import Diagnostics, diagnose
 from .config import NORMS, AttackConfig, Eps
 from .registry import AUTOATTACK_VERSIONS, Component, attack_names, register
 from .results import AttackResults, save_adversarials
-from .runner import AttackedModel, build_components, requantized_robust_accuracy, run_attack
+from .runner import build_components, requantized_robust_accuracy, run_attack
 from .state import remove_state
 
 __all__ = [

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from .runner import AttackedModel
+    from .base import AttackedModel
 
 SQUARE_MARGIN = 0.2  # points by which Square may beat the white-box attacks before we warn
 DIAGNOSTIC_IMAGES = 32  # images the checks run on: the first of the run

@@ -6,7 +6,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -30,7 +30,7 @@ def _bits(flags: np.ndarray) -> str:
 
 
 def _unbits(text: str) -> np.ndarray:
-    return np.frombuffer(text.encode(), dtype=np.uint8) == ord("1")
+    return cast(np.ndarray, np.frombuffer(text.encode(), dtype=np.uint8) == ord("1"))
 
 
 def images_dir(state_path: Path) -> Path:
@@ -106,7 +106,7 @@ def read_state(path: Path) -> dict[str, Any]:
         load(AttackState, saved, "resume state", path, parameter="resume")
     except UsageError as exc:
         raise UsageError(f"{exc} (the file is damaged; {advice})", parameter="resume") from None
-    return saved
+    return cast("dict[str, Any]", saved)
 
 
 def saved_pools(path: Path) -> int:

@@ -158,7 +158,7 @@ def preflight(out_dir: Path, name: str | None = None, parameter: str = "out_dir"
     check_report_target(out_dir, name, parameter)
 
 
-def print_rows(title: str, rows: list[dict], columns: list[str]) -> None:
+def print_rows(title: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
     table = Table(title=title)
     for column in columns:
         table.add_column(

@@ -11,17 +11,16 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from .._io import check_writable_dir
 from ..errors import UsageError
 from ..rows import CLEAN
-from ..schemas import EXAMPLES_MAX, WORKERS_MAX, check_count
+from ..schemas import EXAMPLES_MAX, SEVERITIES, WORKERS_MAX, check_count
 from .corruptions import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
-
-SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)  # of every corruption benchmark; a clean cell has severity 0
+from .datasets import dataset_spec
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,6 @@ class CellSource:
         workers: int | None = None,
         dataset: str = "cifar10",
     ) -> None:
-        from .datasets import dataset_spec  # here, not above: the stores that datasets imports use SEVERITIES
 
         if n_examples is not None:
             check_count(n_examples, "n_examples", EXAMPLES_MAX)
@@ -159,7 +157,7 @@ class CellSource:
             self.c_root, cell.corruption, cell.severity, self.images, self.labels, self.n
         )
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         if self.c_root is None:
             return {"source": "clean test split only"}
         return self.spec.corrupted.describe(self.c_root)

@@ -15,12 +15,12 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from ..errors import UsageError
-from .cells import SEVERITIES
+from ..schemas import SEVERITIES
 
 LABELS_FILE = "labels.npy"
 METADATA_FILE = "metadata.json"
@@ -83,8 +83,8 @@ def open_npy(path: Path) -> np.ndarray:
         state = "truncated" if size < expected else "longer than its header says"
         raise CifarCError(f"{path} is {state}: {size} bytes, but {dtype} {shape} needs {expected}; {advice}")
     if math.prod(shape) == 0:
-        return np.load(path, allow_pickle=False)  # nothing to map
-    return np.load(path, mmap_mode="r", allow_pickle=False)
+        return cast(np.ndarray, np.load(path, allow_pickle=False))  # nothing to map
+    return cast(np.ndarray, np.load(path, mmap_mode="r", allow_pickle=False))
 
 
 def _open_labels(root: Path) -> np.ndarray:

@@ -29,8 +29,7 @@ import numpy as np
 from sdnet_cli.data.corruptions import ALL_CORRUPTIONS, CIFAR_STRENGTHS, corrupt
 
 from .._io import atomic_path, package_versions, sweep_stale_temps, temp_path
-from ..schemas import WORKERS_MAX, check_count
-from .cells import SEVERITIES
+from ..schemas import SEVERITIES, WORKERS_MAX, check_count
 from .cifar_c import LABELS_FILE, METADATA_FILE, CifarCError, read_metadata
 
 CHUNK = 1000

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._io import sweep_stale_temps
-from .cells import SEVERITIES
+from ..schemas import SEVERITIES
 from .cifar_c import LABELS_FILE, METADATA_FILE, describe_source, read_cifar_c_cell, validate_release
 from .cifar_c_generate import generate_cifar_c
 

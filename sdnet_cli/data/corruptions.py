@@ -21,7 +21,7 @@ import math
 from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import cv2
 import numpy as np
@@ -132,12 +132,12 @@ def _unit(images: np.ndarray) -> np.ndarray:
 
 def _finish(x: np.ndarray) -> np.ndarray:
     """[0, 1] floats -> uint8 by clipping then truncating, as the reference does."""
-    return (np.clip(x, 0, 1) * 255).astype(np.uint8)
+    return cast(np.ndarray, (np.clip(x, 0, 1) * 255).astype(np.uint8))
 
 
 def _finish_255(x: np.ndarray) -> np.ndarray:
     """[0, 255] floats -> uint8 by clipping then truncating."""
-    return np.clip(x, 0, 255).astype(np.uint8)
+    return cast(np.ndarray, np.clip(x, 0, 255).astype(np.uint8))
 
 
 def _gaussian(x: np.ndarray, sigma: float, mode: str = "nearest", truncate: float = 4.0) -> np.ndarray:
@@ -147,7 +147,7 @@ def _gaussian(x: np.ndarray, sigma: float, mode: str = "nearest", truncate: floa
     calling skimage's gaussian with ``channel_axis=-1`` on each image in turn.
     """
     sigmas = (0.0, sigma, sigma) + (0.0,) * (x.ndim - 3)
-    return scipy.ndimage.gaussian_filter(x, sigmas, mode=mode, truncate=truncate)
+    return cast(np.ndarray, scipy.ndimage.gaussian_filter(x, sigmas, mode=mode, truncate=truncate))
 
 
 def _resample_positions(n_in: int, n_out: int, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
@@ -247,7 +247,7 @@ def _plasma_fractal(n: int, mapsize: int, decay: float, rng: np.random.Generator
         step //= 2
         wibble /= decay
     maps -= maps.min(axis=(1, 2), keepdims=True)
-    return maps / maps.max(axis=(1, 2), keepdims=True)
+    return cast(np.ndarray, maps / maps.max(axis=(1, 2), keepdims=True))
 
 
 @functools.lru_cache(maxsize=1)

@@ -21,7 +21,7 @@ import sys
 import types
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import skimage.color
@@ -85,14 +85,14 @@ def _gaussian(image: np.ndarray, *args: Any, multichannel: bool | None = None, *
     """``skimage.filters.gaussian`` that still understands the removed ``multichannel``."""
     if multichannel:
         kwargs.setdefault("channel_axis", -1)
-    return skimage.filters.gaussian(image, *args, **kwargs)
+    return cast(np.ndarray, skimage.filters.gaussian(image, *args, **kwargs))
 
 
 def _random_noise(image: np.ndarray, *args: Any, rng: Any = None, **kwargs: Any) -> np.ndarray:
     """``skimage.util.random_noise`` seeded from numpy's global RNG, which our callers seed."""
     if rng is None:
         rng = int(np.random.randint(0, 2**31 - 1))
-    return skimage.util.random_noise(image, *args, **{**kwargs, "rng": rng})
+    return cast(np.ndarray, skimage.util.random_noise(image, *args, **{**kwargs, "rng": rng}))
 
 
 class _NumpyWithFloatAlias(types.ModuleType):

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from .._io import atomic_path, atomic_write_text
-from .cells import SEVERITIES
+from ..schemas import SEVERITIES
 from .cifar import DataError
 from .cifar_c import METADATA_FILE, describe_source
 from .cifar_c_generate import exit_with_parent, library_versions

@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from ..data.cells import CLEAN, Cell
+from ..data.cells import Cell
 from ..errors import UsageError
 from ..models.classifier import LambdaPolicy
-from ..models.registry import ModelInfo
+from ..models.record import ModelInfo
 from ..models.weights import update_manifest
+from ..rows import CLEAN
 from ..schemas import CalibrationFile, LegacyRules, check_lam, load
 from .fit import fit_rule_for_accuracy, mean_group_accuracy
 from .policies import AUTO, NOISE, ORACLE, RECON, RULES, FixedLambda, LineRule, NoiseLevelLambda, ReconErrorLambda

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,7 @@ def fit_rule_for_accuracy(
     reach = int(round(2 * (hi - lo) / step))
     scales = np.abs(xs[:, 1:]).max(axis=0)  # each further feature's largest magnitude over the groups
     further = [np.arange(-reach, reach + 1) * step / scale if scale > 0 else np.zeros(1) for scale in scales]
-    chosen: tuple | None = None
+    chosen: tuple[Any, ...] | None = None
     for extra in itertools.product(*further):
         lams = np.clip(lines + xs[:, 1:] @ np.asarray(extra, dtype=np.float64), lo, hi)
         accuracy = np.stack([np.interp(lams[:, g], grid_values, curves[g]) for g in range(len(xs))], axis=1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -179,7 +179,7 @@ class LineRule:
 
     def line(self, model: Classifier, x_normalized: torch.Tensor) -> torch.Tensor:
         """[B] the unclamped line; differentiable wherever the features are (attacks use its gradient)."""
-        return self.line_at(lambda key: FEATURES[key](model, x_normalized))
+        return cast(torch.Tensor, self.line_at(lambda key: FEATURES[key](model, x_normalized)))
 
     def __call__(self, model: Classifier, x_normalized: torch.Tensor) -> torch.Tensor:
         return self.line(model, x_normalized).clamp(self.lo, self.hi)

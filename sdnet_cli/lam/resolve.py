@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import UsageError
 from ..models.classifier import Classifier, LambdaPolicy
 from ..models.csc import require_csc
-from ..models.registry import ModelInfo
+from ..models.record import ModelInfo
 from ..schemas import check_lam
 from .calibration import load_calibration
 from .policies import AUTO, NOISE, ORACLE, RECON, RULES, FixedLambda

@@ -4,7 +4,8 @@ from .checkpoints import CheckpointError, save_checkpoint
 from .classifier import Classifier, LambdaPolicy
 from .csc import CSCLayer, csc_layers, require_csc
 from .inputs import MODEL_INPUTS, model_input
-from .registry import ARCHITECTURES, ModelError, ModelInfo, create_model, load_model, register_architecture
+from .record import ModelError, ModelInfo
+from .registry import ARCHITECTURES, create_model, load_model, register_architecture
 
 __all__ = [
     "ARCHITECTURES",

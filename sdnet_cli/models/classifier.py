@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -36,7 +36,7 @@ class CompiledInference:
 
     network: Callable[[torch.Tensor], torch.Tensor]
     shape: torch.Size | None = None
-    step_keys: tuple = ()
+    step_keys: tuple[Any, ...] = ()
 
 
 class Classifier(nn.Module):
@@ -88,7 +88,7 @@ class Classifier(nn.Module):
         with self.test_lambda(lam):
             logits = self.network(xn)
         self._note_eager_forward(xn)
-        return logits
+        return cast(torch.Tensor, logits)
 
     def compile_inference(self) -> None:
         """Run no-grad eval forwards through ``torch.compile`` (dynamic=False): the lambda policy still
@@ -99,7 +99,7 @@ class Classifier(nn.Module):
         graph is compiled once."""
         self._compiled = CompiledInference(torch.compile(self.network, dynamic=False))
 
-    def _step_keys(self) -> tuple:
+    def _step_keys(self) -> tuple[Any, ...]:
         return tuple(layer._cache_key for layer in self.csc_layers)
 
     def _inference_only(self) -> bool:

@@ -25,7 +25,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ FISTA_ORDERS: tuple[str, ...] = ("authors", "textbook")
 def normalize_atoms(weight: torch.Tensor) -> torch.Tensor:
     """Rescale every atom (output channel, flattened over C_in*k*k) to unit L2 norm."""
     norms = weight.flatten(1).norm(dim=1).clamp_min(1e-12)
-    return weight / norms.view(-1, 1, 1, 1)
+    return cast(torch.Tensor, weight / norms.view(-1, 1, 1, 1))
 
 
 def per_sample(lam: Lambda, batch_size: int, like: torch.Tensor) -> torch.Tensor:
@@ -108,7 +108,7 @@ class CSCLayer(nn.Module):
         self.step_size: torch.Tensor
         self.register_buffer("step_size", torch.tensor(0.0))
         self._power_vector: torch.Tensor | None = None
-        self._cache_key: tuple | None = None
+        self._cache_key: tuple[Any, ...] | None = None
         self._record: ErrorRecord | None = None
 
     def extra_repr(self) -> str:
@@ -154,7 +154,7 @@ class CSCLayer(nn.Module):
         self._power_vector = v
         return eig
 
-    def _step_key(self, in_hw: tuple[int, int]) -> tuple:
+    def _step_key(self, in_hw: tuple[int, int]) -> tuple[Any, ...]:
         """What the cached step size depends on: the weights' identity and version, the input size, the device."""
         return (self.weight._version, self.weight.data_ptr(), tuple(in_hw), self.weight.device)
 
@@ -228,7 +228,7 @@ class CSCLayer(nn.Module):
         if self.square_noise:
             return residual
         norms = residual.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-        return 0.5 * residual / norms
+        return cast(torch.Tensor, 0.5 * residual / norms)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The sparse code, solved in float32 and handed on in the autocast dtype when autocast is on:
@@ -259,12 +259,12 @@ class CSCLayer(nn.Module):
 class DictConv(nn.Module):
     """Holds a CSC layer under the attribute ``dn``, so state_dict keys match the official ``*.dn.weight``."""
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__()
         self.dn = CSCLayer(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dn(x)
+        return cast(torch.Tensor, self.dn(x))
 
 
 def csc_layers(model: nn.Module) -> list[CSCLayer]:

@@ -10,20 +10,21 @@ Where shipped checkpoints are found, and their manifest, is ``weights.py``'s bus
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from ..errors import UsageError
 from .checkpoints import CheckpointError, load_into, read_metadata, read_state_dict, sha256_of
 from .classifier import Classifier
 from .csc import no_csc_message
 from .inputs import model_input
+from .record import ModelError, ModelInfo
 from .resnet import ConvFactory, ResNet, Stem, csc_conv
 from .weights import find_shipped, read_manifest, resolve_weights_dir, verified_checkpoint
+from .zoo import ROBUSTBENCH, is_zoo_spec, load_zoo_model
 
 Builder = Callable[[int, int, Stem, ConvFactory], nn.Module]
 """``(num_classes, width, stem, csc) -> network``; ``csc`` builds the CSC layers of a sparse one."""
@@ -92,33 +93,6 @@ TORCHVISION_MODELS: dict[str, str] = {"tv_resnet18": "resnet18", "tv_resnet50": 
 """Our name -> torchvision builder; their weights are torchvision's IMAGENET1K_V1."""
 
 
-class ModelError(UsageError):
-    """The user asked for a model that does not exist or cannot be loaded."""
-
-
-@dataclass
-class ModelInfo:
-    """Where a loaded model came from; goes into every report's ``meta``."""
-
-    name: str
-    architecture: str
-    dataset: str
-    width: int
-    num_classes: int
-    lam: float | None
-    n_steps: int
-    square_noise: bool
-    stem: str
-    checkpoint: str | None = None
-    sha256: str | None = None
-    manifest_entry: dict[str, Any] = field(default_factory=dict)
-
-    def as_meta(self) -> dict[str, Any]:
-        meta = asdict(self)
-        meta.pop("manifest_entry")
-        return meta
-
-
 def create_model(
     name: str,
     dataset: str = "cifar10",
@@ -152,7 +126,7 @@ def create_model(
     return Classifier(network, spec.mean, spec.std)
 
 
-def infer_settings(state: dict, metadata: dict) -> dict[str, Any]:
+def infer_settings(state: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
     """Width, classes and stem read off the tensors themselves, so foreign checkpoints need no flags."""
     stem_key = "layer0.0.dn.weight" if "layer0.0.dn.weight" in state else "layer0.0.weight"
     head_key = "linear.weight"
@@ -179,7 +153,7 @@ def torchvision_weights_file(name: str) -> Path:
     import torchvision.models
 
     url = torchvision.models.get_model_weights(TORCHVISION_MODELS[name]).IMAGENET1K_V1.url
-    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    return cast("Path", Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1])
 
 
 def _hub_checkpoint(name: str) -> tuple[Path, str]:
@@ -217,8 +191,6 @@ def load_model(
     ``robustbench:<name>`` (with ``threat``, ``model_dir``), ``timm:<name>`` and ``package.module:factory``
     are models from outside: see ``zoo.load_zoo_model``.
     """
-    from .zoo import ROBUSTBENCH, is_zoo_spec, load_zoo_model  # zoo builds on this module
-
     if not model.startswith(ROBUSTBENCH):  # said and ignored would be a silent surprise
         for value, default, parameter in ((threat, "corruptions", "threat"), (model_dir, None, "model_dir")):
             if value != default:

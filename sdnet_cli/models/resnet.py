@@ -8,7 +8,7 @@ CSC conv is a ``DictConv`` whose parameters live under ``.dn``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import nn
@@ -112,4 +112,4 @@ class ResNet(nn.Module):
         return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.features(x))
+        return cast(torch.Tensor, self.linear(self.features(x)))

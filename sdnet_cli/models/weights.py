@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..schemas import Manifest, ManifestEntry, load
 from .checkpoints import CheckpointError, sha256_of
@@ -60,7 +60,7 @@ def read_manifest(weights_dir: Path | str | None = None) -> list[dict[str, Any]]
             f"{path} is not a readable manifest ({exc.__class__.__name__}: {exc})", parameter="weights_dir"
         ) from None
     load(Manifest, data, "manifest", path, parameter="weights_dir", error=CheckpointError)
-    return data["models"]
+    return cast("list[dict[str, Any]]", data["models"])
 
 
 def find_shipped(model: str, dataset: str, weights_dir: Path | str | None = None) -> dict[str, Any] | None:

@@ -31,7 +31,7 @@ from torch import nn
 from .checkpoints import load_into, read_state_dict, sha256_of
 from .classifier import Classifier
 from .inputs import model_input
-from .registry import ModelError, ModelInfo
+from .record import ModelError, ModelInfo
 
 ROBUSTBENCH = "robustbench:"
 TIMM = "timm:"
