@@ -92,8 +92,10 @@ AUDIT_SHARE = 0.02
 @dataclass
 class Checked:
     """What a bf16-checked run did: images decided, re-run in fp32 for a small margin, and of the accepted
-    bf16 decisions, how many were audited (re-run anyway, a seeded sample) and how many of those held.
-    One per ``Runtime``: counts grow over every forward of the run, so a report's meta states them."""
+    bf16 decisions, how many were audited (re-run anyway, a seeded sample, like a sweep plan's audit of
+    its inferred pairs) and how many of those held; an audited image takes the fp32 decision.
+    One per ``Runtime``: counts grow over every forward of the run (this process's, under torchrun), so
+    a report's meta states them. The audit draws from its own generator, seeded by ``seed``, in batch order."""
 
     margin: float = CHECK_MARGIN
     audit_share: float = AUDIT_SHARE

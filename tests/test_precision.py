@@ -142,3 +142,13 @@ def test_checked_sweep_keeps_errors_and_takes_fp32_where_rerun(data_dir: Path, m
         np.testing.assert_array_equal(checked.correct, exact.correct)
     else:  # about half of each batch re-run: the stem's error must still be the whole batch's
         assert counts["rerun"] == 0 and 30 <= counts["audited"] <= 90
+
+
+def test_cli_refuses_checked_attacks_before_any_work(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from sdnet_cli.cli import app
+
+    result = CliRunner().invoke(app, ["attack", "--precision", "bf16-checked", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "checks only decisions" in result.output, result.output
+    assert not any(tmp_path.iterdir())
