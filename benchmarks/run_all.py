@@ -55,6 +55,7 @@ JOBS: list[tuple[list[str], dict[str, str]]] = [
     (["cifar_c_rate.py", "--images", "200", "--pipeline-images", "1000"], {"OMP_NUM_THREADS": "1"}),
     (["cli_startup.py", "--repeats", "5"], {}),
     (["eval_batch_size.py", "--n-images", "1024", "--repeats", "3"], {}),
+    (["eval_memory.py", "--n", "2000"], {}),
     (["compile_speed.py"], {}),
     (["authors_speed.py", "--n-images", "1024", "--repeats", "5"], {}),  # + --authors-src when run_all has it
     (
