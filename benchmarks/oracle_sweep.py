@@ -34,8 +34,8 @@ GRID = "0.1:1.4:0.05"
 def full_report(n: int, out: Path, batch_size: int) -> dict:
     start = time.perf_counter()
     report = api.compare_lambda_rules(
-        model="sdnet18", corruptions=NOISES, rules=[0.1, "auto"], lams=GRID, n_examples=n, device="cpu",
-        batch_size=batch_size,
+        model="sdnet18", data=api.DataSpec(n_examples=n), run=api.RunSpec(device="cpu", batch_size=batch_size),
+        corruptions=NOISES, rules=[0.1, "auto"], lams=GRID,
     )  # fmt: skip
     total = time.perf_counter() - start
     report.write(out, "lambda-rules-noise")

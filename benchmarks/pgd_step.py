@@ -48,9 +48,8 @@ def main() -> None:
             model = runtime.prepare(create_model(name, width=args.width))
             policies.enter_context(model.using(policy))
             attacked[label] = AttackedModel(model, runtime).eval()
-            pgd[label] = registry.build(
-                attacked[label], "pgd", "Linf", 8 / 255, steps=args.steps, restarts=1, num_classes=10
-            ).attack
+            setting = registry.AttackSetting(norm="Linf", eps=8 / 255, steps=args.steps)
+            pgd[label] = registry.build(attacked[label], "pgd", setting).attack
         steps = median_seconds({k: (lambda k=k: pgd[k](x, y)) for k in pgd}, args.repeats, runtime.device)
         with torch.inference_mode():
             forwards = median_seconds(

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import time
+import zlib
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -15,13 +17,13 @@ import torch
 from torch import nn
 
 from . import distributed
-from .adapt import BatchNormAdaptation
+from .adapt import Adaptation
 from .data.cells import Cell, CellImages
 from .errors import UsageError
 from .lam import FixedLambda, lambda_label
 from .models.classifier import Classifier, LambdaPolicy
 from .rows import ALL, MEAN
-from .runtime import Counts, NonFiniteOutput, Runtime, count_correct
+from .runtime import Counts, NonFiniteOutput, Runtime, count_correct, predict_correct
 
 
 def combined(counts: Counts) -> Counts:
@@ -90,13 +92,41 @@ def _count_with_lambdas(
     noting = _NotingLambdas(policy)
     with model.using(noting):  # one forward per batch, so one noted lambda per image: fp32 under bf16-checked
         counts = combined(count_correct(forward, images[part], labels[part], runtime.exact, batch_size, progress))
+    return counts, _gathered_lambdas(noting, len(images), part)
+
+
+def _gathered_lambdas(noting: _NotingLambdas, n: int, part: slice) -> np.ndarray | None:
+    """Every image's noted lambda, each rank's own rows merged (None when the policy gave one for all)."""
     # asked of every rank (a rank whose shard is empty noted nothing but must join the all-reduce)
     if not distributed.combine(np.array(bool(noting.noted)), "max"):
-        return counts, None
-    lams = np.zeros(len(images), dtype=np.float64)
+        return None
+    lams = np.zeros(n, dtype=np.float64)
     if noting.noted:
         lams[part] = np.concatenate(noting.noted)
-    return counts, distributed.combine(lams, "sum")
+    return distributed.combine(lams, "sum")
+
+
+def _correct_with_lambdas(
+    model: Classifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    runtime: Runtime,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    forward: nn.Module,
+) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """Per image, whether it was classified correctly and (per-input policy) its lambda, merged over
+    torchrun's ranks, and the seconds it took (the slowest rank's)."""
+    part = distributed.shard(len(images), batch_size)
+    policy = model.lam_policy
+    noting = None if policy is None or isinstance(policy, FixedLambda) else _NotingLambdas(policy)
+    correct = np.zeros(len(images), dtype=bool)
+    start = time.perf_counter()
+    with model.using(noting) if noting is not None else nullcontext(model):
+        correct[part] = predict_correct(forward, images[part], labels[part], runtime, batch_size, progress)
+    seconds = float(distributed.combine(np.array(time.perf_counter() - start), "max"))
+    lams = _gathered_lambdas(noting, len(images), part) if noting is not None else None
+    return distributed.combine(correct, "sum"), lams, seconds
 
 
 def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -110,6 +140,23 @@ def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return row
 
 
+STREAMS = ("cells", "mixed")
+"""How test images reach the model: ``cells``, each cell on its own in order (an adaptation restarts every cell);
+``mixed``, the images of every cell interleaved in one seeded random order, one adaptation over the whole stream,
+so a batch mixes corruptions and severities (the "wild" setting of Niu et al., ICLR 2023)."""
+
+
+def check_stream(stream: str) -> str:
+    if stream not in STREAMS:
+        raise UsageError(f"unknown stream {stream!r}; choose one of: {', '.join(STREAMS)}", parameter="stream")
+    return stream
+
+
+def mixed_order(sizes: Sequence[int], seed: int) -> np.ndarray:
+    """The seeded order of a mixed stream: a permutation of the concatenated cells' images."""
+    return np.random.default_rng([seed, zlib.crc32(b"mixed stream")]).permutation(int(sum(sizes)))
+
+
 def evaluate_cells(
     model: Classifier,
     cells: Sequence[Cell],
@@ -119,7 +166,9 @@ def evaluate_cells(
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
     cell_policy: Callable[[Cell], LambdaPolicy] | None = None,
-    adapt: BatchNormAdaptation | None = None,
+    adapt: Adaptation | None = None,
+    stream: str = "cells",
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """One row per cell plus the ``mean`` row; ``row_base`` gives model, dataset and lam.
 
@@ -131,7 +180,10 @@ def evaluate_cells(
     mean row: over every corrupted image); rows of one lambda for all have no such columns.
     ``adapt`` (``adapt.make_adaptation``) adapts the model to each cell's test batches, of
     ``adapt.batch_size`` images (replacing ``batch_size``), from the original model every cell; every
-    row then carries ``adapt.columns()`` (the method, ``uses_test_batches``, the batch size).
+    row then carries ``adapt.columns()`` (the method, ``uses_test_batches``, the batch size, the images
+    behind each decision, gradient steps). ``stream="mixed"`` (``STREAMS``) runs every cell's images as one
+    stream in the order ``mixed_order(seed)`` and counts each cell's images from it; its rows say
+    ``stream: mixed`` and share the stream's seconds in proportion to their images.
     """
     if adapt is not None:
         adapt.check(model)
@@ -149,6 +201,13 @@ def evaluate_cells(
             )
         batch_size = adapt.batch_size
     adapted = adapt.columns() if adapt is not None else {}
+    if check_stream(stream) == "mixed":
+        if cell_policy is not None:
+            raise UsageError(
+                "a per-cell lambda (the oracle) needs the cells apart; use stream='cells'", parameter="stream"
+            )
+        rows, corrupted_lams = _mixed_rows(model, cells, source, runtime, row_base, batch_size, progress, adapt, seed)
+        return _with_mean(rows, corrupted_lams, row_base, {**adapted, "stream": "mixed"})
     rows, corrupted_lams = [], []
     for cell in cells:
         images, labels = source.load(cell)
@@ -169,10 +228,62 @@ def evaluate_cells(
         )
         if lams is not None and cell.severity != 0:
             corrupted_lams.append(lams)
+    return _with_mean(rows, corrupted_lams, row_base, adapted)
+
+
+def _with_mean(
+    rows: list[dict[str, Any]], corrupted_lams: list[np.ndarray], row_base: dict[str, Any], extra: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The cells' rows and their ``mean`` row (with ``extra``: the adaptation's columns, the stream)."""
     summary = mean_row(rows)
     if summary:
         summary["lam"] = row_base["lam"]
         if corrupted_lams:  # over every corrupted image, as the mean row's accuracy is
             summary.update(lambda_columns(np.concatenate(corrupted_lams)))
-        summary.update(adapted)
+        summary.update(extra)
     return rows + ([summary] if summary else [])
+
+
+def _mixed_rows(
+    model: Classifier,
+    cells: Sequence[Cell],
+    source: CellImages,
+    runtime: Runtime,
+    row_base: dict[str, Any],
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    adapt: Adaptation | None,
+    seed: int,
+) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """One row per cell, counted from one mixed stream of all cells' images (``evaluate_cells``)."""
+    loaded = [source.load(cell) for cell in cells]
+    sizes = [len(labels) for _, labels in loaded]
+    order = mixed_order(sizes, seed)
+    images = np.concatenate([np.asarray(images) for images, _ in loaded])[order]
+    labels = np.concatenate([np.asarray(labels) for _, labels in loaded])[order]
+    owner = np.repeat(np.arange(len(cells)), sizes)[order]
+    adapting = adapt.cell(model) if adapt is not None else nullcontext(model)
+    with adapting as forward:
+        try:
+            correct, lams, seconds = _correct_with_lambdas(
+                model, images, labels, runtime, batch_size, progress, forward
+            )
+        except NonFiniteOutput as exc:
+            raise NonFiniteOutput(f"mixed stream: {exc}") from None
+    total = len(labels)
+    rows, corrupted_lams = [], []
+    for k, cell in enumerate(cells):
+        mine = owner == k
+        counts = Counts(int(mine.sum()), int(correct[mine].sum()), seconds * int(mine.sum()) / max(total, 1))
+        cell_lams = lams[mine] if lams is not None else None
+        rows.append(
+            {
+                **cell_row(row_base, cell.corruption, cell.severity, counts),
+                **(lambda_columns(cell_lams) if cell_lams is not None else {}),
+                **(adapt.columns() if adapt is not None else {}),
+                "stream": "mixed",
+            }
+        )
+        if cell_lams is not None and cell.severity != 0:
+            corrupted_lams.append(cell_lams)
+    return rows, corrupted_lams

@@ -75,9 +75,12 @@ def robustbench_entry(
     ]
     if n is not None and n < 10000:
         notes.append(f"first {n} test images per cell")
-    if adapted:
+    batched = any(r.get("uses_test_batches") for r in rows)
+    if batched:
         batch = sorted({r["adapt_batch_size"] for r in rows if r.get("adapt")})
         notes.append(f"test-time adaptation {'/'.join(adapted)} on batches of {'/'.join(map(str, batch))} test images")
+    elif adapted:
+        notes.append(f"test-time adaptation {'/'.join(adapted)} per image (no state between images)")
     return {
         "link": link,
         "name": name,
@@ -96,7 +99,7 @@ def robustbench_entry(
         "corruptions_data": "official" if official else "generated",
         "corruptions_seed": None if official else source.get("seed"),
         "n_examples": n,
-        "uses_test_batches": bool(adapted),
+        "uses_test_batches": batched,
         "adaptation": meta.get("adaptation"),
         "lam_policy": meta.get("lam_policy"),
         "checkpoint_sha256": meta.get("checkpoint_sha256"),

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast, get_args
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,30 +22,7 @@ from torch import nn
 from .errors import UsageError
 from .metrics import percent
 from .models.classifier import Classifier
-
-Precision = Literal["fp32", "bf16", "bf16-checked"]
-"""fp32; bf16 autocast; or bf16-checked: bf16 autocast whose doubtful decisions are re-run in fp32 (``Checked``)."""
-PRECISIONS: tuple[Precision, ...] = get_args(Precision)
-
-
-def check_precision(value: str) -> Precision:
-    """The one validator of a precision, whichever door (flag, API, suite file) it came through."""
-    if value not in PRECISIONS:
-        raise UsageError(f"unknown precision {value!r}; use {', '.join(PRECISIONS)}", parameter="precision")
-    return value
-
-
-def gradient_precision(value: str, job: str) -> Precision:
-    """A precision for work that follows gradients (``job``: attacks, training): fp32 or bf16, as
-    bf16-checked checks only the decisions of forwards."""
-    precision = check_precision(value)
-    if precision == "bf16-checked":
-        raise UsageError(
-            f"precision bf16-checked checks only decisions, not the gradients {job} follows; use fp32 (or bf16)",
-            parameter="precision",
-        )
-    return precision
-
+from .specs import Precision, check_device, check_precision
 
 KEEP_FREED_MEMORY = "SDNET_KEEP_FREED_MEMORY"
 
@@ -161,16 +138,15 @@ class Runtime:
 
     @classmethod
     def create(cls, device: str = "auto", precision: str = "fp32", compile: bool = False) -> Runtime:
-        check_precision(precision)
+        typed = check_precision(precision)
+        check_device(device)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-            raise UsageError(f"unknown device {device!r}; use auto, cpu or cuda", parameter="device")
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UsageError(
                 "device cuda was asked for, but torch sees no CUDA GPU on this machine", parameter="device"
             )
-        return cls(torch.device(device), precision, compile)  # type: ignore[arg-type]
+        return cls(torch.device(device), typed, compile)
 
     @property
     def eval_batch_size(self) -> int:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from .adapt import Adaptation, calibratable, calibration_record
 from .data.cells import Cell, expand_cells
 from .data.corruptions import ALL_CORRUPTIONS, corrupt
 from .errors import UsageError
@@ -42,7 +44,7 @@ from .models.classifier import Classifier, LambdaPolicy
 from .models.csc import CSCLayer, require_csc
 from .rows import CLEAN, HELD_OUT, IN_CALIBRATION, MEAN, REFERENCE
 from .runtime import Counts, Runtime, iter_batches
-from .sweep_plan import SweepPlan, sweep_images
+from .sweep_plan import EVERY_PAIR, SweepPlan, sweep_images
 
 
 class ImageSource(Protocol):
@@ -110,19 +112,28 @@ def sweep_cells(
     progress: Callable[[int], None] | None = None,
     plan: SweepPlan | None = None,
     seed: int = 0,
+    adapt: Adaptation | None = None,
 ) -> list[CellSweep]:
     """Every (cell, lambda) pair through the evaluation's ``predict_logits`` with a ``FixedLambda`` policy,
     visited by ``plan`` (default ``SweepPlan()``; ``EVERY_PAIR`` runs them all); ``seed`` draws the plan's
-    audit sample of each cell. ``lams`` is read by ``lambda_grid`` (sorted, distinct)."""
+    audit sample of each cell. ``lams`` is read by ``lambda_grid`` (sorted, distinct). ``adapt`` (one of
+    ``adapt.CALIBRATABLE``) runs every forward under that adaptation, reset per cell; one that normalises
+    with a batch's statistics runs every pair in its batches of ``adapt.batch_size`` (a plan's subsets of a
+    batch would change the statistics)."""
     stem = _stem(model)
     grid = lambda_grid(lams)
     plan = plan or SweepPlan()
+    if adapt is not None:
+        calibratable(adapt.name)
+        if adapt.columns()["uses_test_batches"]:
+            plan, batch_size = EVERY_PAIR, adapt.batch_size
     sweeps = []
     for cell in cells:
         images, labels = source.load(cell)
         start = time.perf_counter()
         rng = np.random.default_rng([seed, zlib.crc32(f"{cell.corruption}/{cell.severity}".encode())])
-        found = sweep_images(model, stem, grid, images, labels, runtime, batch_size, plan, rng, progress)
+        with adapt.cell(model) if adapt is not None else nullcontext(model):
+            found = sweep_images(model, stem, grid, images, labels, runtime, batch_size, plan, rng, progress)
         correct = found.pred == np.asarray(labels)[None, :]
         sweeps.append(
             CellSweep(
@@ -184,9 +195,11 @@ def sweep_lambda(
     progress: Callable[[int], None] | None = None,
     plan: SweepPlan | None = None,
     seed: int = 0,
+    adapt: Adaptation | None = None,
 ) -> list[dict[str, Any]]:
     """``sweep_rows`` of ``sweep_cells``: one row per (cell, lambda)."""
-    return sweep_rows(sweep_cells(model, cells, source, runtime, lams, batch_size, progress, plan, seed), row_base)
+    sweeps = sweep_cells(model, cells, source, runtime, lams, batch_size, progress, plan, seed, adapt)
+    return sweep_rows(sweeps, row_base)
 
 
 def mean_features(
@@ -244,6 +257,7 @@ def calibrate(
     checkpoint_sha256: str = "",
     strength: str = "cifar",
     plan: SweepPlan | None = None,
+    adapt: Adaptation | None = None,
 ) -> Calibration:
     """Fit lambda = clamp(a * feature + b, min grid, max grid) for each rule on corrupted training images.
 
@@ -251,7 +265,8 @@ def calibrate(
     group's mean feature; the line is the one that maximises the groups' mean accuracy, each read off
     its sweep curve (``fit_line_for_accuracy``); ``lam="auto"`` will run the rule with the higher
     mean group accuracy. ``strength`` is the dataset's corruption strength table ("cifar" or "imagenet");
-    ``plan`` how the sweep visits the grid (``sweep_cells``).
+    ``plan`` how the sweep visits the grid (``sweep_cells``). ``adapt``: the test-time adaptation the
+    groups run under (``sweep_cells``), recorded in the calibration so ``eval`` can compare.
     """
     if n < 1:
         raise UsageError(f"n must be >= 1, got {n}", parameter="n")
@@ -260,7 +275,7 @@ def calibrate(
     train = CorruptedTrainSet(train_images, train_labels, n, seed, strength)
     cells = expand_cells(corruptions, severities)
     base = {"model": None, "dataset": "train"}
-    rows = sweep_lambda(model, cells, train, runtime, grid, base, batch_size, progress, plan, seed)
+    rows = sweep_lambda(model, cells, train, runtime, grid, base, batch_size, progress, plan, seed, adapt)
     points = cell_points(model, cells, train, runtime, rows, batch_size)
     accuracy = {(r["corruption"], r["severity"], r["lam"]): r["accuracy"] for r in rows}
     for p in points:
@@ -278,6 +293,7 @@ def calibrate(
         seed=seed,
         training_lam=float(_stem(model).lam),
         checkpoint_sha256=checkpoint_sha256,
+        adaptation=calibration_record(adapt),
     )
 
 

@@ -106,7 +106,8 @@ def sweep_images(
     audit_rng: np.random.Generator,
     progress: Callable[[int], None] | None = None,
 ) -> PairResults:
-    """Every (lambda, image) pair of one cell by ``plan``; ``progress`` advances by every pair of each part."""
+    """Every (lambda, image) pair of one cell by ``plan``; ``progress`` advances by every pair of each part,
+    a share after each coarse lambda's forwards (so a sweep's first forecast comes within its first part)."""
     n_lams, n = len(grid), len(images)
     audit_mask = audit_rng.random((n_lams, n)) < plan.audit  # drawn per cell: the same whatever the batch size
     training = next((j for j, lam in enumerate(grid) if lam == stem.lam), None)
@@ -120,8 +121,10 @@ def sweep_images(
         for part in iter_batches(images, labels, runtime, part_size):
             runner = _PartRunner(model, stem, record, runtime, policies, part.x, part.y, part.rows.start, batch_size)
             everyone = np.arange(len(part.x))
+            share = _Shares(progress, n_lams * len(everyone), len(coarse) + 1)  # each coarse lambda, then the rest
             for j in coarse:
-                runner.run(found, j, everyone, top2=j == training)
+                runner.run(found, j, everyone, top2=j == training, share=share)
+                share.next()
             _refine(runner, found, coarse, everyone, plan.margin)
             y = y_all[part.rows]
             for j in range(n_lams):
@@ -132,9 +135,26 @@ def sweep_images(
                 found.audited += len(checked)
                 found.audit_same += int((inferred == (found.pred[j, part.rows][checked] == y[checked])).sum())
                 runner.stem_only(found, j, np.setdiff1d(rest, checked))
-            if progress is not None:
-                progress(n_lams * len(everyone))
+            share.next()
     return found
+
+
+class _Shares:
+    """``total`` progress units handed out in ``parts`` nearly equal whole shares, one per ``next()``."""
+
+    def __init__(self, progress: Callable[[int], None] | None, total: int, parts: int) -> None:
+        self.progress, self.total, self.parts, self.given, self.done = progress, total, parts, 0, 0
+
+    def next(self) -> None:
+        self.done += 1
+        self.within(0.0)
+
+    def within(self, fraction: float) -> None:
+        """Credit ``fraction`` (0..1) of the share after those ``next()`` closed."""
+        target = int(self.total * (self.done + fraction) // self.parts)
+        if self.progress is not None and target > self.given:
+            self.progress(target - self.given)
+            self.given = target
 
 
 class _PartRunner:
@@ -169,12 +189,15 @@ class _PartRunner:
             return source[int(sel[0]) : int(sel[-1]) + 1]
         return source[torch.from_numpy(sel).to(source.device)]
 
-    def run(self, found: PairResults, j: int, local: np.ndarray, top2: bool = False) -> None:
+    def run(
+        self, found: PairResults, j: int, local: np.ndarray, top2: bool = False, share: _Shares | None = None
+    ) -> None:
+        """The network at grid lambda j on the pairs ``local``; ``share`` is told the fraction done per batch."""
         if not len(local):
             return
         inputs: list[torch.Tensor] = []
         errors: list[torch.Tensor] = []
-        keep = self.stem_input is None
+        made, keep = 0, self.stem_input is None
         # the stem's input and error of each batch's first forward: a bf16-checked forward re-runs some rows
         hooks = [self.stem.register_forward_hook(lambda _m, _a, _o: errors.append(self.record.error))]  # type: ignore[arg-type]
         if keep:
@@ -196,6 +219,9 @@ class _PartRunner:
                     found.top2[cols] = hit.any(dim=1).cpu().numpy()
                 found.ran[j, cols] = True
                 found.seconds[j] += time.perf_counter() - start
+                made += len(sel)
+                if share is not None:
+                    share.within(made / len(local))
         finally:
             for hook in hooks:
                 hook.remove()

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -83,22 +84,59 @@ def test_report_frame_and_files(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "parameter"),
     [
-        ({"n_examples": 0}, "n_examples"),
-        ({"batch_size": 0}, "batch_size"),
-        ({"seed": -1}, "seed"),
-        ({"seed": 2**32}, "seed"),
-        ({"dataset": "mnist"}, None),
+        ({"data": {"n_examples": 0}}, "n_examples"),
+        ({"run": {"batch_size": 0}}, "batch_size"),
+        ({"data": {"seed": -1}}, "seed"),
+        ({"data": {"seed": 2**32}}, "seed"),
+        ({"data": {"dataset": "mnist"}}, None),
         ({"corruptions": ["rain"]}, "corruptions"),
         ({"lam": "oracle"}, "sweep"),
-        ({"precision": "fp8"}, "precision"),
+        ({"run": {"precision": "fp8"}}, "precision"),
+        ({"run": {"device": "tpu"}}, "device"),
     ],
 )
 def test_evaluate_refuses_bad_input_before_any_work(kwargs: dict, parameter: str | None, tmp_path: Path) -> None:
+    """A bad value is refused with its name, whether a record (``DataSpec``, ``RunSpec``) or the call holds it."""
+    data, run = kwargs.pop("data", {}), kwargs.pop("run", {})
     with pytest.raises(UsageError) as caught:
-        api.evaluate_corruptions(**{"data_dir": tmp_path / "nowhere", **kwargs})
+        api.evaluate_corruptions(
+            data=api.DataSpec(**{"data_dir": tmp_path / "nowhere", **data}), run=api.RunSpec(**run), **kwargs
+        )
     assert caught.value.parameter == parameter
-    if kwargs.get("dataset") == "mnist":
+    if data.get("dataset") == "mnist":
         assert "unknown dataset 'mnist'" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("call", "parameter"),
+    [
+        (lambda: api.attack(data=api.DataSpec(cache_dir=Path("cache"))), "cache_dir"),
+        (lambda: api.attack_vs_lambda(data=api.DataSpec(cifar_c_dir=Path("c"))), "cifar_c_dir"),
+        (lambda: api.attack(run=api.RunSpec(compile=True)), "compile"),
+        (lambda: api.check(data=api.DataSpec(seed=3)), "seed"),
+        (lambda: api.check(run=api.RunSpec(batch_size=8)), "batch_size"),
+        (lambda: api.generate_corruptions(out_dir=Path("c"), data=api.DataSpec(cache_dir=Path("x"))), "cache_dir"),
+        (lambda: api.train(model="sdnet18", out=Path("w.safetensors"), data=api.DataSpec(n_examples=5)), "n_examples"),
+        (lambda: api.train(model="sdnet18", out=Path("w.safetensors"), run=api.RunSpec(batch_size=5)), "batch_size"),
+        (lambda: api.export_checkpoint(out=Path("m.pth"), model=api.ModelSpec("sdnet18", n_steps=3)), "n_steps"),
+    ],
+)
+def test_a_field_a_job_cannot_use_is_refused_not_dropped(call: Any, parameter: str) -> None:
+    """A record's field set to other than its default, where the job has no use for it, is a usage error
+    naming it (before any work), never silently ignored."""
+    with pytest.raises(UsageError, match="does not apply to") as caught:
+        call()
+    assert caught.value.parameter == parameter
+
+
+def test_records_take_text_paths_and_check_values_when_made() -> None:
+    data = api.DataSpec(data_dir="data", dataset="cifar100")  # type: ignore[arg-type]
+    assert data.data_dir == Path("data") and api.ModelSpec("sdnet18", checkpoint="w.pt").checkpoint == Path("w.pt")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="unknown dataset 'mnist'"):
+        api.DataSpec(dataset="mnist")
+    with pytest.raises(UsageError) as caught:
+        api.ModelSpec(nn.Linear(2, 2), weights_dir=Path("w"))
+    assert caught.value.parameter == "weights_dir"
 
 
 @pytest.mark.slow

@@ -13,7 +13,11 @@ from sdnet_cli.cli import app
 from sdnet_cli.errors import UsageError
 from sdnet_cli.models import create_model, save_checkpoint
 
-COMMON = dict(attack="pgd", eps=["1/255", "2/255"], steps=2, n_examples=12, batch_size=8, seed=5, device="cpu")
+COMMON = dict(attack="pgd", eps=["1/255", "2/255"], steps=2, run=api.RunSpec(batch_size=8, device="cpu"))
+
+
+def twelve(data_dir: Path) -> api.DataSpec:
+    return api.DataSpec(n_examples=12, seed=5, data_dir=data_dir)
 
 
 def without_seconds(rows: list[dict]) -> list[dict]:
@@ -22,12 +26,11 @@ def without_seconds(rows: list[dict]) -> list[dict]:
 
 @pytest.mark.slow
 def test_each_point_equals_an_attack_at_that_lambda(tiny_checkpoint: Path, data_dir: Path) -> None:
-    sweep = api.attack_vs_lambda(
-        model="sdnet18", checkpoint=tiny_checkpoint, lams="0.1,0.5", data_dir=data_dir, **COMMON
-    )
+    model = api.ModelSpec("sdnet18", checkpoint=tiny_checkpoint)
+    sweep = api.attack_vs_lambda(model=model, data=twelve(data_dir), lams="0.1,0.5", **COMMON)
     assert [r["lam"] for r in sweep.rows] == [0.1, 0.1, 0.5, 0.5]
     for lam in (0.1, 0.5):
-        single = api.attack(model="sdnet18", checkpoint=tiny_checkpoint, lam=lam, data_dir=data_dir, **COMMON)
+        single = api.attack(model=model, data=twelve(data_dir), lam=lam, **COMMON)
         assert without_seconds([r for r in sweep.rows if r["lam"] == lam]) == without_seconds(single.rows)
     assert set(sweep.meta["diagnostics"]) == {"0.1", "0.5"}
     assert all("zero_gradient_fraction" in d for d in sweep.meta["diagnostics"].values())
@@ -54,12 +57,10 @@ def test_baseline_rows_plot_and_markdown(tiny_checkpoint: Path, data_dir: Path, 
         )
     )
     report = api.attack_vs_lambda(
-        model="sdnet18",
-        checkpoint=tiny_checkpoint,
+        model=api.ModelSpec("sdnet18", checkpoint=tiny_checkpoint, weights_dir=tmp_path),
+        data=twelve(data_dir),
         lams=[0.1, 0.3],
-        baseline_model="r8",
-        weights_dir=tmp_path,
-        data_dir=data_dir,
+        baseline_model="r8",  # looked up in the swept model's weights_dir
         **{**COMMON, "eps": ["1/255"]},
     )
     assert [r["model"] for r in report.rows] == ["sdnet18", "sdnet18", "r8"]
@@ -78,7 +79,7 @@ def test_baseline_rows_plot_and_markdown(tiny_checkpoint: Path, data_dir: Path, 
 )
 def test_bad_input_is_refused_before_any_work(kwargs: dict, parameter: str, tmp_path: Path) -> None:
     with pytest.raises(UsageError) as caught:
-        api.attack_vs_lambda(**{"data_dir": tmp_path / "nowhere", **kwargs})
+        api.attack_vs_lambda(data=api.DataSpec(data_dir=tmp_path / "nowhere"), **kwargs)
     assert caught.value.parameter == parameter
 
 

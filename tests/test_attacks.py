@@ -22,6 +22,7 @@ from sdnet_cli.attacks import (
     AttackConfig,
     AttackedModel,
     AttackResults,
+    AttackSetting,
     Component,
     Eps,
     attack_names,
@@ -237,9 +238,7 @@ def test_one_registered_builder_adds_an_attack(
     monkeypatch.setattr(registry, "REGISTRY", dict(registry.REGISTRY))  # registered for this test only
 
     @register("identity", default_steps=1)
-    def identity(
-        model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int
-    ) -> Component:
+    def identity(model: nn.Module, setting: AttackSetting) -> Component:
         return Component("identity", Identity(model))
 
     assert "identity" in attack_names()

@@ -485,8 +485,12 @@ def test_pool_workers_exit_when_the_parent_is_killed(tmp_path: Path) -> None:
     while any(running(pid) for pid in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(running(pid) for pid in workers), "pool workers outlived their parent"
-    # its temp file stays behind; the next run sweeps it
-    assert sweep_stale_temps(tmp_path / "out") == [tmp_path / "out" / f".contrast.npy.{child.pid}.tmp"]
+    # its temp file (and the pool's scratch input) stay behind; the next run sweeps them
+    out = tmp_path / "out"
+    assert sorted(sweep_stale_temps(out)) == [
+        out / f".contrast.npy.{child.pid}.tmp",
+        out / f".pool-input.npy.{child.pid}.tmp",
+    ]
 
 
 def test_cli_output_and_cache_folders_are_checked_before_any_work(tmp_path: Path, data_dir: Path) -> None:
@@ -603,16 +607,13 @@ def test_interrupted_attack_says_what_was_saved_and_resume_finishes_it(
     from sdnet_cli.errors import Interrupted
 
     common = dict(
-        model="sdnet18",
-        checkpoint=tiny_checkpoint,
+        model=api.ModelSpec("sdnet18", checkpoint=tiny_checkpoint),
+        data=api.DataSpec(n_examples=24, data_dir=data_dir),
+        run=api.RunSpec(batch_size=8, device="cpu"),
         attack="pgd",
         eps=["1/255"],
         steps=2,
-        n_examples=24,
-        batch_size=8,
         pool_batches=1,
-        data_dir=data_dir,
-        device="cpu",
         name="run",
         state_dir=tmp_path,
     )
@@ -623,7 +624,7 @@ def test_interrupted_attack_says_what_was_saved_and_resume_finishes_it(
 
             def advance(k: int) -> None:
                 seen.append(k)
-                if len(seen) == 3:  # inside the third pool
+                if sum(seen) > 16:  # inside the third pool (8 images, one work unit each)
                     raise KeyboardInterrupt
 
             return advance
@@ -652,14 +653,12 @@ def test_damaged_attack_state_is_named(tiny_checkpoint: Path, data_dir: Path, tm
     (tmp_path / "run.state.json").write_text('{"config": {"attack": "pg')
     with pytest.raises(UsageError) as caught:
         api.attack(
-            model="sdnet18",
-            checkpoint=tiny_checkpoint,
+            model=api.ModelSpec("sdnet18", checkpoint=tiny_checkpoint),
+            data=api.DataSpec(n_examples=8, data_dir=data_dir),
+            run=api.RunSpec(device="cpu"),
             attack="pgd",
             eps=["1/255"],
             steps=1,
-            n_examples=8,
-            data_dir=data_dir,
-            device="cpu",
             name="run",
             state_dir=tmp_path,
             resume=True,
@@ -921,28 +920,42 @@ class AlwaysZero(torch.nn.Module):
         return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), 10).float() * 5 + 0 * x.sum()
 
 
-def test_attack_progress_moves_per_batch_and_the_long_run_note_comes_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_attack_progress_moves_per_batch_and_the_estimate_comes_first() -> None:
     """Before: progress moved once per pool of 8 batches (minutes at 0/10000 on a CPU). Now: after every batch of
-    every attack, and a note with the -n hint when the first batch predicts more than LONG_RUN_SECONDS."""
+    every attack (and every attack iteration within it), and the predicted duration comes before any of it."""
     from sdnet_cli.attacks import AttackConfig, run_attack
-    from sdnet_cli.attacks import runner as attack_runner
 
     images, labels = np.zeros((8, 32, 32, 3), dtype=np.uint8), np.zeros(8, dtype=np.int64)
     config = AttackConfig.create(attack="pgd", eps=["0", "8/255"], steps=1)
-    steps: list[int] = []
-    notes: list[str] = []
-    result = run_attack(AlwaysZero(), images, labels, config, batch_size=2, pool_batches=4, progress=steps.append)
+    events: list[object] = []
+    result = run_attack(
+        AlwaysZero(), images, labels, config, batch_size=2, pool_batches=4, progress=events.append,
+        estimate=lambda seconds: events.append(f"estimate {seconds > 0}"),
+    )  # fmt: skip
     # one pool of 8 images: eps 0 attacks nothing (8 at once), eps 8/255 attacks 4 batches of 2 standing images
-    assert steps == [8, 2, 2, 2, 2] and sum(steps) == config.work_units(8, 2, 4) == 16
+    assert events == ["estimate True", 8, 2, 2, 2, 2] and config.work_units(8, 2, 4) == 16
     assert result.clean.all() and not result.fooled.any()
-    monkeypatch.setattr(attack_runner, "LONG_RUN_SECONDS", 0.0)
-    run_attack(
-        AlwaysZero(), images, labels, config, batch_size=2, pool_batches=4, progress=steps.append, note=notes.append
-    )
-    assert len(notes) == 1 and "-n on the command line" in notes[0]
-    monkeypatch.setattr(attack_runner, "LONG_RUN_SECONDS", 600.0)
-    run_attack(AlwaysZero(), images, labels, config, batch_size=2, pool_batches=4, note=notes.append)
-    assert len(notes) == 1  # a short run says nothing
+
+
+class SlowZero(AlwaysZero):
+    """AlwaysZero whose every forward takes 30 ms whatever the batch: an attack's time is its forward count."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.03)
+        return super().forward(x)
+
+
+def test_attack_estimate_is_within_2x_of_the_real_time() -> None:
+    """Every image resists (class 0 with zero gradient), so each batch makes all of PGD's 6 steps: the probe's
+    prediction, from its per-call costs and the call count, must be within 2x of the time the attack took."""
+    from sdnet_cli.attacks import AttackConfig, run_attack
+
+    images, labels = np.zeros((12, 32, 32, 3), dtype=np.uint8), np.zeros(12, dtype=np.int64)
+    config = AttackConfig.create(attack="pgd", eps=["8/255"], steps=6)
+    said: list[float] = []
+    result = run_attack(SlowZero(), images, labels, config, batch_size=4, pool_batches=1, estimate=said.append)
+    real = float(np.sum(result.seconds))  # the attack itself, timed by the runner (3 batches of 4)
+    assert len(said) == 1 and real / 2 < said[0] < real * 2, (said, real)
 
 
 def test_attack_batch_and_pool_sizes_are_bounded() -> None:

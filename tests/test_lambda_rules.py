@@ -191,18 +191,14 @@ def test_api_hold_out_never_fits_on_the_held_out_groups(
     monkeypatch.setattr(calibration_module, "fit_rules", spy)
     monkeypatch.setattr(sweep, "fit_rules", spy)
     report = api.lambda_hold_out(
-        model="sdnet18",
-        checkpoint=checkpoint,
+        model=api.ModelSpec("sdnet18", checkpoint=checkpoint),
+        data=api.DataSpec(n_examples=N, seed=1, data_dir=data_dir, cache_dir=cache_dir),
+        run=api.RunSpec(device="cpu"),
         hold_out=["gaussian_noise", "contrast"],
         fit_corruptions=["gaussian_noise", "contrast"],
         fit_n=8,
         fit_lams=GRID,
         severities=[5],
-        n_examples=N,
-        seed=1,
-        data_dir=data_dir,
-        cache_dir=cache_dir,
-        device="cpu",
     )
     everything = {"clean", "gaussian_noise", "contrast"}
     assert fitted == [everything, everything - {"gaussian_noise"}, everything - {"contrast"}]
@@ -210,25 +206,20 @@ def test_api_hold_out_never_fits_on_the_held_out_groups(
     assert report.meta["calibration"]["split"] == "train"
     assert "left out" in report.markdown and "| held_out" in report.markdown
     with pytest.raises(api.UsageError, match="rule") as raised:
-        api.lambda_hold_out(model="sdnet18", checkpoint=checkpoint, rule="oracle")
+        api.lambda_hold_out(model=api.ModelSpec("sdnet18", checkpoint=checkpoint), rule="oracle")
     assert raised.value.parameter == "rule"
 
 
 def test_api_compare_rules_report(checkpoint: Path, data_dir: Path, cache_dir: Path, source: CellSource) -> None:
     calibration = make_calibration(sha256_of(checkpoint)).save(checkpoint.with_name("w8.lambda.json"))
     report = api.compare_lambda_rules(
-        model="sdnet18",
-        checkpoint=checkpoint,
+        model=api.ModelSpec("sdnet18", checkpoint=checkpoint),
+        data=api.DataSpec(n_examples=N, seed=1, data_dir=data_dir, cache_dir=cache_dir),
+        run=api.RunSpec(device="cpu", batch_size=16),
         corruptions=["gaussian_noise"],
         severities=[5],
         rules=[0.1, "recon", "auto"],
         lams=GRID,
-        n_examples=N,
-        seed=1,
-        data_dir=data_dir,
-        cache_dir=cache_dir,
-        device="cpu",
-        batch_size=16,
     )
     assert calibration.is_file()
     lams = list(dict.fromkeys(r["lam"] for r in report.rows))

@@ -23,7 +23,8 @@ LAYERS: list[list[str]] = [
     ["rows", "schemas", "report", "plots"],  # marker values and columns, file schemas, report files and figures
     ["models"],  # networks, CSC layers, checkpoints, weights; they know their input normalisation
     ["data"],  # datasets, corruptions, cells and their sources
-    ["distributed", "metrics", "runtime", "lam", "attacks", "adapt"],  # forwards, lambda policies, attacks
+    ["specs"],  # what a caller asks for: the model, data and run records every API function takes
+    ["distributed", "metrics", "runtime", "forecast", "lam", "attacks", "adapt"],  # forwards, lambda policies, attacks
     [
         "evaluate",
         "sweep",

@@ -56,19 +56,18 @@ def test_constant_module_scores_the_share_of_its_class(cifar_test, data_dir: Pat
     share = 100.0 * int((labels == k).sum()) / 50
     report = api.evaluate_corruptions(
         model=Constant(k),
+        data=api.DataSpec(n_examples=50, data_dir=data_dir, cache_dir=tmp_path),
+        run=api.RunSpec(device="cpu"),
         corruptions=["gaussian_noise"],
         severities=[1],
-        n_examples=50,
-        data_dir=data_dir,
-        cache_dir=tmp_path,
-        device="cpu",
     )
     cells = [(r["corruption"], r["severity"]) for r in report.rows]
     assert cells == [("clean", 0), ("gaussian_noise", 1), ("mean", "all")]
     assert [r["accuracy"] for r in report.rows] == [pytest.approx(share)] * 3
     assert report.meta["model"]["name"] == "Constant" and report.meta["model"]["checkpoint"] is None
     assert report.meta["checkpoint_sha256"] == state_dict_sha256(Constant(k))
-    attacked = api.attack(model=Constant(k), attack="pgd", eps=["1/255"], steps=2, n_examples=16, data_dir=data_dir)
+    sixteen = api.DataSpec(n_examples=16, data_dir=data_dir)
+    attacked = api.attack(model=Constant(k), data=sixteen, attack="pgd", eps=["1/255"], steps=2)
     share16 = 100.0 * int((cifar_test[1][:16] == k).sum()) / 16
     assert [r["robust_accuracy"] for r in attacked.rows] == [pytest.approx(share16)]  # nothing moves a constant
     assert attacked.meta["batch_size"] == BATCH_SIZE
@@ -88,7 +87,11 @@ def test_nearest_image_module_is_right_and_cannot_be_moved_within_eps(cifar_test
     other = torch.from_numpy(labels[:, None] != labels[None, :])
     assert gaps[other].min() > 2 * reach
     report = api.attack(
-        model=module, normalize=(mean, std), attack="pgd", eps=["1/255"], steps=2, n_examples=16, data_dir=data_dir
+        model=api.ModelSpec(module, normalize=(mean, std)),
+        data=api.DataSpec(n_examples=16, data_dir=data_dir),
+        attack="pgd",
+        eps=["1/255"],
+        steps=2,
     )
     row = report.rows[0]
     assert (row["clean_accuracy"], row["robust_accuracy"]) == (100.0, 100.0)
@@ -97,34 +100,36 @@ def test_nearest_image_module_is_right_and_cannot_be_moved_within_eps(cifar_test
 
 @pytest.mark.slow
 def test_a_model_loaded_once_gives_what_its_name_gives(tiny_checkpoint: Path, data_dir: Path, tmp_path: Path) -> None:
-    loaded = api.load_model("sdnet18", checkpoint=tiny_checkpoint)
-    common = dict(corruptions=["none"], n_examples=16, data_dir=data_dir, device="cpu", lam=0.2)
-    by_object = api.evaluate_corruptions(model=loaded, **common)
-    by_name = api.evaluate_corruptions(model="sdnet18", checkpoint=tiny_checkpoint, **common)
+    named = api.ModelSpec("sdnet18", checkpoint=tiny_checkpoint)
+    loaded = api.load_model(named)
+    data, run = api.DataSpec(n_examples=16, data_dir=data_dir), api.RunSpec(device="cpu")
+    by_object = api.evaluate_corruptions(model=loaded, data=data, run=run, corruptions=["none"], lam=0.2)
+    by_name = api.evaluate_corruptions(model=named, data=data, run=run, corruptions=["none"], lam=0.2)
     timeless = [
         [{k: v for k, v in r.items() if k != "seconds"} for r in report.rows] for report in (by_object, by_name)
     ]
     assert timeless[0] == timeless[1] and by_object.meta["model"] == by_name.meta["model"]
     with pytest.raises(UsageError) as caught:
-        api.evaluate_corruptions(model=loaded, checkpoint=tiny_checkpoint, data_dir=data_dir)
+        api.evaluate_corruptions(model=api.ModelSpec(loaded, checkpoint=tiny_checkpoint), data=data)
     assert caught.value.parameter == "checkpoint"
     with pytest.raises(UsageError) as caught:
-        api.evaluate_corruptions(model=loaded, dataset="cifar100", data_dir=data_dir)
+        api.evaluate_corruptions(model=loaded, data=api.DataSpec(dataset="cifar100", data_dir=data_dir))
     assert caught.value.parameter == "dataset"
 
 
 def test_lambda_options_on_a_module_without_csc_layers_are_usage_errors(data_dir: Path) -> None:
+    eight = api.DataSpec(n_examples=8, data_dir=data_dir)
     with pytest.raises(UsageError) as caught:
-        api.evaluate_corruptions(model=Constant(0), lam=0.3, n_examples=8, data_dir=data_dir)
+        api.evaluate_corruptions(model=Constant(0), data=eight, lam=0.3)
     assert caught.value.parameter == "lam"
     with pytest.raises(UsageError) as caught:
-        api.sweep_lambda(model=Constant(0), n_examples=8, data_dir=data_dir)
+        api.sweep_lambda(model=Constant(0), data=eight)
     assert caught.value.parameter == "model" and "no CSC layers" in str(caught.value)
     with pytest.raises(UsageError) as caught:
-        api.evaluate_corruptions(model="resnet18", normalize=((0, 0, 0), (1, 1, 1)), data_dir=data_dir)
+        api.evaluate_corruptions(model=api.ModelSpec("resnet18", normalize=((0, 0, 0), (1, 1, 1))), data=eight)
     assert caught.value.parameter == "normalize"
     with pytest.raises(UsageError) as caught:
-        api.evaluate_corruptions(model=object(), data_dir=data_dir)  # type: ignore[arg-type]
+        api.evaluate_corruptions(model=object(), data=eight)  # type: ignore[arg-type]
     assert caught.value.parameter == "model"
 
 

@@ -12,7 +12,8 @@ from torch import nn
 
 from sdnet_cli import api
 from sdnet_cli.errors import UsageError
-from sdnet_cli.runtime import Checked, Runtime, check_precision, predict, predict_correct
+from sdnet_cli.runtime import Checked, Runtime, predict, predict_correct
+from sdnet_cli.specs import check_precision
 
 ULP_1 = 2.0**-7  # bf16 spacing just above 1.0 (8 significant bits)
 
@@ -100,21 +101,20 @@ def test_precision_vocabulary_and_refusals() -> None:
     with pytest.raises(UsageError, match="use fp32, bf16, bf16-checked"):
         check_precision("fp16")
     with pytest.raises(UsageError, match="checks only decisions") as caught:
-        api.attack(precision="bf16-checked", data_dir=Path("/nowhere"))
+        api.attack(run=api.RunSpec(precision="bf16-checked"), data=api.DataSpec(data_dir=Path("/nowhere")))
     assert caught.value.parameter == "precision"
     with pytest.raises(UsageError, match="checks only decisions"):
-        api.train(model="sdnet18", out=Path("/nowhere/x.safetensors"), precision="bf16-checked")
+        api.train(model="sdnet18", out=Path("/nowhere/x.safetensors"), run=api.RunSpec(precision="bf16-checked"))
 
 
 def test_checked_eval_meta_counts(tiny_checkpoint: Path, data_dir: Path, tmp_path: Path) -> None:
+    model, data = api.ModelSpec("sdnet18", checkpoint=tiny_checkpoint), api.DataSpec(data_dir=data_dir, n_examples=64)
     report = api.evaluate_corruptions(
-        checkpoint=tiny_checkpoint, corruptions=["none"], n_examples=64, batch_size=32, device="cpu",
-        precision="bf16-checked", data_dir=data_dir,
-    )  # fmt: skip
+        model=model, data=data, run=api.RunSpec("cpu", "bf16-checked", batch_size=32), corruptions=["none"]
+    )
     exact = api.evaluate_corruptions(
-        checkpoint=tiny_checkpoint, corruptions=["none"], n_examples=64, batch_size=32, device="cpu",
-        precision="fp32", data_dir=data_dir,
-    )  # fmt: skip
+        model=model, data=data, run=api.RunSpec("cpu", "fp32", batch_size=32), corruptions=["none"]
+    )
     assert report.rows[0]["correct"] == exact.rows[0]["correct"]
     check = report.meta["precision_check"]
     assert report.meta["precision"] == "bf16-checked" and check["images"] == 64

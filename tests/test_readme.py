@@ -32,7 +32,7 @@ def test_python_api_example_runs(data_dir: Path, tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("SDNET_DATA", str(data_dir))
     monkeypatch.chdir(tmp_path)
     text = run_example(python_api_examples()[0])
-    written = sorted(p.name for p in (tmp_path / "reports" / "notebook").iterdir())
+    written = sorted(p.name for p in (tmp_path / "runs" / "notebook").iterdir())
     assert written == ["eval-sdnet18-w32-cifar10.csv", "eval-sdnet18-w32-cifar10.json", "eval-sdnet18-w32-cifar10.md"]
     assert "gaussian_noise" in text and "robust_accuracy" in text
 

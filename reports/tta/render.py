@@ -1,5 +1,6 @@
 """reports/tta.md and its plot, rendered from the `sdnet eval` JSON reports in reports/tta/ (written by
-reports/tta/run_all.sh): no number typed by hand.
+reports/tta/run_all.sh, reports/tta/run_remedies.sh and reports/tta/run_calibration.sh): no number typed by
+hand. A report that is missing leaves its row out and is named at the end.
 
     python reports/tta/render.py reports/tta reports/tta.md
 """
@@ -18,6 +19,59 @@ from sdnet_cli.plots import save_panel_grid
 
 NOISE = ["gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"]
 OTHERS = [c for c in BENCHMARK_CORRUPTIONS if c not in NOISE]
+OTHER = f"{len(OTHERS)} other corruptions"  # the 15 benchmark corruptions less their three noises
+BATCH = "200 images of one cell"
+# (report stem, label, images per decision, state kept between test images, gradient steps)
+PER_IMAGE = [
+    ("resnet18-none", "resnet18", "1", "none", "0"),
+    ("sdnet18-lam0.1", "sdnet18, lambda 0.1", "1", "none", "0"),
+    ("sdnet18-auto", "sdnet18, auto", "1", "none", "0"),
+    ("noise-resnet18-bnprior", "resnet18 + bn-prior", "1", "none", "0"),
+    ("noise-sdnet18-bnprior", "sdnet18 + bn-prior", "1", "none", "0"),
+    ("noise-sdnet18-auto-bnprior", "sdnet18, auto + bn-prior", "1", "none", "0"),
+]
+BATCH_METHODS = [
+    ("resnet18-bn", "resnet18 + bn", "200", "none (per batch)", "0"),
+    ("resnet18-tent", "resnet18 + tent", "200", "BN affine parameters", "1 per batch"),
+    ("sdnet18-bn", "sdnet18 + bn", "200", "none (per batch)", "0"),
+    ("sdnet18-tent", "sdnet18 + tent", "200", "BN affine parameters", "1 per batch"),
+    ("sdnet18-auto-bn", "sdnet18, auto + bn", "200", "none (per batch)", "0"),
+]
+SAME_S = [  # the per-image methods on the mixed stream's images (order-free: any stream, any batch size)
+    ("s-resnet18", "resnet18", "1", "none", "0"),
+    ("s-sdnet18-auto", "sdnet18, auto", "1", "none", "0"),
+    ("s-sdnet18-bnprior", "sdnet18 + bn-prior", "1", "none", "0"),
+    ("s-sdnet18-auto-bnprior", "sdnet18, auto + bn-prior", "1", "none", "0"),
+]
+MIXED = [
+    ("mixed-resnet18-bn", "resnet18 + bn", "200 (mixed)", "none (per batch)", "0"),
+    ("mixed-resnet18-tent", "resnet18 + tent", "200 (mixed)", "BN affine parameters", "1 per batch"),
+    ("mixed-sdnet18-bn", "sdnet18 + bn", "200 (mixed)", "none (per batch)", "0"),
+    ("mixed-sdnet18-tent", "sdnet18 + tent", "200 (mixed)", "BN affine parameters", "1 per batch"),
+]
+BATCH1 = [
+    ("batch1-resnet18-bn", "resnet18 + bn", "1", "none", "0"),
+    ("batch1-resnet18-tent", "resnet18 + tent", "1", "BN affine parameters", "1 per image"),
+    ("batch1-sdnet18-bn", "sdnet18 + bn", "1", "none", "0"),
+    ("batch1-sdnet18-tent", "sdnet18 + tent", "1", "BN affine parameters", "1 per image"),
+]
+MEMO = [
+    ("memo-resnet18-none", "resnet18", "1", "none", "0"),
+    ("memo-sdnet18-auto", "sdnet18, auto", "1", "none", "0"),
+    ("memo-resnet18-memo", "resnet18 + memo", "1 (32 augmented copies)", "none (reset per image)", "1 per image"),
+    (
+        "memo-sdnet18-auto-memo",
+        "sdnet18, auto + memo",
+        "1 (32 augmented copies)",
+        "none (reset per image)",
+        "1 per image",
+    ),
+]
+CALIBRATED = [
+    ("sdnet18-bn", "sdnet18 + bn (lambda 0.1)"),
+    ("sdnet18-auto-bn", "sdnet18, auto calibrated with stored statistics + bn"),
+    ("noise-sdnet18-autobn-bn", "sdnet18, auto calibrated under bn + bn"),
+]
 METHODS = [  # (report stem, label, what it costs per test image, whether it uses a batch of test images)
     ("resnet18-none", "resnet18", "1 forward", False),
     ("resnet18-bn", "resnet18 + bn", "1 forward", True),
@@ -62,7 +116,7 @@ def summary(label: str, cost: str, batches: bool, report: dict) -> dict:
         "15 corruptions": mean([a for (c, s), a in acc.items() if c in benchmark]),
         "4 noises": mean([a for (c, s), a in acc.items() if c in NOISE]),
         "4 noises, s3+s5": mean([a for (c, s), a in acc.items() if c in NOISE and s in (3, 5)]),
-        "11 other corruptions": mean([a for (c, s), a in acc.items() if c in others]),
+        OTHER: mean([a for (c, s), a in acc.items() if c in others]),
         "other, s5": mean([a for (c, s), a in acc.items() if c in others and s == 5]),
     }
 
@@ -86,12 +140,16 @@ def main(folder: Path, out: Path) -> None:
     first = ran[0][3]["meta"]
     n = first["n_examples"]
     by = {row["method"]: row for row in table.to_dict("records")}
+    reports = {label: r for label, _, _, r in ran}
 
     def get(label: str, column: str) -> float | None:
         return by.get(label, {}).get(column)
 
+    def errors(label: str, column: str) -> float:
+        return standard_error(cell_rows(reports[label], COLUMN_CELLS[column]))
+
     plot = out.with_suffix(".png")
-    groups = {"4 noises": NOISE, "11 other corruptions": OTHERS}
+    groups = {"4 noises": NOISE, OTHER: OTHERS}
     save_panel_grid(
         {
             title: [
@@ -112,13 +170,16 @@ def main(folder: Path, out: Path) -> None:
         legend_columns=3,
     )
     lines = [
-        "# Test-time adaptation (BN, TENT) beside SDNet's test-time lambda",
+        "# Test-time remedies (BN, TENT, bn-prior, MEMO) beside SDNet's test-time lambda",
         "",
         f"Shipped width-32 pair (`resnet18`, `sdnet18`), CIFAR-10 test split, CIFAR-10-C generated with seed 0 "
         f"(not the official release), **first {n:,} images of every cell**: clean, the 15 benchmark corruptions "
-        f"and speckle_noise at severities 1-5. fp32 on a 2-core CPU. Each number comes from the `sdnet eval` JSON "
-        "report beside this file (its `meta.argv` is the command; `reports/tta/run_all.sh` runs them all) and was "
-        "rendered by `reports/tta/render.py`.",
+        f"and speckle_noise at severities 1-5 (the per-image, mixed-stream and batch-1 sections: clean and the "
+        f"four noises; MEMO: fewer images, said there). fp32 on a 2-core CPU. Each number comes from the "
+        "`sdnet eval` JSON report beside this file (its `meta.argv` is the command; `reports/tta/run_all.sh`, "
+        "`reports/tta/run_remedies.sh` and `reports/tta/run_calibration.sh` run them, each resumable) and was "
+        "rendered by `reports/tta/render.py`. The issue asks for 2,000 images per cell and all 10,000 of the "
+        "noise cells; on this shared 2-core machine the runs here use the sizes stated in each section.",
         "",
         "- `bn`: every BatchNorm layer normalises with the statistics of the current test batch (Schneider et al., "
         "NeurIPS 2020; Nado et al., 2020). `tent`: as `bn`, plus one Adam step (lr 1e-3, betas 0.9/0.999) per "
@@ -126,9 +187,9 @@ def main(folder: Path, out: Path) -> None:
         "2021); predictions come from the forward that computed the loss. Batches of 200 images **of one cell**; "
         "the model is reset before every cell.",
         f"- Sampling error: a cell's accuracy on {n:,} images has a standard error of at most "
-        f"{100 * math.sqrt(0.25 / n):.1f} points. Means over many cells are steadier, but every cell holds the "
-        "same images, so their errors do not average out as if independent: read differences of a point or less "
-        "between methods as ties.",
+        f"{100 * math.sqrt(0.25 / n):.1f} points. A lead is called a tie when it is below twice the standard "
+        "error of the difference, each mean's error computed as if its cells were independent binomial counts "
+        "(every cell holds the same base images, so the true errors of a mean are somewhat larger).",
         "- `lambda 0.1` is SDNet's training lambda; `auto` is the per-input rule its calibration recommends "
         "(calibrated on corrupted *training* images with the stored BN statistics). It sees one image and keeps "
         "no state.",
@@ -155,11 +216,233 @@ def main(folder: Path, out: Path) -> None:
             "",
         ]
     streamed = {row["method"]: row["gaussian_noise s5, 10,000 images in order"] for row in stream_rows}
-    lines += ["## What the numbers say", "", *findings(get), *stream_findings(get, streamed, n), ""]
+    lines += ["## What the numbers say", "", *findings(get, errors), *stream_findings(get, streamed, n), ""]
+    lines += remedies(folder, n)
     missing = [label for label, _, _, report in found if report is None]
+    missing += [stem for stem in REMEDY_STEMS if load(folder, stem) is None]
     if missing:
         lines += [f"Not run (no report in {folder}): {', '.join(missing)}.", ""]
     out.write_text("\n".join(lines))
+
+
+COLUMN_CELLS = {  # which cells each summary column averages
+    "clean": lambda c, s: c == "clean",
+    "15 corruptions": lambda c, s: c in BENCHMARK_CORRUPTIONS,
+    "4 noises": lambda c, s: c in NOISE,
+    "4 noises, s3+s5": lambda c, s: c in NOISE and s in (3, 5),
+    OTHER: lambda c, s: c in OTHERS,
+    "other, s5": lambda c, s: c in OTHERS and s == 5,
+}
+NOISE_CELLS = COLUMN_CELLS["4 noises"]
+NOISE_S5 = lambda c, s: c in NOISE and s == 5  # noqa: E731
+REMEDY_STEMS = [stem for group in (PER_IMAGE, SAME_S, MIXED, BATCH1, MEMO) for stem, *_ in group]
+REMEDY_STEMS += [CALIBRATED[-1][0], "sweep-sdnet18-bn"]
+NOISE_S35 = COLUMN_CELLS["4 noises, s3+s5"]
+
+
+def cell_rows(report: dict, keep) -> list[dict]:  # type: ignore[no-untyped-def]
+    return [r for r in report["rows"] if r["corruption"] != "mean" and keep(r["corruption"], r["severity"])]
+
+
+def cell_mean(rows: list[dict]) -> float | None:
+    return mean([r["accuracy"] for r in rows])
+
+
+def standard_error(rows: list[dict]) -> float:
+    """Standard error (points) of a mean of cell accuracies, each cell a binomial count of its own images."""
+    variance = sum((r["accuracy"] / 100) * (1 - r["accuracy"] / 100) / r["n"] for r in rows)
+    return 100 * math.sqrt(variance) / len(rows) if rows else float("nan")
+
+
+def tie(a: float, b: float, se_a: float, se_b: float) -> bool:
+    """A difference below twice its standard error (the two means taken as independent) is a tie."""
+    return abs(a - b) < 2 * math.sqrt(se_a**2 + se_b**2)
+
+
+def ms_per_image(report: dict) -> float:
+    """The run's own timed forwards (the cells' ``seconds``) per image, in milliseconds."""
+    rows = cell_rows(report, lambda c, s: True)
+    return 1000 * sum(r["seconds"] for r in rows) / sum(r["n"] for r in rows)
+
+
+def method_rows(folder: Path, group, keep) -> list[dict]:  # type: ignore[no-untyped-def]
+    """One table row per method of ``group`` whose report exists: what it relies on, its cost, its accuracy."""
+    out = []
+    for stem, label, images, state, steps in group:
+        report = load(folder, stem)
+        if report is None:
+            continue
+        rows = cell_rows(report, keep)
+        out.append(
+            {
+                "method": label,
+                "images per decision": images,
+                "state between images": state,
+                "gradient steps": steps,
+                "ms per image (same run)": round(ms_per_image(report), 1),
+                "images": sum(r["n"] for r in rows),
+                "accuracy": cell_mean(rows),
+                "± s.e.": round(standard_error(rows), 2),
+                "_date": report["meta"]["created"][:10],
+            }
+        )
+    return out
+
+
+def table_md(rows: list[dict]) -> str:
+    return pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]).to_markdown(
+        index=False, floatfmt=".2f"
+    )
+
+
+def run_log(folder: Path) -> dict[str, str]:
+    """Report stem -> the 1-minute load average its run script logged at its start (``runs.log``)."""
+    path = folder / "runs.log"
+    found = {}
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        parts = line.split()
+        if len(parts) >= 5 and parts[1] == "start" and parts[3] == "(load:":
+            found[parts[2]] = parts[4]
+    return found
+
+
+def remedies(folder: Path, n: int) -> list[str]:
+    """The sections of issue 30: per-image remedies, the mixed stream, batch 1, MEMO, lambda under BN, the target."""
+    per_image = method_rows(folder, PER_IMAGE, NOISE_CELLS)
+    batched = method_rows(folder, BATCH_METHODS, NOISE_CELLS)
+    same = method_rows(folder, SAME_S, NOISE_CELLS)
+    mixed = method_rows(folder, MIXED, NOISE_CELLS)
+    batch1 = method_rows(folder, BATCH1, NOISE_CELLS)
+    s_images = next((load(folder, stem)["meta"]["n_examples"] for stem, *_ in MIXED + BATCH1 if load(folder, stem)), 0)
+    memo = method_rows(folder, MEMO, NOISE_S5)
+    lines = [
+        "## Per-image remedies beside batch adaptation (4 noises, severities 1-5, %)",
+        "",
+        f"First {n:,} images of each of the 20 noise cells. `bn-prior`: each image's BatchNorm statistics "
+        "N/(N+1) * stored + 1/(N+1) * its own, N = 16 (Schneider et al., NeurIPS 2020); it decides per image and "
+        "keeps nothing, so any stream order or batch size gives the same predictions (tested). `auto`'s "
+        "calibration was fitted with the stored statistics. Cost: the run's own timed forwards per image, on a "
+        "2-core CPU shared with other jobs (load differs between runs; the date of each run is in its JSON).",
+        "",
+        "### One-corruption batches of 200",
+        "",
+        table_md(per_image + batched),
+        "",
+    ]
+    tent = next((r for r in batched if r["method"] == "resnet18 + tent"), None)
+    sdnet_per_image = [r for r in per_image if r["method"].startswith("sdnet18")]
+    if tent is not None and sdnet_per_image:
+        top = max(sdnet_per_image, key=lambda r: r["accuracy"])
+        gap = tent["accuracy"] - top["accuracy"]
+        verdict = "within" if gap <= 5 else "not within"
+        lines += [
+            f"**Target (one-corruption batches):** the best per-image SDNet configuration, {top['method']} "
+            f"({top['accuracy']:.2f}%), is {gap:.2f} points behind resnet18 + tent ({tent['accuracy']:.2f}%): "
+            f"{verdict} 5 points (the distance's standard error: "
+            f"{math.sqrt(tent['± s.e.'] ** 2 + top['± s.e.'] ** 2):.2f} points). Every per-image SDNet "
+            "configuration's distance: "
+            + ", ".join(f"{r['method']} {tent['accuracy'] - r['accuracy']:.2f}" for r in sdnet_per_image)
+            + ".",
+            "",
+        ]
+    for title, rows, words in (
+        (
+            "### Mixed stream, batches of 200",
+            mixed,
+            f"All 21 cells' first {s_images:,} images (clean and the 20 noise cells) interleaved in one seeded "
+            "stream (`--stream mixed`, Niu et al., ICLR 2023): a batch mixes corruptions and severities; TENT "
+            "adapts through the whole stream. The per-image methods ran on the same images (their predictions do "
+            "not depend on the order or the batch size, which the tests prove).",
+        ),
+        (
+            "### Batch 1 (mixed stream, one image per batch)",
+            batch1,
+            "`bn` normalises each image with its own statistics alone; `tent` takes an Adam step after every image "
+            "and carries the parameters through the whole mixed stream.",
+        ),
+    ):
+        if not rows:
+            continue
+        lines += [title, "", words, "", table_md(same + rows), ""]
+        same_sdnet = [r for r in same if r["method"].startswith("sdnet18")]
+        if same_sdnet:
+            top = max(same_sdnet, key=lambda r: r["accuracy"])
+            verdicts = []
+            for r in rows:
+                gap = top["accuracy"] - r["accuracy"]
+                if tie(top["accuracy"], r["accuracy"], top["± s.e."], r["± s.e."]):
+                    said = f"tie ({gap:+.2f})"
+                else:
+                    said = f"{'ahead' if gap > 0 else 'behind'} by {abs(gap):.2f}"
+                verdicts.append(f"{r['method']} {r['accuracy']:.2f}%: {said}")
+            lines += [
+                f"The best per-image SDNet configuration here ({top['method']}, {top['accuracy']:.2f}%) against "
+                "each batch method: " + "; ".join(verdicts) + ".",
+                "",
+            ]
+    if memo:
+        count = memo[0]["images"] // 4
+        lines += [
+            "### MEMO (severity 5 of the 4 noises)",
+            "",
+            f"MEMO (Zhang, Levine, Finn, NeurIPS 2022) costs 33 forwards and a backward per image, so it ran on the "
+            f"first {count} images of each severity-5 noise cell only, beside its baselines on the same images "
+            f"(standard error up to {100 * math.sqrt(0.25 / max(count, 1)) / 2:.1f} points on the 4-cell mean). Settings: "
+            "32 AugMix-style copies (crop, flip, autocontrast, equalize, posterize, solarize, rotate, shear, "
+            "translate; none of the benchmark corruptions), one SGD step, lr 0.005, on all parameters, entropy of "
+            "the mean prediction, predict the original image, restore; BatchNorm keeps its stored statistics.",
+            "",
+            table_md(memo),
+            "",
+        ]
+    calibrated = []
+    for stem, label in CALIBRATED:
+        report = load(folder, stem)
+        if report is not None:
+            rows = cell_rows(report, NOISE_S35)
+            calibrated.append({"method": label, "accuracy": cell_mean(rows), "± s.e.": round(standard_error(rows), 2)})
+    if len(calibrated) == len(CALIBRATED):
+        lines += [
+            "### The lambda rule calibrated under BN adaptation (4 noises, severities 3 and 5, batches of 200 of one cell)",
+            "",
+            "`sdnet sweep-lambda --fit --adapt bn` fits the rule with BN adaptation in place (every lambda on "
+            "every calibration image, in batches of 200 of one group); here on clean and the four noises at "
+            "severities 3 and 5 of the training split (`reports/tta/run_calibration.sh` has the command, the "
+            "groups and the lambda grid), a smaller fit than the shipped stored-statistics calibration (nine "
+            "corruptions, severities 1-5, 400 images a group), which the other rows use. First "
+            f"{n:,} test images of each of the 8 cells.",
+            "",
+            table_md(calibrated),
+            "",
+            f"Gain of the rule calibrated under bn over the stored-statistics rule: "
+            f"{calibrated[2]['accuracy'] - calibrated[1]['accuracy']:+.2f} points; against bn at lambda 0.1: "
+            f"{calibrated[2]['accuracy'] - calibrated[0]['accuracy']:+.2f} points.",
+            "",
+        ]
+    started = run_log(folder)
+    lines += [
+        "### Runs",
+        "",
+        "Seconds: the run's timed forwards (the cells' `seconds`). Load: the machine's 1-minute load average when "
+        "the run started (2 cores shared with other jobs), from `runs.log` where the run scripts wrote it; the "
+        "runs of 2026-12-02 did not record theirs.",
+        "",
+        "| report | command | images | seconds | load at start |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for stem in [s for s, *_ in PER_IMAGE + BATCH_METHODS] + REMEDY_STEMS:
+        if stem.startswith("sweep-"):
+            continue
+        report = load(folder, stem)
+        if report is None or f"| {stem}.json |" in "\n".join(lines):
+            continue
+        rows = cell_rows(report, lambda c, s: True)
+        argv = report["meta"]["argv"].split(" eval ", 1)[-1]
+        lines.append(
+            f"| {stem}.json | `sdnet eval {argv}` | {sum(r['n'] for r in rows):,} | "
+            f"{sum(r['seconds'] for r in rows):,.0f} | {started.get(stem, '')} |"
+        )
+    return lines + [""]
 
 
 def stream_findings(get, streamed: dict[str, float], n: int) -> list[str]:  # type: ignore[no-untyped-def]
@@ -178,13 +461,24 @@ def stream_findings(get, streamed: dict[str, float], n: int) -> list[str]:  # ty
 def best(get) -> dict[str, tuple[str, float]]:  # type: ignore[no-untyped-def]
     """Per summary column, the method with the highest accuracy among those run."""
     labels = [label for _, label, _, _ in METHODS if get(label, "clean") is not None]
-    columns = ("clean", "4 noises", "11 other corruptions", "15 corruptions")
+    columns = ("clean", "4 noises", OTHER, "15 corruptions")
     return {c: max(((label, get(label, c)) for label in labels), key=lambda item: item[1]) for c in columns}
 
 
-def findings(get) -> list[str]:  # type: ignore[no-untyped-def]
-    """The sentences the issue asks for, each stated from the table's numbers."""
-    said = [f"- Best on {column}: {winner} ({value:.2f}%)." for column, (winner, value) in best(get).items()]
+def findings(get, errors) -> list[str]:  # type: ignore[no-untyped-def]
+    """The sentences the issue asks for, each stated from the table's numbers; ``errors(label, column)`` is the
+    standard error of that mean (``standard_error``), so a lead within the sampling error is called a tie."""
+    said = []
+    for column, (winner, value) in best(get).items():
+        tied = [
+            label
+            for _, label, _, _ in METHODS
+            if label != winner
+            and get(label, column) is not None
+            and tie(value, get(label, column), errors(winner, column), errors(label, column))
+        ]
+        ties = f"; tied within the sampling error with {', '.join(tied)}" if tied else ""
+        said.append(f"- Best on {column}: {winner} ({value:.2f}%{ties}).")
     r_bn, s_auto = get("resnet18 + bn", "4 noises"), get("sdnet18, auto", "4 noises")
     if r_bn is not None and s_auto is not None:
         verdict = "beats" if r_bn > s_auto else "does not beat"
@@ -193,11 +487,11 @@ def findings(get) -> list[str]:  # type: ignore[no-untyped-def]
             f"rule `auto` ({s_auto:.2f}%; SDNet at its training lambda: {get('sdnet18, lambda 0.1', '4 noises'):.2f}%, "
             f"the plain ResNet: {get('resnet18', '4 noises'):.2f}%)."
         )
-    r_other, r_other_bn = get("resnet18", "11 other corruptions"), get("resnet18 + bn", "11 other corruptions")
-    s_other_auto = get("sdnet18, auto", "11 other corruptions")
+    r_other, r_other_bn = get("resnet18", OTHER), get("resnet18 + bn", OTHER)
+    s_other_auto = get("sdnet18, auto", OTHER)
     if r_other is not None and r_other_bn is not None and s_other_auto is not None:
         said.append(
-            f"- On the 11 other corruptions, where no lambda rule gains anything, BN adaptation moves the ResNet "
+            f"- On the {OTHER}, where no lambda rule gains anything, BN adaptation moves the ResNet "
             f"from {r_other:.2f}% to {r_other_bn:.2f}% (SDNet `auto`: {s_other_auto:.2f}%)."
         )
     s_bn, s_auto_bn = get("sdnet18 + bn", "4 noises"), get("sdnet18, auto + bn", "4 noises")
@@ -206,8 +500,8 @@ def findings(get) -> list[str]:  # type: ignore[no-untyped-def]
         said.append(
             f"- On SDNet, lambda and BN adaptation {adds} on the noises: `auto + bn` {s_auto_bn:.2f}% vs `bn` at "
             f"lambda 0.1 {s_bn:.2f}%. The `auto` rule was calibrated with the stored BN statistics and raises lambda "
-            "for noisy inputs, which no longer helps once BN adapts; a rule calibrated under BN adaptation (not "
-            "yet an option of `sdnet sweep-lambda --fit`) is the natural next thing to try."
+            "for noisy inputs, which no longer helps once BN adapts; the rule calibrated under BN adaptation "
+            "(`sdnet sweep-lambda --fit --adapt bn`) is measured below."
         )
     clean = [
         (label, get(label, "clean")) for label in ("resnet18", "resnet18 + bn", "sdnet18, lambda 0.1", "sdnet18 + bn")

@@ -1,9 +1,10 @@
-"""Test-time adaptation of a model's BatchNorm layers: BN adaptation and TENT.
+"""Test-time adaptation of a model's BatchNorm layers: BN adaptation, TENT, and the per-image prior mix.
 
-Both see a batch of test images of ONE cell (one corruption at one severity) at a time, which the
-per-input lambda rules never do (they see one image): every row they produce says so. Both work on
-any model with BatchNorm layers, lambda policies included (``Classifier.using`` is untouched), and
-put the model back exactly as it was when the cell ends, so results do not depend on cell order.
+BN adaptation and TENT see a batch of test images of ONE cell (one corruption at one severity) at a
+time, which the per-input lambda rules never do (they see one image): every row they produce says so.
+``BatchNormPrior`` decides per image, as the lambda rules do. All work on any model with BatchNorm
+layers, lambda policies included (``Classifier.using`` is untouched), and put the model back exactly
+as it was when the cell ends, so results do not depend on cell order.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, cast
 
 import torch
@@ -101,8 +103,15 @@ class BatchNormAdaptation:
         }
 
     def columns(self) -> dict[str, Any]:
-        """What every row adapted this way relies on."""
-        return {"adapt": self.name, "uses_test_batches": True, "adapt_batch_size": self.batch_size}
+        """What every row adapted this way relies on: the method, whether it needs a batch of test images,
+        the batch size, the test images behind each prediction and the gradient steps per batch."""
+        return {
+            "adapt": self.name,
+            "uses_test_batches": True,
+            "adapt_batch_size": self.batch_size,
+            "images_per_decision": self.batch_size,
+            "gradient_steps": 0,
+        }
 
 
 @dataclass(frozen=True)
@@ -152,4 +161,102 @@ class Tent(BatchNormAdaptation):
             "parameters": "BatchNorm affine (weight, bias)",
             "reset": "every cell starts from the original parameters and a fresh optimiser",
             "cost_per_image": {"forwards": 1, "backwards": 1},
+        }
+
+    def columns(self) -> dict[str, Any]:
+        return {**super().columns(), "gradient_steps": 1}
+
+
+DEFAULT_PRIOR_STRENGTH = 16.0
+"""Prior strength N of ``bn-prior``: the value Schneider et al. (NeurIPS 2020) recommend when adapting to a
+single image (n = 1), and the one MEMO (Zhang et al., NeurIPS 2022) uses for its single-image BN baseline."""
+MAX_PRIOR_STRENGTH = 1e6
+"""Beyond this the stored statistics alone decide (the image's weight is below 1e-6)."""
+
+
+def check_prior_strength(value: float) -> float:
+    """N >= 0 and finite: 0 normalises with the image's own statistics, large N with the stored ones."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_PRIOR_STRENGTH:
+        raise UsageError(
+            f"prior_strength must be a number from 0 to {MAX_PRIOR_STRENGTH:g}, got {value!r}",
+            parameter="prior_strength",
+        )
+    return float(value)
+
+
+def prior_mixed_batchnorm(layer: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, weight: float) -> torch.Tensor:
+    """``layer`` applied to every sample of ``x`` with its own statistics: mean and variance =
+    ``weight`` * stored + (1 - ``weight``) * that sample's (over its spatial positions; biased variance).
+    Per sample, so a batch of B gives what B batches of one give."""
+    dims = tuple(range(2, x.ndim))
+    shape = (*x.shape[:2], *([1] * len(dims)))
+    xf = x.float()
+    if dims:
+        var, mean = torch.var_mean(xf, dim=dims, correction=0)
+    else:  # (B, C): one value per channel, no spread
+        mean, var = xf, torch.zeros_like(xf)
+    assert layer.running_mean is not None and layer.running_var is not None
+    mixed_mean = weight * layer.running_mean.float() + (1.0 - weight) * mean
+    mixed_var = weight * layer.running_var.float() + (1.0 - weight) * var
+    y = (xf - mixed_mean.view(shape)) * torch.rsqrt(mixed_var.view(shape) + layer.eps)
+    if layer.weight is not None:
+        y = y * layer.weight.view(1, -1, *([1] * len(dims)))
+    if layer.bias is not None:
+        y = y + layer.bias.view(1, -1, *([1] * len(dims)))
+    return y.to(x.dtype)
+
+
+@dataclass(frozen=True)
+class BatchNormPrior(BatchNormAdaptation):
+    """BN adaptation to ONE image with a prior (Schneider et al., NeurIPS 2020, "Improving robustness against
+    common corruptions by covariate shift adaptation"): each BatchNorm layer normalises each image with
+    mean and variance N/(N+1) * stored + 1/(N+1) * that image's own (n = 1 of their
+    N/(N+n), n/(N+n) mix), N = ``prior_strength``. No state between images and nothing learnt: batching
+    only sets throughput (``batch_size`` images are computed together, each with its own statistics)."""
+
+    prior_strength: float = DEFAULT_PRIOR_STRENGTH
+    name = "bn-prior"
+    stateful = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prior_strength", check_prior_strength(self.prior_strength))
+
+    @contextmanager
+    def cell(self, model: nn.Module) -> Iterator[nn.Module]:
+        self.check(model)
+        layers = batchnorm_layers(model)
+        missing = [m for m in layers if m.running_mean is None or m.running_var is None]
+        if missing:
+            raise UsageError(
+                f"adapt={self.name!r} mixes the stored BatchNorm statistics with the image's, and this model has "
+                "BatchNorm layers without stored statistics",
+                parameter="adapt",
+            )
+        weight = self.prior_strength / (self.prior_strength + 1.0)
+        for m in layers:  # an instance attribute shadows the class's forward until deleted
+            m.forward = partial(prior_mixed_batchnorm, m, weight=weight)  # type: ignore[method-assign]
+        try:
+            yield model
+        finally:
+            for m in layers:
+                del m.forward
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "method": self.name,
+            "batch_size": self.batch_size,
+            "prior_strength": self.prior_strength,
+            "statistics": "per image: N/(N+1) * stored + 1/(N+1) * the image's own (biased variance)",
+            "reset": "nothing is kept between images",
+            "cost_per_image": {"forwards": 1, "backwards": 0},
+        }
+
+    def columns(self) -> dict[str, Any]:
+        return {
+            "adapt": self.name,
+            "uses_test_batches": False,
+            "adapt_batch_size": self.batch_size,
+            "images_per_decision": 1,
+            "gradient_steps": 0,
+            "prior_strength": self.prior_strength,
         }

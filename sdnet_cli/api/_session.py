@@ -1,9 +1,9 @@
-"""What every API function opens first: checked common parameters, the runtime, the model, cells and meta.
+"""What every API function opens first: the runtime, the model, cells and meta, from the caller's records.
 
-``Session.open`` turns the parameters each job shares (model, device, precision, seed, data folders,
-n_examples, batch size, compile, distributed or not) into a runtime and a prepared classifier, once, in
-one order: numbers first, then the torchrun rule, then the device, then the model. Its helpers give
-the jobs their validated and prepared cells, progress totals and report meta.
+``Session.open`` turns the records each job takes (``ModelSpec``, ``DataSpec``, ``RunSpec``; their values
+checked when they were made) into a runtime and a prepared classifier, once, in one order: the torchrun
+rule, then the device, then the model. Its helpers give the jobs their validated and prepared cells,
+progress totals and report meta.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..errors import UsageError
 from ..report import base_meta
+from ..specs import DataSpec, LoadedModel, ModelSpec, Normalize, RunSpec
 
 if TYPE_CHECKING:
     from torch import nn
@@ -44,33 +44,6 @@ class Silent:
         pass
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model loaded once (``api.load_model``) and passed as ``model=`` to any API function."""
-
-    classifier: Classifier
-    info: ModelInfo
-
-    @property
-    def name(self) -> str:
-        return self.info.name
-
-
-ModelArg = Union[str, LoadedModel, "nn.Module"]
-"""``model=``: a name (architecture or shipped checkpoint), a ``LoadedModel``, or any ``torch.nn.Module``
-mapping images in [0, 1], (N, 3, H, W), to logits."""
-
-
-def at_least_one(value: int | None, parameter: str) -> None:
-    if value is not None and value < 1:
-        raise UsageError(f"{parameter} must be >= 1, got {value}", parameter=parameter)
-
-
-def check_seed(seed: int) -> None:
-    if not 0 <= seed < 2**32:
-        raise UsageError(f"seed must be in 0 .. 2**32-1, got {seed}", parameter="seed")
-
-
 def strings(values: str | int | Sequence[str | int]) -> list[str]:
     return [str(values)] if isinstance(values, (str, int)) else [str(v) for v in values]
 
@@ -96,33 +69,25 @@ def state_dict_sha256(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def load_named(
-    model: str,
-    checkpoint: Path | None,
-    dataset: str,
-    weights_dir: Path | None,
-    n_steps: int | None = None,
-    threat: str = "corruptions",
-    model_dir: Path | None = None,
-) -> LoadedModel:
+def load_named(spec: ModelSpec, name: str, dataset: str) -> LoadedModel:
     """The model the user named; the dataset and checkpoint path are checked first, so a typo is reported
-    as itself, not as a missing checkpoint. ``n_steps`` overrides the checkpoint's FISTA step count;
-    ``threat`` and ``model_dir`` locate a ``robustbench:<name>`` model (see ``models.zoo``)."""
+    as itself, not as a missing checkpoint."""
     from ..data.datasets import dataset_spec
     from ..models import load_model
 
     dataset_spec(dataset)
-    if checkpoint is not None and Path(checkpoint).is_dir():
+    checkpoint = spec.checkpoint
+    if checkpoint is not None and checkpoint.is_dir():
         raise UsageError(f"checkpoint {checkpoint} is a directory; give the checkpoint file", parameter="checkpoint")
-    path = Path(checkpoint) if checkpoint is not None else None
     return LoadedModel(
-        *load_model(model, path, dataset, weights_dir, n_steps=n_steps, threat=threat, model_dir=model_dir)
-    )
+        *load_model(
+            name, checkpoint, dataset, spec.weights_dir, n_steps=spec.n_steps, threat=spec.threat,
+            model_dir=spec.model_dir,
+        )
+    )  # fmt: skip
 
 
-def wrap_module(
-    module: nn.Module, dataset: str, normalize: tuple[Sequence[float], Sequence[float]] | None
-) -> LoadedModel:
+def wrap_module(module: nn.Module, dataset: str, normalize: Normalize | None) -> LoadedModel:
     """A user's module as a ``Classifier`` (normalising first when ``normalize=(mean, std)`` is given) and
     a ``ModelInfo`` naming its class and the sha256 of its state dict, so reports say what was evaluated."""
     from ..data.datasets import dataset_spec
@@ -150,76 +115,27 @@ def wrap_module(
     return LoadedModel(classifier, info)
 
 
-def resolve_model(
-    model: ModelArg,
-    *,
-    checkpoint: Path | None = None,
-    dataset: str | None = None,
-    weights_dir: Path | None = None,
-    n_steps: int | None = None,
-    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
-    threat: str = "corruptions",
-    model_dir: Path | None = None,
-) -> LoadedModel:
-    """``model=`` as a ``LoadedModel``. ``checkpoint``, ``weights_dir``, ``n_steps``, ``threat`` and
-    ``model_dir`` say how to load a name; ``normalize`` how to wrap a module; ``dataset`` defaults to a
-    loaded model's own, else cifar10."""
+def resolve_model(spec: ModelSpec, dataset: str | None = None) -> LoadedModel:
+    """``spec``'s model as a ``LoadedModel``: a name loaded for ``dataset``, a module wrapped; ``dataset``
+    defaults to a loaded model's own, else cifar10."""
     from torch import nn
 
+    model = spec.model
     if isinstance(model, str):
-        if normalize is not None:
-            raise UsageError("normalize applies to a torch.nn.Module; a named model has its own", parameter="normalize")
-        return load_named(model, checkpoint, dataset or "cifar10", weights_dir, n_steps, threat, model_dir)
-    named_only = (
-        (checkpoint, "checkpoint"),
-        (weights_dir, "weights_dir"),
-        (n_steps, "n_steps"),
-        (model_dir, "model_dir"),
-    )
-    for value, parameter in named_only:
-        if value is not None:
-            raise UsageError(f"{parameter} applies to a model name, not to a model object", parameter=parameter)
+        return load_named(spec, model, dataset or "cifar10")
     if isinstance(model, LoadedModel):
-        if dataset not in (None, model.info.dataset) or normalize is not None:
+        if dataset not in (None, model.info.dataset) or spec.normalize is not None:
             raise UsageError(
                 f"{model.name} was loaded for {model.info.dataset}; dataset and normalize come with it",
-                parameter="dataset" if normalize is None else "normalize",
+                parameter="dataset" if spec.normalize is None else "normalize",
             )
         return model
     if isinstance(model, nn.Module):
-        return wrap_module(model, dataset or "cifar10", normalize)
+        return wrap_module(model, dataset or "cifar10", spec.normalize)
     raise UsageError(
         f"model must be a name, api.load_model(...) or a torch.nn.Module, got {type(model).__name__}",
         parameter="model",
     )
-
-
-SHARED = (
-    "model",
-    "checkpoint",
-    "dataset",
-    "weights_dir",
-    "n_steps",
-    "normalize",
-    "threat",
-    "model_dir",
-    "device",
-    "precision",
-    "seed",
-    "n_examples",
-    "batch_size",
-    "compile",
-    "data_dir",
-    "cache_dir",
-    "cifar_c_dir",
-    "progress",
-)
-"""The parameters every API function names alike and hands to ``Session.open`` unchanged."""
-
-
-def shared(parameters: dict[str, Any]) -> dict[str, Any]:
-    """The ``SHARED`` parameters among an API function's own (its ``locals()`` on entry)."""
-    return {name: parameters[name] for name in SHARED if name in parameters}
 
 
 @dataclass
@@ -230,61 +146,46 @@ class Session:
     runtime: Runtime
     model: LoadedModel
     dataset: str
-    seed: int
     batch_size: int
-    n_examples: int | None
+    data: DataSpec
     distributed: bool
     progress: Progress
-    folders: dict[str, Path | None] = field(default_factory=dict)
+
+    @property
+    def seed(self) -> int:
+        return self.data.seed
+
+    @property
+    def n_examples(self) -> int | None:
+        return self.data.n_examples
 
     @classmethod
     def open(
         cls,
         command: str,
         *,
-        model: ModelArg,
-        checkpoint: Path | None = None,
-        dataset: str | None = None,
-        weights_dir: Path | None = None,
-        n_steps: int | None = None,
-        normalize: tuple[Sequence[float], Sequence[float]] | None = None,
-        threat: str = "corruptions",
-        model_dir: Path | None = None,
-        device: str = "auto",
-        precision: str = "fp32",
-        seed: int = 0,
-        n_examples: int | None = None,
-        batch_size: int | None = None,
-        default_batch_size: int | None = None,
-        compile: bool = False,
-        distributed: bool = False,
-        data_dir: Path | None = None,
-        cache_dir: Path | None = None,
-        cifar_c_dir: Path | None = None,
+        model: ModelSpec,
+        data: DataSpec,
+        run: RunSpec,
         progress: Progress | None = None,
+        default_batch_size: int | None = None,
+        distributed: bool = False,
     ) -> Session:
-        """Check the numbers, refuse torchrun unless the job splits its work (``distributed``), create the
-        runtime (``batch_size`` defaults to ``default_batch_size``, else the runtime's), load and prepare the model."""
+        """Refuse torchrun unless the job splits its work (``distributed``), create the runtime (the batch
+        size defaults to ``default_batch_size``, else the runtime's), load and prepare the model. The records
+        checked their own values when they were made."""
         from .. import distributed as dist
+        from ..forecast import Forecasting
         from ..runtime import Runtime
 
-        at_least_one(n_examples, "n_examples")
-        at_least_one(batch_size, "batch_size")
-        check_seed(seed)
         if not distributed:
             single_process(command)
-        runtime = Runtime.create(dist.init(device) if distributed else device, precision, compile)
-        loaded = resolve_model(
-            model, checkpoint=checkpoint, dataset=dataset, weights_dir=weights_dir, n_steps=n_steps,
-            normalize=normalize, threat=threat, model_dir=model_dir,
-        )  # fmt: skip
+        runtime = Runtime.create(dist.init(run.device) if distributed else run.device, run.precision, run.compile)
+        loaded = resolve_model(model, data.dataset)
         runtime.prepare(loaded.classifier)
-        size = batch_size or default_batch_size or runtime.eval_batch_size
-        folders = {"data_dir": data_dir, "cache_dir": cache_dir, "cifar_c_dir": cifar_c_dir}
-        return cls(
-            command, runtime, loaded, loaded.info.dataset, seed, size, n_examples, distributed, progress or Silent(),
-            folders,
-        )  # fmt: skip
+        size = run.batch_size or default_batch_size or runtime.eval_batch_size
+        told = Silent() if progress is None else Forecasting(progress, str(runtime.device), data.n_examples is None)
+        return cls(command, runtime, loaded, loaded.info.dataset, size, data, distributed, told)
 
     @property
     def classifier(self) -> Classifier:
@@ -305,11 +206,11 @@ class Session:
         the corrupted images the cache lacks generated (once, cached)."""
         from ..data.cells import CellSource
 
-        folders = self.folders
+        data = self.data
         source = CellSource(
-            folders["data_dir"],
-            folders["cifar_c_dir"],
-            folders["cache_dir"],
+            data.data_dir,
+            data.cifar_c_dir,
+            data.cache_dir,
             seed=self.seed,
             n_examples=self.n_examples,
             dataset=self.dataset,

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Interrupted, UsageError
 from ..report import Report, check_stem
-from ._session import ModelArg, Progress, Session, at_least_one, shared
+from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec, at_least_one, gradient_precision, unused
+from ._session import Progress, Session
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..attacks import AttackConfig
+    from ..adapt import Adapt
+    from ..attacks import AttackConfig, Norm
     from ..models import LambdaPolicy
 
 PROTOCOL = (
@@ -28,54 +30,47 @@ PROTOCOL = (
 
 def attack(
     *,
-    model: ModelArg = "sdnet18",
-    checkpoint: Path | None = None,
-    dataset: str | None = None,
-    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    model: ModelSpec | ModelArg = "sdnet18",
+    data: DataSpec = DataSpec(),
+    run: RunSpec = RunSpec(),
     attack: str = "autoattack",
-    norm: str = "Linf",
+    norm: Norm = "Linf",
     eps: str | float | Sequence[str | float] = ("8/255",),
     steps: int | None = None,
     restarts: int | None = None,
     version: str = "standard",
     lam: float | str | None = None,
     calibration: Path | None = None,
-    n_examples: int | None = None,
-    batch_size: int | None = None,
     pool_batches: int | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    seed: int = 0,
-    data_dir: Path | None = None,
-    weights_dir: Path | None = None,
     name: str | None = None,
     state_dir: Path | None = None,
     resume: bool = False,
     save_adversarials: Path | None = None,
-    n_steps: int | None = None,
-    adapt: str = "none",
-    threat: str = "corruptions",
-    model_dir: Path | None = None,
+    adapt: Adapt = "none",
     progress: Progress | None = None,
 ) -> Report:
     """Robust accuracy of the deployed model (lambda policy included) under one attack or standard
-    AutoAttack, on the first ``n_examples`` test images, at every ``eps``.
+    AutoAttack, on the first ``data.n_examples`` test images, at every ``eps``.
 
-    ``model``: a name, ``load_model(...)``'s result, or any ``torch.nn.Module`` mapping [0, 1] images to
-    logits (``normalize=(mean, std)`` normalises its input first). ``batch_size``: images per attacked batch
-    (default ``attacks.config.BATCH_SIZE``). ``pool_batches``: the images are attacked in pools of this many
+    ``model``: a name, ``load_model(...)``'s result, any ``torch.nn.Module`` mapping [0, 1] images to
+    logits, or a ``ModelSpec`` saying more (checkpoint, n_steps, a module's normalisation...). ``data``: the
+    dataset, its folder, the seed and how many images (clean test images: no corruption folders).
+    ``run.batch_size``: images per attacked batch (default ``attacks.config.BATCH_SIZE``); ``run.compile``
+    is refused (attacks take gradients). ``pool_batches``: the images are attacked in pools of this many
     batches: before each attack the points still standing in a pool are gathered into full batches; results
-    depend on it as on ``batch_size``. ``state_dir``: finished pools are saved to ``<state_dir>/<name>.state.json``,
+    depend on it as on the batch size. ``state_dir``: finished pools are saved to ``<state_dir>/<name>.state.json``,
     so an interrupted run continues with ``resume`` (the file is removed once the run completes); ``name`` is
     the report's file stem (default ``attack-<model>-<attack>``). ``save_adversarials``: an ``.npz`` of the
-    examples. ``n_steps``: FISTA steps of the CSC layers, overriding the checkpoint's. ``threat``/``model_dir``:
-    for ``model="robustbench:<name>"``. ``adapt`` other than ``none`` is refused (see ``_check_attackable``).
+    examples. ``adapt`` other than ``none`` is refused (see ``_check_attackable``).
     """
     from ..lam import resolve_policy
 
     _check_attackable(lam, adapt, save_adversarials)
     config = attack_config(attack, norm, eps, steps, restarts, version)
-    job = AttackJob.open("attack", config, pool_batches, distributed=True, **shared(locals()))
+    job = AttackJob.open(
+        "attack", config, pool_batches, model=ModelSpec.of(model), data=data, run=run, progress=progress,
+        distributed=True,
+    )  # fmt: skip
     classifier, info = job.session.classifier, job.session.info
     policy = resolve_policy(lam, classifier, info, calibration)
     stem = check_stem(name or f"attack-{info.name}-{config.attack}")
@@ -95,30 +90,21 @@ def attack(
 
 def attack_vs_lambda(
     *,
-    model: ModelArg = "sdnet18",
-    checkpoint: Path | None = None,
-    dataset: str | None = None,
-    normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+    model: ModelSpec | ModelArg = "sdnet18",
+    data: DataSpec = DataSpec(),
+    run: RunSpec = RunSpec(),
     lams: str | Sequence[float] = "0.1:1.0:0.1",
     attack: str = "pgd",
-    norm: str = "Linf",
+    norm: Norm = "Linf",
     eps: str | float | Sequence[str | float] = ("1/255",),
     steps: int | None = None,
     restarts: int | None = None,
     version: str = "standard",
-    baseline_model: ModelArg | None = None,
-    n_examples: int | None = None,
-    batch_size: int | None = None,
+    baseline_model: ModelSpec | ModelArg | None = None,
     pool_batches: int | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    seed: int = 0,
-    data_dir: Path | None = None,
-    weights_dir: Path | None = None,
     name: str | None = None,
     state_dir: Path | None = None,
     resume: bool = False,
-    n_steps: int | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Clean and robust accuracy for every test lambda of ``lams``, each attacked as deployed at that lambda.
@@ -127,17 +113,18 @@ def attack_vs_lambda(
     al., NeurIPS 2022); this measures it under an adaptive attack. Every lambda is a separate run of
     ``attack`` (same images, seed and batches as ``attack(lam=...)``, so each point equals that call), with
     its own gradient-masking diagnostics in the rows and meta. ``baseline_model`` adds that model's rows
-    (lam: its own) as a reference; the report's extra is the accuracy-vs-lambda plot. ``n_steps``: FISTA
-    steps of ``model``'s CSC layers, overriding its checkpoint's (not applied to ``baseline_model``).
+    (lam: its own) as a reference; a name is looked up where ``model`` is (``_baseline_spec``). The report's
+    extra is the accuracy-vs-lambda plot.
     """
     from ..lam import lambda_grid
     from ..sweep_report import render_attack_sweep, save_attack_sweep_plot
 
     grid = lambda_grid(lams)
     config = attack_config(attack, norm, eps, steps, restarts, version)
-    job = AttackJob.open("sweep-lambda-attack", config, pool_batches, **shared(locals()))
+    spec = ModelSpec.of(model)
+    job = AttackJob.open("sweep-lambda-attack", config, pool_batches, model=spec, data=data, run=run, progress=progress)
     job.session.require_lambda()
-    reference = job.reference(baseline_model, shared(locals())) if baseline_model is not None else None
+    reference = job.reference(_baseline_spec(baseline_model, spec), run) if baseline_model is not None else None
     info = job.session.info
     stem = check_stem(name or f"sweep-lambda-{info.name}-{config.attack}")
     runs = len(grid) + (reference is not None)
@@ -187,7 +174,20 @@ def _sweep_points(
     return rows, diagnostics, results.settings
 
 
-def _check_attackable(lam: float | str | None, adapt: str, save_adversarials: Path | None) -> None:
+def _baseline_spec(baseline: ModelSpec | ModelArg, spec: ModelSpec) -> ModelSpec:
+    """A baseline given by name is looked up where the swept model is: the same shipped-weights folder, and
+    for two ``robustbench:`` models the same leaderboard and folder. Other baselines say for themselves."""
+    from ..models.zoo import ROBUSTBENCH
+
+    if not isinstance(baseline, str):
+        return ModelSpec.of(baseline)
+    zoo = baseline.startswith(ROBUSTBENCH) and isinstance(spec.model, str) and spec.model.startswith(ROBUSTBENCH)
+    if zoo:
+        return ModelSpec(baseline, weights_dir=spec.weights_dir, threat=spec.threat, model_dir=spec.model_dir)
+    return ModelSpec(baseline, weights_dir=spec.weights_dir)
+
+
+def _check_attackable(lam: float | str | None, adapt: Adapt, save_adversarials: Path | None) -> None:
     """Only a deployed pipeline is attacked: no label-picked lambda, no test-time adaptation (the attack would
     have to differentiate through the adaptation of a whole batch; out of scope)."""
     from ..lam import ORACLE
@@ -209,7 +209,7 @@ def _check_attackable(lam: float | str | None, adapt: str, save_adversarials: Pa
 
 def attack_config(
     attack: str,
-    norm: str,
+    norm: Norm,
     eps: str | float | Sequence[str | float],
     steps: int | None,
     restarts: int | None,
@@ -234,25 +234,43 @@ class AttackJob:
 
     @classmethod
     def open(
-        cls, command: str, config: AttackConfig, pool_batches: int | None, distributed: bool = False, **common: Any
+        cls,
+        command: str,
+        config: AttackConfig,
+        pool_batches: int | None,
+        *,
+        model: ModelSpec,
+        data: DataSpec,
+        run: RunSpec,
+        progress: Progress | None,
+        distributed: bool = False,
     ) -> AttackJob:
-        """``common``: ``Session.open``'s parameters; the batch size defaults to the attacks' own."""
+        """The session of ``model`` on the first ``data.n_examples`` clean test images; the batch size
+        defaults to the attacks' own."""
         from ..attacks.config import BATCH_SIZE, POOL_BATCHES
         from ..data.datasets import dataset_spec
-        from ..runtime import gradient_precision
 
-        gradient_precision(common.get("precision", "fp32"), "an attack")
+        why = "attacks run on clean test images"
+        unused(data, ("cache_dir", "cifar_c_dir"), command, why)
+        unused(run, ("compile",), command, "attacks take gradients through the eager model")
+        gradient_precision(run.precision, "an attack")
         pool_batches = POOL_BATCHES if pool_batches is None else pool_batches
         at_least_one(pool_batches, "pool_batches")
-        session = Session.open(command, default_batch_size=BATCH_SIZE, distributed=distributed, **common)
-        images, labels = dataset_spec(session.dataset).load(session.folders["data_dir"], "test")
-        n = session.n_examples
+        session = Session.open(
+            command, model=model, data=data, run=run, progress=progress, default_batch_size=BATCH_SIZE,
+            distributed=distributed,
+        )  # fmt: skip
+        images, labels = dataset_spec(session.dataset).load(data.data_dir, "test")
+        n = data.n_examples
         return cls(session, config, images[:n], labels[:n], pool_batches)
 
-    def reference(self, model: ModelArg, common: dict[str, Any]) -> AttackJob:
+    def reference(self, model: ModelSpec, run: RunSpec) -> AttackJob:
         """The same attack on the same images against another model (its own lambda, its own checkpoint)."""
-        own = {"model": model, "checkpoint": None, "n_steps": None, "normalize": None, "dataset": self.session.dataset}
-        return AttackJob.open(self.session.command, self.config, self.pool_batches, **{**common, **own})
+        session = self.session
+        data = replace(session.data, dataset=session.dataset)
+        return AttackJob.open(
+            session.command, self.config, self.pool_batches, model=model, data=data, run=run, progress=session.progress
+        )
 
     def work_units(self) -> int:
         return self.config.work_units(len(self.images), self.session.batch_size, self.pool_batches)
@@ -276,11 +294,22 @@ class AttackJob:
                 session.classifier, self.images, self.labels, self.config, seed=session.seed,
                 runtime=session.runtime, batch_size=session.batch_size, pool_batches=self.pool_batches,
                 progress=advance, state_path=state_path, resume=resume, keep_adv=keep_adv, fingerprint=fingerprint,
-                note=session.progress.note,
+                estimate=self._say_estimate,
             )  # fmt: skip
         if state_path is not None:
             remove_state(state_path)
         return results, results.rows(session.base(lam=lambda_label(session.classifier)))
+
+    def _say_estimate(self, seconds: float) -> None:
+        """The probe's prediction as one line before the attack (with the smaller-n hint when n was not given)."""
+        from ..attacks.registry import AUTOATTACK
+        from ..forecast import forecast, where
+
+        config, session = self.config, self.session
+        what = f"{config.version} AutoAttack" if config.attack == AUTOATTACK else config.attack
+        what += " at eps " + ", ".join(e.text for e in config.eps)
+        device = str(session.runtime.device)
+        session.progress.note(forecast(what, len(self.images), seconds, where(device), session.n_examples is None))
 
     @contextmanager
     def _saved_pools(self, state_path: Path | None) -> Iterator[None]:

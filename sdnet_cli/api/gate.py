@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..report import Report, base_meta, check_stem
+from ..specs import DataSpec, RunSpec, unused
 from ._session import Progress, Silent, single_process
 
 if TYPE_CHECKING:
@@ -19,10 +20,8 @@ def check(
     suite: Path | None = None,
     update: bool = False,
     tolerance: float | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    data_dir: Path | None = None,
-    cache_dir: Path | None = None,
+    data: DataSpec = DataSpec(),
+    run: RunSpec = RunSpec(),
     weights_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> Report:
@@ -30,21 +29,27 @@ def check(
 
     Returns the comparison (``meta["passed"]`` is False on a regression or a metric no longer
     measured). With ``update`` the returned report holds the new baseline's rows instead, to be
-    written over ``baseline``. The suite comes from ``suite``, else the baseline's own, else the default.
+    written over ``baseline``. The suite comes from ``suite``, else the baseline's own, else the default;
+    it names the models, dataset, seed and images, so ``data`` gives only the folders (``data_dir``,
+    ``cache_dir``) and ``run`` the device and precision; ``weights_dir`` is where shipped checkpoints are.
     """
     from ..check import compare_with_baseline, read_baseline, run_suite, verdict
+    from ..forecast import Forecasting
     from ..runtime import Runtime
     from ..schemas import check_tolerance
 
     single_process("check")
+    why = "the suite says what to run"
+    unused(data, ("dataset", "cifar_c_dir", "seed", "n_examples"), "check", why)
+    unused(run, ("batch_size", "compile"), "check", why)
     baseline = Path(baseline)
     if tolerance is not None:
         check_tolerance(tolerance)
     stored = read_baseline(baseline) if not update or baseline.is_file() else None
     chosen = _suite(suite, stored, tolerance)
-    runtime = Runtime.create(device, precision)
-    advance = (progress or Silent()).task("checking", chosen.work_units())
-    rows = run_suite(chosen, runtime, data_dir, cache_dir, advance, weights_dir)
+    runtime = Runtime.create(run.device, run.precision)
+    advance = Forecasting(progress or Silent(), str(runtime.device), hint=False).task("checking", chosen.work_units())
+    rows = run_suite(chosen, runtime, data.data_dir, data.cache_dir, advance, weights_dir)
     if update:
         meta = base_meta("check", chosen.seed, suite=chosen.as_meta(), **runtime.describe())
         return Report(rows, meta, name=baseline.stem, title="sdnet check baseline")

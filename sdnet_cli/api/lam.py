@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..report import Report
-from ._session import ModelArg, Progress, Session, shared, strings
+from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec
+from ._session import Progress, Session, strings
 
 if TYPE_CHECKING:
     import numpy as np
 
+    from ..adapt import Adaptation
     from ..lam import Calibration
     from ..sweep_plan import SweepPlan
 
@@ -21,9 +23,9 @@ Training = tuple["np.ndarray", "np.ndarray"]
 
 def sweep_lambda(
     *,
-    model: ModelArg = "sdnet18",
-    checkpoint: Path | None = None,
-    dataset: str | None = None,
+    model: ModelSpec | ModelArg = "sdnet18",
+    data: DataSpec = DataSpec(),
+    run: RunSpec = RunSpec(),
     corruptions: str | Sequence[str] = ("gaussian_noise",),
     severities: str | int | Sequence[str | int] = ("all",),
     lams: str | Sequence[float] = "0.1:1.4:0.1",
@@ -32,17 +34,7 @@ def sweep_lambda(
     fit_n: int = 1000,
     calibration_out: Path | None = None,
     sweep_span: float = 0.2,
-    cifar_c_dir: Path | None = None,
-    n_examples: int | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    seed: int = 0,
-    data_dir: Path | None = None,
-    cache_dir: Path | None = None,
-    weights_dir: Path | None = None,
-    n_steps: int | None = None,
-    compile: bool = False,
+    adapt: str = "none",
     progress: Progress | None = None,
 ) -> Report:
     """Accuracy and the stem's mean reconstruction error for every test lambda on every cell.
@@ -52,13 +44,18 @@ def sweep_lambda(
     groups) and write the calibration beside the checkpoint (or ``calibration_out``).
     ``sweep_span``: the largest lambda gap across which the sweep infers a prediction instead of running it
     (``SweepPlan``; 0 runs every pair); the meta's ``sweep`` says how many pairs ran and the measured agreement.
-    The report's extras are the accuracy-vs-lambda and best-lambda-vs-error plots. ``n_steps``: FISTA steps
-    of the CSC layers, overriding the checkpoint's. ``compile``: inference through ``torch.compile``.
+    ``adapt`` (``none``, ``bn`` or ``bn-prior``): the test-time adaptation every forward of the sweep and the
+    calibration runs under (``sweep.sweep_cells``), so ``lam="auto"`` is fitted for the regime it will run
+    in; the calibration records it (and is written, by default, as ``<checkpoint stem>.lambda-<adapt>.json``,
+    which ``eval`` with that ``adapt`` prefers); under ``bn`` every pair runs (``sweep_span`` is set aside).
+    The report's extras are the accuracy-vs-lambda and best-lambda-vs-error plots. ``model``, ``data``,
+    ``run``: as in ``evaluate_corruptions``.
     """
     from .. import sweep
+    from ..adapt import calibratable, make_adaptation
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
     from ..lam import lambda_grid, store_calibration
-    from ..sweep_plan import SweepPlan
+    from ..sweep_plan import EVERY_PAIR, SweepPlan
     from ..sweep_report import save_sweep_plots
 
     _check_fit_n(fit_n)
@@ -68,19 +65,27 @@ def sweep_lambda(
     severity_list = parse_severities(strings(severities))
     cells = expand_cells(names, severity_list)
     fit_names = parse_corruptions(strings(fit_corruptions)) if fit_corruptions else names
-    session = Session.open("sweep-lambda", **shared(locals()))
+    adaptation = make_adaptation(calibratable(adapt), run.batch_size if adapt == "bn" else None, run.compile)
+    if adaptation is not None and adaptation.columns()["uses_test_batches"]:
+        plan = EVERY_PAIR  # a plan's subsets of a batch would change its statistics
+    session = Session.open("sweep-lambda", model=ModelSpec.of(model), data=data, run=run, progress=progress)
     session.require_lambda()
     train = _training_images(session) if fit else None
     source = session.cells(names)
     advance = session.task(f"sweeping {session.info.name}", source, len(cells) * len(grid))
     args = (session.classifier, cells, source, session.runtime)
-    sweeps = sweep.sweep_cells(*args, grid, session.batch_size, advance, plan, session.seed)
+    sweeps = sweep.sweep_cells(*args, grid, session.batch_size, advance, plan, session.seed, adaptation)
     rows = sweep.sweep_rows(sweeps, session.base())
     points = sweep.cell_points(*args, rows, session.batch_size)
-    calibration = None if train is None else _calibrate(session, train, grid, fit_names, severity_list, fit_n, plan)
+    calibration = (
+        None if train is None else _calibrate(session, train, grid, fit_names, severity_list, fit_n, plan, adaptation)
+    )
     path = store_calibration(calibration, session.info, calibration_out) if calibration is not None else None
     summary = sweep.plan_summary(sweeps, plan)
-    meta = session.meta(source, grid=grid, sweep=summary, points=points, **_calibration_meta(calibration, path))
+    adapted = {"adaptation": adaptation.describe()} if adaptation is not None else {}
+    meta = session.meta(
+        source, grid=grid, sweep=summary, points=points, **adapted, **_calibration_meta(calibration, path)
+    )
 
     def plots(out_dir: Path, stem: str) -> list[Path]:
         return save_sweep_plots(rows, points, out_dir, stem, session.info.name, calibration)
@@ -91,24 +96,15 @@ def sweep_lambda(
 
 def compare_lambda_rules(
     *,
-    model: ModelArg = "sdnet18",
-    checkpoint: Path | None = None,
-    dataset: str | None = None,
+    model: ModelSpec | ModelArg = "sdnet18",
+    data: DataSpec = DataSpec(),
+    run: RunSpec = RunSpec(),
     corruptions: str | Sequence[str] = ("gaussian_noise",),
     severities: str | int | Sequence[str | int] = ("all",),
     rules: Sequence[float | str] = (0.1, "recon", "noise", "auto"),
     lams: str | Sequence[float] = "0.1:1.4:0.05",
     calibration: Path | None = None,
     sweep_span: float = 0.2,
-    cifar_c_dir: Path | None = None,
-    n_examples: int | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    seed: int = 0,
-    data_dir: Path | None = None,
-    cache_dir: Path | None = None,
-    weights_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Every lambda of ``rules`` (numbers, ``"recon"``, ``"noise"``, ``"auto"``) on the same cells, beside
@@ -132,7 +128,7 @@ def compare_lambda_rules(
     grid = lambda_grid(lams)
     names = parse_corruptions(strings(corruptions))
     cells = expand_cells(names, parse_severities(strings(severities)))
-    session = Session.open("lambda-rules", **shared(locals()))
+    session = Session.open("lambda-rules", model=ModelSpec.of(model), data=data, run=run, progress=progress)
     session.require_lambda()
     policies = [resolve_policy(rule, session.classifier, session.info, calibration) for rule in rules]
     source = session.cells(names)
@@ -153,9 +149,9 @@ def compare_lambda_rules(
 
 def lambda_hold_out(
     *,
-    model: ModelArg = "sdnet18",
-    checkpoint: Path | None = None,
-    dataset: str | None = None,
+    model: ModelSpec | ModelArg = "sdnet18",
+    data: DataSpec = DataSpec(),
+    run: RunSpec = RunSpec(),
     hold_out: str | Sequence[str] = ("all", "extra"),
     rule: str = "auto",
     reference_lam: float = 0.1,
@@ -166,15 +162,6 @@ def lambda_hold_out(
     fit_lams: str | Sequence[float] = "0.1,0.2,0.3,0.4,0.6,0.8,1.0,1.2,1.4",
     calibration_out: Path | None = None,
     sweep_span: float = 0.2,
-    cifar_c_dir: Path | None = None,
-    n_examples: int | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    seed: int = 0,
-    data_dir: Path | None = None,
-    cache_dir: Path | None = None,
-    weights_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> Report:
     """Does the label-free rule work on corruptions it was not calibrated on? For each corruption of
@@ -198,7 +185,7 @@ def lambda_hold_out(
     plan = SweepPlan(span=sweep_span)
     held = _held_out(hold_out)
     severity_list = parse_severities(strings(severities))
-    session = Session.open("lambda-hold-out", **shared(locals()))
+    session = Session.open("lambda-hold-out", model=ModelSpec.of(model), data=data, run=run, progress=progress)
     session.require_lambda()
     source = session.cells(held, prepare=False)
     full = _hold_out_calibration(session, held, calibration, fit_corruptions, fit_n, fit_lams, calibration_out, plan)
@@ -251,7 +238,7 @@ def _check_groups(calibration: Calibration, held: Sequence[str]) -> None:
 def _training_images(session: Session) -> Training:
     from ..data.datasets import dataset_spec
 
-    return dataset_spec(session.dataset).load(session.folders["data_dir"], "train")
+    return dataset_spec(session.dataset).load(session.data.data_dir, "train")
 
 
 def _calibrate(
@@ -262,8 +249,10 @@ def _calibrate(
     severities: Sequence[int],
     fit_n: int,
     plan: SweepPlan,
+    adaptation: Adaptation | None = None,
 ) -> Calibration:
-    """The per-input rules fitted on ``fit_n`` corrupted training images per (corruption, severity) group."""
+    """The per-input rules fitted on ``fit_n`` corrupted training images per (corruption, severity) group,
+    under ``adaptation`` (None: stored BatchNorm statistics)."""
     from ..data.cells import expand_cells
     from ..data.datasets import dataset_spec
     from ..sweep import calibrate
@@ -273,7 +262,7 @@ def _calibrate(
     advance = session.progress.task("calibrating on training images", total)
     return calibrate(
         session.classifier, *train, session.runtime, grid, corruptions, severities, fit_n, session.seed, advance,
-        session.batch_size, session.info.sha256 or "", dataset_spec(session.dataset).strength, plan,
+        session.batch_size, session.info.sha256 or "", dataset_spec(session.dataset).strength, plan, adaptation,
     )  # fmt: skip
 
 

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..report import Report, base_meta
-from ._session import LoadedModel, ModelArg, Progress, Silent, at_least_one, check_seed, resolve_model, single_process
+from ..specs import DataSpec, LoadedModel, ModelArg, ModelSpec, RunSpec, at_least_one, gradient_precision, unused
+from ._session import Progress, Silent, resolve_model, single_process
 
 if TYPE_CHECKING:
     from ..train import TrainConfig
@@ -17,45 +18,38 @@ EXPORT_FORMATS = ("official",)
 """``official``: the plain ``torch.save`` state_dict the authors' SDNet code loads (their key names, unit-norm atoms)."""
 
 
-def load_model(
-    model: str = "sdnet18",
-    *,
-    checkpoint: Path | None = None,
-    dataset: str = "cifar10",
-    weights_dir: Path | None = None,
-    n_steps: int | None = None,
-) -> LoadedModel:
-    """Load a model once (an architecture, whose default shipped checkpoint is used without ``checkpoint``,
-    or a shipped checkpoint's name) and pass it as ``model=`` to every API function.
-
-    ``checkpoint``: weights to load into the architecture ``model`` (our .safetensors, the authors'
-    files, a state_dict; nothing is unpickled). ``n_steps`` overrides the checkpoint's FISTA step count.
+def load_model(model: ModelSpec | ModelArg = "sdnet18", *, dataset: str | None = None) -> LoadedModel:
+    """Load a model once and pass it as ``model=`` to every API function: a name (an architecture, whose
+    default shipped checkpoint is used without a checkpoint, or a shipped checkpoint's name), or a
+    ``ModelSpec`` saying more (``checkpoint``: weights to load into the architecture, our .safetensors, the
+    authors' files or a state_dict, nothing unpickled; ``n_steps``: FISTA steps overriding the checkpoint's).
+    ``dataset``: the one it was trained on (default cifar10).
     """
-    return resolve_model(model, checkpoint=checkpoint, dataset=dataset, weights_dir=weights_dir, n_steps=n_steps)
+    return resolve_model(ModelSpec.of(model), dataset)
 
 
 def export_checkpoint(
     *,
     out: Path,
-    model: ModelArg = "sdnet18",
-    checkpoint: Path | None = None,
+    model: ModelSpec | ModelArg = "sdnet18",
     dataset: str | None = None,
     format: str = "official",
-    weights_dir: Path | None = None,
 ) -> Path:
     """Write a loaded model's weights in another code base's format and return the path. ``official``: what the
     authors' code (SDNet, Dai et al., NeurIPS 2022) loads and runs unchanged; set its config's lambda and FISTA
-    step count (``NUM_LAYERS``) to the model's, which the file does not hold."""
+    step count (``NUM_LAYERS``) to the model's, which the file does not hold (so ``n_steps`` is refused)."""
     from ..data.datasets import dataset_spec
     from ..models.checkpoints import export_official
 
     single_process("export")
+    spec = ModelSpec.of(model)
+    unused(spec, ("n_steps",), "export", "the file holds weights only; set NUM_LAYERS in their config")
     if format not in EXPORT_FORMATS:
         raise UsageError(f"unknown format {format!r}; use one of: {', '.join(EXPORT_FORMATS)}", parameter="format")
     out = Path(out)
     if out.is_dir():
         raise UsageError(f"out {out} is a directory; give the file to write (e.g. model_best.pth)")
-    loaded = resolve_model(model, checkpoint=checkpoint, dataset=dataset, weights_dir=weights_dir)
+    loaded = resolve_model(spec, dataset)
     export_official(loaded.classifier.network, out, dataset_spec(loaded.info.dataset).image_size)
     return out
 
@@ -64,42 +58,46 @@ def train(
     *,
     model: str,
     out: Path,
-    dataset: str = "cifar10",
+    data: DataSpec = DataSpec(),
+    run: RunSpec = RunSpec(),
     epochs: int = 30,
     width: int = 32,
     batch_size: int = 128,
     lr: float = 0.1,
     lam: float = 0.1,
     sqrt_lasso: bool = False,
-    precision: str = "fp32",
-    device: str = "auto",
-    seed: int = 0,
     n_train: int | None = None,
     n_test: int | None = None,
     resume: bool = False,
     default: bool = False,
     half: bool = False,
-    data_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> Report:
-    """Train with the reference CIFAR recipe, save ``out`` (.safetensors) and add its manifest entry beside it.
+    """Train ``model`` (an architecture) with the reference CIFAR recipe, save ``out`` (.safetensors) and add
+    its manifest entry beside it.
+
+    ``data``: the dataset (default cifar10), its folder and the seed (initialisation and batch order); the
+    images used are ``n_train`` and ``n_test``. ``run``: device and precision; ``batch_size`` (images per
+    training step) is train's own.
 
     Returns the per-epoch history (extras: the accuracy curve). ``resume`` continues from
     ``<out>.resume.pt``, written after every epoch (settings that differ from the interrupted run's are a
     usage error). ``half`` stores fp16 weights; the manifest's accuracy is then measured with the stored weights.
     """
-    from ..runtime import Runtime, gradient_precision
+    from ..forecast import Forecasting
+    from ..runtime import Runtime
     from ..train import TrainConfig
 
-    gradient_precision(precision, "training")
-    out = _check_train(model, out, dataset, seed, epochs=epochs, width=width, batch_size=batch_size, n_train=n_train, n_test=n_test)  # fmt: skip
+    dataset = data.dataset or "cifar10"
+    out = _check_train(model, out, dataset, data, run, epochs=epochs, width=width, batch_size=batch_size, n_train=n_train, n_test=n_test)  # fmt: skip
     cfg = TrainConfig(
         model=model, dataset=dataset, epochs=epochs, width=width, batch_size=batch_size, lr=lr, lam=lam,
-        square_noise=not sqrt_lasso, seed=seed, n_train=n_train, n_test=n_test,
+        square_noise=not sqrt_lasso, seed=data.seed, n_train=n_train, n_test=n_test,
     )  # fmt: skip
-    runtime = Runtime.create(device, precision)
-    classifier, state, test_data = _fit(cfg, runtime, out, resume, data_dir, progress or Silent())
-    meta = _save_trained(classifier, cfg, out, half, test_data, runtime, precision, default, state)
+    runtime = Runtime.create(run.device, run.precision)
+    told = Forecasting(progress or Silent(), str(runtime.device), hint=False)
+    classifier, state, test_data = _fit(cfg, runtime, out, resume, data.data_dir, told)
+    meta = _save_trained(classifier, cfg, out, half, test_data, runtime, run.precision, default, state)
     out.with_name(out.name + ".resume.pt").unlink(missing_ok=True)
     rows = [vars(h) for h in state.history]
     return Report(rows, meta, name=out.stem, title=f"sdnet train: {out.stem}", extras=[_curve(rows, cfg)])
@@ -131,12 +129,18 @@ def _fit(cfg: TrainConfig, runtime: Any, out: Path, resume: bool, data_dir: Path
     return classifier, state, test_data
 
 
-def _check_train(model: str, out: Path, dataset: str, seed: int, **counts: int | None) -> Path:
-    """Refuse, before any work, a bad output name, an unknown architecture, a count < 1 or a non-CIFAR dataset."""
+def _check_train(model: str, out: Path, dataset: str, data: DataSpec, run: RunSpec, **counts: int | None) -> Path:
+    """Refuse, before any work, a bad output name, an unknown architecture, a count < 1, a non-CIFAR dataset
+    or a field of ``data``/``run`` that training does not use."""
     from ..data.datasets import dataset_spec
     from ..models.registry import ARCHITECTURES
 
     single_process("train")
+    unused(data, ("cache_dir", "cifar_c_dir"), "train", "it trains on the clean training split")
+    unused(data, ("n_examples",), "train", "give n_train and n_test")
+    unused(run, ("batch_size",), "train", "train takes its own batch_size= (images per training step)")
+    unused(run, ("compile",), "train", "training runs eagerly")
+    gradient_precision(run.precision, "training")
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UsageError(f"out must end in .safetensors, got {out}", parameter="out")
@@ -144,7 +148,6 @@ def _check_train(model: str, out: Path, dataset: str, seed: int, **counts: int |
         raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(ARCHITECTURES)}", parameter="model")
     for parameter, value in counts.items():
         at_least_one(value, parameter)
-    check_seed(seed)
     spec = dataset_spec(dataset)
     if spec.stem != "cifar":
         raise UsageError(

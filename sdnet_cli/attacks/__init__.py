@@ -11,8 +11,8 @@ batch loop; ``checks``: gradient-masking warning signs;
 
 from .base import AttackedModel
 from .checks import Diagnostics, diagnose
-from .config import NORMS, AttackConfig, Eps
-from .registry import AUTOATTACK_VERSIONS, Component, attack_names, register
+from .config import AttackConfig, Eps, check_norm
+from .registry import AUTOATTACK_VERSIONS, NORMS, AttackSetting, Component, Norm, attack_names, register
 from .results import AttackResults, save_adversarials
 from .runner import build_components, requantized_robust_accuracy, run_attack
 from .state import remove_state
@@ -21,13 +21,16 @@ __all__ = [
     "AUTOATTACK_VERSIONS",
     "NORMS",
     "AttackConfig",
+    "AttackSetting",
     "AttackResults",
     "AttackedModel",
     "Component",
     "Diagnostics",
     "Eps",
+    "Norm",
     "attack_names",
     "build_components",
+    "check_norm",
     "diagnose",
     "register",
     "remove_state",

@@ -6,14 +6,13 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import Any, cast
 
 from .. import distributed
 from ..errors import UsageError
 from ..schemas import RESTARTS_MAX, STEPS_MAX, check, check_count, fraction_rule
-from .registry import AUTOATTACK, AUTOATTACK_VERSIONS, attack_names, registered
+from .registry import AUTOATTACK, AUTOATTACK_VERSIONS, NORMS, Norm, attack_names, registered
 
-NORMS = ("Linf", "L2")
 BATCH_SIZE = 128
 """Images per attacked batch when a caller does not say."""
 POOL_BATCHES = 8
@@ -73,6 +72,11 @@ def _choice(value: str, choices: Sequence[str], parameter: str) -> str:
     raise UsageError(f"unknown {parameter} {value!r}; choose one of: {', '.join(choices)}", parameter=parameter)
 
 
+def check_norm(norm: str) -> Norm:
+    """``norm`` in its canonical spelling (any case accepted), typed as a ``Norm``, else a usage error."""
+    return cast(Norm, _choice(norm, NORMS, "norm"))
+
+
 def _count(value: int | None, parameter: str, upper: int) -> int | None:
     """None (the attack's default) or an integer in [1, ``upper``] (``schemas.check_count``)."""
     return None if value is None else check_count(value, parameter, upper)
@@ -89,7 +93,7 @@ class AttackConfig:
     """
 
     attack: str
-    norm: str
+    norm: Norm
     eps: tuple[Eps, ...]
     steps: int | None = None
     restarts: int | None = None
@@ -109,7 +113,7 @@ class AttackConfig:
         budgets: Mapping[str, int] | None = None,
     ) -> AttackConfig:
         attack = _choice(attack, attack_names(), "attack")
-        norm = _choice(norm, NORMS, "norm")
+        norm = check_norm(norm)
         version = _choice(version, tuple(AUTOATTACK_VERSIONS), "version")
         if isinstance(eps, (str, int, float, Eps)):
             eps = [eps]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torchattacks
 from torch import nn
@@ -21,6 +21,8 @@ from ..errors import UsageError
 
 AUTOATTACK = "autoattack"
 MAX_TARGETS = 9  # target classes of APGD-T and FAB-T in standard AutoAttack (Croce & Hein, 2020)
+Norm = Literal["Linf", "L2"]
+NORMS: tuple[str, ...] = get_args(Norm)
 
 
 @dataclass(frozen=True)
@@ -33,8 +35,21 @@ class Component:
     runs: int = 1
 
 
-Builder = Callable[[nn.Module, str, float, int, int, int, int], Component]
-"""``(model, norm, eps, steps, restarts, num_classes, eot_iter) -> Component``."""
+@dataclass(frozen=True)
+class AttackSetting:
+    """What one attack is built with: threat model and budget ``eps``, iterations (Square: queries),
+    restarts, the classifier's number of classes (targeted attacks) and EOT forwards per gradient."""
+
+    norm: Norm
+    eps: float
+    steps: int
+    restarts: int = 1
+    num_classes: int = 10
+    eot_iter: int = 1
+
+
+Builder = Callable[[nn.Module, AttackSetting], Component]
+"""``(model, setting) -> Component``: each builder reads the settings its attack has."""
 
 
 @dataclass(frozen=True)
@@ -89,28 +104,23 @@ AUTOATTACK_VERSIONS: Mapping[str, AutoAttackVersion] = MappingProxyType(
 )
 
 
-def build(
-    model: nn.Module, name: str, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int = 1
-) -> Component:
-    """The registered attack ``name`` on ``model`` at one eps."""
-    return registered(name).build(model, norm, eps, steps, restarts, num_classes, eot_iter)
+def build(model: nn.Module, name: str, setting: AttackSetting) -> Component:
+    """The registered attack ``name`` on ``model`` with ``setting`` (one eps)."""
+    return registered(name).build(model, setting)
 
 
 @register("pgd", default_steps=20)
-def pgd(
-    model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int
-) -> Component:
+def pgd(model: nn.Module, s: AttackSetting) -> Component:
     """PGD from a random start with step 2.5 * eps / steps (Madry et al., ICLR 2018); restarts are repeated runs."""
-    cls = torchattacks.PGD if norm == "Linf" else torchattacks.PGDL2
-    return Component("pgd", cls(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True), runs=restarts)
+    cls = torchattacks.PGD if s.norm == "Linf" else torchattacks.PGDL2
+    attack = cls(model, eps=s.eps, alpha=2.5 * s.eps / s.steps, steps=s.steps, random_start=True)
+    return Component("pgd", attack, runs=s.restarts)
 
 
 def _apgd(loss: str) -> Builder:
-    def apgd(
-        model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int
-    ) -> Component:
+    def apgd(model: nn.Module, s: AttackSetting) -> Component:
         attack = torchattacks.APGD(
-            model, norm=norm, eps=eps, steps=steps, n_restarts=restarts, loss=loss, eot_iter=eot_iter
+            model, norm=s.norm, eps=s.eps, steps=s.steps, n_restarts=s.restarts, loss=loss, eot_iter=s.eot_iter
         )
         return Component(f"apgd-{loss}", attack)
 
@@ -123,36 +133,34 @@ register("apgd-dlr", default_steps=100)(_apgd("dlr"))
 
 
 @register("apgd-t", default_steps=100)
-def apgd_t(
-    model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int
-) -> Component:
+def apgd_t(model: nn.Module, s: AttackSetting) -> Component:
     """Targeted APGD on the DLR loss, against the 9 most likely other classes in turn."""
-    attack = torchattacks.APGDT(model, norm=norm, eps=eps, steps=steps, n_restarts=restarts, n_classes=num_classes)
-    attack.n_target_classes = min(MAX_TARGETS, num_classes - 1)
+    attack = torchattacks.APGDT(
+        model, norm=s.norm, eps=s.eps, steps=s.steps, n_restarts=s.restarts, n_classes=s.num_classes
+    )
+    attack.n_target_classes = min(MAX_TARGETS, s.num_classes - 1)
     return Component("apgd-t", attack)
 
 
 @register("fab-t", default_steps=100)
-def fab_t(
-    model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int
-) -> Component:
+def fab_t(model: nn.Module, s: AttackSetting) -> Component:
     """Targeted FAB (minimum-norm; Croce & Hein, ICML 2020), against the 9 most likely other classes."""
     attack = torchattacks.FAB(
-        model, norm=norm, eps=eps, steps=steps, n_restarts=restarts, multi_targeted=True, n_classes=num_classes
-    )
-    attack.n_target_classes = min(MAX_TARGETS, num_classes - 1)
+        model, norm=s.norm, eps=s.eps, steps=s.steps, n_restarts=s.restarts, multi_targeted=True,
+        n_classes=s.num_classes,
+    )  # fmt: skip
+    attack.n_target_classes = min(MAX_TARGETS, s.num_classes - 1)
     return Component("fab-t", attack)
 
 
 @register("square", default_steps=5000)
-def square(
-    model: nn.Module, norm: str, eps: float, steps: int, restarts: int, num_classes: int, eot_iter: int
-) -> Component:
+def square(model: nn.Module, s: AttackSetting) -> Component:
     """Square (black-box, score-based; Andriushchenko et al., ECCV 2020): ``steps`` queries, p_init 0.8,
     margin loss, no rescheduling."""
     attack = torchattacks.Square(
-        model, norm=norm, eps=eps, n_queries=steps, n_restarts=restarts, p_init=0.8, loss="margin", resc_schedule=False
-    )
+        model, norm=s.norm, eps=s.eps, n_queries=s.steps, n_restarts=s.restarts, p_init=0.8, loss="margin",
+        resc_schedule=False,
+    )  # fmt: skip
     return Component("square", attack)
 
 
@@ -177,3 +185,14 @@ def describe(component: Component) -> dict[str, Any]:
     if isinstance(attack, (torchattacks.PGD, torchattacks.PGDL2)):
         found["step_size"] = "2.5 * eps / steps"
     return {"name": component.name, "class": type(attack).__name__, "runs": component.runs, **found}
+
+
+def calls_per_batch(component: Component) -> tuple[int, int]:
+    """(forward-and-input-gradient calls, forward-only calls) one run of ``component`` makes on a batch whose
+    points all resist it (counted on torchattacks 3.5: APGD makes 2 more, FAB-T a gradient and a forward per step)."""
+    attack = component.attack
+    restarts = max(int(getattr(attack, "n_restarts", 1)), 1) * component.runs
+    if isinstance(attack, torchattacks.Square):
+        return 0, int(attack.n_queries) * restarts
+    steps = int(getattr(attack, "steps", 1)) * restarts * max(int(getattr(attack, "n_target_classes", 1)), 1)
+    return steps, steps if isinstance(attack, torchattacks.FAB) else 0

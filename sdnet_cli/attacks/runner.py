@@ -16,12 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
 from ..metrics import percent
-from ..runtime import Runtime, gradient_precision, predict_correct
+from ..runtime import Runtime, predict_correct
 from ..schemas import BATCH_MAX, POOL_BATCHES_MAX, check_count
+from ..specs import gradient_precision
 from . import registry
 from .base import AttackedModel
 from .checks import DIAGNOSTIC_IMAGES, diagnose
@@ -74,8 +76,17 @@ def build_components(model: nn.Module, config: AttackConfig, eps: float, num_cla
     """The configured attacks at one eps, in the order they run."""
     return [
         registry.build(
-            model, name, config.norm, eps, config.steps_for(name), config.restarts or 1, num_classes, config.eot_iter
-        )
+            model,
+            name,
+            registry.AttackSetting(
+                norm=config.norm,
+                eps=eps,
+                steps=config.steps_for(name),
+                restarts=config.restarts or 1,
+                num_classes=num_classes,
+                eot_iter=config.eot_iter,
+            ),
+        )  # fmt: skip
         for name in config.components
     ]
 
@@ -122,7 +133,12 @@ class SampleWise:
                     break
                 batches = pooled.split(self.batch_size)
                 for s, idx in enumerate(batches):
-                    wrong, candidate = self._attack(component, x[idx], y[idx], derive_seed(seed, k, run, s))
+                    # this batch's share of the attacks' work: from `base`, `width` wide (done() sums to 1)
+                    width = 1 / (len(batches) * component.runs * len(self.components))
+                    base = (k + (run + s / len(batches)) / component.runs) / len(self.components)
+                    calls = sum(registry.calls_per_batch(component)) // component.runs
+                    with _ticking(self.model, calls, done, base, width):
+                        wrong, candidate = self._attack(component, x[idx], y[idx], derive_seed(seed, k, run, s))
                     hit = idx[wrong]
                     fooled[k, hit] = True
                     adv[hit] = candidate[wrong]
@@ -145,6 +161,28 @@ class SampleWise:
             return self.model.predict(candidate) != y, candidate
 
 
+@contextmanager
+def _ticking(
+    model: nn.Module, calls: int, done: Callable[[float], None] | None, base: float, width: float
+) -> Iterator[None]:
+    """``done(base + width * f)`` after every forward of ``model`` in the block, f the share of the ``calls``
+    expected made so far (at most 1): progress moves with every iteration of an attack, not only per batch."""
+    if done is None:
+        yield
+        return
+    made = [0]
+
+    def tick(*_: Any) -> None:
+        made[0] += 1
+        done(base + width * min(made[0] / max(calls, 1), 1.0))
+
+    handle = model.register_forward_hook(tick)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 def to_nhwc(x: torch.Tensor) -> np.ndarray:
     return x.detach().permute(0, 2, 3, 1).float().cpu().numpy()
 
@@ -162,32 +200,53 @@ class _Share:
             self.credited = target
 
 
-LONG_RUN_SECONDS = 600.0
-"""An attack estimated to take longer than this (after its first batch) says so once, with the -n hint."""
+PROBE_IMAGES = 32
+"""Images (the first of the run) on which ``predict_seconds`` times the model before an attack."""
+PROBE_STEPS = 5
+"""Steps of the PGD that tells the probe which images will still stand after an eps's first attack."""
 
 
-def _timed(
-    progress: Callable[[int], None] | None, total: int, note: Callable[[str], None] | None, device: str
-) -> Callable[[int], None] | None:
-    """``progress``, plus one ``note`` when the first attacked batch predicts a run over ``LONG_RUN_SECONDS``."""
-    if progress is None and note is None:
-        return None
-    start, done = time.perf_counter(), [0]
+def predict_seconds(
+    model: AttackedModel, runners: Sequence[SampleWise | None], x: torch.Tensor, y: torch.Tensor, n: int
+) -> float:
+    """Seconds the attack of ``n`` images is predicted to take, measured on the probe ``x``: a forward and a
+    forward with input gradient per image, times the calls each attack makes (``registry.calls_per_batch``)
+    on the images it will meet. The first attack of an eps meets every image still standing; the later
+    ones meet those that a short PGD (``PROBE_STEPS``, whose steps also time the gradient) leaves standing."""
+    with own_rng(x.device, 0):
+        with torch.no_grad():
+            model(x)  # warm-up: the first call allocates
+            start = time.perf_counter()
+            standing = model.predict(x) == y
+            forward_s = (time.perf_counter() - start) / len(x)
+        grad_s = None
+        per_image = forward_s  # the clean forward of every image
+        for runner in runners:
+            if runner is None:
+                continue
+            first, *later = (registry.calls_per_batch(c) for c in runner.components)
+            fooled, seconds = _quick_pgd(model, x, y, runner.eps, runner.norm)
+            grad_s = seconds / len(x) if grad_s is None else grad_s
+            per_image += float(standing.float().mean()) * (first[0] * grad_s + first[1] * forward_s)
+            standing = standing & ~fooled
+            per_image += float(standing.float().mean()) * sum(g * grad_s + f * forward_s for g, f in later)
+    return per_image * n
 
-    def advance(k: int) -> None:
-        if progress is not None:
-            progress(k)
-        first = done[0] == 0
-        done[0] += k
-        if note is not None and first and 0 < done[0] < total:
-            estimate = (time.perf_counter() - start) * total / done[0]
-            if estimate > LONG_RUN_SECONDS:
-                note(
-                    f"this attack will take about {estimate / 60:.0f} minutes on {device}; "
-                    "for a quick look attack fewer images (n_examples; -n on the command line)"
-                )
 
-    return advance
+def _quick_pgd(
+    model: AttackedModel, x: torch.Tensor, y: torch.Tensor, eps: float, norm: str
+) -> tuple[torch.Tensor, float]:
+    """(fooled flags, seconds per step after the first) of a ``PROBE_STEPS``-step PGD from the clean input."""
+    adv, start = x.clone(), 0.0
+    for step in range(PROBE_STEPS):
+        start = time.perf_counter() if step == 1 else start  # the first step is the warm-up
+        adv.requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(adv), y), adv)
+        move = grad.sign() if norm == "Linf" else grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+        adv = project(adv.detach() + 2.5 * eps / PROBE_STEPS * move, x, eps, norm)
+    seconds = (time.perf_counter() - start) / (PROBE_STEPS - 1)
+    with torch.no_grad():
+        return model.predict(adv) != y, seconds
 
 
 def attack_pool(
@@ -238,7 +297,7 @@ def run_attack(
     resume: bool = False,
     keep_adv: bool = False,
     fingerprint: dict[str, Any] | None = None,
-    note: Callable[[str], None] | None = None,
+    estimate: Callable[[float], None] | None = None,
 ) -> AttackResults:
     """Attack uint8 NHWC ``images`` at every eps of ``config`` (ascending) with one attack or AutoAttack.
 
@@ -247,8 +306,8 @@ def run_attack(
     seeded from (seed, p), so a run, and a resumed run, repeats exactly; the caller's torch RNG state
     is left as it was. ``progress(k)``: k of ``config.work_units(...)`` done. ``state_path``: per-pool
     results saved there, continued with ``resume`` (``fingerprint`` names the model in it, so another
-    checkpoint's state is refused). ``keep_adv``: keep the examples. ``note``: told once when the first batch
-    predicts a run over ``LONG_RUN_SECONDS``; progress moves after every batch of every attack. Under torchrun each rank attacks
+    checkpoint's state is refused). ``keep_adv``: keep the examples. ``estimate``: told the predicted
+    seconds of the run before it starts (``predict_seconds``); progress moves with every attack iteration. Under torchrun each rank attacks
     its own whole pools (``distributed.shard_batches``), same contents and seeds, and the per-sample
     flags are merged: every rank returns the results of a single-process run with the same
     ``batch_size`` and ``pool_batches`` (``seconds``: the slowest rank's).
@@ -292,7 +351,12 @@ def run_attack(
             },
             resume,
         )
-    advance = _timed(progress, config.work_units(len(images), batch_size, pool_batches), note, str(runtime.device))
+    if estimate is not None:
+        probe = slice(0, min(PROBE_IMAGES, batch_size, len(images)))
+        x_probe = runtime.to_input(images[probe])
+        y_probe = torch.from_numpy(np.asarray(labels[probe])).to(runtime.device)
+        mine = distributed.shard_size(len(images), batch_size * pool_batches)
+        estimate(predict_seconds(attacked, runners, x_probe, y_probe, mine))
     n, shape = len(images), (len(config.eps), len(components))
     clean, fooled, seconds = np.zeros(n, dtype=bool), np.zeros((*shape, n), dtype=bool), np.zeros(shape)
     adv = np.zeros((len(config.eps), n, *images.shape[1:]), dtype=np.float32) if keep_adv else None
@@ -304,7 +368,7 @@ def run_attack(
             x = runtime.to_input(images[start:stop])
             y = torch.from_numpy(np.asarray(labels[start:stop])).to(runtime.device)
             part = attack_pool(
-                attacked, runners, len(components), x, y, derive_seed(seed, index), batch_size, keep_adv, advance
+                attacked, runners, len(components), x, y, derive_seed(seed, index), batch_size, keep_adv, progress
             )
             if state is not None:
                 state.put(index, part)

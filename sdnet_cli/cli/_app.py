@@ -1,12 +1,12 @@
-"""The ``sdnet`` app and what every command shares: usage errors as one line, the progress bar, the call
-into ``sdnet_cli.api`` with the command's options, report printing, and ``command`` (registration)."""
+"""The ``sdnet`` app and what every command shares: usage errors as one line, the progress bar, refusing
+options a run cannot use, report printing, and ``command`` (registration)."""
 
 from __future__ import annotations
 
 import functools
-import inspect
 import re
 import signal
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -18,7 +18,6 @@ from rich.table import Table
 
 from .. import __version__
 from ..errors import Interrupted, UsageError
-from .options import LEADING, SHARED
 
 if TYPE_CHECKING:
     from ..report import Report
@@ -98,26 +97,25 @@ def user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
 class RichProgress:
     """``api.Progress`` on a rich progress bar (stderr), silent on torchrun's other ranks. The bar starts
     with the first task, when the API has joined the process group and the rank is known."""
 
     def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),
-            TimeRemainingColumn(),
+            TextColumn("{task.fields[left]}"),
             console=console,
         )
 
@@ -132,23 +130,35 @@ class RichProgress:
         if not main_process():
             return lambda k: None
         self.bar.start()
-        task = self.bar.add_task(description, total=total)
-        return lambda k: self.bar.advance(task, k)
+        task = self.bar.add_task(description, total=total, left="")
+        start, done = time.perf_counter(), [0]
+
+        def advance(k: int) -> None:
+            # the time left from the average rate since the start: shown from the first step on, where
+            # rich's own estimate waits for several steps within its last 30 s (minutes in an attack)
+            done[0] += k
+            rate = done[0] / max(time.perf_counter() - start, 1e-9)
+            left = f"{_clock((total - done[0]) / rate)} left" if 0 < done[0] < total else ""
+            self.bar.update(task, advance=k, left=left)
+
+        return advance
 
     def note(self, text: str) -> None:
-        if main_process():
-            self.bar.console.print(text)
+        from ..forecast import Forecast
+
+        if main_process():  # a forecast names the command line's -n, not the API's n_examples
+            self.bar.console.print(
+                text.cli if isinstance(text, Forecast) else text, markup=False, highlight=False, soft_wrap=True
+            )
 
 
-def call(function: Callable[..., Any], options: dict[str, Any], **extra: Any) -> Any:
-    """``function`` called with the command's options it names (plus ``extra``) and a progress bar.
-
-    ``options`` is the command's ``locals()``: its own parameters and, under ``common``, the shared
-    options ``command`` added; CLI-only ones (``out_dir``, ...) stay out unless the function names them."""
-    given = {**{k: v for k, v in options.items() if k != "common"}, **options.get("common", {}), **extra}
-    accepted = inspect.signature(function).parameters
-    with RichProgress() as progress:
-        return function(**{k: v for k, v in given.items() if k in accepted}, progress=progress)
+def refuse_given(ctx: typer.Context, names: Sequence[str], why: str) -> None:
+    """Options among ``names`` that the user typed, though this run cannot use them, are refused (naming
+    the first), never dropped."""
+    for param in ctx.command.params:
+        source = ctx.get_parameter_source(param.name) if param.name in names else None
+        if source is not None and source.name == "COMMANDLINE":
+            raise UsageError(f"{param.opts[0]} {why}")
 
 
 def preflight(out_dir: Path, name: str | None = None, parameter: str = "out_dir") -> None:
@@ -193,23 +203,10 @@ def main_options(
     """Robustness of sparse-coding networks (SDNet) and ResNet baselines: CIFAR-10-C, attacks, test-time lambda."""
 
 
-def command(
-    name: str, shared: Sequence[str] = (), options: dict[str, tuple[Any, Any]] | None = None, hidden: bool = False
-) -> Callable[[Callable[..., None]], None]:
-    """Register ``sdnet NAME``: the function's own options plus the ``shared`` ones (from ``options``, default
-    ``SHARED``), which it receives in ``**common``; usage errors and interrupts handled by ``user_errors``."""
+def command(name: str, hidden: bool = False) -> Callable[[Callable[..., None]], None]:
+    """Register ``sdnet NAME``, usage errors and interrupts handled by ``user_errors``."""
 
     def register(function: Callable[..., None]) -> None:
-        keyword = inspect.Parameter.KEYWORD_ONLY
-        own = [
-            p.replace(kind=keyword)
-            for p in inspect.signature(function, eval_str=True).parameters.values()
-            if p.kind != p.VAR_KEYWORD
-        ]
-        table = SHARED if options is None else options
-        added = {n: inspect.Parameter(n, keyword, annotation=table[n][0], default=table[n][1]) for n in shared}
-        first = [added.pop(n) for n in LEADING if n in added]
-        function.__signature__ = inspect.Signature([*first, *own, *added.values()])  # type: ignore[attr-defined]
         app.command(name, hidden=hidden)(user_errors(function))
 
     return register

@@ -3,26 +3,54 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from ._app import call, command, console, main_process, preflight, print_rows, stdout, write
+from ._app import RichProgress, command, console, main_process, preflight, print_rows, stdout, write
 from .options import (
-    ATTACK_OPTIONS,
-    ATTACK_SHARED,
-    EVAL_OPTIONS,
-    LEADING,
+    AttackBatchOpt,
+    AttackNExamplesOpt,
+    AttackPrecisionOpt,
+    AttackSeedOpt,
+    CacheDirOpt,
     CalibrationOpt,
+    CDirOpt,
+    CheckpointOpt,
+    CompileOpt,
     CorruptionOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
     EpsOpt,
+    EvalBatchOpt,
+    ModelDirOpt,
+    ModelOpt,
+    NameOpt,
+    NExamplesOpt,
+    NormOpt,
+    NStepsOpt,
+    OutOpt,
+    PoolOpt,
+    PrecisionOpt,
+    RestartsOpt,
+    ResumeOpt,
+    SeedOpt,
     SeverityOpt,
+    StepsOpt,
+    ThreatOpt,
+    TrainDatasetOpt,
+    VersionOpt,
+    WeightsDirOpt,
 )
 
 
-@command("eval", (*EVAL_OPTIONS, "n_steps", "compile"))
+@command("eval")
 def eval_command(
+    model: ModelOpt = "sdnet18",
+    checkpoint: CheckpointOpt = None,
+    dataset: DatasetOpt = "cifar10",
     corruptions: CorruptionOpt = ["none"],
     severities: SeverityOpt = ["all"],
     lam: Annotated[
@@ -48,9 +76,32 @@ def eval_command(
             help="Test-time adaptation baseline: none; bn (every BatchNorm layer uses the statistics of the current "
             "test batch; Schneider et al. 2020); tent (bn plus one Adam step, lr 1e-3, on the BatchNorm affine "
             "parameters per batch, minimising prediction entropy; Wang et al. 2021; reset every cell). Both see "
-            "batches of --batch-size (default 200) images of one cell, and the rows say so. Combines with --lam.",
+            "batches of --batch-size (default 200) images of one cell, and the rows say so. Per image, no state "
+            "between images: bn-prior (each image's BatchNorm statistics N/(N+1) * stored + 1/(N+1) * its own; "
+            "Schneider et al. 2020; N from --prior-strength); memo (Zhang et al. 2022: 32 augmented copies of the "
+            "image, AugMix-style operations that are not benchmark corruptions, one SGD step, lr 0.005, on all "
+            "parameters minimising the entropy of their mean prediction, predict the original, restore; seeded by "
+            "--seed; 33 forwards and 1 backward per image). Combines with --lam.",
         ),
     ] = "none",
+    prior_strength: Annotated[
+        float | None,
+        typer.Option(
+            "--prior-strength",
+            help="N of --adapt bn-prior, from 0 (the image's own statistics) to 1e6 (the stored ones). Default 16: "
+            "Schneider et al.'s recommendation for adapting to a single image.",
+        ),
+    ] = None,
+    stream: Annotated[
+        str,
+        typer.Option(
+            "--stream",
+            help="cells: each cell's images on their own, adaptation reset every cell. mixed: the images of all "
+            "requested cells interleaved in one stream (seeded by --seed), so an adapted batch mixes corruptions "
+            "and severities (Niu et al. 2023); one adaptation over the whole stream; per-cell accuracy still "
+            "reported. --batch-size 1 gives batch-1 adaptation.",
+        ),
+    ] = "cells",
     robustbench_json: Annotated[
         Path | None,
         typer.Option(
@@ -59,21 +110,52 @@ def eval_command(
             "corruptions_acc, ...), marking generated vs official CIFAR-10-C. Needs -c all -s all.",
         ),
     ] = None,
-    **common: Any,
+    threat: ThreatOpt = "corruptions",
+    model_dir: ModelDirOpt = None,
+    cifar_c_dir: CDirOpt = None,
+    n_examples: NExamplesOpt = None,
+    batch_size: EvalBatchOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    weights_dir: WeightsDirOpt = None,
+    out_dir: OutOpt = Path("runs"),
+    name: NameOpt = None,
+    n_steps: NStepsOpt = None,
+    compile: CompileOpt = False,
 ) -> None:
     """Accuracy on the clean test split and corrupted cells (CIFAR-10-C, CIFAR-100-C, ImageNet-C; ImageNet also
     gets mCE and relative mCE), written as JSON, CSV and Markdown."""
     from .. import api
+    from ..adapt import check_adapt
     from ..robustbench_export import check_request, robustbench_entry, write_robustbench_entry
+    from ..specs import DataSpec, ModelSpec, RunSpec, check_precision
 
-    preflight(common["out_dir"], common["name"])
+    preflight(out_dir, name)
     if robustbench_json is not None:
-        check_request(robustbench_json, common["dataset"], corruptions, severities)
-    report = call(api.evaluate_corruptions, locals())
+        check_request(robustbench_json, dataset, corruptions, severities)
+    spec = ModelSpec(
+        model, checkpoint=checkpoint, weights_dir=weights_dir, n_steps=n_steps, threat=threat, model_dir=model_dir
+    )
+    data = DataSpec(
+        dataset=dataset, data_dir=data_dir, cache_dir=cache_dir, cifar_c_dir=cifar_c_dir, seed=seed,
+        n_examples=n_examples,
+    )  # fmt: skip
+    run = RunSpec(device=device, precision=check_precision(precision), batch_size=batch_size, compile=compile)
+    with RichProgress() as progress:
+        report = api.evaluate_corruptions(
+            model=spec, data=data, run=run, corruptions=corruptions, severities=severities, lam=lam,
+            calibration=calibration, sweep=sweep, adapt=check_adapt(adapt), prior_strength=prior_strength,
+            stream=stream, progress=progress,
+        )  # fmt: skip
     if not main_process():
         return
     title = f"{report.meta['model']['name']} on {report.meta['model']['dataset']}"
     print_rows(title, report.rows, ["corruption", "severity", "lam", "n", "accuracy"])
+    if report.meta.get("calibration_mismatch"):
+        console.print(f"[bold yellow]note:[/] {escape(report.meta['calibration_mismatch'])}", highlight=False)
     summary = report.meta["corruption_errors"]
     if summary is not None:
         caveat = "" if summary["complete"] else " (not all 15 benchmark corruptions: not comparable with published mCE)"
@@ -82,12 +164,12 @@ def eval_command(
             f"mCE {summary['mCE']:.2f}%{relative} over {len(summary['corruptions'])} corruptions, "
             f"AlexNet-normalised{caveat}"
         )
-    write(report, common["out_dir"], common["name"])
+    write(report, out_dir, name)
     if robustbench_json is not None:
         stdout.print(f"wrote {write_robustbench_entry(robustbench_json, robustbench_entry(report.rows, report.meta))}")
 
 
-@command("make-c", ("seed", "data_dir"))
+@command("make-c")
 def make_c_command(
     out_dir: Annotated[
         Path, typer.Option("--out", help="Folder to write (the official release layout of --dataset + metadata.json).")
@@ -102,18 +184,27 @@ def make_c_command(
         list[str], typer.Option("--corruption", "-c", help="Corruption(s) to generate, repeatable; 'all', 'extra'.")
     ] = ["all", "extra"],
     workers: Annotated[int | None, typer.Option("--workers", help="Worker processes (default: all cores).")] = None,
-    **common: Any,
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Generate a corruption benchmark (seeded) from the test split in the release layout: CIFAR-10-C / CIFAR-100-C
     at CIFAR strengths, ImageNet-C at ImageNet strengths (imagecorruptions)."""
     from .. import api
+    from ..specs import DataSpec
 
     preflight(out_dir)
-    stdout.print(f"wrote {call(api.generate_corruptions, locals())}")
+    data = DataSpec(dataset=dataset, data_dir=data_dir, seed=seed, n_examples=n_examples)
+    with RichProgress() as progress:
+        written = api.generate_corruptions(
+            out_dir=out_dir, data=data, corruptions=corruptions, workers=workers, progress=progress
+        )
+    stdout.print(f"wrote {written}")
 
 
-@command("train", ("dataset", "precision", "device", "seed", "data_dir"))
+@command("train")
 def train_command(
+    dataset: TrainDatasetOpt = "cifar10",
+    *,
     model: Annotated[str, typer.Option("--model", "-m", help="Architecture to train, e.g. sdnet18 or resnet18.")],
     out: Annotated[
         Path,
@@ -155,15 +246,26 @@ def train_command(
     report_dir: Annotated[
         Path,
         typer.Option("--report-dir", help="Where the per-epoch history (JSON, CSV, Markdown) and its PNG curve go."),
-    ] = Path("reports/training"),
-    **common: Any,
+    ] = Path("runs/training"),
+    precision: PrecisionOpt = "fp32",
+    device: DeviceOpt = "auto",
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Train a model with the reference CIFAR recipe (CIFAR-10 or CIFAR-100), save safetensors, and register it in the manifest."""
     from .. import api
+    from ..specs import DataSpec, RunSpec, check_precision
 
     preflight(out.parent, parameter="out")
     preflight(report_dir, parameter="report_dir")
-    report = call(api.train, locals())
+    data = DataSpec(dataset=dataset, data_dir=data_dir, seed=seed)
+    run = RunSpec(device=device, precision=check_precision(precision))
+    with RichProgress() as progress:
+        report = api.train(
+            model=model, out=out, data=data, run=run, epochs=epochs, width=width, batch_size=batch_size, lr=lr,
+            lam=lam, sqrt_lasso=sqrt_lasso, n_train=n_train, n_test=n_test, resume=resume, default=default,
+            half=half, progress=progress,
+        )  # fmt: skip
     meta = report.meta
     shown = f"{meta['clean_accuracy']:.2f}% (fp32)" + (
         f", {meta['clean_accuracy_bf16']:.2f}% (bf16)" if "clean_accuracy_bf16" in meta else ""
@@ -173,8 +275,11 @@ def train_command(
     write(report, report_dir, None)
 
 
-@command("attack", ATTACK_OPTIONS, ATTACK_SHARED)
+@command("attack")
 def attack_command(
+    model: ModelOpt = "sdnet18",
+    checkpoint: CheckpointOpt = None,
+    dataset: DatasetOpt = "cifar10",
     attack: Annotated[
         str,
         typer.Option(
@@ -205,32 +310,59 @@ def attack_command(
             "accuracy after rounding them to uint8 goes into the report meta, separately.",
         ),
     ] = None,
-    adapt: Annotated[
-        str, typer.Option("--adapt", help="Not supported: attacks on test-time-adapted models are out of scope.")
-    ] = "none",
-    **common: Any,
+    threat: ThreatOpt = "corruptions",
+    model_dir: ModelDirOpt = None,
+    norm: NormOpt = "Linf",
+    steps: StepsOpt = None,
+    restarts: RestartsOpt = None,
+    version: VersionOpt = "standard",
+    n_examples: AttackNExamplesOpt = None,
+    batch_size: AttackBatchOpt = None,
+    pool_batches: PoolOpt = None,
+    device: DeviceOpt = "auto",
+    precision: AttackPrecisionOpt = "fp32",
+    seed: AttackSeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    weights_dir: WeightsDirOpt = None,
+    n_steps: NStepsOpt = None,
+    resume: ResumeOpt = False,
+    out_dir: OutOpt = Path("runs"),
+    name: NameOpt = None,
 ) -> None:
     """Robust accuracy under white-box and black-box attacks (torchattacks), written as JSON, CSV and Markdown."""
     from .. import api
+    from ..attacks import check_norm
+    from ..specs import DataSpec, ModelSpec, RunSpec, check_precision
 
-    preflight(common["out_dir"], common["name"])
+    preflight(out_dir, name)
     if save_adversarials is not None:
         from .._io import check_writable_dir
 
         check_writable_dir(save_adversarials.parent, "save_adversarials", [save_adversarials.name])
-    report = call(api.attack, locals(), state_dir=common["out_dir"])
+    spec = ModelSpec(
+        model, checkpoint=checkpoint, weights_dir=weights_dir, n_steps=n_steps, threat=threat, model_dir=model_dir
+    )
+    data = DataSpec(dataset=dataset, data_dir=data_dir, seed=seed, n_examples=n_examples)
+    run = RunSpec(device=device, precision=check_precision(precision), batch_size=batch_size)
+    with RichProgress() as progress:
+        report = api.attack(
+            model=spec, data=data, run=run, attack=attack, norm=check_norm(norm), eps=eps, steps=steps,
+            restarts=restarts, version=version, lam=lam, calibration=calibration, pool_batches=pool_batches,
+            name=name, state_dir=out_dir, resume=resume, save_adversarials=save_adversarials,
+            progress=progress,
+        )  # fmt: skip
     if not main_process():
         return
     for warning in report.meta["diagnostics"]["warnings"]:
         console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     columns = ["attack", "norm", "eps_text", "lam", "n", "clean_accuracy", "robust_accuracy", "seconds"]
     print_rows(f"{report.meta['model']['name']} on {report.meta['model']['dataset']}", report.rows, columns)
-    write(report, common["out_dir"], None)
+    write(report, out_dir, None)
     if save_adversarials is not None:
         stdout.print(f"wrote {save_adversarials}")
 
 
-@command("check", ("device", "precision", "data_dir", "cache_dir", "weights_dir"))
+@command("check")
 def check_command(
     baseline: Annotated[
         Path, typer.Option("--baseline", help="Baseline JSON to compare with (written by --update).")
@@ -250,14 +382,25 @@ def check_command(
     tolerance: Annotated[
         float | None, typer.Option("--tolerance", help="Accuracy points a metric may fall (default: the suite's, 1.0).")
     ] = None,
-    **common: Any,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    weights_dir: WeightsDirOpt = None,
 ) -> None:
     """Regression gate: re-run a fixed, seeded suite and compare each metric with the baseline; exit 1 on a regression."""
     from .. import api
+    from ..specs import DataSpec, RunSpec, check_precision
 
     if update:
         preflight(baseline.parent, parameter="baseline")
-    report = call(api.check, locals())
+    data = DataSpec(data_dir=data_dir, cache_dir=cache_dir)
+    run = RunSpec(device=device, precision=check_precision(precision))
+    with RichProgress() as progress:
+        report = api.check(
+            baseline=baseline, suite=suite, update=update, tolerance=tolerance, data=data, run=run,
+            weights_dir=weights_dir, progress=progress,
+        )  # fmt: skip
     if update:
         write(report, baseline.parent, baseline.stem)
         return
@@ -271,7 +414,7 @@ def check_command(
     stdout.print(f"check passed: {report.meta['compared']} baseline metrics within {tolerance:g} points of {baseline}")
 
 
-@command("compare", ("out_dir",))
+@command("compare")
 def compare_command(
     sources: Annotated[
         list[str],
@@ -286,19 +429,23 @@ def compare_command(
     note: Annotated[
         str, typer.Option("--note", help="A paragraph placed above the table (e.g. how the runs differ).")
     ] = "",
-    **common: Any,
+    out_dir: OutOpt = Path("runs"),
 ) -> None:
     """One table from several eval or attack reports (a row per cell, or attack and eps; a column per label), with
     plots: accuracy vs severity per corruption, robust accuracy vs eps."""
     from .. import api
 
-    preflight(common["out_dir"], name)
-    for path in api.compare(sources, out_dir=common["out_dir"], name=name, title=title, note=note):
+    preflight(out_dir, name)
+    for path in api.compare(sources, out_dir=out_dir, name=name, title=title, note=note):
         stdout.print(f"wrote {path}")
 
 
-@command("export", (*LEADING, "weights_dir"))
+@command("export")
 def export_command(
+    model: ModelOpt = "sdnet18",
+    checkpoint: CheckpointOpt = None,
+    dataset: DatasetOpt = "cifar10",
+    *,
     out: Annotated[Path, typer.Argument(help="File to write, e.g. model_best.pth.", show_default=False)],
     format: Annotated[
         str,
@@ -308,10 +455,12 @@ def export_command(
             "unit-norm atoms); set their config's LAMBDA and NUM_LAYERS to the model's.",
         ),
     ] = "official",
-    **common: Any,
+    weights_dir: WeightsDirOpt = None,
 ) -> None:
     """Write a model's weights in another code base's format (the authors' SDNet code)."""
     from .. import api
+    from ..specs import ModelSpec
 
     preflight(out.parent, parameter="out")
-    stdout.print(f"wrote {api.export_checkpoint(out=out, format=format, **common)}")
+    spec = ModelSpec(model, checkpoint=checkpoint, weights_dir=weights_dir)
+    stdout.print(f"wrote {api.export_checkpoint(out=out, model=spec, dataset=dataset, format=format)}")

@@ -2,29 +2,69 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ..errors import UsageError
-from ._app import call, command, console, preflight, print_rows, stdout, write
+from ._app import RichProgress, command, console, preflight, print_rows, refuse_given, stdout, write
 from .options import (
-    ATTACK_OPTIONS,
-    ATTACK_SHARED,
-    EVAL_OPTIONS,
+    AttackBatchOpt,
+    AttackNExamplesOpt,
+    AttackPrecisionOpt,
+    AttackSeedOpt,
+    CacheDirOpt,
     CalibrationOpt,
     CalibrationOutOpt,
+    CDirOpt,
+    CheckpointOpt,
+    CompileOpt,
     CorruptionOpt,
+    DataDirOpt,
+    DatasetOpt,
+    DeviceOpt,
     EpsOpt,
+    EvalBatchOpt,
     FitNOpt,
+    ModelDirOpt,
+    ModelOpt,
+    NameOpt,
+    NExamplesOpt,
+    NormOpt,
+    NStepsOpt,
+    OutOpt,
+    PoolOpt,
+    PrecisionOpt,
+    RestartsOpt,
+    ResumeOpt,
+    SeedOpt,
     SeverityOpt,
+    StepsOpt,
     SweepSpanOpt,
+    ThreatOpt,
+    VersionOpt,
+    WeightsDirOpt,
 )
 
+if TYPE_CHECKING:
+    from ..specs import DataSpec, ModelSpec, RunSpec
 
-@command("sweep-lambda", (*EVAL_OPTIONS, "n_steps", "compile"))
+SWEEP_ONLY = (
+    "corruptions", "severities", "fit", "fit_corruptions", "fit_n", "calibration_out", "sweep_span", "cifar_c_dir",
+    "cache_dir", "compile", "adapt",
+)  # fmt: skip
+"""sweep-lambda's options that the corruption sweep uses and ``--attack`` (clean images, attacked) cannot."""
+ATTACK_ONLY = ("eps", "norm", "steps", "restarts", "version", "baseline_model", "pool_batches", "resume")
+"""sweep-lambda's hidden options, kept for its former ``--attack`` spelling: the corruption sweep cannot use them."""
+
+
+@command("sweep-lambda")
 def sweep_lambda_command(
+    ctx: typer.Context,
+    model: ModelOpt = "sdnet18",
+    checkpoint: CheckpointOpt = None,
+    dataset: DatasetOpt = "cifar10",
     corruptions: Annotated[
         list[str],
         typer.Option(
@@ -57,6 +97,17 @@ def sweep_lambda_command(
     fit_n: FitNOpt = 1000,
     calibration_out: CalibrationOutOpt = None,
     sweep_span: SweepSpanOpt = 0.2,
+    adapt: Annotated[
+        str,
+        typer.Option(
+            "--adapt",
+            help="Test-time adaptation the sweep and the calibration run under: none; bn (statistics of batches "
+            "of --batch-size, default 200, of one cell or group; every lambda runs on every image); bn-prior "
+            "(per image, prior strength 16). A calibration fitted under bn or bn-prior records it and is written "
+            "as <checkpoint stem>.lambda-<adapt>.json, which `sdnet eval --lam auto --adapt` with the same "
+            "method uses.",
+        ),
+    ] = "none",
     attack: Annotated[
         str | None,
         typer.Option(
@@ -74,18 +125,52 @@ def sweep_lambda_command(
     baseline_model: Annotated[str | None, typer.Option("--baseline-model", hidden=True)] = None,
     pool_batches: Annotated[int | None, typer.Option("--pool-batches", hidden=True)] = None,
     resume: Annotated[bool, typer.Option("--resume", hidden=True)] = False,
-    **common: Any,
+    threat: ThreatOpt = "corruptions",
+    model_dir: ModelDirOpt = None,
+    cifar_c_dir: CDirOpt = None,
+    n_examples: NExamplesOpt = None,
+    batch_size: EvalBatchOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    weights_dir: WeightsDirOpt = None,
+    out_dir: OutOpt = Path("runs"),
+    name: NameOpt = None,
+    n_steps: NStepsOpt = None,
+    compile: CompileOpt = False,
 ) -> None:
     """Accuracy and stem reconstruction error for each test lambda on each cell; --fit calibrates --lam auto/noise."""
     from .. import api
+    from ..specs import DataSpec, ModelSpec, RunSpec, check_precision
 
     if attack is not None:
         console.print("[yellow]note:[/] `sdnet sweep-lambda --attack` is now `sdnet attack-vs-lambda`", highlight=False)
-        if fit:
-            raise UsageError("--fit calibrates on corruptions; it does not combine with --attack")
-        return attack_vs_lambda_report(locals())
-    preflight(common["out_dir"], common["name"])
-    report = call(api.sweep_lambda, locals())
+        refuse_given(ctx, SWEEP_ONLY, "belongs to the corruption sweep; it does not combine with --attack")
+    else:
+        refuse_given(ctx, ATTACK_ONLY, "applies with --attack only (now `sdnet attack-vs-lambda`)")
+    preflight(out_dir, name)
+    spec = ModelSpec(
+        model, checkpoint=checkpoint, weights_dir=weights_dir, n_steps=n_steps, threat=threat, model_dir=model_dir
+    )
+    data = DataSpec(
+        dataset=dataset, data_dir=data_dir, cache_dir=cache_dir, cifar_c_dir=cifar_c_dir, seed=seed,
+        n_examples=n_examples,
+    )  # fmt: skip
+    run = RunSpec(device=device, precision=check_precision(precision), batch_size=batch_size, compile=compile)
+    if attack is not None:
+        return attack_vs_lambda_report(
+            spec, data, run, lams=lams, attack=attack, eps=eps, norm=norm, steps=steps, restarts=restarts,
+            version=version, baseline_model=baseline_model, pool_batches=pool_batches, resume=resume, out_dir=out_dir,
+            name=name,
+        )  # fmt: skip
+    with RichProgress() as progress:
+        report = api.sweep_lambda(
+            model=spec, data=data, run=run, corruptions=corruptions, severities=severities, lams=lams, fit=fit,
+            fit_corruptions=fit_corruptions, fit_n=fit_n, calibration_out=calibration_out, sweep_span=sweep_span,
+            adapt=adapt, progress=progress,
+        )  # fmt: skip
     best = [{**r, "mean_error": f"{r['mean_error']:.4g}"} for r in report.rows if r["oracle"]]
     columns = ["corruption", "severity", "lam", "n", "accuracy", "mean_error"]
     print_rows(f"{report.meta['model']['name']}: best lambda per cell", best, columns)
@@ -96,11 +181,14 @@ def sweep_lambda_command(
         stdout.print(f"auto: {recommended} (the higher mean accuracy on the calibration groups)")
     if report.meta["calibration"]:
         stdout.print(f"wrote {report.meta['calibration']}")
-    write(report, common["out_dir"], common["name"])
+    write(report, out_dir, name)
 
 
-@command("attack-vs-lambda", ATTACK_OPTIONS, ATTACK_SHARED)
+@command("attack-vs-lambda")
 def attack_vs_lambda_command(
+    model: ModelOpt = "sdnet18",
+    checkpoint: CheckpointOpt = None,
+    dataset: DatasetOpt = "cifar10",
     attack: Annotated[
         str, typer.Option("--attack", "-a", help="Any attack of `sdnet attack` (pgd, apgd-ce, ..., autoattack).")
     ] = "pgd",
@@ -117,27 +205,80 @@ def attack_vs_lambda_command(
             "reference lines.",
         ),
     ] = None,
-    **common: Any,
+    threat: ThreatOpt = "corruptions",
+    model_dir: ModelDirOpt = None,
+    norm: NormOpt = "Linf",
+    steps: StepsOpt = None,
+    restarts: RestartsOpt = None,
+    version: VersionOpt = "standard",
+    n_examples: AttackNExamplesOpt = None,
+    batch_size: AttackBatchOpt = None,
+    pool_batches: PoolOpt = None,
+    device: DeviceOpt = "auto",
+    precision: AttackPrecisionOpt = "fp32",
+    seed: AttackSeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    weights_dir: WeightsDirOpt = None,
+    n_steps: NStepsOpt = None,
+    resume: ResumeOpt = False,
+    out_dir: OutOpt = Path("runs"),
+    name: NameOpt = None,
 ) -> None:
     """Clean and robust accuracy for each test lambda, the deployed model attacked at that lambda on the first
     --n-examples clean test images (the paper's robustness vs lambda claim)."""
-    attack_vs_lambda_report(locals())
+    from ..specs import DataSpec, ModelSpec, RunSpec, check_precision
 
-
-def attack_vs_lambda_report(options: dict[str, Any]) -> None:
-    """Run ``api.attack_vs_lambda`` with a command's options, print its rows and write the report."""
-    from .. import api
-
-    out_dir, name = options["common"]["out_dir"], options["common"]["name"]
     preflight(out_dir, name)
-    report = call(api.attack_vs_lambda, options, state_dir=out_dir)
+    spec = ModelSpec(
+        model, checkpoint=checkpoint, weights_dir=weights_dir, n_steps=n_steps, threat=threat, model_dir=model_dir
+    )
+    data = DataSpec(dataset=dataset, data_dir=data_dir, seed=seed, n_examples=n_examples)
+    run = RunSpec(device=device, precision=check_precision(precision), batch_size=batch_size)
+    attack_vs_lambda_report(
+        spec, data, run, lams=lams, attack=attack, eps=eps, norm=norm, steps=steps, restarts=restarts,
+        version=version, baseline_model=baseline_model, pool_batches=pool_batches, resume=resume, out_dir=out_dir,
+        name=name,
+    )  # fmt: skip
+
+
+def attack_vs_lambda_report(
+    spec: ModelSpec,
+    data: DataSpec,
+    run: RunSpec,
+    *,
+    lams: str,
+    attack: str,
+    eps: Sequence[str],
+    norm: str,
+    steps: int | None,
+    restarts: int | None,
+    version: str,
+    baseline_model: str | None,
+    pool_batches: int | None,
+    resume: bool,
+    out_dir: Path,
+    name: str | None,
+) -> None:
+    """Run ``api.attack_vs_lambda`` (its state saved in ``out_dir``), print its rows and write the report."""
+    from .. import api
+    from ..attacks import check_norm
+
+    with RichProgress() as progress:
+        report = api.attack_vs_lambda(
+            model=spec, data=data, run=run, lams=lams, attack=attack, norm=check_norm(norm), eps=eps, steps=steps,
+            restarts=restarts, version=version, baseline_model=baseline_model, pool_batches=pool_batches, name=name,
+            state_dir=out_dir, resume=resume, progress=progress,
+        )  # fmt: skip
     columns = ["model", "attack", "eps_text", "lam", "n", "clean_accuracy", "robust_accuracy", "masking_warnings"]
     print_rows(f"{report.meta['model']['name']}: accuracy vs lambda", report.rows, columns)
     write(report, out_dir, None)
 
 
-@command("lambda-rules", EVAL_OPTIONS)
+@command("lambda-rules")
 def lambda_rules_command(
+    model: ModelOpt = "sdnet18",
+    checkpoint: CheckpointOpt = None,
+    dataset: DatasetOpt = "cifar10",
     corruptions: CorruptionOpt = ["gaussian_noise"],
     severities: SeverityOpt = ["all"],
     rules: Annotated[
@@ -158,23 +299,49 @@ def lambda_rules_command(
     ] = "0.1:1.4:0.05",
     calibration: CalibrationOpt = None,
     sweep_span: SweepSpanOpt = 0.2,
-    **common: Any,
+    threat: ThreatOpt = "corruptions",
+    model_dir: ModelDirOpt = None,
+    cifar_c_dir: CDirOpt = None,
+    n_examples: NExamplesOpt = None,
+    batch_size: EvalBatchOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    weights_dir: WeightsDirOpt = None,
+    out_dir: OutOpt = Path("runs"),
+    name: NameOpt = None,
 ) -> None:
     """Label-free lambda rules side by side with the per-cell and per-input oracles (which use labels),
     with the chosen lambdas' mean and 10th/90th percentiles per cell."""
     from .. import api
+    from ..specs import DataSpec, ModelSpec, RunSpec, check_precision
 
-    preflight(common["out_dir"], common["name"])
-    report = call(api.compare_lambda_rules, locals())
+    preflight(out_dir, name)
+    spec = ModelSpec(model, checkpoint=checkpoint, weights_dir=weights_dir, threat=threat, model_dir=model_dir)
+    data = DataSpec(
+        dataset=dataset, data_dir=data_dir, cache_dir=cache_dir, cifar_c_dir=cifar_c_dir, seed=seed,
+        n_examples=n_examples,
+    )  # fmt: skip
+    run = RunSpec(device=device, precision=check_precision(precision), batch_size=batch_size)
+    with RichProgress() as progress:
+        report = api.compare_lambda_rules(
+            model=spec, data=data, run=run, corruptions=corruptions, severities=severities, rules=rules, lams=lams,
+            calibration=calibration, sweep_span=sweep_span, progress=progress,
+        )  # fmt: skip
     columns = ["lam", "uses_labels", "corrupted_mean", "gain", "clean", "clean_change", "lam_mean"]
     print_rows(
         f"{report.meta['model']['name']}: lambda rules (oracle rows use labels)", report.meta["summary"], columns
     )
-    write(report, common["out_dir"], common["name"])
+    write(report, out_dir, name)
 
 
-@command("lambda-hold-out", EVAL_OPTIONS)
+@command("lambda-hold-out")
 def lambda_hold_out_command(
+    model: ModelOpt = "sdnet18",
+    checkpoint: CheckpointOpt = None,
+    dataset: DatasetOpt = "cifar10",
     hold_out: Annotated[
         list[str],
         typer.Option(
@@ -210,15 +377,39 @@ def lambda_hold_out_command(
         ),
     ] = None,
     sweep_span: SweepSpanOpt = 0.2,
-    **common: Any,
+    threat: ThreatOpt = "corruptions",
+    model_dir: ModelDirOpt = None,
+    cifar_c_dir: CDirOpt = None,
+    n_examples: NExamplesOpt = None,
+    batch_size: EvalBatchOpt = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
+    seed: SeedOpt = 0,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
+    weights_dir: WeightsDirOpt = None,
+    out_dir: OutOpt = Path("runs"),
+    name: NameOpt = None,
 ) -> None:
     """Generalisation of the lambda rule: each corruption left out of the calibration in turn, evaluated on its
     test cells beside the rule fitted with it and a fixed lambda."""
     from .. import api
+    from ..specs import DataSpec, ModelSpec, RunSpec, check_precision
 
-    preflight(common["out_dir"], common["name"])
-    report = call(api.lambda_hold_out, locals())
+    preflight(out_dir, name)
+    spec = ModelSpec(model, checkpoint=checkpoint, weights_dir=weights_dir, threat=threat, model_dir=model_dir)
+    data = DataSpec(
+        dataset=dataset, data_dir=data_dir, cache_dir=cache_dir, cifar_c_dir=cifar_c_dir, seed=seed,
+        n_examples=n_examples,
+    )  # fmt: skip
+    run = RunSpec(device=device, precision=check_precision(precision), batch_size=batch_size)
+    with RichProgress() as progress:
+        report = api.lambda_hold_out(
+            model=spec, data=data, run=run, hold_out=hold_out, rule=rule, reference_lam=reference_lam,
+            severities=severities, calibration=calibration, fit_corruptions=fit_corruptions, fit_n=fit_n,
+            fit_lams=fit_lams, calibration_out=calibration_out, sweep_span=sweep_span, progress=progress,
+        )  # fmt: skip
     columns = ["held_out", "reference_accuracy", "gain_in_calibration", "rule_held_out", "gain_held_out", "kept"]
     title = f"{report.meta['model']['name']}: gain over lambda {reference_lam:g}, corruption held out"
     print_rows(title, report.meta["summary"], columns)
-    write(report, common["out_dir"], common["name"])
+    write(report, out_dir, name)

@@ -1,10 +1,10 @@
-"""Options of several commands, declared once: flag, default and help. ``SHARED`` (and ``ATTACK_SHARED``
-for the attack commands) name them by the API parameter they fill."""
+"""Options of several commands, declared once: flag and help. Each command lists the ones it has, with
+their defaults, and builds the API's records (``ModelSpec``, ``DataSpec``, ``RunSpec``) from them."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -84,6 +84,15 @@ SeedOpt = Annotated[
         "--seed", help="Seed (0 .. 2**32-1) for generated corruptions and every random choice; same seed, same numbers."
     ),
 ]
+AttackSeedOpt = Annotated[
+    int,
+    typer.Option(
+        "--seed", help="Seed (0 .. 2**32-1) of the attacks' random starts and draws; same seed, same numbers."
+    ),
+]
+TrainDatasetOpt = Annotated[
+    str, typer.Option("--dataset", help="Dataset to train on: cifar10 or cifar100 (its training split).")
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (GPU if present), cpu or cuda.")]
 PrecisionOpt = Annotated[
     str,
@@ -107,8 +116,7 @@ AttackBatchOpt = Annotated[
     int | None,
     typer.Option(
         "--batch-size",
-        help="Images per attacked batch (default: the attacks' own, sdnet_cli.attacks.config.BATCH_SIZE). Results "
-        "depend on it, as on --pool-batches.",
+        help="Images per attacked batch (default: 128). Results depend on it, as on --pool-batches.",
     ),
 ]
 NExamplesOpt = Annotated[
@@ -117,7 +125,13 @@ NExamplesOpt = Annotated[
 AttackNExamplesOpt = Annotated[
     int | None, typer.Option("--n-examples", "-n", help="Attack only the first N test images (default: all).")
 ]
-OutOpt = Annotated[Path, typer.Option("--out", help="Folder for the JSON, CSV and Markdown reports.")]
+OutOpt = Annotated[
+    Path,
+    typer.Option(
+        "--out",
+        help="Folder for the JSON, CSV and Markdown reports (default: runs/ in the current folder; a checkout's .gitignore leaves it out of git).",
+    ),
+]
 NameOpt = Annotated[
     str | None, typer.Option("--name", help="Report file stem (a plain file name; default per command).")
 ]
@@ -155,7 +169,7 @@ PoolOpt = Annotated[
     int | None,
     typer.Option(
         "--pool-batches",
-        help="Attacks run on pools of this many batches (default: sdnet_cli.attacks.config.POOL_BATCHES): before each "
+        help="Attacks run on pools of this many batches (default: 8): before each "
         "attack the points still standing in a pool are gathered into full batches. Results depend on it as on "
         "--batch-size; torchrun splits and --resume saves whole pools.",
     ),
@@ -202,82 +216,6 @@ CalibrationOutOpt = Annotated[
     Path | None,
     typer.Option("--calibration-out", help="Write the calibration here (default: beside the checkpoint)."),
 ]
-
-SHARED: dict[str, tuple[Any, Any]] = {
-    "model": (ModelOpt, "sdnet18"),
-    "checkpoint": (CheckpointOpt, None),
-    "dataset": (DatasetOpt, "cifar10"),
-    "cifar_c_dir": (CDirOpt, None),
-    "n_examples": (NExamplesOpt, None),
-    "batch_size": (EvalBatchOpt, None),
-    "device": (DeviceOpt, "auto"),
-    "precision": (PrecisionOpt, "fp32"),
-    "seed": (SeedOpt, 0),
-    "data_dir": (DataDirOpt, None),
-    "cache_dir": (CacheDirOpt, None),
-    "weights_dir": (WeightsDirOpt, None),
-    "n_steps": (NStepsOpt, None),
-    "compile": (CompileOpt, False),
-    "threat": (ThreatOpt, "corruptions"),
-    "model_dir": (ModelDirOpt, None),
-    "out_dir": (OutOpt, Path("reports")),
-    "name": (NameOpt, None),
-}
-"""Options with the same flag, default and help in every command that has them: name -> (type, default)."""
-
-LEADING = ("model", "checkpoint", "dataset")
-"""Shared options listed before a command's own (the rest follow them)."""
-
-ATTACK_SHARED: dict[str, tuple[Any, Any]] = {
-    **SHARED,
-    "n_examples": (AttackNExamplesOpt, None),
-    "batch_size": (AttackBatchOpt, None),
-    "precision": (AttackPrecisionOpt, "fp32"),
-    "norm": (NormOpt, "Linf"),
-    "steps": (StepsOpt, None),
-    "restarts": (RestartsOpt, None),
-    "version": (VersionOpt, "standard"),
-    "pool_batches": (PoolOpt, None),
-    "resume": (ResumeOpt, False),
-}
-"""``SHARED`` as the attack commands have it: their batch size, precision and image count, and the attack's options."""
-
-EVAL_OPTIONS = LEADING + (
-    "threat",
-    "model_dir",
-    "cifar_c_dir",
-    "n_examples",
-    "batch_size",
-    "device",
-    "precision",
-    "seed",
-    "data_dir",
-    "cache_dir",
-    "weights_dir",
-    "out_dir",
-    "name",
-)
-ATTACK_OPTIONS = LEADING + (
-    "threat",
-    "model_dir",
-    "norm",
-    "steps",
-    "restarts",
-    "version",
-    "n_examples",
-    "batch_size",
-    "pool_batches",
-    "device",
-    "precision",
-    "seed",
-    "data_dir",
-    "weights_dir",
-    "n_steps",
-    "resume",
-    "out_dir",
-    "name",
-)
-
 
 CorruptionOpt = Annotated[
     list[str],

@@ -99,7 +99,6 @@ class CellSource:
         workers: int | None = None,
         dataset: str = "cifar10",
     ) -> None:
-
         if n_examples is not None:
             check_count(n_examples, "n_examples", EXAMPLES_MAX)
         if workers is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -166,14 +167,17 @@ def load_cifar(
     root = resolve_data_dir(data_dir)
     folder = root / layout.folder
     if not folder.is_dir() and download_missing:
+        created = not root.exists()
         try:
             download(layout, root)
         except Exception as exc:  # offline, proxy, disk: all end in the same advice
+            if created:  # no empty (or half-downloaded) data folder left behind
+                shutil.rmtree(root, ignore_errors=True)
             raise DataError(
                 f"{layout.title} not found in {folder} and the download failed ({exc.__class__.__name__}). "
                 f"Put the '{layout.folder}' folder (from {layout.url.rsplit('/', 1)[-1]}) inside {root}, "
                 "or point --data-dir / $SDNET_DATA at the folder that contains it."
-            ) from exc
+            ) from None
     names = layout.train if split == "train" else layout.test
     missing = [n for n in names if not (folder / n).is_file()]
     if missing:

@@ -5,19 +5,16 @@ seed and library versions. Generation is deterministic for a seed whatever the n
 of ``CHUNK`` images of a (corruption, severity) has its own Generator seeded from
 ``SeedSequence([seed, corruption index in ALL_CORRUPTIONS, severity, chunk index])``.
 Files appear under their final names only when complete (``_io``'s temp file + rename); temp
-files of writers that were killed are swept by the next run, and pool workers exit with their parent.
+files of writers that were killed are swept by the next run; the pool (``workers``) never re-runs the
+caller's script, and its workers exit with their parent.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 import math
-import multiprocessing
-import multiprocessing.connection
 import os
 import shutil
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -31,6 +28,7 @@ from sdnet_cli.data.corruptions import ALL_CORRUPTIONS, CIFAR_STRENGTHS, corrupt
 from .._io import atomic_path, package_versions, sweep_stale_temps, temp_path
 from ..schemas import SEVERITIES, WORKERS_MAX, check_count
 from .cifar_c import LABELS_FILE, METADATA_FILE, CifarCError, read_metadata
+from .workers import run_pool
 
 CHUNK = 1000
 _NOTE = (
@@ -81,37 +79,16 @@ def _corrupt_chunk(images: np.ndarray, name: str, severity: int, chunk: int, see
     return corrupt(images[chunk * CHUNK : (chunk + 1) * CHUNK], name, severity, rng)
 
 
-# Each pool worker receives the images once (pool initializer); tasks name rows only.
-_WORKER_IMAGES: np.ndarray | None = None
-
-
-def exit_with_parent() -> None:
-    """Make this pool worker exit as soon as the process that started it is gone, even if it was SIGKILLed.
-
-    A killed parent cannot stop its workers, which would otherwise finish (and keep the CPUs busy
-    with) work nobody will collect.
-    """
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        multiprocessing.connection.wait([parent.sentinel])  # ready when the parent has exited
-        os._exit(1)
-
-    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
-
-
-def _init_worker(images: np.ndarray) -> None:
-    global _WORKER_IMAGES
-    _WORKER_IMAGES = images
-    cv2.setNumThreads(1)  # the parallelism comes from the processes
-    exit_with_parent()
-
-
-def _worker_chunk(name: str, severity: int, chunk: int, seed: int) -> np.ndarray:
-    assert _WORKER_IMAGES is not None, "pool worker started without _init_worker"
-    return _corrupt_chunk(_WORKER_IMAGES, name, severity, chunk, seed)
+def _corrupt_into(images: np.ndarray, name: str, severity: int, chunk: int, seed: int, target: str, n: int) -> int:
+    """Write that chunk's corrupted rows straight into ``target`` (the corruption's allocated temp ``.npy``);
+    returns the row count. The result stays out of the pool's result pipe: a worker killed while sending a
+    large result would leave a partial message that the parent waits for forever."""
+    rows = _corrupt_chunk(images, name, severity, chunk, seed)
+    out = np.load(target, mmap_mode="r+", allow_pickle=False)
+    start = (severity - 1) * n + chunk * CHUNK
+    out[start : start + len(rows)] = rows
+    out.flush()
+    return len(rows)
 
 
 def _check_inputs(images: np.ndarray, labels: np.ndarray, corruptions: Sequence[str]) -> None:
@@ -166,10 +143,10 @@ def _writing(folder: Path) -> Iterator[None]:
         ) from None
 
 
-def _allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
-    """A new uint8 ``.npy`` memmap whose blocks are all allocated before any is written: a write into a
+def _allocate_npy(path: Path, shape: tuple[int, ...]) -> None:
+    """A new uint8 ``.npy`` of zeros whose blocks are all allocated before any is written: a write into a
     sparse file on a full disk is a SIGBUS that kills the process, an allocation that fails is an OSError."""
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape).flush()  # the header
     with open(path, "r+b") as f:
         size = os.fstat(f.fileno()).st_size
         if hasattr(os, "posix_fallocate"):
@@ -178,7 +155,6 @@ def _allocated_memmap(path: Path, shape: tuple[int, ...]) -> np.memmap:
             block, start = bytes(1 << 20), f.seek(size - math.prod(shape))
             for offset in range(start, size, len(block)):
                 f.write(block[: size - offset])
-    return array
 
 
 def generate_cifar_c(
@@ -210,7 +186,7 @@ def generate_cifar_c(
         n = len(images)
         _check_folder(out_dir, seed, n)
         sweep_stale_temps(out_dir)
-        _check_free_space(out_dir, len(corruptions) * len(SEVERITIES) * images[:1].nbytes * n)
+        _check_free_space(out_dir, (len(corruptions) * len(SEVERITIES) + 1) * images.nbytes)  # + the pool's input
 
         tiled = np.tile(labels.astype(np.int64), len(SEVERITIES))
 
@@ -228,50 +204,34 @@ def generate_cifar_c(
         tasks = [(c, s, k) for c in corruptions for s in SEVERITIES for k in range(chunks)]
         remaining = {c: len(SEVERITIES) * chunks for c in corruptions}
         temps = {c: temp_path(out_dir / f"{c}.npy") for c in corruptions}
-        outputs: dict[str, np.memmap] = {}
 
         def discard_partial() -> None:
-            outputs.clear()
             for tmp in temps.values():
                 tmp.unlink(missing_ok=True)
 
-        def store(name: str, severity: int, chunk: int, result: np.ndarray) -> None:
-            if name not in outputs:
-                outputs[name] = _allocated_memmap(temps[name], (len(SEVERITIES) * n, 32, 32, 3))
-            start = (severity - 1) * n + chunk * CHUNK
-            outputs[name][start : start + len(result)] = result
+        def store(task: tuple[Any, ...], rows: int) -> None:
+            name = task[0]
             remaining[name] -= 1
             if remaining[name] == 0:
-                outputs.pop(name).flush()
                 os.replace(temps[name], out_dir / f"{name}.npy")
                 present.append(name)
                 _write_json(out_dir / METADATA_FILE, _metadata(seed, n, present, title))
             if progress is not None:
-                progress(len(result))
+                progress(rows)
 
         try:
-            if workers <= 1 or len(tasks) <= 1:
-                for task in tasks:
-                    store(*task, _corrupt_chunk(images, *task, seed))
-            else:
-                # spawn, not fork: the caller may hold threads (torch, BLAS) that fork breaks
-                context = multiprocessing.get_context("spawn")
-                with concurrent.futures.ProcessPoolExecutor(
-                    max_workers=min(workers, len(tasks)),
-                    mp_context=context,
-                    initializer=_init_worker,
-                    initargs=(images,),
-                ) as pool:
-                    try:
-                        futures = {pool.submit(_worker_chunk, *task, seed): task for task in tasks}
-                        for future in concurrent.futures.as_completed(futures):
-                            store(*futures[future], future.result())
-                    except BaseException:
-                        # partial files go first: a SIGKILL while running chunks finish must not strand them
-                        discard_partial()
-                        # without this, leaving the with-block would still run every queued chunk
-                        pool.shutdown(wait=True, cancel_futures=True)
-                        raise
+            for name in corruptions:  # every block allocated up front: a full disk fails here, not in a worker
+                _allocate_npy(temps[name], (len(SEVERITIES) * n, 32, 32, 3))
+            # partial files go first (on_stop): a SIGKILL while running chunks finish must not strand them
+            run_pool(
+                _corrupt_into,
+                [(c, s, k, seed, str(temps[c]), n) for c, s, k in tasks],
+                store,
+                workers,
+                shared=images,
+                scratch=out_dir,
+                on_stop=discard_partial,
+            )
         finally:
             discard_partial()
         return out_dir

@@ -21,7 +21,6 @@ from __future__ import annotations
 import concurrent.futures
 import hashlib
 import json
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,8 +33,9 @@ from .._io import atomic_path, atomic_write_text
 from ..schemas import SEVERITIES
 from .cifar import DataError
 from .cifar_c import METADATA_FILE, describe_source
-from .cifar_c_generate import exit_with_parent, library_versions
+from .cifar_c_generate import library_versions
 from .corruptions import ALL_CORRUPTIONS, corrupt
+from .workers import run_pool
 
 IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp"})
 RESIZE, CROP = 256, 224  # the standard evaluation preprocessing: shorter side to 256, centre 224x224
@@ -202,13 +202,6 @@ def _validation_folder(images: ImageArray) -> str:
     return str(Path(images.paths[0]).resolve().parent.parent)
 
 
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # the parallelism comes from the processes
-    exit_with_parent()
-
-
 class FolderStore:
     """ImageNet-C (release folder or generated cache) as the ``CellSource`` sees it.
 
@@ -290,23 +283,12 @@ class FolderStore:
             (path, _generated_path(root, c, s, image_key(path)), c, s, _image_entropy(seed, c, s, image_key(path)))
             for c, s, path in self._todo(root, corruptions, images, n)
         ]
-        if workers <= 1 or len(tasks) <= 1:
-            for task in tasks:
-                corrupt_file(*task)
-                if progress is not None:
-                    progress(1)
-            return root
-        context = multiprocessing.get_context("spawn")  # the caller may hold threads that fork breaks
-        pool_size = min(workers, len(tasks))
-        with concurrent.futures.ProcessPoolExecutor(pool_size, mp_context=context, initializer=_init_worker) as pool:
-            try:
-                for future in concurrent.futures.as_completed([pool.submit(corrupt_file, *task) for task in tasks]):
-                    future.result()
-                    if progress is not None:
-                        progress(1)
-            except BaseException:
-                pool.shutdown(wait=True, cancel_futures=True)
-                raise
+
+        def done(task: tuple[Any, ...], result: None) -> None:
+            if progress is not None:
+                progress(1)
+
+        run_pool(corrupt_file, tasks, done, workers, what="ImageNet-C")
         return root
 
     def validate(self, root: Path, corruptions: Sequence[str], images: ImageArray, labels: np.ndarray, n: int) -> None:

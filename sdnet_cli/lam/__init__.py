@@ -15,6 +15,8 @@ Sweeps and the calibration itself run models, so they live in ``sdnet_cli.sweep`
 from .calibration import (
     CALIBRATION_SUFFIX,
     Calibration,
+    adaptation_label,
+    calibration_mismatch,
     default_calibration_path,
     find_calibration,
     fit_rules,
@@ -60,6 +62,8 @@ __all__ = [
     "NoiseLevelLambda",
     "OracleScores",
     "ReconErrorLambda",
+    "adaptation_label",
+    "calibration_mismatch",
     "default_calibration_path",
     "estimate_impulse_fraction",
     "estimate_noise_sigma",

@@ -88,7 +88,9 @@ class Calibration:
 
     ``points`` has one dict per (corruption, severity) group: its accuracy-optimal lambda on
     ``grid``, its accuracy at every grid lambda (``curve``) and the group means of each rule's
-    feature (``FEATURES``). ``recommended`` names the rule ``lam="auto"`` runs.
+    feature (``FEATURES``). ``recommended`` names the rule ``lam="auto"`` runs. ``adaptation``: the test-time
+    adaptation the groups ran under (``adapt.calibration_record``; None, absent from the file: stored BatchNorm
+    statistics).
     """
 
     recon: ReconErrorLambda
@@ -103,6 +105,7 @@ class Calibration:
     training_lam: float
     checkpoint_sha256: str
     split: str = "train"
+    adaptation: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.recommended not in RULES:
@@ -165,7 +168,8 @@ class Calibration:
                 "split",
             )
         }
-        return {"rules": rules, **body, "schema": SCHEMA}
+        adapted = {"adaptation": self.adaptation} if self.adaptation is not None else {}
+        return {"rules": rules, **body, **adapted, "schema": SCHEMA}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Calibration:
@@ -196,6 +200,7 @@ class Calibration:
             training_lam=float(data["training_lam"]),
             checkpoint_sha256=str(data["checkpoint_sha256"]),
             split=str(data["split"]),
+            adaptation=_adaptation_from_json(data.get("adaptation")),
         )
 
     def save(self, path: Path) -> Path:
@@ -230,6 +235,36 @@ def validate_calibration(data: Any, path: Path) -> None:
             raise UsageError(f"calibration {path}: rules.{name} is missing", parameter="calibration")
 
 
+def _adaptation_from_json(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("method"), str):
+        raise UsageError(
+            f"calibration: adaptation must be an object with a method, got {value!r}", parameter="calibration"
+        )
+    return dict(value)
+
+
+def adaptation_label(record: dict[str, Any] | None) -> str:
+    """``none`` or the method with its settings, e.g. ``bn (batches of 200)``."""
+    if record is None:
+        return "none (stored BatchNorm statistics)"
+    settings = [f"batches of {record['batch_size']}"] if "batch_size" in record else []
+    settings += [f"N={record['prior_strength']:g}"] if "prior_strength" in record else []
+    return str(record["method"]) + (f" ({', '.join(settings)})" if settings else "")
+
+
+def calibration_mismatch(calibration: Calibration, record: dict[str, Any] | None) -> str | None:
+    """A one-line note when the rule runs under another adaptation than it was calibrated under, else None."""
+    if calibration.adaptation == record:
+        return None
+    method = record["method"] if record is not None else "none"
+    return (
+        f"the lambda rule was calibrated under adapt {adaptation_label(calibration.adaptation)} but runs under adapt "
+        f"{adaptation_label(record)}; `sdnet sweep-lambda --fit --adapt {method}` fits one for it"
+    )
+
+
 def _rule_from_json(rule: type[LineRule], line: dict[str, Any]) -> LineRule:
     """The rule from its stored coefficients; one an older layout lacks (a further term's) keeps its default 0."""
     coefficients: dict[str, Any] = {
@@ -240,14 +275,21 @@ def _rule_from_json(rule: type[LineRule], line: dict[str, Any]) -> LineRule:
     return rule(**coefficients)
 
 
-def default_calibration_path(checkpoint: Path) -> Path:
-    """``<checkpoint stem>.lambda.json`` beside the checkpoint."""
+def default_calibration_path(checkpoint: Path, adapt: str | None = None) -> Path:
+    """``<checkpoint stem>.lambda.json`` beside the checkpoint; fitted under an adaptation,
+    ``<checkpoint stem>.lambda-<adapt>.json``."""
     checkpoint = Path(checkpoint)
-    return checkpoint.with_name(checkpoint.stem + CALIBRATION_SUFFIX)
+    tag = f"-{adapt}" if adapt not in (None, "none") else ""
+    return checkpoint.with_name(checkpoint.stem + CALIBRATION_SUFFIX.replace(".json", f"{tag}.json"))
 
 
-def find_calibration(info: ModelInfo) -> Path:
-    """Where this checkpoint's calibration lives: its manifest entry's ``calibration`` file, else beside it."""
+def find_calibration(info: ModelInfo, adapt: str | None = None) -> Path:
+    """Where this checkpoint's calibration lives: its manifest entry's ``calibration`` file, else beside it.
+    With ``adapt`` (a method name), the one fitted under it (``default_calibration_path``) when it exists."""
+    if info.checkpoint is not None and adapt not in (None, "none"):
+        adapted = default_calibration_path(Path(info.checkpoint), adapt)
+        if adapted.is_file():
+            return adapted
     if info.checkpoint is None:
         raise UsageError(
             f"{info.name} was not loaded from a checkpoint file, so it has no calibration; pass calibration=PATH",
@@ -258,9 +300,10 @@ def find_calibration(info: ModelInfo) -> Path:
     return checkpoint.with_name(named) if named else default_calibration_path(checkpoint)
 
 
-def load_calibration(info: ModelInfo, path: Path | None = None) -> Calibration:
-    """The calibration of the loaded checkpoint (``path`` overrides the lookup); it must be fitted for it."""
-    path = Path(path) if path is not None else find_calibration(info)
+def load_calibration(info: ModelInfo, path: Path | None = None, adapt: str | None = None) -> Calibration:
+    """The calibration of the loaded checkpoint (``path`` overrides the lookup; ``adapt`` prefers the one fitted
+    under that adaptation, see ``find_calibration``); it must be fitted for it."""
+    path = Path(path) if path is not None else find_calibration(info, adapt)
     if not path.is_file():
         raise UsageError(
             f"no lambda calibration for {info.name} at {path}; fit one on training images first "
@@ -278,13 +321,17 @@ def load_calibration(info: ModelInfo, path: Path | None = None) -> Calibration:
 
 
 def store_calibration(calibration: Calibration, info: ModelInfo, path: Path | None = None) -> Path:
-    """Write the calibration (default: beside the checkpoint) and, for a shipped checkpoint whose folder
-    receives the file, name it in the manifest entry so ``lam="auto"`` finds it."""
+    """Write the calibration (default: beside the checkpoint; fitted under an adaptation, under its own name,
+    ``default_calibration_path``) and, for a shipped checkpoint whose folder receives the file, name a
+    stored-statistics one in the manifest entry so ``lam="auto"`` finds it."""
+    method = calibration.adaptation["method"] if calibration.adaptation is not None else None
     if path is None:
         if info.checkpoint is None:
             raise UsageError(f"{info.name} was not loaded from a checkpoint file; pass path", parameter="path")
-        path = default_calibration_path(Path(info.checkpoint))
+        path = default_calibration_path(Path(info.checkpoint), method)
     path = calibration.save(Path(path))
+    if method is not None:
+        return path
     weights_dir = Path(info.checkpoint).parent if info.checkpoint else None
     if info.manifest_entry and weights_dir is not None and path.resolve().parent == weights_dir.resolve():
         update_manifest({**info.manifest_entry, "calibration": path.name}, weights_dir)

@@ -14,11 +14,16 @@ from .policies import AUTO, NOISE, ORACLE, RECON, RULES, FixedLambda
 
 
 def resolve_policy(
-    lam: float | str | None, model: Classifier, info: ModelInfo | None = None, calibration: Path | None = None
+    lam: float | str | None,
+    model: Classifier,
+    info: ModelInfo | None = None,
+    calibration: Path | None = None,
+    adapt: str | None = None,
 ) -> LambdaPolicy | None:
     """``lam`` -> policy: a number (or its text); ``"recon"`` or ``"noise"``, the rule of that name fitted
     for the checkpoint ``info`` describes (or read from ``calibration``); ``"auto"``, the rule that
-    calibration recommends. None keeps each CSC layer's training lambda. ``"oracle"`` depends on the
+    calibration recommends (``adapt``: prefer the calibration fitted under that adaptation, see
+    ``find_calibration``). None keeps each CSC layer's training lambda. ``"oracle"`` depends on the
     cell, not the input: see ``oracle_lambdas``."""
     if lam is None:
         return None
@@ -29,7 +34,7 @@ def resolve_policy(
                 f"lam={lam!r} needs info (the checkpoint's ModelInfo) to find and check its calibration",
                 parameter="info",
             )
-        return load_calibration(info, calibration).policy(str(lam))
+        return load_calibration(info, calibration, adapt).policy(str(lam))
     if lam == ORACLE:
         raise UsageError(
             f"lam={ORACLE!r} picks one lambda per corruption cell from a sweep report (oracle_lambdas), "

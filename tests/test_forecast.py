@@ -1,0 +1,69 @@
+"""Forecast lines: the words a user reads before long work, worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from sdnet_cli import forecast as fc
+from sdnet_cli.forecast import Forecast, Forecasting, duration, forecast, quick_count
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(5, "about 5 s"), (89, "about 89 s"), (1620, "about 27 min"), (3600, "about 1 h"), (8400, "about 2 h 20 min"),
+     (32400, "about 9 h")],
+)  # fmt: skip
+def test_duration_words(seconds: float, text: str) -> None:
+    assert duration(seconds) == text
+
+
+def test_quick_count_takes_about_five_minutes_from_the_1_2_5_series() -> None:
+    # 10,000 images in 72,000 s: 300 s is 41.7 images, so 20 (the next, 50, would take 6 min)
+    assert quick_count(10_000, 72_000) == 20
+    assert quick_count(10_000, 3_000) == 1000  # exactly 300 s
+    assert quick_count(3, 10**9) == 1
+
+
+def test_the_hint_comes_only_for_long_runs_without_a_count_and_in_each_door_s_words() -> None:
+    long = forecast("standard AutoAttack at eps 8/255", 10_000, 32_400, "this CPU", hint=True)
+    assert (
+        long
+        == "standard AutoAttack at eps 8/255 on 10,000 images: about 9 h on this CPU; n_examples=50 takes about 3 min"
+    )
+    assert (
+        long.cli == "standard AutoAttack at eps 8/255 on 10,000 images: about 9 h on this CPU; -n 50 takes about 3 min"
+    )
+    assert "takes" not in forecast("pgd", 10_000, 32_400, "this CPU", hint=False)  # -n was given
+    assert "takes" not in forecast("pgd", 10_000, 500, "this CPU", hint=True)  # under 10 minutes
+
+
+class Record:
+    def __init__(self) -> None:
+        self.notes: list[str] = []
+
+    def task(self, description: str, total: int):  # type: ignore[no-untyped-def]
+        return lambda k: None
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+def test_a_task_forecasts_itself_once_from_its_first_five_percent(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([0.0, 2.0, 4.0, 6.0])
+    monkeypatch.setattr(fc.time, "perf_counter", lambda: next(clock))
+    record = Record()
+    advance = Forecasting(record, "cpu", hint=True).task("sweeping", 1000)
+    advance(50)  # 5% in 2 s: 40 s in all
+    advance(50)
+    assert record.notes == ["sweeping: about 40 s in all on this CPU (from the first 5% of the work)"]
+
+
+def test_a_job_s_own_forecast_replaces_the_generic_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([0.0, 20.0])
+    monkeypatch.setattr(fc.time, "perf_counter", lambda: next(clock))
+    record = Record()
+    progress = Forecasting(record, "cpu", hint=True)
+    advance = progress.task("attack", 1000)
+    progress.note(Forecast("attack on 10 images: about 5 s on this CPU"))
+    advance(1)
+    assert record.notes == ["attack on 10 images: about 5 s on this CPU"]
