@@ -24,8 +24,8 @@ from sdnet_cli import api
 from sdnet_cli.data.cells import Cell, CellSource
 from sdnet_cli.models import load_model
 from sdnet_cli.runtime import Runtime
-from sdnet_cli.sweep import sweep_cells
-from sdnet_cli.sweep_plan import EVERY_PAIR, SweepPlan
+from sdnet_cli.sweep.plan import EVERY_PAIR, SweepPlan
+from sdnet_cli.sweep.runs import sweep_cells
 
 NOISES = ["gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"]
 GRID = "0.1:1.4:0.05"

@@ -52,6 +52,7 @@ JOBS: list[tuple[list[str], dict[str, str]]] = [
     (["sweep_speed.py", "--n-images", "256", "--lams", "0.1,0.7,1.4", "--rounds", "3", "--agreement-n", "1000"], {}),
     (["oracle_sweep.py", "--n", "10000", "--compare-n", "200", "--out", "reports/lambda/full"], {}),
     (["pgd_step.py", "--width", "32", "--batch-size", "64", "--steps", "5"], {}),
+    (["cost_prediction.py", "--n-images", "64", "--autoattack-images", "16"], {}),
     (["cifar_c_rate.py", "--images", "200", "--pipeline-images", "1000"], {"OMP_NUM_THREADS": "1"}),
     (["cli_startup.py", "--repeats", "5"], {}),
     (["eval_batch_size.py", "--n-images", "1024", "--repeats", "3"], {}),

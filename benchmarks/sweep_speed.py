@@ -26,8 +26,8 @@ from sdnet_cli.data.cells import Cell, CellSource
 from sdnet_cli.lam import FixedLambda, lambda_grid
 from sdnet_cli.models import load_model
 from sdnet_cli.runtime import Runtime, predict_correct
-from sdnet_cli.sweep import sweep_cells
-from sdnet_cli.sweep_plan import EVERY_PAIR
+from sdnet_cli.sweep.plan import EVERY_PAIR
+from sdnet_cli.sweep.runs import sweep_cells
 
 ORACLE_SWEEP = 27 * 21 * 10_000
 """Forwards of the oracle sweep: the 0.1:1.4:0.05 grid, clean + the 20 noise cells, 10,000 images each."""

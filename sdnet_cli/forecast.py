@@ -17,7 +17,7 @@ LONG_SECONDS = 600.0
 """A predicted run longer than this gets the hint of a smaller image count (when none was given)."""
 QUICK_SECONDS = 300.0
 """The hint's image count is chosen to take about this long."""
-FIRST_LOOK_SECONDS = 10.0
+FIRST_LOOK_SECONDS = 5.0
 """A progress task forecasts itself once it has run this long (or done 5% of its work)."""
 
 

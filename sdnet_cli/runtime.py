@@ -11,7 +11,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -174,6 +174,13 @@ class Runtime:
             model.compile_inference()
         return model
 
+    def prepare_checked(self, model: nn.Module, name: str, dataset: str) -> nn.Module:
+        """``prepare``, then the output contract every model is held to, checked once before any work
+        (``check_outputs``): a model that breaks it is one usage error naming what it returned."""
+        self.prepare(model)
+        check_outputs(model, self, name, dataset)
+        return model
+
     def to_input(self, images: np.ndarray) -> torch.Tensor:
         """uint8 NHWC -> float [0,1] NCHW (channels_last) on the device."""
         x = torch.from_numpy(np.array(images)).to(self.device)  # a copy: cells may be read-only memmaps
@@ -186,6 +193,82 @@ class Runtime:
             "device": str(self.device), "device_name": name, "precision": self.precision, "compiled": self.compile,
             **checked,
         }  # fmt: skip
+
+
+@contextmanager
+def own_rng(device: torch.device, seed: int | None = None) -> Iterator[None]:
+    """torch's global generators for the block only: seeded with ``seed`` (None: continuing from the
+    caller's state), and the caller's state back on exit. torchattacks draws from (and reseeds) the
+    global generators, so this is how a run is seeded without the caller noticing."""
+    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
+PROBE_SIZES = (2, 3)
+"""Batch sizes of the random images each model is probed with: two, so an output shape that does not follow
+the batch is seen."""
+
+
+def _first_line(exc: BaseException) -> str:
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _described(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)} on {value.device}"
+    if isinstance(value, (tuple, list, dict)):
+        return f"a {type(value).__name__} of {len(value)}, not a tensor"
+    return f"a {type(value).__name__}, not a tensor"
+
+
+def check_outputs(model: nn.Module, runtime: Runtime, name: str, dataset: str) -> None:
+    """The output contract of every model (ours, a factory's, a module given to the API, RobustBench's, timm's):
+    for random [0, 1] images of ``dataset``'s size, a batch of each of ``PROBE_SIZES``, a floating-point
+    tensor of shape (N, classes) on the runtime's device, finite. Checked once before any work, with the
+    runtime's precision: accuracy is an argmax, which would silently count a wrong class count or a
+    batch-shaped output. Runs with gradients on, so a compiled model's inference graph is not traced for
+    the probe's shape; the random state a run depends on is left as it was (``own_rng``)."""
+    from .models.inputs import model_input
+
+    spec = model_input(dataset)
+    size, classes = spec.image_size, spec.num_classes
+    generator = torch.Generator().manual_seed(0)
+    for n in PROBE_SIZES:
+        x = torch.rand(n, 3, size, size, generator=generator).to(runtime.device)
+        try:
+            with own_rng(runtime.device), torch.enable_grad(), runtime.autocast():
+                out = model(x)
+        except Exception as exc:  # a model built for other inputs, or broken: its first line names why
+            raise UsageError(
+                f"model {name} fails on {n} random {size}x{size} RGB images of {dataset}: {_first_line(exc)}",
+                parameter="model",
+            ) from None
+        wanted = f"{dataset} needs a floating-point tensor of shape ({n}, {classes}) on {runtime.device}"
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point():
+            raise UsageError(f"model {name} returns {_described(out)} for {n} images; {wanted}", parameter="model")
+        on_device = out.device.type == runtime.device.type and runtime.device.index in (None, out.device.index)
+        if tuple(out.shape) != (n, classes) or not on_device:
+            raise UsageError(f"model {name} returns {_described(out)} for {n} images; {wanted}", parameter="model")
+        if not torch.isfinite(out.detach()).all():
+            raise NonFiniteOutput(f"model {name} returns NaN or infinite logits for {n} random images")
+
+
+def check_gradients(model: nn.Module, x: torch.Tensor, runtime: Runtime) -> None:
+    """Attacks follow the gradient of the logits with respect to the images: a forward that detaches them
+    (or runs under ``no_grad``) is refused here, before any attack, instead of failing inside one."""
+    xg = x.detach().clone().requires_grad_(True)
+    with own_rng(runtime.device), torch.enable_grad(), runtime.autocast():
+        out = model(xg)
+    if not out.requires_grad:
+        raise UsageError(
+            "the model returns logits without gradients with respect to its input images (its forward detaches them "
+            "or runs under no_grad); attacks need them",
+            parameter="model",
+        )
 
 
 @dataclass

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union, cast, get_args
 
 from .errors import UsageError
+from .schemas import BATCH_MAX, EXAMPLES_MAX, FISTA_STEPS_MAX, check_count, check_seed
 
 if TYPE_CHECKING:
     from torch import nn
@@ -31,14 +32,11 @@ Normalize = tuple[Sequence[float], Sequence[float]]
 """``(mean, std)`` per channel, applied to a module's [0, 1] input first."""
 
 
-def at_least_one(value: int | None, parameter: str) -> None:
-    if value is not None and value < 1:
-        raise UsageError(f"{parameter} must be >= 1, got {value}", parameter=parameter)
-
-
-def check_seed(seed: int) -> None:
-    if not 0 <= seed < 2**32:
-        raise UsageError(f"seed must be in 0 .. 2**32-1, got {seed}", parameter="seed")
+def count_or_none(value: int | None, parameter: str, upper: int) -> None:
+    """None (the default applies), or a count in [1, ``upper``]: the rule, and bound, the same value meets in a
+    file (``schemas.check_count``)."""
+    if value is not None:
+        check_count(value, parameter, upper)
 
 
 def check_precision(precision: str) -> Precision:
@@ -117,6 +115,7 @@ class ModelSpec:
                 raise UsageError(
                     "normalize applies to a torch.nn.Module; a named model has its own", parameter="normalize"
                 )
+            count_or_none(self.n_steps, "n_steps", FISTA_STEPS_MAX)  # a checkpoint file's cap, too
             return
         named_only = (
             (self.checkpoint, "checkpoint"),
@@ -155,7 +154,7 @@ class DataSpec:
             from .data.datasets import dataset_spec  # here: the default record is made when the API is imported
 
             dataset_spec(self.dataset)
-        at_least_one(self.n_examples, "n_examples")
+        count_or_none(self.n_examples, "n_examples", EXAMPLES_MAX)
         check_seed(self.seed)
 
 
@@ -173,7 +172,7 @@ class RunSpec:
     def __post_init__(self) -> None:
         check_device(self.device)
         check_precision(self.precision)
-        at_least_one(self.batch_size, "batch_size")
+        count_or_none(self.batch_size, "batch_size", BATCH_MAX)
 
 
 def unused(record: ModelSpec | DataSpec | RunSpec, names: Sequence[str], job: str, why: str) -> None:

@@ -49,3 +49,18 @@ def test_missing_folder_explains_where_to_put_it(tmp_path: Path) -> None:
 def test_unknown_split() -> None:
     with pytest.raises(ValueError, match="unknown split"):
         load_cifar10(None, "val")
+
+
+def test_failed_download_leaves_no_data_folder_and_one_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline with no data: one DataError (no chained traceback), and no empty folder left where it looked."""
+    from sdnet_cli.data import cifar
+
+    def offline(layout: object, root: Path) -> None:
+        Path(root).mkdir(parents=True)  # what torchvision does before it fetches
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(cifar, "download", offline)
+    with pytest.raises(cifar.DataError) as caught:
+        cifar.load_cifar10(tmp_path / "data")
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+    assert "\n" not in str(caught.value) and not (tmp_path / "data").exists()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import sdnet_cli.lam.calibration as calibration_module
-import sdnet_cli.sweep as sweep
+import sdnet_cli.sweep.runs as sweep
 from sdnet_cli import api
 from sdnet_cli.data.cells import Cell, CellSource
 from sdnet_cli.evaluate import evaluate_cells

@@ -18,8 +18,8 @@ from sdnet_cli.errors import UsageError
 from sdnet_cli.lam import Calibration, FixedLambda, adaptation_label, calibration_mismatch
 from sdnet_cli.models import create_model
 from sdnet_cli.runtime import Runtime
-from sdnet_cli.sweep import sweep_cells
-from sdnet_cli.sweep_plan import SweepPlan
+from sdnet_cli.sweep.plan import SweepPlan
+from sdnet_cli.sweep.runs import sweep_cells
 
 CPU = Runtime.create("cpu")
 

@@ -28,8 +28,6 @@ LAYERS: list[list[str]] = [
     [
         "evaluate",
         "sweep",
-        "sweep_plan",
-        "sweep_report",
         "train",
         "check",
         "compare",

@@ -122,10 +122,10 @@ def test_checked_eval_meta_counts(tiny_checkpoint: Path, data_dir: Path, tmp_pat
 
 @pytest.mark.parametrize(("margin", "audit"), [(0.5, 0.0), (0.0, 0.5)])  # everything re-run; half, to audit
 def test_checked_sweep_keeps_errors_and_takes_fp32_where_rerun(data_dir: Path, margin: float, audit: float) -> None:
-    import sdnet_cli.sweep as sweep
+    import sdnet_cli.sweep.runs as sweep
     from sdnet_cli.data.cells import Cell, CellSource
     from sdnet_cli.models import create_model
-    from sdnet_cli.sweep_plan import EVERY_PAIR
+    from sdnet_cli.sweep.plan import EVERY_PAIR
 
     torch.manual_seed(0)
     model = create_model("sdnet18", width=8).eval()

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import sdnet_cli.data.cifar as cifar
 import sdnet_cli.data.datasets as datasets
-import sdnet_cli.sweep as sweep
+import sdnet_cli.sweep.runs as sweep
 from sdnet_cli.cli import app
 from sdnet_cli.compare import Source, compare
 from sdnet_cli.data.cells import Cell, CellSource
@@ -34,8 +34,8 @@ from sdnet_cli.lam import (
 from sdnet_cli.models import create_model, load_model, save_checkpoint
 from sdnet_cli.models.csc import normalize_atoms
 from sdnet_cli.runtime import Runtime
-from sdnet_cli.sweep import calibrate, cell_points, sweep_lambda
-from sdnet_cli.sweep_report import save_sweep_plots
+from sdnet_cli.sweep.report import save_sweep_plots
+from sdnet_cli.sweep.runs import calibrate, cell_points, sweep_lambda
 
 runner = CliRunner()
 LAMS = [0.1, 0.5, 1.2]

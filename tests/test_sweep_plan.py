@@ -11,14 +11,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import sdnet_cli.sweep as sweep
+import sdnet_cli.sweep.runs as sweep
 from sdnet_cli.cli import app
 from sdnet_cli.data.cells import Cell, CellSource
 from sdnet_cli.errors import UsageError
 from sdnet_cli.models import load_model
 from sdnet_cli.runtime import Runtime
-from sdnet_cli.sweep_plan import EVERY_PAIR, PairResults, SweepPlan, sweep_images
-from sdnet_cli.sweep_report import sweep_note
+from sdnet_cli.sweep.plan import EVERY_PAIR, PairResults, SweepPlan, sweep_images
+from sdnet_cli.sweep.report import sweep_note
 
 FINE = [round(0.1 + 0.05 * i, 2) for i in range(27)]  # 0.1:1.4:0.05
 CPU = Runtime.create("cpu")

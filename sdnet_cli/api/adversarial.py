@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import Interrupted, UsageError
 from ..report import Report, check_stem
-from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec, at_least_one, gradient_precision, unused
+from ..schemas import POOL_BATCHES_MAX
+from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec, count_or_none, gradient_precision, unused
 from ._session import Progress, Session
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ def attack_vs_lambda(
     extra is the accuracy-vs-lambda plot.
     """
     from ..lam import lambda_grid
-    from ..sweep_report import render_attack_sweep, save_attack_sweep_plot
+    from ..sweep.report import render_attack_sweep, save_attack_sweep_plot
 
     grid = lambda_grid(lams)
     config = attack_config(attack, norm, eps, steps, restarts, version)
@@ -177,7 +178,7 @@ def _sweep_points(
 def _baseline_spec(baseline: ModelSpec | ModelArg, spec: ModelSpec) -> ModelSpec:
     """A baseline given by name is looked up where the swept model is: the same shipped-weights folder, and
     for two ``robustbench:`` models the same leaderboard and folder. Other baselines say for themselves."""
-    from ..models.zoo import ROBUSTBENCH
+    from ..schemas import ROBUSTBENCH
 
     if not isinstance(baseline, str):
         return ModelSpec.of(baseline)
@@ -255,7 +256,7 @@ class AttackJob:
         unused(run, ("compile",), command, "attacks take gradients through the eager model")
         gradient_precision(run.precision, "an attack")
         pool_batches = POOL_BATCHES if pool_batches is None else pool_batches
-        at_least_one(pool_batches, "pool_batches")
+        count_or_none(pool_batches, "pool_batches", POOL_BATCHES_MAX)
         session = Session.open(
             command, model=model, data=data, run=run, progress=progress, default_batch_size=BATCH_SIZE,
             distributed=distributed,

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from ..adapt import Adaptation
     from ..lam import Calibration
-    from ..sweep_plan import SweepPlan
+    from ..sweep.plan import SweepPlan
 
 Training = tuple["np.ndarray", "np.ndarray"]
 
@@ -45,18 +45,18 @@ def sweep_lambda(
     ``sweep_span``: the largest lambda gap across which the sweep infers a prediction instead of running it
     (``SweepPlan``; 0 runs every pair); the meta's ``sweep`` says how many pairs ran and the measured agreement.
     ``adapt`` (``none``, ``bn`` or ``bn-prior``): the test-time adaptation every forward of the sweep and the
-    calibration runs under (``sweep.sweep_cells``), so ``lam="auto"`` is fitted for the regime it will run
+    calibration runs under (``sweep.runs.sweep_cells``), so ``lam="auto"`` is fitted for the regime it will run
     in; the calibration records it (and is written, by default, as ``<checkpoint stem>.lambda-<adapt>.json``,
     which ``eval`` with that ``adapt`` prefers); under ``bn`` every pair runs (``sweep_span`` is set aside).
     The report's extras are the accuracy-vs-lambda and best-lambda-vs-error plots. ``model``, ``data``,
     ``run``: as in ``evaluate_corruptions``.
     """
-    from .. import sweep
     from ..adapt import calibratable, make_adaptation
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
     from ..lam import lambda_grid, store_calibration
-    from ..sweep_plan import EVERY_PAIR, SweepPlan
-    from ..sweep_report import save_sweep_plots
+    from ..sweep import runs
+    from ..sweep.plan import EVERY_PAIR, SweepPlan
+    from ..sweep.report import save_sweep_plots
 
     _check_fit_n(fit_n)
     plan = SweepPlan(span=sweep_span)
@@ -74,14 +74,14 @@ def sweep_lambda(
     source = session.cells(names)
     advance = session.task(f"sweeping {session.info.name}", source, len(cells) * len(grid))
     args = (session.classifier, cells, source, session.runtime)
-    sweeps = sweep.sweep_cells(*args, grid, session.batch_size, advance, plan, session.seed, adaptation)
-    rows = sweep.sweep_rows(sweeps, session.base())
-    points = sweep.cell_points(*args, rows, session.batch_size)
+    sweeps = runs.sweep_cells(*args, grid, session.batch_size, advance, plan, session.seed, adaptation)
+    rows = runs.sweep_rows(sweeps, session.base())
+    points = runs.cell_points(*args, rows, session.batch_size)
     calibration = (
         None if train is None else _calibrate(session, train, grid, fit_names, severity_list, fit_n, plan, adaptation)
     )
     path = store_calibration(calibration, session.info, calibration_out) if calibration is not None else None
-    summary = sweep.plan_summary(sweeps, plan)
+    summary = runs.plan_summary(sweeps, plan)
     adapted = {"adaptation": adaptation.describe()} if adaptation is not None else {}
     meta = session.meta(
         source, grid=grid, sweep=summary, points=points, **adapted, **_calibration_meta(calibration, path)
@@ -118,9 +118,9 @@ def compare_lambda_rules(
     """
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
     from ..lam import lambda_grid, resolve_policy
-    from ..sweep import compare_rules, plan_summary, rule_summary
-    from ..sweep_plan import SweepPlan
-    from ..sweep_report import ORACLE_NOTE, render_rules
+    from ..sweep.plan import SweepPlan
+    from ..sweep.report import ORACLE_NOTE, render_rules
+    from ..sweep.runs import compare_rules, plan_summary, rule_summary
 
     if not rules:
         raise UsageError("rules needs at least one lambda or rule name", parameter="rules")
@@ -173,11 +173,11 @@ def lambda_hold_out(
     ``calibration`` (a file whose groups include every held-out corruption); each held-out line is refitted
     from the stored group curves. ``sweep_span``: of the calibration sweep, as in ``sweep_lambda``. The Markdown leads with one row per held-out corruption.
     """
-    from .. import sweep
     from ..data.cells import parse_severities
     from ..schemas import check_lam
-    from ..sweep_plan import SweepPlan
-    from ..sweep_report import render_hold_out
+    from ..sweep import runs
+    from ..sweep.plan import SweepPlan
+    from ..sweep.report import render_hold_out
 
     check_lam(reference_lam, "reference_lam")
     _check_rule(rule)
@@ -191,11 +191,11 @@ def lambda_hold_out(
     full = _hold_out_calibration(session, held, calibration, fit_corruptions, fit_n, fit_lams, calibration_out, plan)
     session.prepare_cells(source, held)
     advance = session.task(f"held-out evaluation on {session.info.name}", source, len(held) * len(severity_list) * 3)
-    rows = sweep.hold_out(
+    rows = runs.hold_out(
         session.classifier, full, held, source, session.runtime, severity_list, session.base(), rule, reference_lam,
         session.batch_size, advance,
     )  # fmt: skip
-    summary = sweep.hold_out_summary(rows)
+    summary = runs.hold_out_summary(rows)
     used = {"calibration": full.to_json(), "calibration_file": str(calibration or calibration_out or "")}
     meta = session.meta(source, rule=rule, reference_lam=reference_lam, **used, summary=summary)
     title = f"sdnet lambda hold-out: {session.info.name}, rule {rule}"
@@ -214,8 +214,9 @@ def _held_out(hold_out: str | Sequence[str]) -> list[str]:
 
 
 def _check_fit_n(fit_n: int) -> None:
-    if fit_n < 2:
-        raise UsageError(f"fit_n must be >= 2, got {fit_n}", parameter="fit_n")
+    from ..schemas import EXAMPLES_MAX, check_count
+
+    check_count(fit_n, "fit_n", EXAMPLES_MAX, lower=2)
 
 
 def _check_rule(rule: str) -> None:
@@ -255,7 +256,7 @@ def _calibrate(
     under ``adaptation`` (None: stored BatchNorm statistics)."""
     from ..data.cells import expand_cells
     from ..data.datasets import dataset_spec
-    from ..sweep import calibrate
+    from ..sweep.runs import calibrate
 
     groups = len(expand_cells(corruptions, severities))
     total = min(fit_n, len(train[0])) * groups * len(grid)

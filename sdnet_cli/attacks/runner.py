@@ -21,7 +21,7 @@ from torch import nn
 
 from .. import distributed
 from ..metrics import percent
-from ..runtime import Runtime, predict_correct
+from ..runtime import Runtime, check_gradients, own_rng, predict_correct
 from ..schemas import BATCH_MAX, POOL_BATCHES_MAX, check_count
 from ..specs import gradient_precision
 from . import registry
@@ -57,18 +57,6 @@ def excess(candidate: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> f
 def derive_seed(*keys: int) -> int:
     """A 32-bit seed from (seed, batch, run, ...): reruns repeat, neighbours do not collide."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
-
-
-@contextmanager
-def own_rng(device: torch.device, seed: int | None = None) -> Iterator[None]:
-    """torch's global generators for the block only: seeded with ``seed`` (None: continuing from the
-    caller's state), and the caller's state back on exit. torchattacks draws from (and reseeds) the
-    global generators, so this is how a run is seeded without the caller noticing."""
-    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-        if seed is not None:
-            torch.manual_seed(seed)
-        yield
 
 
 # -- sample-wise runner --------------------------------------------------------------------------
@@ -200,9 +188,9 @@ class _Share:
             self.credited = target
 
 
-PROBE_IMAGES = 32
+PROBE_IMAGES = 16
 """Images (the first of the run) on which ``predict_seconds`` times the model before an attack."""
-PROBE_STEPS = 5
+PROBE_STEPS = 3
 """Steps of the PGD that tells the probe which images will still stand after an eps's first attack."""
 
 
@@ -215,9 +203,9 @@ def predict_seconds(
     ones meet those that a short PGD (``PROBE_STEPS``, whose steps also time the gradient) leaves standing."""
     with own_rng(x.device, 0):
         with torch.no_grad():
-            model(x)  # warm-up: the first call allocates
+            standing = model.predict(x) == y  # also the warm-up: first calls allocate
             start = time.perf_counter()
-            standing = model.predict(x) == y
+            model(x)
             forward_s = (time.perf_counter() - start) / len(x)
         grad_s = None
         per_image = forward_s  # the clean forward of every image
@@ -318,12 +306,9 @@ def run_attack(
     gradient_precision(runtime.precision, "an attack")
     attacked = AttackedModel(runtime.prepare(model), runtime).eval()
     first = runtime.to_input(images[:DIAGNOSTIC_IMAGES])
-    with own_rng(runtime.device):
-        diagnostics = diagnose(
-            attacked, first, torch.from_numpy(np.asarray(labels[:DIAGNOSTIC_IMAGES])).to(runtime.device)
-        )
-        with torch.no_grad():
-            num_classes = int(attacked(first[:1]).shape[1])
+    check_gradients(attacked.model, first[:2], runtime)  # before any attack needs them
+    with own_rng(runtime.device, 0), torch.no_grad():  # its own draws: diagnose sees the caller's state
+        num_classes = int(attacked(first[:1]).shape[1])
     runners = [
         None
         if e.value == 0
@@ -356,7 +341,11 @@ def run_attack(
         x_probe = runtime.to_input(images[probe])
         y_probe = torch.from_numpy(np.asarray(labels[probe])).to(runtime.device)
         mine = distributed.shard_size(len(images), batch_size * pool_batches)
-        estimate(predict_seconds(attacked, runners, x_probe, y_probe, mine))
+        estimate(predict_seconds(attacked, runners, x_probe, y_probe, mine))  # before the checks: said sooner
+    with own_rng(runtime.device):
+        diagnostics = diagnose(
+            attacked, first, torch.from_numpy(np.asarray(labels[:DIAGNOSTIC_IMAGES])).to(runtime.device)
+        )
     n, shape = len(images), (len(config.eps), len(components))
     clean, fooled, seconds = np.zeros(n, dtype=bool), np.zeros((*shape, n), dtype=bool), np.zeros(shape)
     adv = np.zeros((len(config.eps), n, *images.shape[1:]), dtype=np.float32) if keep_adv else None

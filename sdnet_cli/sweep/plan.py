@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .lam import FixedLambda
-from .models.classifier import Classifier
-from .models.csc import CSCLayer, ErrorRecord
-from .runtime import Runtime, iter_batches, predict_logits
-from .schemas import check, fraction_rule, lam_rule
+from ..lam import FixedLambda
+from ..models.classifier import Classifier
+from ..models.csc import CSCLayer, ErrorRecord
+from ..runtime import Runtime, iter_batches, predict_logits
+from ..schemas import check, fraction_rule, lam_rule
 
 PART_BATCHES, PART_VALUES = 16, 2**25
 """Images converted to model input at once (the refinement gathers its sub-batches from them): this many

@@ -7,7 +7,7 @@ same sweep on corrupted TRAINING images and fits the lines that ``ReconErrorLamb
 and ``hold_out`` refits the calibration without one corruption at a time. SDNet's robust inference (Dai et al., NeurIPS 2022) sweeps the
 stem's lambda the same way and relates each corruption's best lambda to its mean reconstruction
 error; the calibration never sees a test image, so test accuracies of the rules stay honest.
-Their Markdown and plots are laid out in ``sweep_report``.
+Their Markdown and plots are laid out in ``sweep.report``.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .adapt import Adaptation, calibratable, calibration_record
-from .data.cells import Cell, expand_cells
-from .data.corruptions import ALL_CORRUPTIONS, corrupt
-from .errors import UsageError
-from .evaluate import cell_row, evaluate_cells, lambda_columns, mean_row
-from .lam import (
+from ..adapt import Adaptation, calibratable, calibration_record
+from ..data.cells import Cell, expand_cells
+from ..data.corruptions import ALL_CORRUPTIONS, corrupt
+from ..errors import UsageError
+from ..evaluate import cell_row, evaluate_cells, lambda_columns, mean_row
+from ..lam import (
     AUTO,
     FEATURES,
     NOISE,
@@ -40,11 +40,11 @@ from .lam import (
     oracle_scores,
     recommend,
 )
-from .models.classifier import Classifier, LambdaPolicy
-from .models.csc import CSCLayer, require_csc
-from .rows import CLEAN, HELD_OUT, IN_CALIBRATION, MEAN, REFERENCE
-from .runtime import Counts, Runtime, iter_batches
-from .sweep_plan import EVERY_PAIR, SweepPlan, sweep_images
+from ..models.classifier import Classifier, LambdaPolicy
+from ..models.csc import CSCLayer, require_csc
+from ..rows import CLEAN, HELD_OUT, IN_CALIBRATION, MEAN, REFERENCE
+from ..runtime import Counts, Runtime, iter_batches
+from .plan import EVERY_PAIR, SweepPlan, sweep_images
 
 
 class ImageSource(Protocol):

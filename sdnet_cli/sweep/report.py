@@ -1,5 +1,5 @@
 """Markdown and figures of the lambda jobs: sweeps and their fits, rules beside the oracles, hold-outs,
-and attack sweeps over lambda. The numbers come from ``sweep`` (and ``api.adversarial``); this module only
+and attack sweeps over lambda. The numbers come from ``sweep.runs`` (and ``api.adversarial``); this module only
 lays them out, so a report's wording or a plot's look changes here without touching a computation.
 """
 
@@ -11,11 +11,11 @@ from typing import Any
 
 import pandas as pd
 
-from .errors import UsageError
-from .lam import Calibration, fit_line
-from .plots import save_figure, save_line_plot, save_points_plot
-from .report import markdown_table, render_markdown
-from .rows import WORST
+from ..errors import UsageError
+from ..lam import Calibration, fit_line
+from ..plots import save_figure, save_line_plot, save_points_plot
+from ..report import markdown_table, render_markdown
+from ..rows import WORST
 
 ORACLE_NOTE = (
     "Rows with uses_labels = true are references, not methods: they use the test labels of the very images they "
@@ -31,7 +31,7 @@ ORACLE_NOTE = (
 
 def sweep_note(summary: dict[str, Any] | None) -> str:
     """One sentence on how a sweep visited its (lambda, image) pairs and the measured agreement of the
-    pairs it inferred (``sweep.plan_summary``)."""
+    pairs it inferred (``runs.plan_summary``)."""
     if not summary:
         return ""
     if summary["span"] == 0:
