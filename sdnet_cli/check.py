@@ -153,7 +153,7 @@ def run_suite(
             ]
             images, labels = source.load(Cell(CLEAN, 0))
             attacked = run_attack(
-                classifier, images, labels, config, seed=suite.seed, runtime=runtime, progress=progress
+                classifier, images, labels, config, seed=suite.seed, runtime=runtime.exact, progress=progress
             )
             (robust,) = attacked.rows(base)
         metrics.append(

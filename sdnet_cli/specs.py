@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 
     from .models import Classifier, ModelInfo
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "bf16-checked"]
+"""fp32; bf16 autocast; or bf16-checked: bf16 autocast whose doubtful decisions are re-run in fp32
+(``runtime.Checked``), for jobs where decisions are all that matters."""
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 DeviceKind = Literal["auto", "cpu", "cuda"]
 """A device is one of these, or ``cuda:<index>``."""
@@ -40,8 +42,20 @@ def count_or_none(value: int | None, parameter: str, upper: int) -> None:
 def check_precision(precision: str) -> Precision:
     """``precision`` if it is one of ``PRECISIONS`` (typed as such), else a usage error."""
     if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; use fp32 or bf16", parameter="precision")
+        raise UsageError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}", parameter="precision")
     return cast(Precision, precision)
+
+
+def gradient_precision(precision: str, job: str) -> Precision:
+    """A precision for work that follows gradients (``job``: attacks, training): fp32 or bf16, as
+    bf16-checked checks only the decisions of forwards."""
+    typed = check_precision(precision)
+    if typed == "bf16-checked":
+        raise UsageError(
+            f"precision bf16-checked checks only decisions, not the gradients {job} follows; use fp32 (or bf16)",
+            parameter="precision",
+        )
+    return typed
 
 
 def check_device(device: str) -> None:
@@ -147,7 +161,7 @@ class DataSpec:
 @dataclass(frozen=True)
 class RunSpec:
     """Where and how forwards run: ``device`` (auto: a GPU if present; cpu; cuda or cuda:N), ``precision`` (fp32,
-    or bf16 autocast), ``batch_size`` (images per forward; default: the job's own) and ``compile`` (inference
+    bf16 autocast, or bf16-checked for decision-only jobs), ``batch_size`` (images per forward; default: the job's own) and ``compile`` (inference
     through ``torch.compile``)."""
 
     device: str = "auto"

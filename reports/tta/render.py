@@ -295,6 +295,12 @@ def table_md(rows: list[dict]) -> str:
     )
 
 
+def gain(a: dict, b: dict) -> str:
+    """``a``'s accuracy minus ``b``'s, called a tie when within the sampling error (``tie``)."""
+    words = " (a tie)" if tie(a["accuracy"], b["accuracy"], a["± s.e."], b["± s.e."]) else ""
+    return f"{a['accuracy'] - b['accuracy']:+.2f} points{words}"
+
+
 def run_log(folder: Path) -> dict[str, str]:
     """Report stem -> the 1-minute load average its run script logged at its start (``runs.log``)."""
     path = folder / "runs.log"
@@ -415,8 +421,7 @@ def remedies(folder: Path, n: int) -> list[str]:
             table_md(calibrated),
             "",
             f"Gain of the rule calibrated under bn over the stored-statistics rule: "
-            f"{calibrated[2]['accuracy'] - calibrated[1]['accuracy']:+.2f} points; against bn at lambda 0.1: "
-            f"{calibrated[2]['accuracy'] - calibrated[0]['accuracy']:+.2f} points.",
+            f"{gain(calibrated[2], calibrated[1])}; against bn at lambda 0.1: {gain(calibrated[2], calibrated[0])}.",
             "",
         ]
     started = run_log(folder)

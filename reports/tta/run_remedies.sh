@@ -25,16 +25,16 @@ run noise-sdnet18-auto-bnprior "$N" all --model sdnet18 --lam auto --adapt bn-pr
 # methods decide per image, so their numbers on the same S images hold for any stream and batch size
 run s-sdnet18-auto "$S" all --model sdnet18 --lam auto
 run s-sdnet18-auto-bnprior "$S" all --model sdnet18 --lam auto --adapt bn-prior
-run s-sdnet18-bnprior "$S" all --model sdnet18 --adapt bn-prior
 run mixed-resnet18-tent "$S" all --model resnet18 --adapt tent --stream mixed
-run mixed-sdnet18-bn "$S" all --model sdnet18 --adapt bn --stream mixed
 run batch1-resnet18-bn "$S" all --model resnet18 --adapt bn --stream mixed --batch-size 1
+run mixed-sdnet18-bn "$S" all --model sdnet18 --adapt bn --stream mixed
 run batch1-resnet18-tent "$S" all --model resnet18 --adapt tent --stream mixed --batch-size 1
 # MEMO: 33 forwards and a backward per image, so severity 5 of the noises on M images, beside its baselines
-run memo-resnet18-none "$M" 5 --model resnet18
 run memo-sdnet18-auto "$M" 5 --model sdnet18 --lam auto
 run memo-sdnet18-auto-memo "$M" 5 --model sdnet18 --lam auto --adapt memo --batch-size 1
+run memo-resnet18-none "$M" 5 --model resnet18
 run memo-resnet18-memo "$M" 5 --model resnet18 --adapt memo --batch-size 1
+run s-sdnet18-bnprior "$S" all --model sdnet18 --adapt bn-prior
 # the rest, as time allows
 run mixed-resnet18-bn "$S" all --model resnet18 --adapt bn --stream mixed
 run mixed-sdnet18-tent "$S" all --model sdnet18 --adapt tent --stream mixed

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import Interrupted, UsageError
 from ..report import Report, check_stem
 from ..schemas import POOL_BATCHES_MAX
-from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec, count_or_none, unused
+from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec, count_or_none, gradient_precision, unused
 from ._session import Progress, Session
 
 if TYPE_CHECKING:
@@ -254,6 +254,7 @@ class AttackJob:
         why = "attacks run on clean test images"
         unused(data, ("cache_dir", "cifar_c_dir"), command, why)
         unused(run, ("compile",), command, "attacks take gradients through the eager model")
+        gradient_precision(run.precision, "an attack")
         pool_batches = POOL_BATCHES if pool_batches is None else pool_batches
         count_or_none(pool_batches, "pool_batches", POOL_BATCHES_MAX)
         session = Session.open(

@@ -23,6 +23,7 @@ from .. import distributed
 from ..metrics import percent
 from ..runtime import Runtime, check_gradients, own_rng, predict_correct
 from ..schemas import BATCH_MAX, POOL_BATCHES_MAX, check_count
+from ..specs import gradient_precision
 from . import registry
 from .base import AttackedModel
 from .checks import DIAGNOSTIC_IMAGES, diagnose
@@ -302,6 +303,7 @@ def run_attack(
     check_count(batch_size, "batch_size", BATCH_MAX)
     check_count(pool_batches, "pool_batches", POOL_BATCHES_MAX)
     runtime = runtime or Runtime.create("cpu")
+    gradient_precision(runtime.precision, "an attack")
     attacked = AttackedModel(runtime.prepare(model), runtime).eval()
     first = runtime.to_input(images[:DIAGNOSTIC_IMAGES])
     check_gradients(attacked.model, first[:2], runtime)  # before any attack needs them

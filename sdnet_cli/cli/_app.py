@@ -87,8 +87,8 @@ def user_errors(command: F) -> F:
         previous = signal.signal(signal.SIGTERM, on_sigterm)
         from ..runtime import keep_freed_memory
 
-        keep_freed_memory()  # our own process: tensors reuse freed memory instead of faulting in fresh pages
         try:
+            keep_freed_memory()  # our own process: tensors reuse freed memory instead of faulting in fresh pages
             return command(*args, **kwargs)
         except UsageError as exc:
             console.print(labelled("error:", "bold red", flag_message(exc)), soft_wrap=True)
