@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import numpy as np
@@ -68,6 +69,7 @@ def main() -> None:
                 "whole run s (probe, checks)": round(total, 1),
             }
         )
+        print(rows[-1], file=sys.stderr, flush=True)  # each row as it comes: a long run keeps what it measured
     print_table(
         f"Attack cost prediction vs real time ({info.name})",
         rows,

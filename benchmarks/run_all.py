@@ -48,6 +48,7 @@ JOBS: list[tuple[list[str], dict[str, str]]] = [
         ],
         {},
     ),
+    (["checked_precision.py", "--n", "10000"], {}),
     (["sweep_speed.py", "--n-images", "256", "--lams", "0.1,0.7,1.4", "--rounds", "3", "--agreement-n", "1000"], {}),
     (["oracle_sweep.py", "--n", "10000", "--compare-n", "200", "--out", "reports/lambda/full"], {}),
     (["pgd_step.py", "--width", "32", "--batch-size", "64", "--steps", "5"], {}),
@@ -55,6 +56,7 @@ JOBS: list[tuple[list[str], dict[str, str]]] = [
     (["cifar_c_rate.py", "--images", "200", "--pipeline-images", "1000"], {"OMP_NUM_THREADS": "1"}),
     (["cli_startup.py", "--repeats", "5"], {}),
     (["eval_batch_size.py", "--n-images", "1024", "--repeats", "3"], {}),
+    (["eval_memory.py", "--n", "2000"], {}),
     (["compile_speed.py"], {}),
     (["authors_speed.py", "--n-images", "1024", "--repeats", "5"], {}),  # + --authors-src when run_all has it
     (

@@ -1,22 +1,29 @@
-"""Writing files so that a reader never sees half of one, and package versions for provenance.
+"""Writing files so that a reader never sees half of one, reading JSON strictly, and package versions.
 
 Every file the tool writes goes through ``atomic_path`` (or ``write_files_atomically`` for a set):
 it is written to ``.<name>.<pid>.tmp`` beside its final name and renamed into place when whole.
 The pid lets ``sweep_stale_temps`` tell a dead writer's leftover (SIGKILL, power cut) from the
 temporary of a writer that still runs. Any ``OSError`` while writing (a full disk, a read-only
 folder, a name too long for the file system) becomes one ``WriteError`` naming the path and the
-system's reason, with no temporary left. The lowest layer: it imports nothing of the package but
+system's reason, with no temporary left. ``read_json`` is the one reader of every JSON file the tool
+reads back (suites, baselines, reports, calibrations, manifests, state files): a file it cannot
+trust (not a regular file, too large, nested too deep, a key given twice) is refused naming the file,
+before anything parses it. The lowest layer: it imports nothing of the package but
 ``errors``, so every other module may use it.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import re
+import stat
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import Any
 
 from .errors import UsageError
 
@@ -216,3 +223,105 @@ def _probe_dir(path: Path, parameter: str, probe_name: str, name_parameter: str 
                 folder.rmdir()
             except OSError:
                 pass
+
+
+JSON_BYTES_MAX = 512 * 2**20
+"""Largest JSON file read back (the largest we write, a sweep report of every cell, is a few MB)."""
+JSON_DEPTH_MAX = 64
+"""Deepest nesting of arrays and objects read back (ours nest at most 6 deep); deeper text is refused before
+the parser sees it, which would otherwise recurse until Python's stack limit."""
+
+_NOT_STRUCTURE = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^"\[\]{}]+')
+"""A JSON string, or a run of text without brackets or quotes: what is left after removing them all is the
+brackets that nest."""
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def nests_deeper(text: str, limit: int = JSON_DEPTH_MAX) -> bool:
+    """Whether ``text``'s arrays and objects nest more than ``limit`` deep (brackets inside strings do not
+    count); a scan without recursion, stopped where the limit is passed."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for char in _NOT_STRUCTURE.sub("", text):
+        depth += 1 if char in "[{" else -1
+        if depth > limit:
+            return True
+    return False
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) < len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise ValueError(f"the key {twice!r} is given twice in one object (which one counts?)")
+    return found
+
+
+def parse_json(text: str, where: str, parameter: str | None = None, error: type[UsageError] = UsageError) -> Any:
+    """``text`` parsed strictly (nesting bounded, no key twice in an object); else one ``error`` naming ``where``."""
+    if nests_deeper(text):
+        raise error(f"{where} nests arrays or objects more than {JSON_DEPTH_MAX} deep", parameter=parameter)
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        raise error(f"{where} is not JSON ({exc})", parameter=parameter) from None
+    except ValueError as exc:
+        raise error(f"{where}: {exc}", parameter=parameter) from None
+
+
+def read_json(
+    path: Path | str,
+    kind: str,
+    parameter: str | None = None,
+    error: type[UsageError] = UsageError,
+    missing: str = "",
+) -> Any:
+    """The JSON value in ``path``, read strictly: refused with one ``error`` naming ``kind`` and the path when
+    the file is missing (``missing`` adds a hint), is not a regular file (a folder, a named pipe, which would
+    block the reader, a device), is larger than ``JSON_BYTES_MAX``, is not UTF-8 JSON, nests deeper than
+    ``JSON_DEPTH_MAX`` or gives a key twice in one object (the reader would see one value, the tool another)."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise error(f"no {kind} at {path}{missing}", parameter=parameter) from None
+    except OSError as exc:
+        raise error(f"{kind} {path} cannot be read: {_reason(exc)}", parameter=parameter) from None
+    if not stat.S_ISREG(mode):
+        raise error(f"{kind} {path} is {_kind_of(mode)}, not a file", parameter=parameter)
+    try:  # non-blocking, and checked again once open: the path may have been swapped for a pipe meanwhile
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise error(f"{kind} {path} is {_kind_of(info.st_mode)}, not a file", parameter=parameter)
+            if info.st_size > JSON_BYTES_MAX:
+                raise error(
+                    f"{kind} {path} is {info.st_size:,} bytes; at most {JSON_BYTES_MAX:,} are read",
+                    parameter=parameter,
+                )
+            data = f.read(JSON_BYTES_MAX + 1)
+    except OSError as exc:
+        raise error(f"{kind} {path} cannot be read: {_reason(exc)}", parameter=parameter) from None
+    if len(data) > JSON_BYTES_MAX:
+        raise error(f"{kind} {path} is over {JSON_BYTES_MAX:,} bytes; at most that is read", parameter=parameter)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{kind} {path} is not UTF-8 text ({exc.reason} at byte {exc.start})", parameter=parameter
+        ) from None
+    return parse_json(text, f"{kind} {path}", parameter, error)

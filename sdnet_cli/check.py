@@ -7,22 +7,22 @@ numbers; the tolerance absorbs what differs between CPUs (a few flipped predicti
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._io import read_json
 from .attacks import AttackConfig, run_attack
 from .data.cells import Cell, CellSource
 from .errors import UsageError
 from .evaluate import evaluate_cells
 from .lam import lambda_label, resolve_policy
-from .models import load_model
+from .models import Classifier, LambdaPolicy, ModelInfo, load_model
 from .rows import CLEAN, MEAN
 from .runtime import Runtime
-from .schemas import EXAMPLES_MAX, STEPS_MAX, check_count, check_severity, check_tolerance
+from .schemas import EXAMPLES_MAX, STEPS_MAX, check_count, check_seed, check_severity, check_tolerance
 
 
 @dataclass
@@ -64,6 +64,9 @@ class Suite:
     steps: int = 10
     tolerance: float = 1.0  # accuracy points a metric may fall before the check fails
     seed: int = 0
+    origin: str = field(default="the default suite", compare=False)
+    """Where the suite was read (``suite s.json``, ``baseline b.json meta.suite``): errors about an entry name
+    the file and its field. Not a setting: left out of ``as_meta``."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name == "n_examples":
@@ -73,7 +76,7 @@ class Suite:
         elif name == "tolerance":
             value = check_tolerance(value)
         elif name == "seed":
-            value = check_count(value, "seed", 2**32 - 1, lower=0)
+            value = check_seed(value)
         elif name == "cells":
             value = [(str(c), check_severity(s)) for c, s in value]
         elif name == "models" and not value:
@@ -81,38 +84,36 @@ class Suite:
         super().__setattr__(name, value)
 
     @classmethod
-    def load(cls, path: Path) -> Suite:
+    def load(cls, path: Path, allow_code: bool = False) -> Suite:
         """A JSON object with any of the fields above; ``models`` items are names or {model, checkpoint, lam}."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise UsageError(f"no suite file at {path}", parameter="suite") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"suite {path} cannot be read ({exc})", parameter="suite") from None
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"suite {path} is not JSON ({exc})", parameter="suite") from None
-        return cls.load_dict(data, f"suite {path}")
+        return cls.load_dict(read_json(path, "suite file", parameter="suite"), f"suite {path}", allow_code)
 
     @classmethod
-    def load_dict(cls, data: Any, source: str = "suite") -> Suite:
+    def load_dict(cls, data: Any, source: str = "suite", allow_code: bool = False) -> Suite:
         """The suite a dict describes (a suite file's or a baseline's ``meta.suite``); ``source`` names it
-        in errors. The attack settings are parsed here too, so a bad eps is refused before any work."""
-        from .schemas import SuiteFile, load
+        in errors. The attack settings are parsed here too, so a bad eps is refused before any work. A model
+        name that would import code (``module:factory``) is refused unless ``allow_code``
+        (``schemas.file_model_rule``): a suite comes from a pull request, and the gate must not run what it names."""
+        from .schemas import ALLOW_CODE, SuiteFile, load
 
         kind, _, where = source.partition(" ")
-        given = load(SuiteFile, data, kind, where or "(given)", parameter="suite").model_dump(exclude_none=True)
+        context = {ALLOW_CODE: allow_code}
+        loaded = load(SuiteFile, data, kind, where or "(given)", parameter="suite", context=context)
+        given = loaded.model_dump(exclude_none=True)
         given = {k: v for k, v in given.items() if k in data}
         if "models" in given:
             given["models"] = [ModelSpec(m) if isinstance(m, str) else ModelSpec(**m) for m in given["models"]]
         try:
-            suite = cls(**given)
+            suite = cls(**given, origin=source)
             suite.attack_config()
         except UsageError as exc:
             raise UsageError(f"{source}: {exc}", parameter="suite") from None
         return suite
 
     def as_meta(self) -> dict[str, Any]:
-        return asdict(self)
+        meta = asdict(self)
+        meta.pop("origin")
+        return meta
 
     def attack_config(self) -> AttackConfig:
         return AttackConfig.create(attack=self.attack, norm="Linf", eps=[self.eps], steps=self.steps)
@@ -130,20 +131,16 @@ def run_suite(
     progress: Callable[[int], None] | None = None,
     weights_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows ``{model, checkpoint_sha256, metric, n, value}``, one per model and metric."""
+    """Rows ``{model, checkpoint_sha256, metric, n, value}``, one per model and metric. Every model is loaded,
+    held to the output contract and given its lambda policy before any work."""
     config = suite.attack_config()
+    loaded = [_load_entry(suite, i, runtime, weights_dir) for i in range(len(suite.models))]
     source = CellSource(data_dir, None, cache_dir, seed=suite.seed, n_examples=suite.n_examples, dataset=suite.dataset)
     source.prepare(sorted({c for c, _ in suite.cells}))
     cells = [Cell(CLEAN, 0)] + [Cell(c, s) for c, s in suite.cells]
     rows: list[dict[str, Any]] = []
-    for spec in suite.models:
-        checkpoint = Path(spec.checkpoint) if spec.checkpoint else None
-        model_dir = Path(spec.model_dir) if spec.model_dir else None
-        classifier, info = load_model(
-            spec.model, checkpoint, suite.dataset, weights_dir, threat=spec.threat or "corruptions", model_dir=model_dir
-        )
-        runtime.prepare(classifier)
-        with classifier.using(resolve_policy(spec.lam, classifier, info)):
+    for spec, (classifier, info, policy) in zip(suite.models, loaded):
+        with classifier.using(policy):
             base = {"model": spec.label, "dataset": suite.dataset, "lam": lambda_label(classifier)}
             found = [
                 r
@@ -156,7 +153,7 @@ def run_suite(
             ]
             images, labels = source.load(Cell(CLEAN, 0))
             attacked = run_attack(
-                classifier, images, labels, config, seed=suite.seed, runtime=runtime, progress=progress
+                classifier, images, labels, config, seed=suite.seed, runtime=runtime.exact, progress=progress
             )
             (robust,) = attacked.rows(base)
         metrics.append(
@@ -167,6 +164,29 @@ def run_suite(
             for m, n, v in metrics
         ]
     return rows
+
+
+def _load_entry(
+    suite: Suite, index: int, runtime: Runtime, weights_dir: Path | None
+) -> tuple[Classifier, ModelInfo, LambdaPolicy | None]:
+    """Entry ``index`` of ``suite.models`` loaded, checked and with its policy; a problem is named as the file's
+    field (``suite s.json: models[1].checkpoint: ...``), not as a flag nobody typed."""
+    spec = suite.models[index]
+    try:
+        checkpoint = Path(spec.checkpoint) if spec.checkpoint else None
+        model_dir = Path(spec.model_dir) if spec.model_dir else None
+        classifier, info = load_model(
+            spec.model, checkpoint, suite.dataset, weights_dir, threat=spec.threat or "corruptions", model_dir=model_dir
+        )
+        runtime.prepare_checked(classifier, info.name, suite.dataset)
+        return classifier, info, resolve_policy(spec.lam, classifier, info)
+    except UsageError as exc:
+        entry = f"models[{index}]" + (f".{exc.parameter}" if exc.parameter in ENTRY_FIELDS else "")
+        raise UsageError(f"{suite.origin}: {entry}: {exc}") from None
+
+
+ENTRY_FIELDS = ("checkpoint", "lam", "threat", "model_dir")
+"""The fields of a suite's model entry besides ``model`` (``ModelSpec``)."""
 
 
 def compare_with_baseline(
@@ -238,22 +258,13 @@ def failed(table: list[dict[str, Any]]) -> bool:
     return not verdict(table)["passed"]
 
 
-def read_baseline(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def read_baseline(path: Path, allow_code: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The baseline's meta and rows, validated: a malformed baseline is a usage error (exit 2) naming the
-    file and field, never a regression (exit 1)."""
-    from .schemas import Baseline, load
+    file and field, never a regression (exit 1). Its stored suite is held to ``Suite.load_dict``'s rules."""
+    from .schemas import ALLOW_CODE, Baseline, load
 
-    try:
-        report = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UsageError(
-            f"no baseline at {path}; create it with update=True (sdnet check --update)", parameter="baseline"
-        ) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UsageError(
-            f"baseline {path} is not a baseline written by check with update=True ({exc})", parameter="baseline"
-        ) from None
-    load(Baseline, report, "baseline", path, parameter="baseline")
+    report = read_json(path, "baseline", "baseline", missing="; create it with update=True (sdnet check --update)")
+    load(Baseline, report, "baseline", path, parameter="baseline", context={ALLOW_CODE: allow_code})
     if report["meta"].get("suite") is not None:
-        Suite.load_dict(report["meta"]["suite"], f"baseline {path}")
+        Suite.load_dict(report["meta"]["suite"], f"baseline {path}", allow_code)
     return report["meta"], report["rows"]

@@ -9,7 +9,6 @@ not copied, so every mean covers exactly the cells shown.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ._io import read_json
 from .data.corruptions import BENCHMARK_CORRUPTIONS
 from .errors import UsageError
 from .plots import save_panel_grid
@@ -71,12 +71,10 @@ def _as_pair(source: SourceSpec) -> tuple[str, Path]:
 
 
 def load_source(label: str, path: Path) -> Source:
+    report = read_json(path, "report", "sources", error=CompareError)
     try:
-        report = json.loads(Path(path).read_text())
         meta, rows = report["meta"], report["rows"]
-    except FileNotFoundError:
-        raise CompareError(f"no report at {path}", parameter="sources") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (KeyError, TypeError):
         raise CompareError(
             f"{path} is not a JSON report written by sdnet (needs 'meta' and 'rows')", parameter="sources"
         ) from None

@@ -90,8 +90,8 @@ def _count_with_lambdas(
     if policy is None or isinstance(policy, FixedLambda):
         return combined(count_correct(forward, images[part], labels[part], runtime, batch_size, progress)), None
     noting = _NotingLambdas(policy)
-    with model.using(noting):
-        counts = combined(count_correct(forward, images[part], labels[part], runtime, batch_size, progress))
+    with model.using(noting):  # one forward per batch, so one noted lambda per image: fp32 under bf16-checked
+        counts = combined(count_correct(forward, images[part], labels[part], runtime.exact, batch_size, progress))
     return counts, _gathered_lambdas(noting, len(images), part)
 
 
@@ -187,6 +187,12 @@ def evaluate_cells(
     """
     if adapt is not None:
         adapt.check(model)
+        if runtime.precision == "bf16-checked":
+            raise UsageError(
+                "precision bf16-checked re-runs single images, which would change a test-time adaptation's "
+                "batches; adapt in fp32 (or bf16)",
+                parameter="precision",
+            )
         if adapt.stateful and distributed.world_size() > 1:
             raise UsageError(
                 f"adapt={adapt.name!r} carries state from batch to batch, so one process must see a cell's "

@@ -20,6 +20,7 @@ pydantic is imported here, and this module only by modules that already import t
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, cast
@@ -59,6 +60,7 @@ CLASSES_MAX = 100_000
 TOLERANCE_MAX = 100.0
 """A tolerance of 100 accuracy points already accepts anything."""
 LR_MAX = 100.0
+SEED_MAX = 2**32 - 1
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 """Of every corruption benchmark (Hendrycks & Dietterich, ICLR 2019); a clean cell has severity 0."""
 
@@ -166,6 +168,10 @@ def check_count(value: Any, parameter: str, upper: int, lower: int = 1) -> int:
     return check(count_rule(upper, lower), value, parameter)
 
 
+def check_seed(value: Any, parameter: str = "seed") -> int:
+    return check_count(value, parameter, SEED_MAX, lower=0)
+
+
 # -- annotated field types: the rules above, inside file schemas -----------------------------------
 Lam = Annotated[Any, AfterValidator(lam_rule)]
 Severity = Annotated[Any, AfterValidator(severity_rule)]
@@ -177,9 +183,52 @@ Steps = Annotated[Any, AfterValidator(count_rule(STEPS_MAX))]
 FistaSteps = Annotated[Any, AfterValidator(count_rule(FISTA_STEPS_MAX))]
 Width = Annotated[Any, AfterValidator(count_rule(WIDTH_MAX))]
 Classes = Annotated[Any, AfterValidator(count_rule(CLASSES_MAX))]
-Seed = Annotated[Any, AfterValidator(count_rule(2**32 - 1, lower=0))]
+Seed = Annotated[Any, AfterValidator(count_rule(SEED_MAX, lower=0))]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Bits = Annotated[str, Field(pattern=r"^[01]*$")]
+
+
+# -- model names ------------------------------------------------------------------------------------
+ROBUSTBENCH = "robustbench:"
+TIMM = "timm:"
+FACTORY_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+"""``package.module:factory``: a function of the user's own that returns the model; loading it runs code."""
+ALLOW_CODE = "allow_code"
+"""Validation context key: True lets a file name a ``module:factory`` model (``sdnet check --allow-code-in-suite``)."""
+
+
+def is_factory_spec(name: str) -> bool:
+    return bool(FACTORY_SPEC.match(name)) and not name.startswith((ROBUSTBENCH, TIMM))
+
+
+def file_model_rule(value: str, allow_code: bool = False) -> str:
+    """A model named by a file: a shipped or registered name, ``robustbench:<name>``, ``timm:<name>`` or a
+    checkpoint path, never code to import (``module:factory`` runs only when a person types it, or with
+    ``allow_code``). A name with any other colon is refused too, so nothing in a file can reach an import."""
+    if not value:
+        raise ValueError("must name a model, got ''")
+    prefix = next((p for p in (ROBUSTBENCH, TIMM) if value.startswith(p)), None)
+    if prefix is not None:
+        if ":" in value[len(prefix) :] or len(value) == len(prefix):
+            raise ValueError(f"must be {prefix}<name>, got {value!r}")
+        return value
+    if ":" not in value or (allow_code and is_factory_spec(value)):
+        return value
+    raise ValueError(
+        "must be a shipped or registered model name, robustbench:<name>, timm:<name> or a checkpoint path, not "
+        f"code to import: got {value!r} (module:factory runs only when typed as --model or model=, or from a suite "
+        "with sdnet check --allow-code-in-suite)"
+    )
+
+
+def _file_model(value: str, info: ValidationInfo) -> str:
+    return file_model_rule(value, bool((info.context or {}).get(ALLOW_CODE)))
+
+
+FileModel = Annotated[str, AfterValidator(_file_model)]
+"""A model name in any file: ``file_model_rule``, with the context's ``allow_code``."""
+PlainName = Annotated[str, AfterValidator(file_model_rule)]
+"""A model name in a file that can never be code (a manifest's architecture)."""
 
 
 def _file_name(value: str) -> str:
@@ -230,11 +279,13 @@ def load(
     path: Path | str,
     parameter: str | None = None,
     error: type[UsageError] = UsageError,
+    context: dict[str, Any] | None = None,
 ) -> M:
     """``data`` (read from ``path``) validated against ``schema``; else one ``error`` (a ``UsageError``) naming
-    the file and the field: ``calibration weights/x.lambda.json: rules.noise.lo must be ..., got -5``."""
+    the file and the field: ``calibration weights/x.lambda.json: rules.noise.lo must be ..., got -5``.
+    ``context``: what validators may consult (``ALLOW_CODE``)."""
     try:
-        return schema.model_validate(data)
+        return schema.model_validate(data, context=context)
     except ValidationError as exc:
         first = max(exc.errors(), key=lambda e: len(e["loc"]))  # of a union's alternatives, the closest
         more = len(exc.errors()) - 1
@@ -259,9 +310,9 @@ class CheckpointMeta(Schema):
 class ManifestEntry(Schema):
     """One shipped (or trained) checkpoint: the typed record behind every weights config."""
 
-    name: Annotated[str, Field(min_length=1)]
+    name: Annotated[PlainName, Field(min_length=1)]
     file: FileName
-    architecture: str
+    architecture: PlainName
     dataset: str
     sha256: Sha256
     num_classes: Classes = None
@@ -369,7 +420,7 @@ def cell_rule(value: list[Any]) -> list[Any]:
 class SuiteModel(Schema):
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    model: Annotated[str, Field(min_length=1)]
+    model: FileModel
     checkpoint: str | None = None
     lam: str | None = None
     threat: Literal["corruptions", "Linf", "L2"] | None = None
@@ -381,7 +432,7 @@ class SuiteFile(Schema):
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    models: Annotated[list[str | SuiteModel], Field(min_length=1, max_length=100)] = None  # type: ignore[assignment]
+    models: Annotated[list[FileModel | SuiteModel], Field(min_length=1, max_length=100)] = None  # type: ignore[assignment]
     dataset: str = None  # type: ignore[assignment]
     n_examples: Examples = None
     cells: Annotated[list[Annotated[list[Any], AfterValidator(cell_rule)]], Field(max_length=1_000)] = None  # type: ignore[assignment]

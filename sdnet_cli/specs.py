@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union, cast, get_args
 
 from .errors import UsageError
+from .schemas import BATCH_MAX, EXAMPLES_MAX, FISTA_STEPS_MAX, check_count, check_seed
 
 if TYPE_CHECKING:
     from torch import nn
 
     from .models import Classifier, ModelInfo
 
-Precision = Literal["fp32", "bf16"]
+Precision = Literal["fp32", "bf16", "bf16-checked"]
+"""fp32; bf16 autocast; or bf16-checked: bf16 autocast whose doubtful decisions are re-run in fp32
+(``runtime.Checked``), for jobs where decisions are all that matters."""
 PRECISIONS: tuple[str, ...] = get_args(Precision)
 DeviceKind = Literal["auto", "cpu", "cuda"]
 """A device is one of these, or ``cuda:<index>``."""
@@ -29,21 +32,30 @@ Normalize = tuple[Sequence[float], Sequence[float]]
 """``(mean, std)`` per channel, applied to a module's [0, 1] input first."""
 
 
-def at_least_one(value: int | None, parameter: str) -> None:
-    if value is not None and value < 1:
-        raise UsageError(f"{parameter} must be >= 1, got {value}", parameter=parameter)
-
-
-def check_seed(seed: int) -> None:
-    if not 0 <= seed < 2**32:
-        raise UsageError(f"seed must be in 0 .. 2**32-1, got {seed}", parameter="seed")
+def count_or_none(value: int | None, parameter: str, upper: int) -> None:
+    """None (the default applies), or a count in [1, ``upper``]: the rule, and bound, the same value meets in a
+    file (``schemas.check_count``)."""
+    if value is not None:
+        check_count(value, parameter, upper)
 
 
 def check_precision(precision: str) -> Precision:
     """``precision`` if it is one of ``PRECISIONS`` (typed as such), else a usage error."""
     if precision not in PRECISIONS:
-        raise UsageError(f"unknown precision {precision!r}; use fp32 or bf16", parameter="precision")
+        raise UsageError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}", parameter="precision")
     return cast(Precision, precision)
+
+
+def gradient_precision(precision: str, job: str) -> Precision:
+    """A precision for work that follows gradients (``job``: attacks, training): fp32 or bf16, as
+    bf16-checked checks only the decisions of forwards."""
+    typed = check_precision(precision)
+    if typed == "bf16-checked":
+        raise UsageError(
+            f"precision bf16-checked checks only decisions, not the gradients {job} follows; use fp32 (or bf16)",
+            parameter="precision",
+        )
+    return typed
 
 
 def check_device(device: str) -> None:
@@ -103,6 +115,7 @@ class ModelSpec:
                 raise UsageError(
                     "normalize applies to a torch.nn.Module; a named model has its own", parameter="normalize"
                 )
+            count_or_none(self.n_steps, "n_steps", FISTA_STEPS_MAX)  # a checkpoint file's cap, too
             return
         named_only = (
             (self.checkpoint, "checkpoint"),
@@ -141,14 +154,14 @@ class DataSpec:
             from .data.datasets import dataset_spec  # here: the default record is made when the API is imported
 
             dataset_spec(self.dataset)
-        at_least_one(self.n_examples, "n_examples")
+        count_or_none(self.n_examples, "n_examples", EXAMPLES_MAX)
         check_seed(self.seed)
 
 
 @dataclass(frozen=True)
 class RunSpec:
     """Where and how forwards run: ``device`` (auto: a GPU if present; cpu; cuda or cuda:N), ``precision`` (fp32,
-    or bf16 autocast), ``batch_size`` (images per forward; default: the job's own) and ``compile`` (inference
+    bf16 autocast, or bf16-checked for decision-only jobs), ``batch_size`` (images per forward; default: the job's own) and ``compile`` (inference
     through ``torch.compile``)."""
 
     device: str = "auto"
@@ -159,7 +172,7 @@ class RunSpec:
     def __post_init__(self) -> None:
         check_device(self.device)
         check_precision(self.precision)
-        at_least_one(self.batch_size, "batch_size")
+        count_or_none(self.batch_size, "batch_size", BATCH_MAX)
 
 
 def unused(record: ModelSpec | DataSpec | RunSpec, names: Sequence[str], job: str, why: str) -> None:

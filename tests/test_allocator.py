@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,10 +27,24 @@ print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSA
 """
 
 
-def faults_of_four_64mib_tensors(mode: str) -> dict:
+def faults_of_four_64mib_tensors(mode: str, switch: str = "1") -> dict:
     """Minor page faults (the kernel's count) of writing four fresh 64 MiB tensors, after ten were freed."""
-    done = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True)
+    env = {**os.environ, "SDNET_KEEP_FREED_MEMORY": switch}
+    done = subprocess.run([sys.executable, "-c", FAULTS, mode], capture_output=True, text=True, check=True, env=env)
     return json.loads(done.stdout)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")
+def test_the_off_switch_leaves_malloc_as_it_starts() -> None:
+    off = faults_of_four_64mib_tensors("keep", switch="0")
+    assert off["applied"] is False
+    assert off["faults"] > 4 * (64 << 20) // 4096 // 100  # fresh pages again, as in the "default" run below
+
+
+def test_a_bad_off_switch_is_a_usage_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("SDNET_KEEP_FREED_MEMORY", "off")
+    result = CliRunner().invoke(app, ["eval", "-n", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "SDNET_KEEP_FREED_MEMORY must be 0 or 1" in result.output, result.output
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc")

@@ -37,6 +37,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
         ("train_step.py", ["--width", "4", "--batch-size", "8", "--repeats", "1"], "Training step throughput"),
         ("lambda_throughput.py", ["--width", "4", "--batch-size", "8", "--rounds", "1"], "Fixed lambda vs"),
         ("stem_precision.py", ["--width", "4", "--batch-size", "8", "--repeats", "1"], "CSC stem precision"),
+        ("checked_precision.py", ["--n", "8", "--cells", "1"], "bf16-checked vs fp32: totals"),
+        ("eval_memory.py", ["--n", "4", "--batch-size", "4", "--rounds", "1"], "Peak memory of sdnet eval"),
         ("pgd_step.py", ["--width", "4", "--batch-size", "4", "--steps", "1", "--repeats", "1"], "PGD step time"),
         ("cifar_c_rate.py", ["--images", "2", "--pipeline-images", "0"], "CIFAR-10-C generation rate"),
         ("cli_startup.py", ["--repeats", "1"], "CLI start-up"),

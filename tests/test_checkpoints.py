@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sdnet_cli.errors import UsageError
 from sdnet_cli.models import CheckpointError, ModelError, create_model, load_model, save_checkpoint
 from sdnet_cli.models.checkpoints import sha256_of
 from sdnet_cli.models.weights import read_manifest, update_manifest
@@ -262,5 +263,5 @@ def test_n_steps_is_refused_where_it_cannot_apply(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="no CSC layers") as info:
         load_model("resnet18", checkpoint=path, n_steps=3)
     assert info.value.parameter == "n_steps"
-    with pytest.raises(ModelError, match="n_steps must be >= 1"):
+    with pytest.raises(UsageError, match="n_steps must be an integer >= 1 and <= 1,000"):
         load_model("resnet18", checkpoint=path, n_steps=0)

@@ -88,7 +88,7 @@ def test_damaged_baseline_is_exit_2_naming_file_and_field(tmp_path: Path, rows: 
 @pytest.mark.parametrize(
     ("content", "named"),
     [
-        ("{not json", "is not a baseline"),
+        ("{not json", "is not JSON"),
         (json.dumps({"rows": [row("clean", 1.0)]}), "meta is missing"),
         (json.dumps({"meta": {"command": "eval"}, "rows": [row("clean", 1.0)]}), "meta.command"),
         (json.dumps([1, 2]), "the file"),

@@ -12,10 +12,10 @@ from torch import nn
 from typer.testing import CliRunner
 
 from sdnet_cli import api
-from sdnet_cli.api._session import state_dict_sha256
 from sdnet_cli.attacks.config import BATCH_SIZE
 from sdnet_cli.cli import app
 from sdnet_cli.errors import UsageError
+from sdnet_cli.models import state_dict_sha256
 
 
 class Constant(nn.Module):

@@ -99,7 +99,7 @@ def test_tampered_or_missing_shipped_file_is_refused_by_name(
 def test_unreadable_manifest_is_a_usage_error(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(
-        CheckpointError, match=re.escape(str(tmp_path / "manifest.json")) + " is not a readable manifest"
+        CheckpointError, match="manifest " + re.escape(str(tmp_path / "manifest.json")) + " is not JSON"
     ):
         load_model("sdnet18", weights_dir=tmp_path)
 

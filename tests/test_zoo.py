@@ -14,12 +14,14 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from sdnet_cli.api._session import Session
 from sdnet_cli.data.cells import Cell, CellSource
 from sdnet_cli.errors import UsageError
 from sdnet_cli.evaluate import evaluate_cells
-from sdnet_cli.models import load_model
-from sdnet_cli.models.zoo import import_robustbench, is_zoo_spec, load_zoo_model, state_dict_sha256
+from sdnet_cli.models import load_model, state_dict_sha256
+from sdnet_cli.models.zoo import import_robustbench, is_zoo_spec, load_zoo_model
 from sdnet_cli.runtime import Runtime
+from sdnet_cli.specs import DataSpec, ModelSpec, RunSpec
 
 # optional integrations (extras "robustbench" and "timm"; CI installs both)
 needs_robustbench = pytest.mark.skipif(
@@ -39,6 +41,8 @@ def private_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
 
 N = 50
 NAME = "Hendrycks2020AugMix_WRN"  # WRN-40-2 of the corruptions leaderboard: small, normalises inside
+
+CPU = RunSpec(device="cpu")
 
 
 def test_zoo_specs_are_told_apart_from_our_model_names() -> None:
@@ -213,10 +217,10 @@ def test_a_users_factory_is_imported_and_called(tmp_path: Path, monkeypatch: pyt
     with torch.no_grad():
         expected[1].bias.add_(1e-3)
     assert state_dict_sha256(expected) != info.sha256
-    with pytest.raises(UsageError, match=r"shape \(2, 7\)"):
-        load_model("zoo_test_factories:wrong_classes")
-    with pytest.raises(UsageError, match="fails on 2 blank 32x32 RGB images"):
-        load_model("zoo_test_factories:wrong_inputs")
+    with pytest.raises(UsageError, match=r"shape \(2, 7\)"):  # the output contract, before any work
+        Session.open("eval", model=ModelSpec("zoo_test_factories:wrong_classes"), data=DataSpec(), run=CPU)
+    with pytest.raises(UsageError, match="fails on 2 random 32x32 RGB images"):
+        Session.open("eval", model=ModelSpec("zoo_test_factories:wrong_inputs"), data=DataSpec(), run=CPU)
     with pytest.raises(UsageError, match="no callable"):
         load_model("zoo_test_factories:not_callable")
     with pytest.raises(UsageError, match="cannot import"):

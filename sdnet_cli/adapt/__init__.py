@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Literal, cast, get_args
 
 from ..errors import UsageError
+from ..schemas import BATCH_MAX, check_count
 from .base import Adaptation
 from .batchnorm import (
     DEFAULT_BATCH_SIZE,
@@ -51,8 +52,8 @@ def make_adaptation(
         raise UsageError(
             "adapt runs the model eagerly (its BatchNorm layers change); drop compile", parameter="compile"
         )
-    if batch_size is not None and batch_size < 1:
-        raise UsageError(f"batch_size must be >= 1, got {batch_size}", parameter="batch_size")
+    if batch_size is not None:
+        check_count(batch_size, "batch_size", BATCH_MAX)
     if prior_strength is not None and name != "bn-prior":
         raise UsageError(f"prior_strength applies to adapt='bn-prior', not {name!r}", parameter="prior_strength")
     if name == "none":

@@ -8,7 +8,6 @@ progress totals and report meta.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,20 +54,6 @@ def single_process(command: str) -> None:
         raise UsageError(f"{command} runs in one process; under torchrun only eval and attack split their work")
 
 
-def state_dict_sha256(module: nn.Module) -> str:
-    """A fingerprint of a module's weights: its state dict in sorted key order, each entry's name, dtype,
-    shape and raw bytes, so equal weights give equal digests whatever their device or insertion order."""
-    import torch
-
-    digest = hashlib.sha256()
-    state = module.state_dict()
-    for key in sorted(state):
-        tensor = state[key].detach().cpu().contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def load_named(spec: ModelSpec, name: str, dataset: str) -> LoadedModel:
     """The model the user named; the dataset and checkpoint path are checked first, so a typo is reported
     as itself, not as a missing checkpoint."""
@@ -91,7 +76,7 @@ def wrap_module(module: nn.Module, dataset: str, normalize: Normalize | None) ->
     """A user's module as a ``Classifier`` (normalising first when ``normalize=(mean, std)`` is given) and
     a ``ModelInfo`` naming its class and the sha256 of its state dict, so reports say what was evaluated."""
     from ..data.datasets import dataset_spec
-    from ..models import Classifier, ModelInfo
+    from ..models import Classifier, ModelInfo, state_dict_sha256
 
     spec = dataset_spec(dataset)
     if isinstance(module, Classifier) and normalize is None:
@@ -182,7 +167,7 @@ class Session:
             single_process(command)
         runtime = Runtime.create(dist.init(run.device) if distributed else run.device, run.precision, run.compile)
         loaded = resolve_model(model, data.dataset)
-        runtime.prepare(loaded.classifier)
+        runtime.prepare_checked(loaded.classifier, loaded.info.name, loaded.info.dataset)
         size = run.batch_size or default_batch_size or runtime.eval_batch_size
         told = Silent() if progress is None else Forecasting(progress, str(runtime.device), data.n_examples is None)
         return cls(command, runtime, loaded, loaded.info.dataset, size, data, distributed, told)

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import Interrupted, UsageError
 from ..report import Report, check_stem
-from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec, at_least_one, unused
+from ..schemas import POOL_BATCHES_MAX
+from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec, count_or_none, gradient_precision, unused
 from ._session import Progress, Session
 
 if TYPE_CHECKING:
@@ -177,7 +178,7 @@ def _sweep_points(
 def _baseline_spec(baseline: ModelSpec | ModelArg, spec: ModelSpec) -> ModelSpec:
     """A baseline given by name is looked up where the swept model is: the same shipped-weights folder, and
     for two ``robustbench:`` models the same leaderboard and folder. Other baselines say for themselves."""
-    from ..models.zoo import ROBUSTBENCH
+    from ..schemas import ROBUSTBENCH
 
     if not isinstance(baseline, str):
         return ModelSpec.of(baseline)
@@ -253,8 +254,9 @@ class AttackJob:
         why = "attacks run on clean test images"
         unused(data, ("cache_dir", "cifar_c_dir"), command, why)
         unused(run, ("compile",), command, "attacks take gradients through the eager model")
+        gradient_precision(run.precision, "an attack")
         pool_batches = POOL_BATCHES if pool_batches is None else pool_batches
-        at_least_one(pool_batches, "pool_batches")
+        count_or_none(pool_batches, "pool_batches", POOL_BATCHES_MAX)
         session = Session.open(
             command, model=model, data=data, run=run, progress=progress, default_batch_size=BATCH_SIZE,
             distributed=distributed,

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..report import Report
-from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec, at_least_one, unused
+from ..schemas import WORKERS_MAX
+from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec, count_or_none, unused
 from ._session import Progress, Session, Silent, single_process, strings
 
 if TYPE_CHECKING:
@@ -142,7 +143,7 @@ def generate_corruptions(
     progress = Silent() if progress is None else Forecasting(progress, "cpu", hint=data.n_examples is None)
     single_process("make-c")
     unused(data, ("cache_dir", "cifar_c_dir"), "make-c", "it writes a corrupted release from the clean test split")
-    at_least_one(workers, "workers")
+    count_or_none(workers, "workers", WORKERS_MAX)
     seed = data.seed
     spec = dataset_spec(data.dataset or "cifar10")
     names = [c for c in parse_corruptions(strings(corruptions)) if c != CLEAN]

@@ -23,6 +23,7 @@ def check(
     data: DataSpec = DataSpec(),
     run: RunSpec = RunSpec(),
     weights_dir: Path | None = None,
+    allow_code_in_suite: bool = False,
     progress: Progress | None = None,
 ) -> Report:
     """Re-run a fixed, seeded suite and compare every metric with ``baseline``.
@@ -32,6 +33,8 @@ def check(
     written over ``baseline``. The suite comes from ``suite``, else the baseline's own, else the default;
     it names the models, dataset, seed and images, so ``data`` gives only the folders (``data_dir``,
     ``cache_dir``) and ``run`` the device and precision; ``weights_dir`` is where shipped checkpoints are.
+    A suite (or baseline) naming a ``module:factory`` model is refused unless ``allow_code_in_suite``: that
+    imports and runs the code it names.
     """
     from ..check import compare_with_baseline, read_baseline, run_suite, verdict
     from ..forecast import Forecasting
@@ -45,8 +48,8 @@ def check(
     baseline = Path(baseline)
     if tolerance is not None:
         check_tolerance(tolerance)
-    stored = read_baseline(baseline) if not update or baseline.is_file() else None
-    chosen = _suite(suite, stored, tolerance)
+    stored = read_baseline(baseline, allow_code_in_suite) if not update or baseline.is_file() else None
+    chosen = _suite(suite, stored, tolerance, allow_code_in_suite, baseline)
     runtime = Runtime.create(run.device, run.precision)
     advance = Forecasting(progress or Silent(), str(runtime.device), hint=False).task("checking", chosen.work_units())
     rows = run_suite(chosen, runtime, data.data_dir, data.cache_dir, advance, weights_dir)
@@ -61,14 +64,20 @@ def check(
     return Report(table, meta, name=f"check-{baseline.stem}", title=f"sdnet check vs {baseline}")
 
 
-def _suite(suite: Path | None, stored: tuple[dict[str, Any], Any] | None, tolerance: float | None) -> Suite:
+def _suite(
+    suite: Path | None,
+    stored: tuple[dict[str, Any], Any] | None,
+    tolerance: float | None,
+    allow_code: bool,
+    baseline: Path,
+) -> Suite:
     """The suite to run: the ``suite`` file, else the one stored in the baseline, else the default."""
     from ..check import Suite
 
     if suite is not None:
-        chosen = Suite.load(Path(suite))
+        chosen = Suite.load(Path(suite), allow_code)
     elif stored is not None and "suite" in stored[0]:
-        chosen = Suite.load_dict(stored[0]["suite"])
+        chosen = Suite.load_dict(stored[0]["suite"], f"baseline {baseline} meta.suite", allow_code)
     else:
         chosen = Suite()
     if tolerance is not None:

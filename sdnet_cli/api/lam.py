@@ -214,8 +214,9 @@ def _held_out(hold_out: str | Sequence[str]) -> list[str]:
 
 
 def _check_fit_n(fit_n: int) -> None:
-    if fit_n < 2:
-        raise UsageError(f"fit_n must be >= 2, got {fit_n}", parameter="fit_n")
+    from ..schemas import EXAMPLES_MAX, check_count
+
+    check_count(fit_n, "fit_n", EXAMPLES_MAX, lower=2)
 
 
 def _check_rule(rule: str) -> None:

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..report import Report, base_meta
-from ..specs import DataSpec, LoadedModel, ModelArg, ModelSpec, RunSpec, at_least_one, unused
+from ..schemas import BATCH_MAX, EPOCHS_MAX, EXAMPLES_MAX, WIDTH_MAX
+from ..specs import DataSpec, LoadedModel, ModelArg, ModelSpec, RunSpec, count_or_none, gradient_precision, unused
 from ._session import Progress, Silent, resolve_model, single_process
 
 if TYPE_CHECKING:
@@ -140,13 +141,15 @@ def _check_train(model: str, out: Path, dataset: str, data: DataSpec, run: RunSp
     unused(data, ("n_examples",), "train", "give n_train and n_test")
     unused(run, ("batch_size",), "train", "train takes its own batch_size= (images per training step)")
     unused(run, ("compile",), "train", "training runs eagerly")
+    gradient_precision(run.precision, "training")
     out = Path(out)
     if out.suffix != ".safetensors":
         raise UsageError(f"out must end in .safetensors, got {out}", parameter="out")
     if model not in ARCHITECTURES:
         raise UsageError(f"unknown model {model!r}; choose one of: {', '.join(ARCHITECTURES)}", parameter="model")
+    bounds = {"epochs": EPOCHS_MAX, "width": WIDTH_MAX, "batch_size": BATCH_MAX}
     for parameter, value in counts.items():
-        at_least_one(value, parameter)
+        count_or_none(value, parameter, bounds.get(parameter, EXAMPLES_MAX))
     spec = dataset_spec(dataset)
     if spec.stem != "cifar":
         raise UsageError(

@@ -21,8 +21,9 @@ from torch import nn
 
 from .. import distributed
 from ..metrics import percent
-from ..runtime import Runtime, predict_correct
+from ..runtime import Runtime, check_gradients, own_rng, predict_correct
 from ..schemas import BATCH_MAX, POOL_BATCHES_MAX, check_count
+from ..specs import gradient_precision
 from . import registry
 from .base import AttackedModel
 from .checks import DIAGNOSTIC_IMAGES, diagnose
@@ -56,18 +57,6 @@ def excess(candidate: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> f
 def derive_seed(*keys: int) -> int:
     """A 32-bit seed from (seed, batch, run, ...): reruns repeat, neighbours do not collide."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
-
-
-@contextmanager
-def own_rng(device: torch.device, seed: int | None = None) -> Iterator[None]:
-    """torch's global generators for the block only: seeded with ``seed`` (None: continuing from the
-    caller's state), and the caller's state back on exit. torchattacks draws from (and reseeds) the
-    global generators, so this is how a run is seeded without the caller noticing."""
-    cuda = list(range(torch.cuda.device_count())) if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda, device_type="cuda"):
-        if seed is not None:
-            torch.manual_seed(seed)
-        yield
 
 
 # -- sample-wise runner --------------------------------------------------------------------------
@@ -314,8 +303,10 @@ def run_attack(
     check_count(batch_size, "batch_size", BATCH_MAX)
     check_count(pool_batches, "pool_batches", POOL_BATCHES_MAX)
     runtime = runtime or Runtime.create("cpu")
+    gradient_precision(runtime.precision, "an attack")
     attacked = AttackedModel(runtime.prepare(model), runtime).eval()
     first = runtime.to_input(images[:DIAGNOSTIC_IMAGES])
+    check_gradients(attacked.model, first[:2], runtime)  # before any attack needs them
     with own_rng(runtime.device, 0), torch.no_grad():  # its own draws: diagnose sees the caller's state
         num_classes = int(attacked(first[:1]).shape[1])
     runners = [

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from .._io import atomic_path, atomic_write_text
+from .._io import atomic_path, atomic_write_text, read_json
 from ..errors import UsageError
 from ..schemas import AttackState, load
 
@@ -94,8 +94,8 @@ def read_state(path: Path) -> dict[str, Any]:
     """A state file's contents, validated (``schemas.AttackState``); a damaged one is named, with what to do."""
     advice = "delete it to start the run afresh"
     try:
-        saved = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
+        saved = read_json(path, "resume state", "resume")
+    except UsageError as exc:
         raise UsageError(f"the resume state {path} is damaged ({exc}); {advice}", parameter="resume") from None
     if isinstance(saved, dict) and isinstance(saved.get("batches"), dict) and "pools" not in saved:
         raise UsageError(

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .. import __version__
 from ..errors import Interrupted, UsageError
@@ -29,8 +29,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,  # plain help: flags shown as flags, not as '<bool>' values
 )
-console = Console(stderr=True)
-stdout = Console()
+console = Console(stderr=True, markup=False, emoji=False)
+stdout = Console(markup=False, emoji=False)
+"""Both print text as written: user text (a model name, a path, a message) is never read as markup or
+``:emoji:`` codes; styled labels are ``Text`` parts (``labelled``)."""
 F = TypeVar("F", bound=Callable[..., None])
 
 FLAGS = {
@@ -46,12 +48,20 @@ FLAGS = {
 
 
 def flag_message(exc: UsageError | Interrupted) -> str:
-    """The API's message, speaking of the CLI option instead of the Python parameter."""
+    """The API's message, speaking of the CLI option instead of the Python parameter: the first mention of the
+    parameter as a word of its own (``n_examples must ...``, ``with resume=True``) becomes the flag. A word
+    inside a path (``runs/resume/``), a file name or a quoted value is text the user wrote, and stays."""
     if exc.parameter is None:
         return str(exc)
     flag = FLAGS.get(exc.parameter, "--" + exc.parameter.replace("_", "-"))
     name = re.escape(exc.parameter)
-    return re.sub(rf"(?<![\w-]){name}(=True)?(?![\w-])", flag, str(exc), count=1)
+    word = rf"(?<![\w\-/\\.:~'\"=]){name}(=True)?(?![\w\-/\\.'\"]|=(?!True))"
+    return re.sub(word, flag, str(exc), count=1)
+
+
+def labelled(label: str, style: str, text: str) -> Text:
+    """``label`` in ``style``, a space, then ``text`` exactly as written."""
+    return Text.assemble((label, style), " ", text)
 
 
 def main_process() -> bool:
@@ -77,19 +87,16 @@ def user_errors(command: F) -> F:
         previous = signal.signal(signal.SIGTERM, on_sigterm)
         from ..runtime import keep_freed_memory
 
-        keep_freed_memory()  # our own process: tensors reuse freed memory instead of faulting in fresh pages
         try:
+            keep_freed_memory()  # our own process: tensors reuse freed memory instead of faulting in fresh pages
             return command(*args, **kwargs)
         except UsageError as exc:
-            console.print(f"[bold red]error:[/] {escape(flag_message(exc))}", highlight=False, soft_wrap=True)
+            console.print(labelled("error:", "bold red", flag_message(exc)), soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt as exc:
-            saved = f": {escape(flag_message(exc))}" if isinstance(exc, Interrupted) else ""
-            console.print(
-                f"[yellow]{'terminated' if terminated else 'interrupted'}; no report was written{saved}[/]",
-                highlight=False,
-                soft_wrap=True,
-            )
+            saved = f": {flag_message(exc)}" if isinstance(exc, Interrupted) else ""
+            stopped = "terminated" if terminated else "interrupted"
+            console.print(Text(f"{stopped}; no report was written{saved}", style="yellow"), soft_wrap=True)
             raise typer.Exit(143 if terminated else 130) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -111,7 +118,7 @@ class RichProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(
-            TextColumn("{task.description}"),
+            TextColumn("{task.description}", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
             TimeElapsedColumn(),

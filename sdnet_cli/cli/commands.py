@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 
-from ._app import RichProgress, command, console, main_process, preflight, print_rows, stdout, write
+from ..errors import UsageError
+from ._app import RichProgress, command, console, labelled, main_process, preflight, print_rows, stdout, write
 from .options import (
     AttackBatchOpt,
     AttackNExamplesOpt,
@@ -155,7 +156,7 @@ def eval_command(
     title = f"{report.meta['model']['name']} on {report.meta['model']['dataset']}"
     print_rows(title, report.rows, ["corruption", "severity", "lam", "n", "accuracy"])
     if report.meta.get("calibration_mismatch"):
-        console.print(f"[bold yellow]note:[/] {escape(report.meta['calibration_mismatch'])}", highlight=False)
+        console.print(labelled("note:", "bold yellow", report.meta["calibration_mismatch"]))
     summary = report.meta["corruption_errors"]
     if summary is not None:
         caveat = "" if summary["complete"] else " (not all 15 benchmark corruptions: not comparable with published mCE)"
@@ -354,7 +355,7 @@ def attack_command(
     if not main_process():
         return
     for warning in report.meta["diagnostics"]["warnings"]:
-        console.print(f"[bold yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        console.print(labelled("warning:", "bold yellow", warning), soft_wrap=True)
     columns = ["attack", "norm", "eps_text", "lam", "n", "clean_accuracy", "robust_accuracy", "seconds"]
     print_rows(f"{report.meta['model']['name']} on {report.meta['model']['dataset']}", report.rows, columns)
     write(report, out_dir, None)
@@ -382,13 +383,23 @@ def check_command(
     tolerance: Annotated[
         float | None, typer.Option("--tolerance", help="Accuracy points a metric may fall (default: the suite's, 1.0).")
     ] = None,
+    allow_code_in_suite: Annotated[
+        bool,
+        typer.Option(
+            "--allow-code-in-suite",
+            help="Let the suite (or the baseline's stored suite) name package.module:factory models: this imports and "
+            "runs the Python code the file names. Without it such a suite is refused; never use it on a suite you did "
+            "not write (e.g. one from a pull request).",
+        ),
+    ] = False,
     device: DeviceOpt = "auto",
     precision: PrecisionOpt = "fp32",
     data_dir: DataDirOpt = None,
     cache_dir: CacheDirOpt = None,
     weights_dir: WeightsDirOpt = None,
 ) -> None:
-    """Regression gate: re-run a fixed, seeded suite and compare each metric with the baseline; exit 1 on a regression."""
+    """Regression gate: re-run a fixed, seeded suite and compare each metric with the baseline; exit 1 on a regression,
+    2 on bad input (options, suite or baseline), 3 when the check itself failed (a bug: its traceback is printed)."""
     from .. import api
     from ..specs import DataSpec, RunSpec, check_precision
 
@@ -396,11 +407,18 @@ def check_command(
         preflight(baseline.parent, parameter="baseline")
     data = DataSpec(data_dir=data_dir, cache_dir=cache_dir)
     run = RunSpec(device=device, precision=check_precision(precision))
-    with RichProgress() as progress:
-        report = api.check(
-            baseline=baseline, suite=suite, update=update, tolerance=tolerance, data=data, run=run,
-            weights_dir=weights_dir, progress=progress,
-        )  # fmt: skip
+    try:
+        with RichProgress() as progress:
+            report = api.check(
+                baseline=baseline, suite=suite, update=update, tolerance=tolerance, data=data, run=run,
+                weights_dir=weights_dir, allow_code_in_suite=allow_code_in_suite, progress=progress,
+            )  # fmt: skip
+    except (UsageError, KeyboardInterrupt):
+        raise
+    except Exception:  # a traceback's exit 1 would read as a regression
+        traceback.print_exc()
+        console.print("check could not run (the error above is a bug in sdnet, not a regression): exit 3")
+        raise typer.Exit(3) from None
     if update:
         write(report, baseline.parent, baseline.stem)
         return
@@ -409,7 +427,7 @@ def check_command(
     columns = ["model", "metric", "baseline", "now", "change", "status"]
     print_rows(f"sdnet check vs {baseline} (tolerance {tolerance:g} points)", moved or report.rows, columns)
     if not report.meta["passed"]:
-        console.print(f"[bold red]check failed:[/] {escape('; '.join(report.meta['failures']))}", soft_wrap=True)
+        console.print(labelled("check failed:", "bold red", "; ".join(report.meta["failures"])), soft_wrap=True)
         raise typer.Exit(1)
     stdout.print(f"check passed: {report.meta['compared']} baseline metrics within {tolerance:g} points of {baseline}")
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ._app import RichProgress, command, console, preflight, print_rows, refuse_given, stdout, write
+from ._app import RichProgress, command, console, labelled, preflight, print_rows, refuse_given, stdout, write
 from .options import (
     AttackBatchOpt,
     AttackNExamplesOpt,
@@ -146,7 +146,7 @@ def sweep_lambda_command(
     from ..specs import DataSpec, ModelSpec, RunSpec, check_precision
 
     if attack is not None:
-        console.print("[yellow]note:[/] `sdnet sweep-lambda --attack` is now `sdnet attack-vs-lambda`", highlight=False)
+        console.print(labelled("note:", "yellow", "`sdnet sweep-lambda --attack` is now `sdnet attack-vs-lambda`"))
         refuse_given(ctx, SWEEP_ONLY, "belongs to the corruption sweep; it does not combine with --attack")
     else:
         refuse_given(ctx, ATTACK_ONLY, "applies with --attack only (now `sdnet attack-vs-lambda`)")

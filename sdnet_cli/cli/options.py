@@ -98,8 +98,10 @@ PrecisionOpt = Annotated[
     str,
     typer.Option(
         "--precision",
-        help="fp32, or bf16 autocast: faster on GPUs and CPUs with AMX/AVX512-BF16, much slower on plain AVX2 CPUs "
-        "(see benchmarks/throughput.py). CSC solves stay fp32.",
+        help="fp32; bf16 autocast: faster on GPUs and CPUs with AMX/AVX512-BF16, much slower on plain AVX2 CPUs "
+        "(see benchmarks/throughput.py), CSC solves stay fp32; or bf16-checked (not for training): bf16, with every "
+        "image whose top-two logits are closer than 0.5 re-run in fp32, and a seeded 2% of the rest re-run to audit "
+        "that the decisions equal fp32's (counts in the report's meta).",
     ),
 ]
 EvalBatchOpt = Annotated[

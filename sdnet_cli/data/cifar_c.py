@@ -11,7 +11,6 @@ Every file is checked (``validate_release``) before a run reads it, never unpick
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from .._io import read_json
 from ..errors import UsageError
 from ..schemas import SEVERITIES
 
@@ -195,13 +195,12 @@ def validate_release(
 def read_metadata(root: Path) -> dict[str, Any] | None:
     """A folder's ``metadata.json`` (None when there is none); a damaged one is refused."""
     path = Path(root) / METADATA_FILE
-    if not path.is_file():
+    if not path.exists():
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CifarCError(f"{path} is not readable JSON ({exc}); delete the folder and generate it again") from exc
+        meta = read_json(path, "generated-data record")
+    except UsageError as exc:
+        raise CifarCError(f"{exc}; delete the folder and generate it again") from None
     if not isinstance(meta, dict):
         raise CifarCError(f"{path} does not hold a JSON object; delete the folder and generate it again")
     return meta

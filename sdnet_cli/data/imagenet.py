@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .._io import atomic_path, atomic_write_text
+from .._io import atomic_path, atomic_write_text, read_json
 from ..schemas import SEVERITIES
 from .cifar import DataError
 from .cifar_c import METADATA_FILE, describe_source
@@ -259,7 +259,7 @@ class FolderStore:
         """Write the missing (corruption, severity, image) files of the first ``n`` images into ``root``."""
         root = Path(root)
         meta_path = root / METADATA_FILE
-        if meta_path.is_file() and json.loads(meta_path.read_text()).get("seed") != seed:
+        if meta_path.exists() and read_json(meta_path, "generated-data record").get("seed") != seed:
             raise DataError(f"{root} was generated with another seed; generate into another folder")
         if not meta_path.is_file() and root.is_dir() and any(root.iterdir()):
             raise DataError(

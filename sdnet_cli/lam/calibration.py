@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import read_json
 from ..data.cells import Cell
 from ..errors import UsageError
 from ..models.classifier import LambdaPolicy
@@ -213,13 +214,7 @@ class Calibration:
     def load(cls, path: Path) -> Calibration:
         """The calibration in ``path``, validated against its schema (``schemas.CalibrationFile``): a lambda
         bound, coefficient or count that is out of range is refused naming the file and the field."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as exc:
-            raise UsageError(
-                f"calibration {path} is not a readable lambda calibration ({exc.__class__.__name__}: {exc})",
-                parameter="calibration",
-            ) from None
+        data = read_json(path, "calibration", "calibration")
         validate_calibration(data, path)
         return cls.from_json(data)
 
@@ -340,10 +335,10 @@ def store_calibration(calibration: Calibration, info: ModelInfo, path: Path | No
 
 def oracle_lambdas(sweep: Path, info: ModelInfo, cells: Sequence[Cell]) -> Callable[[Cell], FixedLambda]:
     """cell -> the best lambda of that cell in a ``sweep-lambda`` report of this checkpoint (uses labels)."""
+    report = read_json(sweep, "sweep", "sweep")
     try:
-        report = json.loads(Path(sweep).read_text())
         rows, meta = report["rows"], report["meta"]
-    except (OSError, KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError) as exc:
         raise UsageError(f"sweep {sweep} is not a readable sweep-lambda report ({exc})", parameter="sweep") from None
     if meta.get("command") != "sweep-lambda":
         raise UsageError(

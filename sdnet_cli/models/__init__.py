@@ -4,7 +4,7 @@ from .checkpoints import CheckpointError, save_checkpoint
 from .classifier import Classifier, LambdaPolicy
 from .csc import CSCLayer, csc_layers, require_csc
 from .inputs import MODEL_INPUTS, model_input
-from .record import ModelError, ModelInfo
+from .record import ModelError, ModelInfo, state_dict_sha256
 from .registry import ARCHITECTURES, create_model, load_model, register_architecture
 
 __all__ = [
@@ -23,4 +23,5 @@ __all__ = [
     "register_architecture",
     "require_csc",
     "save_checkpoint",
+    "state_dict_sha256",
 ]

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .._io import atomic_path
+from .._io import atomic_path, parse_json
 from ..errors import UsageError
 from ..schemas import CheckpointMeta, load
 from .csc import CSCLayer, normalize_atoms
@@ -199,9 +199,6 @@ def read_metadata(path: Path) -> dict[str, object]:
         raise CheckpointError(f"{path} is not a readable safetensors file: {_first_line(exc)}") from exc
     metadata = {}
     for key, text in stored.items():
-        try:
-            metadata[key] = json.loads(text)
-        except json.JSONDecodeError:
-            raise CheckpointError(f"checkpoint {path}: metadata {key} is not a JSON value, got {text!r}") from None
+        metadata[key] = parse_json(text, f"checkpoint {path}: metadata {key}", "checkpoint", CheckpointError)
     load(CheckpointMeta, metadata, "checkpoint", path, parameter="checkpoint", error=CheckpointError)
     return metadata

@@ -17,6 +17,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ..schemas import FISTA_STEPS_MAX, ROBUSTBENCH, check_count
 from .checkpoints import CheckpointError, load_into, read_metadata, read_state_dict, sha256_of
 from .classifier import Classifier
 from .csc import no_csc_message
@@ -24,7 +25,7 @@ from .inputs import model_input
 from .record import ModelError, ModelInfo
 from .resnet import ConvFactory, ResNet, Stem, csc_conv
 from .weights import find_shipped, read_manifest, resolve_weights_dir, verified_checkpoint
-from .zoo import ROBUSTBENCH, is_zoo_spec, load_zoo_model
+from .zoo import is_zoo_spec, load_zoo_model
 
 Builder = Callable[[int, int, Stem, ConvFactory], nn.Module]
 """``(num_classes, width, stem, csc) -> network``; ``csc`` builds the CSC layers of a sparse one."""
@@ -201,8 +202,8 @@ def load_model(
         if n_steps is not None:
             raise ModelError(f"n_steps applies to our SDNet checkpoints, not to {model}", parameter="n_steps")
         return load_zoo_model(model, threat=threat, model_dir=model_dir, checkpoint=checkpoint, dataset=dataset)
-    if n_steps is not None and n_steps < 1:
-        raise ModelError(f"n_steps must be >= 1, got {n_steps}", parameter="n_steps")
+    if n_steps is not None:
+        check_count(n_steps, "n_steps", FISTA_STEPS_MAX)
     entry: dict[str, Any] = {}
     digest: str | None = None
     if checkpoint is None and model in TORCHVISION_MODELS:

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
+from .._io import read_json
 from ..schemas import Manifest, ManifestEntry, load
 from .checkpoints import CheckpointError, sha256_of
 
@@ -51,14 +52,9 @@ def read_manifest(weights_dir: Path | str | None = None) -> list[dict[str, Any]]
     """The manifest's entries, each validated as a ``schemas.ManifestEntry`` (a sha256, a file inside the
     folder, a valid lambda...); none where the folder has no manifest."""
     path = resolve_weights_dir(weights_dir) / MANIFEST
-    if not path.is_file():
+    if not path.exists():
         return []
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(
-            f"{path} is not a readable manifest ({exc.__class__.__name__}: {exc})", parameter="weights_dir"
-        ) from None
+    data = read_json(path, "manifest", "weights_dir", error=CheckpointError)
     load(Manifest, data, "manifest", path, parameter="weights_dir", error=CheckpointError)
     return cast("list[dict[str, Any]]", data["models"])
 

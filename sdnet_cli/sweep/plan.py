@@ -196,18 +196,24 @@ class _PartRunner:
         if not len(local):
             return
         inputs: list[torch.Tensor] = []
+        errors: list[torch.Tensor] = []
         made, keep = 0, self.stem_input is None
-        hook = self.stem.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) if keep else None
+        # the stem's input and error of each batch's first forward: a bf16-checked forward re-runs some rows
+        hooks = [self.stem.register_forward_hook(lambda _m, _a, _o: errors.append(self.record.error))]  # type: ignore[arg-type]
+        if keep:
+            hooks.append(self.stem.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])))
         try:
             for sel in self._batches(local):
                 start = time.perf_counter()
+                calls = len(errors)
                 with self.model.using(self.policies[j]):
                     logits = predict_logits(self.model, self._rows(self.x, sel), self.runtime)
+                del inputs[calls + 1 :], errors[calls + 1 :]
                 top = logits.float().softmax(dim=1).topk(2, dim=1)
                 cols = sel + self.offset
                 found.pred[j, cols] = top.indices[:, 0].cpu().numpy()
                 found.margin[j, cols] = (top.values[:, 0] - top.values[:, 1]).cpu().numpy()
-                found.errors[j, cols] = self.record.error.cpu().numpy()  # type: ignore[union-attr]
+                found.errors[j, cols] = errors[calls].cpu().numpy()
                 if top2 and found.top2 is not None:
                     hit = top.indices == self._rows(self.y, sel)[:, None]
                     found.top2[cols] = hit.any(dim=1).cpu().numpy()
@@ -217,7 +223,7 @@ class _PartRunner:
                 if share is not None:
                     share.within(made / len(local))
         finally:
-            if hook is not None:
+            for hook in hooks:
                 hook.remove()
         if keep:
             self.stem_input = torch.cat(inputs)

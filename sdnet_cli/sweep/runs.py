@@ -208,7 +208,7 @@ def mean_features(
     """Mean of each rule's label-free feature over the images, computed exactly as the rule computes it
     (``labels`` only ride along with the batches)."""
     sums = dict.fromkeys(FEATURES, 0.0)
-    with torch.no_grad(), runtime.autocast():
+    with torch.no_grad(), runtime.exact.autocast():  # features of bf16-checked runs: fp32, as decisions
         for batch in iter_batches(images, labels, runtime, batch_size):
             xn = model.normalize(batch.x)
             for key, feature in FEATURES.items():
