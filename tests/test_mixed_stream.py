@@ -106,11 +106,12 @@ def test_api_per_image_remedies_and_mixed_stream_on_a_plain_module_and_resnet18(
     """A plain ``nn.Module`` (no Classifier, its own normalisation) and a small resnet18 through the API."""
     from sdnet_cli import api
     from sdnet_cli.models import create_model
+    from sdnet_cli.specs import DataSpec, RunSpec
 
     torch.manual_seed(0)
     plain = small_net().network  # the bare Sequential
-    common = {"corruptions": ["gaussian_noise"], "severities": [5], "n_examples": 4, "data_dir": data_dir}
-    common |= {"cache_dir": tmp_path, "device": "cpu", "batch_size": 2}
+    common = {"corruptions": ["gaussian_noise"], "severities": [5], "run": RunSpec(device="cpu", batch_size=2)}
+    common["data"] = DataSpec(data_dir=data_dir, cache_dir=tmp_path, n_examples=4)
     for model in (plain, create_model("resnet18", width=8).eval()):
         for adapt in ("bn-prior", "memo"):
             report = api.evaluate_corruptions(model=model, adapt=adapt, stream="mixed", **common)
