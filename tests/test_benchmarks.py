@@ -34,7 +34,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
             ],
             "Evaluation time vs n-examples",
         ),
-        ("train_step.py", ["--width", "4", "--batch-size", "8", "--repeats", "1"], "Training step throughput"),
+        ("train_step.py", ["--width", "8", "--batch-size", "8", "--repeats", "1"], "Training step throughput"),
         ("lambda_throughput.py", ["--width", "4", "--batch-size", "8", "--rounds", "1"], "Fixed lambda vs"),
         ("stem_precision.py", ["--width", "4", "--batch-size", "8", "--repeats", "1"], "CSC stem precision"),
         ("checked_precision.py", ["--n", "8", "--cells", "1"], "bf16-checked vs fp32: totals"),

@@ -182,17 +182,17 @@ def test_train_resume_with_changed_settings_is_a_usage_error(data_dir: Path, tmp
     from sdnet_cli.train import TrainConfig, train
 
     out = tmp_path / "r.safetensors"
-    cfg = TrainConfig(model="resnet18", epochs=1, width=4, batch_size=32, n_train=32, n_test=16)
+    cfg = TrainConfig(model="resnet18", epochs=1, width=8, batch_size=32, n_train=32, n_test=16)
     train_split, test_split = load_cifar10(data_dir, "train"), load_cifar10(data_dir, "test")
     train(
-        create_model("resnet18", width=4),
+        create_model("resnet18", width=8),
         cfg,
         train_split,
         test_split,
         Runtime.create("cpu"),
         tmp_path / "r.safetensors.resume.pt",
     )
-    args = ["--model", "resnet18", "--out", str(out), "--epochs", "1", "--width", "4", "--batch-size", "32"]
+    args = ["--model", "resnet18", "--out", str(out), "--epochs", "1", "--width", "8", "--batch-size", "32"]
     result = CliRunner().invoke(
         app,
         [
