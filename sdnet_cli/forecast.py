@@ -70,6 +70,8 @@ def where(device: str) -> str:
 
 
 class Progress(Protocol):
+    """Where long work reports what it is doing (the CLI's progress bar, ``api.Silent``, or a notebook's own)."""
+
     def task(self, description: str, total: int) -> Callable[[int], None]: ...
 
     def note(self, text: str) -> None: ...

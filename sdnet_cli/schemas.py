@@ -191,14 +191,14 @@ Bits = Annotated[str, Field(pattern=r"^[01]*$")]
 # -- model names ------------------------------------------------------------------------------------
 ROBUSTBENCH = "robustbench:"
 TIMM = "timm:"
-FACTORY_SPEC = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+FACTORY_NAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 """``package.module:factory``: a function of the user's own that returns the model; loading it runs code."""
 ALLOW_CODE = "allow_code"
 """Validation context key: True lets a file name a ``module:factory`` model (``sdnet check --allow-code-in-suite``)."""
 
 
 def is_factory_spec(name: str) -> bool:
-    return bool(FACTORY_SPEC.match(name)) and not name.startswith((ROBUSTBENCH, TIMM))
+    return bool(FACTORY_NAME.match(name)) and not name.startswith((ROBUSTBENCH, TIMM))
 
 
 def file_model_rule(value: str, allow_code: bool = False) -> str:

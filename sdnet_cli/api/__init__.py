@@ -20,9 +20,10 @@ parses options, calls these functions and prints.
 """
 
 from ..errors import UsageError
+from ..forecast import Progress
 from ..report import Report
 from ..specs import DataSpec, LoadedModel, ModelArg, ModelSpec, RunSpec
-from ._session import Progress, Silent
+from ._session import Silent
 from .adversarial import attack, attack_vs_lambda
 from .corruptions import evaluate_corruptions, generate_corruptions
 from .gate import check, compare

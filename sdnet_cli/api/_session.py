@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from ..forecast import Progress
 from ..report import base_meta
 from ..specs import DataSpec, LoadedModel, ModelSpec, Normalize, RunSpec
 
@@ -23,14 +24,6 @@ if TYPE_CHECKING:
     from ..data.cells import CellSource
     from ..models import Classifier, ModelInfo
     from ..runtime import Runtime
-
-
-class Progress(Protocol):
-    """Where long work reports what it is doing."""
-
-    def task(self, description: str, total: int) -> Callable[[int], None]: ...
-
-    def note(self, text: str) -> None: ...
 
 
 class Silent:

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import Interrupted, UsageError
+from ..forecast import Progress
 from ..report import Report, check_stem
 from ..schemas import POOL_BATCHES_MAX
 from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec, count_or_none, gradient_precision, unused
-from ._session import Progress, Session
+from ._session import Session
 
 if TYPE_CHECKING:
     import numpy as np

@@ -6,9 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..forecast import Progress
 from ..report import Report, base_meta, check_stem
 from ..specs import DataSpec, RunSpec, unused
-from ._session import Progress, Silent, single_process
+from ._session import Silent, single_process
 
 if TYPE_CHECKING:
     from ..check import Suite

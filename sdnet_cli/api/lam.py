@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from ..forecast import Progress
 from ..report import Report
 from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec
-from ._session import Progress, Session, strings
+from ._session import Session, strings
 
 if TYPE_CHECKING:
     import numpy as np

@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from ..forecast import Progress
 from ..report import Report, base_meta
 from ..schemas import BATCH_MAX, EPOCHS_MAX, EXAMPLES_MAX, WIDTH_MAX
 from ..specs import DataSpec, LoadedModel, ModelArg, ModelSpec, RunSpec, count_or_none, gradient_precision, unused
-from ._session import Progress, Silent, resolve_model, single_process
+from ._session import Silent, resolve_model, single_process
 
 if TYPE_CHECKING:
     from ..train import TrainConfig
