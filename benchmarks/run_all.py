@@ -29,7 +29,24 @@ ROOT = HERE.parent
 # (script and arguments, extra environment): corruptions run one thread per worker, as the
 # generator's pool does; the shipped models are width 32.
 JOBS: list[tuple[list[str], dict[str, str]]] = [
-    (["throughput.py", "--width", "32", "--batch-size", "256", "--repeats", "9", "--best"], {}),
+    (
+        [
+            "throughput.py",
+            "--shipped",
+            "--precision",
+            "fp32",
+            "--precision",
+            "bf16",
+            "--precision",
+            "bf16-checked",
+            "--batch-size",
+            "256",
+            "--repeats",
+            "9",
+            "--best",
+        ],
+        {},
+    ),
     (["train_step.py", "--width", "32", "--batch-size", "128", "--repeats", "3"], {}),
     (["lambda_throughput.py", "--width", "32", "--rounds", "3"], {}),
     (
@@ -51,6 +68,7 @@ JOBS: list[tuple[list[str], dict[str, str]]] = [
     (["checked_precision.py", "--n", "10000"], {}),
     (["sweep_speed.py", "--n-images", "256", "--lams", "0.1,0.7,1.4", "--rounds", "3", "--agreement-n", "1000"], {}),
     (["oracle_sweep.py", "--n", "10000", "--compare-n", "200", "--out", "reports/lambda/full"], {}),
+    (["sweep_profile.py", "--n", "500", "--compare-n", "50", "--rounds", "2"], {"OMP_NUM_THREADS": "1"}),
     (["pgd_step.py", "--width", "32", "--batch-size", "64", "--steps", "5"], {}),
     (["cost_prediction.py", "--n-images", "64", "--autoattack-images", "16"], {}),
     (["cifar_c_rate.py", "--images", "200", "--pipeline-images", "1000"], {"OMP_NUM_THREADS": "1"}),

@@ -1,13 +1,17 @@
-"""Evaluation throughput (images/s) of resnet18 vs sdnet18, fp32 and bf16, measured in one run;
+"""Evaluation throughput (images/s) of resnet18 vs sdnet18, fp32, bf16 and bf16-checked, measured in one run;
 with ``--scaling``, also how the real evaluation loop's time grows with n-examples and batch size.
 
     python benchmarks/throughput.py --width 32 --width 64 --batch-size 256
+    python benchmarks/throughput.py --shipped --precision fp32 --precision bf16 --precision bf16-checked
     python benchmarks/throughput.py --width 16 --bf16-repeats 1 --scaling
 
-Prints one row per (width, precision, model) and the sdnet18/resnet18 ratio. Uses the same
-``Runtime`` (channels_last, autocast) as ``sdnet eval``; inputs are random, weights untrained
-(throughput does not depend on them). bf16 autocast is ~15x slower than fp32 on CPUs without
-AMX/AVX512-BF16, so ``--bf16-repeats`` keeps its timed forwards few there. ``--scaling`` times
+Prints one row per (width, precision, model) and the sdnet18/resnet18 ratio. Every forward is
+``runtime.predict_logits`` (the forward of every decision-only job: no_grad, autocast, channels_last), every
+(precision, model) once per round, interleaved. Inputs are random and weights untrained (throughput does
+not depend on them), or with ``--shipped`` the shipped width-32 checkpoints on the first clean CIFAR-10 test
+images ($SDNET_DATA): bf16-checked needs them, as the share of images it re-runs in fp32 depends on the
+decisions' margins (the rows say that share). bf16 autocast is ~15x slower than fp32 on CPUs without
+AMX/AVX512-BF16, so ``--bf16-repeats`` keeps the timed rounds few there. ``--scaling`` times
 ``count_correct`` (the loop of ``sdnet eval``) with the shipped sdnet18 checkpoint on CIFAR-10
 test images ($SDNET_DATA).
 """
@@ -24,23 +28,30 @@ from bench import add_allocator_option, median_seconds, print_table, set_up_allo
 
 from sdnet_cli.data.cifar import load_cifar10
 from sdnet_cli.models import create_model, load_model
-from sdnet_cli.runtime import Runtime, count_correct
+from sdnet_cli.runtime import Runtime, count_correct, predict_logits
+from sdnet_cli.specs import PRECISIONS
+
+MODELS = ("resnet18", "sdnet18")
 
 
 def images_per_second(
     models: dict[str, torch.nn.Module],
-    runtime: Runtime,
+    runtimes: dict[str, Runtime],
     batch: torch.Tensor,
     repeats: int,
     statistic: Callable[[list[float]], float] = statistics.median,
     clock: Callable[[], float] = time.perf_counter,
-) -> dict[str, float]:
-    """Forwards of the models interleaved (``median_seconds``, median or ``statistic`` of the rounds, timed
-    by ``clock``), as images per second."""
-    with torch.inference_mode(), runtime.autocast():
-        works = {name: (lambda model=model: model(batch)) for name, model in models.items()}
-        seconds = median_seconds(works, repeats, runtime.device, statistic=statistic, clock=clock)
-        return {name: len(batch) / t for name, t in seconds.items()}
+) -> dict[tuple[str, str], float]:
+    """``predict_logits`` of every (precision, model) interleaved (``median_seconds``, median or ``statistic``
+    of the rounds, timed by ``clock``), as images per second."""
+    works = {
+        (precision, name): (lambda model=model, runtime=runtime: predict_logits(model, batch, runtime))
+        for precision, runtime in runtimes.items()
+        for name, model in models.items()
+    }
+    device = next(iter(runtimes.values())).device
+    seconds = median_seconds(works, repeats, device, statistic=statistic, clock=clock)
+    return {key: len(batch) / t for key, t in seconds.items()}
 
 
 def scaling(runtime: Runtime, n_examples: list[int], batch_sizes: list[int], batch_size: int) -> None:
@@ -66,13 +77,32 @@ def scaling(runtime: Runtime, n_examples: list[int], batch_sizes: list[int], bat
     )
 
 
+def rerun_share(model: torch.nn.Module, batch: torch.Tensor, runtime: Runtime | None) -> str:
+    """The share of the batch a bf16-checked forward re-runs in fp32 (one more forward, counted afresh)."""
+    if runtime is None:
+        return ""
+    runtime.checked.images = runtime.checked.rerun = 0
+    predict_logits(model, batch, runtime)
+    return f"{runtime.checked.rerun / runtime.checked.images:.1%}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, action="append", help="model width(s); default 32")
-    parser.add_argument("--precision", action="append", choices=["fp32", "bf16"], help="default: both")
+    parser.add_argument("--precision", action="append", choices=PRECISIONS, help="default: fp32 and bf16")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--bf16-repeats", type=int, help="timed forwards for bf16 (default: --repeats)")
+    parser.add_argument(
+        "--bf16-repeats",
+        type=int,
+        help="timed rounds when bf16 or bf16-checked is among the precisions (default: --repeats)",
+    )
+    parser.add_argument(
+        "--shipped",
+        action="store_true",
+        help="the shipped width-32 checkpoints on the first --batch-size clean CIFAR-10 test images, instead of "
+        "untrained models on random inputs (bf16-checked needs them)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
         "--best", action="store_true", help="the best (fastest) round of each model instead of the median"
@@ -87,25 +117,38 @@ def main() -> None:
     parser.add_argument("--scaling-batch-size", type=int, action="append", help="for --scaling; default 32, 128, 512")
     add_allocator_option(parser)
     args = parser.parse_args()
+    precisions = args.precision or ["fp32", "bf16"]
+    if "bf16-checked" in precisions and not args.shipped:
+        parser.error("--precision bf16-checked needs --shipped: its re-run share depends on trained decisions")
+    if args.shipped and args.width not in (None, [32]):
+        parser.error("--shipped times the shipped width-32 checkpoints; leave --width out")
     allocator = set_up_allocator(args.glibc_default)
     torch.manual_seed(0)
+    runtimes = {precision: Runtime.create(args.device, precision) for precision in precisions}
+    device = next(iter(runtimes.values())).device
+    low = any(p != "fp32" for p in precisions)
+    repeats = args.bf16_repeats if low and args.bf16_repeats else args.repeats
     rows = []
     for width in args.width or [32]:
-        for precision in args.precision or ["fp32", "bf16"]:
-            runtime = Runtime.create(args.device, precision)
-            batch = torch.rand(args.batch_size, 3, 32, 32, device=runtime.device).contiguous(
-                memory_format=torch.channels_last
-            )
-            repeats = args.bf16_repeats if precision == "bf16" and args.bf16_repeats else args.repeats
-            models = {name: runtime.prepare(create_model(name, width=width)) for name in ("resnet18", "sdnet18")}
-            speeds = images_per_second(
-                models,
-                runtime,
-                batch,
-                repeats,
-                min if args.best else statistics.median,
-                time.process_time if args.cpu_time else time.perf_counter,
-            )
+        if args.shipped:
+            images, _ = load_cifar10(None, "test", download=False)
+            batch = runtimes[precisions[0]].to_input(images[: args.batch_size])
+            models = {name: load_model(name)[0] for name in MODELS}
+        else:
+            batch = torch.rand(args.batch_size, 3, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+            models = {name: create_model(name, width=width) for name in MODELS}
+        for model in models.values():
+            runtimes[precisions[0]].prepare(model)  # the same layout and mode for every precision
+        speeds = images_per_second(
+            models,
+            runtimes,
+            batch,
+            repeats,
+            min if args.best else statistics.median,
+            time.process_time if args.cpu_time else time.perf_counter,
+        )
+        rerun = {name: rerun_share(model, batch, runtimes.get("bf16-checked")) for name, model in models.items()}
+        for precision in runtimes:
             for name in models:
                 rows.append(
                     {
@@ -113,20 +156,26 @@ def main() -> None:
                         "precision": precision,
                         "model": name,
                         "timed batches": repeats,
-                        "images_per_s": round(speeds[name], 1),
-                        "vs resnet18": round(speeds[name] / speeds["resnet18"], 3),
+                        "images_per_s": round(speeds[(precision, name)], 1),
+                        "vs resnet18": round(speeds[(precision, name)] / speeds[(precision, "resnet18")], 3),
+                        "vs fp32": round(speeds[(precision, name)] / speeds[("fp32", name)], 3)
+                        if "fp32" in runtimes
+                        else "",
+                        "re-run in fp32": rerun[name] if precision == "bf16-checked" else "",
                     }
                 )
-    for row in rows:  # same model and width in fp32, from this run
-        fp32 = [r for r in rows if (r["width"], r["model"], r["precision"]) == (row["width"], row["model"], "fp32")]
-        row["vs fp32"] = round(row["images_per_s"] / fp32[0]["images_per_s"], 3) if fp32 else ""
-    device = Runtime.create(args.device).describe()["device_name"]
+    name = Runtime.create(args.device).describe()["device_name"]
+    inputs = (
+        f"shipped checkpoints on the first {args.batch_size} clean CIFAR-10 test images"
+        if args.shipped
+        else "random inputs, untrained weights (throughput does not depend on them)"
+    )
     print_table(
-        f"Evaluation throughput, resnet18 vs sdnet18 (batch {args.batch_size}, {device})",
+        f"Evaluation throughput, resnet18 vs sdnet18 (batch {args.batch_size}, {name})",
         rows,
-        "Random inputs, untrained weights (throughput does not depend on them); "
-        f"{'best' if args.best else 'median'} of the timed batches after one warm-up batch, the two models "
-        f"interleaved; {'CPU' if args.cpu_time else 'wall'} seconds; {allocator}.",
+        f"{inputs[0].upper()}{inputs[1:]}; CPU capability {torch.backends.cpu.get_cpu_capability()}; "
+        f"{'best' if args.best else 'median'} of the timed batches after one warm-up batch, every (precision, "
+        f"model) interleaved; {'CPU' if args.cpu_time else 'wall'} seconds; {allocator}.",
     )
     if args.scaling:
         scaling(

@@ -34,6 +34,12 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
             ],
             "Evaluation time vs n-examples",
         ),
+        (
+            "throughput.py",
+            ["--shipped", "--batch-size", "4", "--repeats", "1", "--precision", "fp32", "--precision", "bf16-checked"],
+            "Evaluation throughput, resnet18 vs sdnet18",
+        ),
+        ("sweep_profile.py", ["--n", "2", "--repeats", "1"], "Sweep profile: where the oracle sweep's time goes"),
         ("train_step.py", ["--width", "8", "--batch-size", "8", "--repeats", "1"], "Training step throughput"),
         ("lambda_throughput.py", ["--width", "4", "--batch-size", "8", "--rounds", "1"], "Fixed lambda vs"),
         ("stem_precision.py", ["--width", "4", "--batch-size", "8", "--repeats", "1"], "CSC stem precision"),
