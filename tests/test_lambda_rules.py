@@ -126,6 +126,40 @@ def test_per_input_rows_carry_lambda_statistics_and_fixed_rows_do_not(
     )
 
 
+def test_a_fixed_rule_at_a_coarse_lambda_reads_the_sweep_and_equals_evaluating_it(
+    model: torch.nn.Module, source: CellSource, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """lambda-rules ran each fixed rule's forwards again after the sweep had run them on every image: a
+    rule at a lambda the plan runs on every image (0.3 of 0.1:0.9:0.1 with span 0.2) now takes the sweep's
+    counts; one between them (0.2) is still evaluated. Both equal evaluating the rule and plain forwards."""
+    evaluated: list[object] = []
+
+    def spy(model: torch.nn.Module, *args: object, **kwargs: object) -> object:
+        evaluated.append(model.lam_policy)
+        return evaluate_cells(model, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sweep, "evaluate_cells", spy)
+    forwards = []
+    hook = model.stem_csc.register_forward_pre_hook(lambda _m, args: forwards.append(len(args[0])))
+    try:
+        grid = [round(0.1 * k, 1) for k in range(1, 10)]
+        base = {"model": "m", "dataset": "cifar10"}
+        rules = [FixedLambda(0.3), FixedLambda(0.2)]
+        rows, sweeps = sweep.compare_rules(model, CELLS, source, CPU, rules, grid, base, batch_size=10)
+    finally:
+        hook.remove()
+    assert [p.value for p in evaluated] == [0.2]  # type: ignore[attr-defined]
+    assert sum(forwards) == sum(s.pairs_run for s in sweeps) + len(CELLS) * N  # the 0.2 rule's forwards only
+    for rule in rules:
+        with model.using(rule):
+            reference = evaluate_cells(model, CELLS, source, CPU, {**base, "lam": rule.value}, batch_size=10)
+        found = [r for r in rows if r["lam"] == rule.value]
+        assert [{**r, "seconds": 0} for r in found] == [{**r, "seconds": 0, "uses_labels": False} for r in reference]
+        for cell, row in zip(CELLS, found):
+            images, labels = source.load(cell)
+            assert row["correct"] == int(correct_at(model, images, labels, rule.value).sum())
+
+
 def make_calibration(sha: str) -> Calibration:
     """Clean and contrast groups ask for a small lambda, gaussian_noise for a large one."""
     points = [

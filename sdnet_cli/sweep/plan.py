@@ -74,7 +74,9 @@ EVERY_PAIR = SweepPlan(span=0.0, margin=0.0, audit=0.0)
 class PairResults:
     """One cell's sweep, per grid lambda j and image i: predicted class ``pred[j, i]``, its softmax margin,
     the stem's reconstruction error, whether the network ran on the pair (``ran``), the seconds the
-    forwards at each lambda took, and top-2 correctness at the training lambda (when it is on the grid)."""
+    forwards at each lambda took, and top-2 correctness at the training lambda (when it is on the grid).
+    ``in_eval_batches``: the grid lambdas at which every image ran in the batches an evaluation of the
+    cell at ``batch_size`` runs (the same forwards, so ``lambda-rules`` reads a fixed rule's counts there)."""
 
     pred: np.ndarray
     margin: np.ndarray
@@ -84,6 +86,7 @@ class PairResults:
     top2: np.ndarray | None
     audited: int = 0
     audit_same: int = 0
+    in_eval_batches: tuple[int, ...] = ()
 
     @classmethod
     def empty(cls, n_lams: int, n: int, with_top2: bool) -> PairResults:
@@ -117,6 +120,8 @@ def sweep_images(
     y_all = np.asarray(labels)
     values = int(np.prod(images.shape[1:]))
     part_size = max(batch_size, min(batch_size * PART_BATCHES, PART_VALUES // values))
+    if part_size % batch_size == 0 or part_size >= n:  # each part's batches start where an evaluation's do
+        found.in_eval_batches = tuple(coarse)
     with stem.recording_error() as record:
         for part in iter_batches(images, labels, runtime, part_size):
             runner = _PartRunner(model, stem, record, runtime, policies, part.x, part.y, part.rows.start, batch_size)

@@ -88,7 +88,8 @@ class CellSweep:
     the label is among the two most likely classes at the training lambda (None when it is off the grid).
     ``pairs_run``: the (lambda, image) pairs the network ran on (the rest inferred by the ``SweepPlan``),
     ``audited`` of the inferred ones run anyway, ``audit_same`` of those with unchanged correctness;
-    ``wall_seconds``: the whole sweep of the cell, stem-only solves and bookkeeping included."""
+    ``wall_seconds``: the whole sweep of the cell, stem-only solves and bookkeeping included;
+    ``in_eval_batches``: the grid indices whose every image ran in an evaluation's batches (``PairResults``)."""
 
     cell: Cell
     grid: list[float]
@@ -100,6 +101,7 @@ class CellSweep:
     audited: int = 0
     audit_same: int = 0
     wall_seconds: float = 0.0
+    in_eval_batches: tuple[int, ...] = ()
 
 
 def sweep_cells(
@@ -147,6 +149,7 @@ def sweep_cells(
                 found.audited,
                 found.audit_same,
                 time.perf_counter() - start,
+                found.in_eval_batches,
             )  # fmt: skip
         )
     return sweeps
@@ -353,22 +356,40 @@ def compare_rules(
 ) -> tuple[list[dict[str, Any]], list[CellSweep]]:
     """Eval rows of every policy on ``cells`` (through ``evaluate_cells``, so per-input policies carry
     their lambda columns), then the oracles from one sweep of ``lams`` over the same images (visited by
-    ``plan``, see ``sweep_cells``); also returns that sweep."""
+    ``plan``, see ``sweep_cells``); also returns that sweep. The sweep runs first: a policy of one grid
+    lambda that the sweep ran on every image in the evaluation's batches (the training lambda and the
+    plan's coarse lambdas, ``PairResults.in_eval_batches``) takes its counts from those same forwards
+    instead of running them again."""
+    sweeps = sweep_cells(model, cells, source, runtime, lams, batch_size, progress, plan, seed)
+    stem = _stem(model)
     rows = []
     for policy in policies:
         with model.using(policy):
-            found = evaluate_cells(
-                model,
-                cells,
-                source,
-                runtime,
-                {**row_base, "lam": lambda_label(model)},
-                batch_size,
-                progress,
-            )
+            base = {**row_base, "lam": lambda_label(model)}
+            value = stem.lam if policy is None else policy.value if isinstance(policy, FixedLambda) else None
+            j = sweeps[0].grid.index(value) if sweeps and value in sweeps[0].grid else None
+            if j is not None and all(j in s.in_eval_batches for s in sweeps):
+                found = swept_rows(sweeps, j, base, progress)
+            else:
+                found = evaluate_cells(model, cells, source, runtime, base, batch_size, progress)
         rows += [{**r, "uses_labels": False} for r in found]
-    sweeps = sweep_cells(model, cells, source, runtime, lams, batch_size, progress, plan, seed)
-    return rows + oracle_rows(sweeps, row_base, _stem(model).lam), sweeps
+    return rows + oracle_rows(sweeps, row_base, stem.lam), sweeps
+
+
+def swept_rows(
+    sweeps: Sequence[CellSweep], j: int, row_base: dict[str, Any], progress: Callable[[int], None] | None = None
+) -> list[dict[str, Any]]:
+    """``evaluate_cells``' rows of one fixed lambda, read from grid index ``j`` of sweeps that ran every image
+    there in the evaluation's batches; ``seconds``: those forwards' seconds in the sweep."""
+    rows = []
+    for swept in sweeps:
+        n = swept.correct.shape[1]
+        counts = Counts(n, int(swept.correct[j].sum()), swept.seconds[j])
+        rows.append(cell_row(row_base, swept.cell.corruption, swept.cell.severity, counts))
+        if progress is not None:
+            progress(n)
+    summary = mean_row(rows)
+    return rows + ([{**summary, "lam": row_base["lam"]}] if summary else [])
 
 
 def rule_summary(rows: Sequence[dict[str, Any]], reference: float | str) -> list[dict[str, Any]]:
