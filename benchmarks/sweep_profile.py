@@ -5,7 +5,7 @@ wall time broken down, measured in one run.
 
     OMP_NUM_THREADS=1 python benchmarks/sweep_profile.py --n 500 --compare-n 50
 
-1. Phases: timers around the product's own functions, wrapped from outside for this run only (nothing in
+1. Phases: CPU and wall timers around the product's own functions, wrapped from outside for this run only (nothing in
    sdnet_cli changes): reading and checking the cells, each rule's evaluation, the sweep's phases as
    ``sweep.plan.sweep_images`` runs them (the coarse lambdas on every image, the refinement of the intervals
    whose ends disagree, the audit of inferred pairs, the stem-only reconstruction errors of the pairs not run,
@@ -62,11 +62,14 @@ ORACLE_RUN = {"minutes sweep": 50.9, "minutes job": 57.7, "pairs run": 0.450}
 
 @dataclass
 class Phase:
-    """One phase's wall seconds (``total``, phases inside it included; ``inner``: those), calls, (image, lambda)
-    forwards, images through the stem alone, forward batches and seconds inside the CSC stem's forward."""
+    """One phase's CPU seconds of this process (``total``, phases inside it included; ``inner``: those) and wall
+    seconds (likewise), calls, (image, lambda) forwards, images through the stem alone, forward batches and CPU
+    seconds inside the CSC stem's forward."""
 
     total: float = 0.0
     inner: float = 0.0
+    wall_total: float = 0.0
+    wall_inner: float = 0.0
     calls: int = 0
     forwards: int = 0
     stem_only: int = 0
@@ -76,6 +79,10 @@ class Phase:
     @property
     def own(self) -> float:
         return self.total - self.inner
+
+    @property
+    def own_wall(self) -> float:
+        return self.wall_total - self.wall_inner
 
 
 @dataclass
@@ -89,17 +96,19 @@ class Profile:
     @contextmanager
     def phase(self, name: str) -> Iterator[Phase]:
         self.stack.append(name)
-        start = time.perf_counter()
+        start, wall = time.process_time(), time.perf_counter()
         try:
             yield self.at(name)
         finally:
-            seconds = time.perf_counter() - start
+            seconds, wall = time.process_time() - start, time.perf_counter() - wall
             self.stack.pop()
             found = self.at(name)
             found.total += seconds
+            found.wall_total += wall
             found.calls += 1
             if self.stack:
                 self.at(self.stack[-1]).inner += seconds
+                self.at(self.stack[-1]).wall_inner += wall
 
     def timed(self, name: str | Callable[..., str], function: Callable[..., Any]) -> Callable[..., Any]:
         """``function`` run inside the phase ``name`` (or ``name(*args, **kwargs)``)."""
@@ -139,12 +148,12 @@ def instrumented(profile: Profile) -> Iterator[None]:
 
     def forward(self: CSCLayer, x: torch.Tensor) -> torch.Tensor:
         """Every network forward passes the stem once: its batch counts the forwards of the phase."""
-        start = time.perf_counter()
+        start = time.process_time()
         try:
             return original_forward(self, x)
         finally:
             phase = profile.current()
-            phase.stem += time.perf_counter() - start
+            phase.stem += time.process_time() - start
             phase.forwards += x.shape[0]
             phase.batches += 1
 
@@ -208,17 +217,19 @@ def phase_rows(profile: Profile) -> list[dict[str, Any]]:
         rows.append(
             {
                 "phase": name,
-                "seconds": round(p.own, 1),
+                "CPU s": round(p.own, 1),
                 "share": f"{p.own / whole:.1%}",
+                "wall s": round(p.own_wall, 1),
                 "calls": p.calls,
                 "forwards (image x lambda)": p.forwards,
                 "mean batch": round(p.forwards / p.batches, 1) if p.batches else "",
-                "ms per forward": round(1e3 * p.own / p.forwards, 2) if p.forwards else "",
+                "CPU ms per forward": round(1e3 * p.own / p.forwards, 2) if p.forwards else "",
                 "stem-only solves": p.stem_only or "",
                 "in the CSC stem": f"{stem:.1%}",
             }
         )
-    rows.append({"phase": "whole job", "seconds": round(whole, 1), "share": "100.0%"})
+    wall = sum(p.own_wall for p in profile.phases.values())
+    rows.append({"phase": "whole job", "CPU s": round(whole, 1), "share": "100.0%", "wall s": round(wall, 1)})
     return [{key: row.get(key, "") for key in rows[0]} for row in rows]
 
 
@@ -229,7 +240,7 @@ def count_rows(profile: Profile, swept: dict[str, Any], n: int) -> list[dict[str
     assert forwards == swept["pairs_run"], (forwards, swept["pairs_run"])  # every forward of the sweep was seen
     assert swept["pairs"] == CELLS * LAMBDAS * n
     rules = [p for k, p in profile.phases.items() if k.startswith("rules:")]
-    rule_forwards = sum(p.forwards for p in rules)
+    rule_forwards = max(1, sum(p.forwards for p in rules))
 
     def share(count: int) -> str:
         return f"{count / swept['pairs']:.1%}"
@@ -249,10 +260,10 @@ def count_rows(profile: Profile, swept: dict[str, Any], n: int) -> list[dict[str
         {"count": "audit: inferred pairs re-run, kept", "value": f"{swept['audited']:,}, {swept['audit_same']:,}"},
         {"count": "rule evaluations' forwards (2 rules x cells x images)", "value": f"{rule_forwards:,}"},
         {
-            "count": "sweep: ms per forward in its network phases",
+            "count": "sweep: CPU ms per forward in its network phases",
             "value": round(1e3 * sum(sweep[k].own for k in network) / forwards, 2),
         },
-        {"count": "rules: ms per forward", "value": round(1e3 * sum(p.own for p in rules) / rule_forwards, 2)},
+        {"count": "rules: CPU ms per forward", "value": round(1e3 * sum(p.own for p in rules) / rule_forwards, 2)},
         {"count": "sweep wall (meta) per pair run, ms", "value": round(1e3 * swept["wall_seconds"] / forwards, 2)},
     ]
     return [{**row, "of pairs": row.get("of pairs", "")} for row in rows]
@@ -298,27 +309,32 @@ def projection(profile: Profile, swept: dict[str, Any], n: int, target: int) -> 
         fixed = name in FIXED
         minutes = p.own * (1 if fixed else scale) / 60
         total += minutes
-        rows.append({"phase": name, "grows with images": "no" if fixed else "yes", "projected min": round(minutes, 1)})
+        rows.append(
+            {"phase": name, "grows with images": "no" if fixed else "yes", "projected CPU min": round(minutes, 1)}
+        )
     for row in rows:
-        row["share"] = f"{row['projected min'] / total:.1%}"
-    sweep = sum(r["projected min"] for r in rows if r["phase"].startswith("sweep:"))
-    rows.append({"phase": "whole job", "grows with images": "", "projected min": round(total, 1), "share": "100.0%"})
+        row["share"] = f"{row['projected CPU min'] / total:.1%}"
+    sweep = sum(r["projected CPU min"] for r in rows if r["phase"].startswith("sweep:"))
+    rows.append(
+        {"phase": "whole job", "grows with images": "", "projected CPU min": round(total, 1), "share": "100.0%"}
+    )
     rows.append(
         {
             "phase": "of which the sweep",
             "grows with images": "",
-            "projected min": round(sweep, 1),
+            "projected CPU min": round(sweep, 1),
             "share": f"{sweep / total:.1%}",
         }
     )
     then = ORACLE_RUN["minutes sweep"] * 60e3 / (CELLS * LAMBDAS * 10_000 * ORACLE_RUN["pairs run"])
-    here = 1e3 * swept["wall_seconds"] / swept["pairs_run"]
+    here = 1e3 * sum(p.own for k, p in profile.phases.items() if k.startswith("sweep:")) / swept["pairs_run"]
     note = (
-        f"Phases that grow with the images scaled by {target:,}/{n:,}; the sweep's share of pairs run as in this "
-        f"run ({swept['pairs_run'] / swept['pairs']:.1%}; the full job's measured share was "
-        f"{ORACLE_RUN['pairs run']:.1%}). The 2026-12-02 full job (AVX-512 machine, idle): "
-        f"{ORACLE_RUN['minutes sweep']} min sweep, {ORACLE_RUN['minutes job']} min job, {then:.2f} ms of sweep wall "
-        f"per pair run; here {here:.2f} ms ({here / then:.1f}x)."
+        f"CPU minutes of this process (one thread: the work, whatever else shares the cores); phases that grow "
+        f"with the images scaled by {target:,}/{n:,}, the sweep's share of pairs run as in this run "
+        f"({swept['pairs_run'] / swept['pairs']:.1%}; the full job's measured share was {ORACLE_RUN['pairs run']:.1%}). "
+        f"The 2026-12-02 full job (AVX-512 machine, idle, 2 threads): {ORACLE_RUN['minutes sweep']} min sweep, "
+        f"{ORACLE_RUN['minutes job']} min job, {then:.2f} ms of sweep wall per pair run (at most {2 * then:.2f} ms "
+        f"of CPU on 2 threads); here {here:.2f} ms of sweep CPU per pair run."
     )
     return rows, note
 
@@ -334,13 +350,14 @@ class Setting:
 def worker(n: int, batch_size: int) -> None:
     """One timed job in this process (the ``--compare-n`` settings), its numbers as one JSON line."""
     kept = keep_freed_memory()  # as sdnet commands do; SDNET_KEEP_FREED_MEMORY=0 turns it off
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     report = job(n, batch_size)
-    whole = time.perf_counter() - start
+    whole, cpu = time.perf_counter() - start, time.process_time() - cpu
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     swept = report.meta["sweep"]
     found = {
         "whole": whole,
+        "cpu": cpu,
         "sweep": swept["wall_seconds"],
         "kept": kept,
         "rss": rss,
@@ -383,6 +400,7 @@ def compare(m: int, rounds: int, batch_size: int) -> list[dict[str, Any]]:
                 "rounds": len(runs),
                 "whole job s (median)": round(whole, 1),
                 "sweep s (median)": round(float(np.median([r["sweep"] for r in runs])), 1),
+                "CPU s (median)": round(float(np.median([r["cpu"] for r in runs])), 1),
                 "vs first": round(whole / base, 2),
                 "every round's job s": ", ".join(f"{r['whole']:.0f}" for r in runs),
                 "load at starts": ", ".join(f"{r['load']:.1f}" for r in runs),
@@ -419,9 +437,11 @@ def main() -> None:
     print_table(
         "Sweep profile: where the oracle sweep's time goes (shipped sdnet18, 21 cells, 27 lambdas, rules 0.1 and auto)",
         phase_rows(profile),
-        f"{how} Each phase's own wall seconds (phases inside it excluded), timed by wrapping the product's functions "
-        "from outside; forwards: images through the network (the CSC stem's forward counts them); in the CSC stem: "
-        "seconds inside the stem's forward (its whole solve for the stem-only phase).",
+        f"{how} Each phase's own CPU and wall seconds (phases inside it excluded), timed by wrapping the product's "
+        "functions from outside; share: of the CPU seconds (with one thread the process's work, which load from "
+        "other processes stretches in wall time but hardly in CPU time); forwards: images through the network "
+        "(the CSC stem's forward counts them); in the CSC stem: CPU seconds inside the stem's forward (its whole "
+        "solve for the stem-only phase).",
     )
     print_table(
         "Sweep profile: counts",
