@@ -226,3 +226,26 @@ CorruptionOpt = Annotated[
         "only. Clean accuracy is always reported alongside.",
     ),
 ]
+PriorStrengthOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--prior-strength",
+        help="N of --adapt bn-prior, from 0 (the image's own statistics) to 1e6 (the stored ones). Default 16, the "
+        "single-image prior of MEMO's released code (Zhang et al. 2022), after Schneider et al. 2020.",
+    ),
+]
+MemoCopiesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--memo-copies",
+        help="Augmented copies per image of --adapt memo, 1 to 256 (each is a forward and a backward). Default 32, "
+        "MEMO's CIFAR-10 setting (Zhang et al. 2022).",
+    ),
+]
+MemoLrOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--memo-lr",
+        help="SGD learning rate of --adapt memo's one step, in (0, 1]. Default 0.005, MEMO's CIFAR-10 setting.",
+    ),
+]
