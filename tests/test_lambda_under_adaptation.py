@@ -132,3 +132,20 @@ def test_cli_fit_under_bn_prior_records_its_strength(tiny_checkpoint: Path, data
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "e.json").read_text())
     assert "N=4" in report["meta"]["calibration_mismatch"] and "N=16" in report["meta"]["calibration_mismatch"]
+
+
+def test_fit_never_replaces_the_shipped_calibration_by_default(tmp_path: Path) -> None:
+    """A shipped checkpoint's calibration is what every ``--lam auto`` run reads: a fit must name its output, and
+    is refused before any work when it does not; the shipped files are left as they were."""
+    from typer.testing import CliRunner
+
+    from sdnet_cli.cli import app
+    from sdnet_cli.models.weights import packaged_weights_dir
+
+    before = {p.name: p.read_bytes() for p in packaged_weights_dir().glob("*.json")}
+    args = ["sweep-lambda", "--model", "sdnet18", "--fit", "-n", "2", "--fit-n", "2", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "--calibration-out" in result.output and "shipped" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not list(tmp_path.iterdir())
+    assert {p.name: p.read_bytes() for p in packaged_weights_dir().glob("*.json")} == before

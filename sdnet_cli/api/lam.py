@@ -55,7 +55,7 @@ def sweep_lambda(
     """
     from ..adapt import AdaptSpec, calibratable, make_adaptation
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
-    from ..lam import lambda_grid, store_calibration
+    from ..lam import calibration_destination, lambda_grid, store_calibration
     from ..sweep import runs
     from ..sweep.plan import EVERY_PAIR, SweepPlan
     from ..sweep.report import save_sweep_plots
@@ -74,6 +74,8 @@ def sweep_lambda(
         plan = EVERY_PAIR  # a plan's subsets of a batch would change its statistics
     session = Session.open("sweep-lambda", model=ModelSpec.of(model), data=data, run=run, progress=progress)
     session.require_lambda()
+    if fit:  # refused before the work when the calibration would have nowhere to go
+        calibration_destination(session.info, calibration_out, adapt_spec.method if adaptation is not None else None)
     train = _training_images(session) if fit else None
     source = session.cells(names)
     advance = session.task(f"sweeping {session.info.name}", source, len(cells) * len(grid))

@@ -86,7 +86,8 @@ def sweep_lambda_command(
         typer.Option(
             "--fit",
             help="Also calibrate the per-input rules of --lam recon/noise/auto on corrupted TRAINING images (never the "
-            "test set) and write <checkpoint stem>.lambda.json beside the checkpoint.",
+            "test set) and write <checkpoint stem>.lambda.json beside the checkpoint (for a shipped checkpoint: "
+            "to --calibration-out).",
         ),
     ] = False,
     fit_corruptions: Annotated[

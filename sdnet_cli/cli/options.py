@@ -214,7 +214,11 @@ SweepSpanOpt = Annotated[
 ]
 CalibrationOutOpt = Annotated[
     Path | None,
-    typer.Option("--calibration-out", help="Write the calibration here (default: beside the checkpoint)."),
+    typer.Option(
+        "--calibration-out",
+        help="Write the calibration here (default: beside the checkpoint; required for a checkpoint that came with "
+        "sdnet-cli, whose shipped calibration the default would replace).",
+    ),
 ]
 
 CorruptionOpt = Annotated[
