@@ -29,10 +29,24 @@ run noise-resnet18-tent "$F" all --model resnet18 --adapt tent
 run noise-sdnet18-auto-bnprior "$F" all --model sdnet18 --lam auto --adapt bn-prior
 run noise-sdnet18-auto "$F" all --model sdnet18 --lam auto
 run noise-resnet18-none "$F" all --model resnet18
+# the lambda rule calibrated under bn-prior, the regime it then runs in (training images: clean and the nine
+# corruptions of the shipped stored-statistics calibration at severities 1-5, FIT_N a group), and the noise cells
+# with it
+CAL_PRIOR="$OUT/sdnet18-w32-cifar10.lambda-bn-prior.json"
+FITS=(gaussian_noise shot_noise impulse_noise speckle_noise defocus_blur fog contrast jpeg_compression brightness)
+if [ ! -f "$CAL_PRIOR" ]; then
+    echo "$(date -u +%FT%TZ) start sweep-sdnet18-bnprior (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    sdnet sweep-lambda --model sdnet18 -c gaussian_noise -s all -n 100 --seed 0 --lams 0.1,0.2,0.3,0.4,0.6,0.8,1.0,1.2,1.4 \
+        --fit --fit-n "${FIT_N:-200}" "${FITS[@]/#/--fit-corruption=}" --adapt bn-prior --calibration-out "$CAL_PRIOR" \
+        --out "$OUT" --name sweep-sdnet18-bnprior
+    echo "$(date -u +%FT%TZ) done sweep-sdnet18-bnprior" >&2
+fi
+run noise-sdnet18-autoprior-bnprior "$F" all --model sdnet18 --lam auto --adapt bn-prior --calibration "$CAL_PRIOR"
 # the mixed stream in batches of 200, and batch 1; the per-image methods decide per image, so their numbers on the
 # same S images hold for any stream order and batch size
 run s-sdnet18-auto "$S" all --model sdnet18 --lam auto
 run s-sdnet18-auto-bnprior "$S" all --model sdnet18 --lam auto --adapt bn-prior
+run s-sdnet18-autoprior-bnprior "$S" all --model sdnet18 --lam auto --adapt bn-prior --calibration "$CAL_PRIOR"
 run mixed-resnet18-tent "$S" all --model resnet18 --adapt tent --stream mixed
 run mixed-sdnet18-bn "$S" all --model sdnet18 --adapt bn --stream mixed
 run mixed-resnet18-bn "$S" all --model resnet18 --adapt bn --stream mixed
