@@ -12,8 +12,7 @@ from typing import Any, TypeVar
 import pandas as pd
 import torch
 
-from sdnet_cli.runtime import keep_freed_memory
-from sdnet_cli.train import hardware
+from sdnet_cli.runtime import hardware, keep_freed_memory
 
 K = TypeVar("K", bound=Hashable)
 

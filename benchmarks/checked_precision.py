@@ -29,8 +29,7 @@ from bench import print_table, set_up_allocator
 
 from sdnet_cli.data.cells import Cell, CellSource
 from sdnet_cli.models import load_model
-from sdnet_cli.runtime import CHECK_MARGIN, Checked, Runtime, iter_batches, predict, predict_logits
-from sdnet_cli.train import hardware
+from sdnet_cli.runtime import CHECK_MARGIN, Checked, Runtime, hardware, iter_batches, predict, predict_logits
 
 NOISES = ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise")
 MODELS = ("sdnet18", "resnet18")

@@ -10,7 +10,6 @@ epoch and a resumed run retraces the uninterrupted one.
 from __future__ import annotations
 
 import math
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -237,30 +236,3 @@ def clean_accuracies(model: Classifier, test_data: tuple[np.ndarray, np.ndarray]
     if runtime.precision == "bf16":
         result["clean_accuracy_bf16"] = round(count_correct(model, *test_data, runtime, batch_size=500).accuracy, 2)
     return result
-
-
-def hardware() -> str:
-    """The accelerator, or the CPU model name, its widest bf16-relevant instruction set and the thread
-    count, for manifests and benchmark tables: bf16 autocast is faster than fp32 on CPUs with AMX or
-    AVX-512 BF16 and several times slower on AVX2-only ones, and the model name alone does not tell."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpuinfo = f.read()
-    except OSError:
-        cpuinfo = ""
-    return describe_cpu(cpuinfo, torch.get_num_threads(), platform.processor() or platform.machine())
-
-
-def describe_cpu(cpuinfo: str, threads: int, fallback: str = "unknown") -> str:
-    """``<model name> CPU (<best bf16-relevant ISA>), <threads> threads`` from /proc/cpuinfo's text."""
-    first_cpu = cpuinfo.split("\n\n")[0].splitlines()
-    info = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in first_cpu if ":" in line)}
-    flags = set(info.get("flags", "").split())
-    isa = next((name for flag, name in CPU_ISAS if flag in flags), None)
-    return f"{info.get('model name', fallback)} CPU{f' ({isa})' if isa else ''}, {threads} thread{'s' if threads != 1 else ''}"
-
-
-CPU_ISAS = [("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2")]
-"""/proc/cpuinfo flag -> name, best first."""

@@ -11,7 +11,7 @@ import torch
 from test_adapt import BASE, FakeSource, small_net
 from torch import nn
 
-from sdnet_cli.adapt import BatchNormPrior, make_adaptation
+from sdnet_cli.adapt import AdaptSpec, BatchNormPrior, Memo, make_adaptation
 from sdnet_cli.data.cells import Cell
 from sdnet_cli.errors import UsageError
 from sdnet_cli.evaluate import evaluate_cells
@@ -91,11 +91,11 @@ def test_bn_prior_is_batch_free_and_keeps_no_state() -> None:
 
 def test_bn_prior_refusals() -> None:
     with pytest.raises(UsageError, match="prior_strength"):
-        make_adaptation("bn-prior", prior_strength=-1)
+        AdaptSpec("bn-prior", prior_strength=-1)
     with pytest.raises(UsageError, match="prior_strength"):
-        make_adaptation("bn-prior", prior_strength=float("nan"))
+        AdaptSpec("bn-prior", prior_strength=float("nan"))
     with pytest.raises(UsageError, match="applies to adapt='bn-prior'"):
-        make_adaptation("bn", prior_strength=4)
+        AdaptSpec("bn", prior_strength=4)
     no_stats = Classifier(nn.Sequential(nn.BatchNorm2d(3, track_running_stats=False)), [0.0] * 3, [1.0] * 3)
     with pytest.raises(UsageError, match="stored statistics"), BatchNormPrior().cell(no_stats):
         pass
@@ -123,6 +123,16 @@ def test_cli_eval_bn_prior(tiny_checkpoint, data_dir, tmp_path) -> None:  # type
     report = json.loads((tmp_path / "memo.json").read_text())
     assert report["rows"][0]["n"] == 2 and report["rows"][0]["gradient_steps"] == 1
     assert report["meta"]["adaptation"]["copies"] == 32 and report["meta"]["adaptation"]["lr"] == 0.005
+    memo = ["--adapt", "memo", "--memo-copies", "3", "--memo-lr", "0.01", "--name", "memo3"]
+    result = CliRunner().invoke(app, [*args[:10], "1", *args[11:], *memo])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "memo3.json").read_text())
+    assert report["meta"]["adaptation"]["copies"] == 3 and report["meta"]["adaptation"]["lr"] == 0.01
+    for bad, flag in ((["--memo-copies", "257"], "--memo-copies"), (["--memo-lr", "0"], "--memo-lr")):
+        refused = CliRunner().invoke(app, [*args, "--adapt", "memo", *bad])
+        assert refused.exit_code == 2 and flag in refused.output and len(refused.output.strip().splitlines()) == 1
+    refused = CliRunner().invoke(app, [*args, "--adapt", "tent", "--memo-copies", "4"])
+    assert refused.exit_code == 2 and "--memo-copies" in refused.output
 
 
 def linear_model(seed: int = 0) -> Classifier:
@@ -137,7 +147,7 @@ def quantised(n: int, seed: int) -> torch.Tensor:
 
 
 def test_memo_takes_one_sgd_step_on_the_marginal_entropy_worked_in_float64() -> None:
-    from sdnet_cli.adapt import Memo
+
     from sdnet_cli.adapt.augment import augmented_copies
     from sdnet_cli.adapt.memo import image_seed
 
@@ -163,7 +173,6 @@ def test_memo_takes_one_sgd_step_on_the_marginal_entropy_worked_in_float64() -> 
 
 
 def test_memo_resets_between_images_and_after_the_cell() -> None:
-    from sdnet_cli.adapt import Memo
 
     model = linear_model(1)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -182,7 +191,6 @@ def test_memo_resets_between_images_and_after_the_cell() -> None:
 
 
 def test_memo_notes_the_lambda_of_the_original_image_only() -> None:
-    from sdnet_cli.adapt import Memo
 
     class PerInput:
         name = "per-input"
@@ -217,3 +225,19 @@ def test_memo_augmentations_leave_out_the_benchmark_corruptions() -> None:
         from sdnet_cli.adapt import Memo
 
         Memo(copies=0)
+
+
+def test_adapt_spec_settings_reach_their_method() -> None:
+    memo = make_adaptation(AdaptSpec("memo", memo_copies=5, memo_lr=0.1), 3, seed=4)
+    assert isinstance(memo, Memo) and (memo.copies, memo.lr, memo.seed, memo.batch_size) == (5, 0.1, 4, 3)
+    default = make_adaptation("memo")
+    assert isinstance(default, Memo) and (default.copies, default.lr) == (32, 0.005)  # MEMO's CIFAR-10 code
+    prior = make_adaptation(AdaptSpec("bn-prior", prior_strength=2))
+    assert isinstance(prior, BatchNormPrior) and prior.prior_strength == 2.0
+    for bad in ({"memo_copies": 0}, {"memo_copies": 257}, {"memo_copies": True}, {"memo_lr": float("inf")}):
+        with pytest.raises(UsageError, match=next(iter(bad))):
+            AdaptSpec("memo", **bad)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="applies to adapt='memo'"):
+        AdaptSpec("bn-prior", memo_lr=0.1)
+    with pytest.raises(UsageError, match="unknown adapt"):
+        AdaptSpec("memo2")  # type: ignore[arg-type]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_adapt import FakeSource
 
-from sdnet_cli.adapt import BatchNormAdaptation, calibration_record, make_adaptation
+from sdnet_cli.adapt import AdaptSpec, BatchNormAdaptation, calibration_record, make_adaptation
 from sdnet_cli.data.cells import Cell
 from sdnet_cli.errors import UsageError
 from sdnet_cli.lam import Calibration, FixedLambda, adaptation_label, calibration_mismatch
@@ -67,7 +67,7 @@ def calibration(adaptation: dict | None) -> Calibration:
 def test_the_calibration_records_its_adaptation_and_eval_compares() -> None:
     bn = calibration_record(make_adaptation("bn"))
     assert bn == {"method": "bn", "batch_size": 200}
-    assert calibration_record(make_adaptation("bn-prior", prior_strength=4)) == {
+    assert calibration_record(make_adaptation(AdaptSpec("bn-prior", prior_strength=4))) == {
         "method": "bn-prior",
         "prior_strength": 4.0,
     }
@@ -110,3 +110,42 @@ def test_cli_fit_under_bn_then_eval(tiny_checkpoint: Path, data_dir: Path, tmp_p
     report = json.loads((tmp_path / "out" / "f.json").read_text())
     assert "calibrated under adapt bn (batches of 4)" in report["meta"]["calibration_mismatch"]
     assert "note:" in result.output and "calibrated under adapt bn" in result.output
+
+
+def test_cli_fit_under_bn_prior_records_its_strength(tiny_checkpoint: Path, data_dir: Path, tmp_path: Path) -> None:
+    """``--prior-strength`` reaches the calibration's record, and eval at the default strength says it differs."""
+    from typer.testing import CliRunner
+
+    from sdnet_cli.cli import app
+
+    checkpoint = tmp_path / "w8.safetensors"
+    shutil.copy(tiny_checkpoint, checkpoint)
+    common = ["--model", "sdnet18", "--checkpoint", str(checkpoint), "-n", "6", "--data-dir", str(data_dir)]
+    common += ["--cache-dir", str(tmp_path / "c"), "--device", "cpu", "-c", "gaussian_noise", "-s", "5"]
+    common += ["--out", str(tmp_path / "out"), "--adapt", "bn-prior"]
+    fit = ["sweep-lambda", *common, "--lams", "0.1,0.5", "--fit", "--fit-n", "6", "--prior-strength", "4"]
+    result = CliRunner().invoke(app, fit)
+    assert result.exit_code == 0, result.output
+    fitted = json.loads((tmp_path / "w8.lambda-bn-prior.json").read_text())
+    assert fitted["adaptation"] == {"method": "bn-prior", "prior_strength": 4.0}
+    result = CliRunner().invoke(app, ["eval", *common, "--lam", "auto", "--name", "e"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "e.json").read_text())
+    assert "N=4" in report["meta"]["calibration_mismatch"] and "N=16" in report["meta"]["calibration_mismatch"]
+
+
+def test_fit_never_replaces_the_shipped_calibration_by_default(tmp_path: Path) -> None:
+    """A shipped checkpoint's calibration is what every ``--lam auto`` run reads: a fit must name its output, and
+    is refused before any work when it does not; the shipped files are left as they were."""
+    from typer.testing import CliRunner
+
+    from sdnet_cli.cli import app
+    from sdnet_cli.models.weights import packaged_weights_dir
+
+    before = {p.name: p.read_bytes() for p in packaged_weights_dir().glob("*.json")}
+    args = ["sweep-lambda", "--model", "sdnet18", "--fit", "-n", "2", "--fit-n", "2", "--out", str(tmp_path)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "--calibration-out" in result.output and "shipped" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not list(tmp_path.iterdir())
+    assert {p.name: p.read_bytes() for p in packaged_weights_dir().glob("*.json")} == before

@@ -42,7 +42,12 @@ BASE: dict[str, tuple[list[str], list[str]]] = {
 }
 """Options and arguments a command needs to run at all: (options, arguments)."""
 
-MODES = {"sweep-lambda --attack": ("sweep-lambda", ["--attack", "pgd"])}
+MODES = {
+    "sweep-lambda --attack": ("sweep-lambda", ["--attack", "pgd"]),
+    "eval --adapt bn-prior": ("eval", ["--adapt", "bn-prior"]),
+    "eval --adapt memo": ("eval", ["--adapt", "memo"]),
+    "sweep-lambda --adapt bn-prior": ("sweep-lambda", ["--adapt", "bn-prior"]),
+}
 """A command run in another mode, with the options that select it."""
 
 TEXT = {
@@ -53,6 +58,8 @@ TEXT = {
     "threat": "Linf",
     "adapt": "bn",
     "prior_strength": "4",
+    "memo_copies": "4",
+    "memo_lr": "0.01",
     "stream": "mixed",
     "norm": "L2",
     "version": "rand",
@@ -76,27 +83,19 @@ TEXT = {
 }
 """A valid value other than the default for every text option and argument (by its parameter name)."""
 
-REFUSED = {
-    ("sweep-lambda", name)
-    for name in ("eps", "norm", "steps", "restarts", "version", "baseline_model", "pool_batches", "resume")
-} | {
-    ("sweep-lambda --attack", name)
-    for name in (
-        "corruptions",
-        "severities",
-        "fit",
-        "fit_corruptions",
-        "fit_n",
-        "calibration_out",
-        "sweep_span",
-        "cifar_c_dir",
-        "cache_dir",
-        "compile",
-        "adapt",
-    )
-}
+HIDDEN = ("eps", "norm", "steps", "restarts", "version", "baseline_model", "pool_batches", "resume")
+SWEEP_ONLY = ("corruptions", "severities", "fit", "fit_corruptions", "fit_n", "calibration_out", "sweep_span")
+SWEEP_ONLY += ("cifar_c_dir", "cache_dir", "compile", "adapt", "prior_strength")
+REFUSED = (
+    {(mode, name) for mode in ("sweep-lambda", "sweep-lambda --adapt bn-prior") for name in HIDDEN}
+    | {("sweep-lambda --attack", name) for name in SWEEP_ONLY}
+    | {(mode, "prior_strength") for mode in ("eval", "eval --adapt memo", "sweep-lambda")}
+    | {("sweep-lambda --adapt bn-prior", "attack")}
+    | {(mode, name) for mode in ("eval", "eval --adapt bn-prior") for name in ("memo_copies", "memo_lr")}
+)
 """(mode, option) pairs a run cannot use: sweep-lambda's hidden options are the former ``--attack`` spelling's
-(attack-vs-lambda), and with ``--attack`` the corruption sweep's options have nothing to act on."""
+(attack-vs-lambda); with ``--attack`` the corruption sweep's options have nothing to act on; a test-time
+adaptation's own settings (bn-prior's strength, MEMO's copies and learning rate) belong to that method alone."""
 
 
 class Reached(Exception):

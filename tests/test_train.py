@@ -258,7 +258,7 @@ def test_manifest_accuracy_is_measured_in_fp32_even_for_bf16_training(cifar_test
 
 
 def test_cpu_description_from_a_hand_written_cpuinfo() -> None:
-    from sdnet_cli.train import describe_cpu
+    from sdnet_cli.runtime import describe_cpu
 
     cpuinfo = (
         "processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n\n"
@@ -267,3 +267,36 @@ def test_cpu_description_from_a_hand_written_cpuinfo() -> None:
     assert describe_cpu(cpuinfo, 2) == "AMD EPYC 9B14 CPU (AVX-512 BF16), 2 threads"
     assert describe_cpu("model name: Old Xeon\nflags: sse2 avx2\n", 1) == "Old Xeon CPU (AVX2), 1 thread"
     assert describe_cpu("flags: sse2\n", 4, fallback="x86_64") == "x86_64 CPU, 4 threads"
+
+
+def test_emulated_bf16_is_said_from_the_cpu_flags(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from sdnet_cli import runtime as rt
+    from sdnet_cli.api._session import job_progress
+
+    avx2, native = "flags\t: fpu sse2 avx2\n", "flags\t: fpu avx2 avx512f avx512_bf16\n"
+    checked = Runtime.create("cpu", "bf16-checked")
+    note = rt.emulated_bf16_note(checked, avx2)
+    assert note is not None and "bf16-checked" in note and "--precision fp32" in note
+    assert rt.emulated_bf16_note(Runtime.create("cpu", "bf16"), "flags: amx_bf16 avx2\n") is None
+    assert rt.emulated_bf16_note(checked, native) is None
+    assert rt.emulated_bf16_note(Runtime.create("cpu", "fp32"), avx2) is None
+    assert rt.emulated_bf16_note(checked, "") is None  # no /proc/cpuinfo: nothing is claimed
+
+    class Notes:
+        def __init__(self) -> None:
+            self.said: list[str] = []
+
+        def task(self, description: str, total: int):  # type: ignore[no-untyped-def]
+            return lambda k: None
+
+        def note(self, text: str) -> None:
+            self.said.append(str(text))
+
+    monkeypatch.setattr(rt, "read_cpuinfo", lambda: avx2)
+    notes = Notes()
+    job_progress(notes, checked)  # type: ignore[arg-type]
+    assert len(notes.said) == 1 and "no native bf16" in notes.said[0]
+    monkeypatch.setattr(rt, "read_cpuinfo", lambda: native)
+    quiet = Notes()
+    job_progress(quiet, checked)  # type: ignore[arg-type]
+    assert quiet.said == []

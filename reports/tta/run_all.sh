@@ -7,14 +7,19 @@
 set -euo pipefail
 OUT=${OUT:-reports/tta}
 N=${N:-500}
+have() {  # the report exists with this many images per cell: rerunning resumes, a new N replaces it
+    [ -f "$OUT/$1.json" ] && python -c "import json, sys
+sys.exit(json.load(open('$OUT/$1.json'))['meta']['n_examples'] != $2)"
+}
 run() {
     local name=$1; shift
-    [ -f "$OUT/$name.json" ] && return 0   # done already: rerunning the script resumes
+    have "$name" "$N" && return 0
+    echo "$(date -u +%FT%TZ) start $name (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
     sdnet eval -c all -c speckle_noise -s all -n "$N" --seed 0 --out "$OUT" --name "$name" "$@"
 }
 stream() {
     local name=$1; shift
-    [ -f "$OUT/$name.json" ] && return 0
+    have "$name" 10000 && return 0
     sdnet eval -c gaussian_noise -s 5 -n 10000 --seed 0 --out "$OUT" --name "$name" "$@"
 }
 run resnet18-none --model resnet18

@@ -8,6 +8,8 @@ cell's batches through ``forward``, and the model is back as it was afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
 
 from ..errors import UsageError
@@ -20,9 +22,10 @@ from .batchnorm import (
     BatchNormPrior,
     Tent,
     batch_statistics,
+    check_prior_strength,
     mean_entropy,
 )
-from .memo import DEFAULT_COPIES, DEFAULT_LR, Memo, marginal_entropy
+from .memo import DEFAULT_COPIES, DEFAULT_LR, Memo, check_memo_copies, check_memo_lr, marginal_entropy
 
 Adapt = Literal["none", "bn", "tent", "bn-prior", "memo"]
 ADAPT_CHOICES: tuple[str, ...] = get_args(Adapt)
@@ -35,37 +38,66 @@ def check_adapt(name: str) -> Adapt:
     return cast(Adapt, name)
 
 
+SETTINGS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("prior_strength", "bn-prior", check_prior_strength),
+    ("memo_copies", "memo", check_memo_copies),
+    ("memo_lr", "memo", check_memo_lr),
+)
+"""Each method-specific setting of ``AdaptSpec``: its name, the method it belongs to and its one validator."""
+
+
+@dataclass(frozen=True)
+class AdaptSpec:
+    """A test-time adaptation and the settings of the method that has them, checked when made, whichever door
+    they come in by (flag or API argument). A setting left None takes the method's published default
+    (``bn-prior``: N = 16; ``memo``: 32 copies, SGD lr 0.005); a setting of another method is refused."""
+
+    method: Adapt = "none"
+    prior_strength: float | None = None
+    memo_copies: int | None = None
+    memo_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        check_adapt(self.method)
+        for setting, owner, check in SETTINGS:
+            value = getattr(self, setting)
+            if value is None:
+                continue
+            if self.method != owner:
+                raise UsageError(f"{setting} applies to adapt={owner!r}, not {self.method!r}", parameter=setting)
+            check(value)
+
+    @classmethod
+    def of(cls, value: AdaptSpec | str) -> AdaptSpec:
+        """``value`` as a spec: a method name takes its default settings."""
+        return value if isinstance(value, AdaptSpec) else cls(check_adapt(value))
+
+
 def make_adaptation(
-    name: str,
-    batch_size: int | None = None,
-    compile: bool = False,
-    prior_strength: float | None = None,
-    seed: int = 0,
+    adapt: AdaptSpec | str, batch_size: int | None = None, compile: bool = False, seed: int = 0
 ) -> Adaptation | None:
-    """``name`` -> the adaptation (None for ``none``); ``batch_size``: test images per adapted batch
-    (default 200, TENT's CIFAR setting; for a per-image method only how many are computed together).
-    ``prior_strength``: N of ``bn-prior`` (default ``DEFAULT_PRIOR_STRENGTH``), refused with any other method.
-    ``seed``: of ``memo``'s augmentations (with each image's content).
+    """``adapt`` (a method name or an ``AdaptSpec``) -> the adaptation (None for ``none``); ``batch_size``: test
+    images per adapted batch (default 200, TENT's CIFAR setting; for a per-image method only how many are
+    computed together). ``seed``: of ``memo``'s augmentations (with each image's content).
     An adapted model changes while it runs, so it runs eagerly: ``compile`` is refused with it."""
-    check_adapt(name)
-    if name != "none" and compile:
+    spec = AdaptSpec.of(adapt)
+    if spec.method != "none" and compile:
         raise UsageError(
             "adapt runs the model eagerly (its BatchNorm layers change); drop compile", parameter="compile"
         )
     if batch_size is not None:
         check_count(batch_size, "batch_size", BATCH_MAX)
-    if prior_strength is not None and name != "bn-prior":
-        raise UsageError(f"prior_strength applies to adapt='bn-prior', not {name!r}", parameter="prior_strength")
-    if name == "none":
-        return None
     size = batch_size or DEFAULT_BATCH_SIZE
-    if name == "bn-prior":
-        return BatchNormPrior(
-            batch_size=size, prior_strength=DEFAULT_PRIOR_STRENGTH if prior_strength is None else prior_strength
-        )
-    if name == "memo":
-        return Memo(batch_size=size, seed=seed)
-    method = Tent if name == "tent" else BatchNormAdaptation
+    if spec.method == "none":
+        return None
+    if spec.method == "bn-prior":
+        strength = DEFAULT_PRIOR_STRENGTH if spec.prior_strength is None else spec.prior_strength
+        return BatchNormPrior(batch_size=size, prior_strength=strength)
+    if spec.method == "memo":
+        copies = DEFAULT_COPIES if spec.memo_copies is None else spec.memo_copies
+        lr = DEFAULT_LR if spec.memo_lr is None else spec.memo_lr
+        return Memo(batch_size=size, copies=copies, lr=lr, seed=seed)
+    method = Tent if spec.method == "tent" else BatchNormAdaptation
     return method(batch_size=size)
 
 
@@ -116,6 +148,7 @@ __all__ = [
     "Tent",
     "batch_statistics",
     "check_adapt",
+    "AdaptSpec",
     "make_adaptation",
     "mean_entropy",
 ]

@@ -168,8 +168,8 @@ class Tent(BatchNormAdaptation):
 
 
 DEFAULT_PRIOR_STRENGTH = 16.0
-"""Prior strength N of ``bn-prior``: the value Schneider et al. (NeurIPS 2020) recommend when adapting to a
-single image (n = 1), and the one MEMO (Zhang et al., NeurIPS 2022) uses for its single-image BN baseline."""
+"""Prior strength N of ``bn-prior`` for one image (n = 1): the value MEMO's released code (Zhang et al., NeurIPS
+2022) uses for its single-image BN adaptation, taken from Schneider et al. (NeurIPS 2020)."""
 MAX_PRIOR_STRENGTH = 1e6
 """Beyond this the stored statistics alone decide (the image's weight is below 1e-6)."""
 

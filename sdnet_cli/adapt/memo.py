@@ -25,10 +25,28 @@ from .augment import MAX_DEPTH, OPERATIONS, SEVERITY, WIDTH, augmented_copies
 from .batchnorm import DEFAULT_BATCH_SIZE
 
 DEFAULT_COPIES = 32
-"""Augmented copies per test image (MEMO's B on CIFAR-10)."""
+"""Augmented copies per test image: MEMO's B on CIFAR-10 (32 in the authors' released CIFAR-10 code)."""
 DEFAULT_LR = 0.005
-"""SGD learning rate of MEMO's CIFAR-10 experiments; one step, so momentum would not act; no weight decay."""
+"""SGD learning rate of MEMO's CIFAR-10 experiments (the authors' released code: SGD, lr 0.005, one step, every
+parameter); one step, so momentum would not act; no weight decay."""
 MAX_COPIES = 256
+"""Each copy is a forward and a backward per test image: the bound on the work a setting can ask for."""
+
+
+def check_memo_copies(value: int) -> int:
+    """MEMO's B: an integer from 1 to ``MAX_COPIES``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COPIES:
+        raise UsageError(
+            f"memo_copies must be an integer from 1 to {MAX_COPIES}, got {value!r}", parameter="memo_copies"
+        )
+    return value
+
+
+def check_memo_lr(value: float) -> float:
+    """MEMO's SGD learning rate: finite, in (0, 1]."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value <= 1):
+        raise UsageError(f"memo_lr must be a number in (0, 1], got {value!r}", parameter="memo_lr")
+    return float(value)
 
 
 def marginal_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -101,12 +119,8 @@ class Memo:
     stateful = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.copies, bool) or not isinstance(self.copies, int) or not 1 <= self.copies <= MAX_COPIES:
-            raise UsageError(
-                f"memo_copies must be from 1 to {MAX_COPIES}, got {self.copies!r}", parameter="memo_copies"
-            )
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and 0 < self.lr <= 1):
-            raise UsageError(f"memo_lr must be in (0, 1], got {self.lr!r}", parameter="memo_lr")
+        check_memo_copies(self.copies)
+        check_memo_lr(self.lr)
 
     def check(self, model: nn.Module) -> None:
         if not any(True for _ in model.parameters()):

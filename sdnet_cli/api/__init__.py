@@ -13,12 +13,14 @@ A notebook uses it the way RobustBench's ``benchmark()`` is used::
 ``torch.nn.Module`` mapping images in [0, 1], (N, 3, H, W), to logits, or a ``ModelSpec`` saying more
 (checkpoint, weights folder, FISTA steps, a module's normalisation). What the jobs share comes as typed
 records, checked when made: ``data=DataSpec(...)`` (dataset, folders, seed, number of images) and
-``run=RunSpec(...)`` (device, precision, batch size, compile); a job refuses a field it cannot use. Nothing here prints. Long work
-reports to ``progress`` (any object with ``task(description, total)`` returning an ``advance(k)``
+``run=RunSpec(...)`` (device, precision, batch size, compile); a job refuses a field it cannot use.
+A test-time adaptation with settings of its own comes as ``adapt=AdaptSpec("memo", memo_copies=16)``.
+Nothing here prints. Long work reports to ``progress`` (any object with ``task(description, total)`` returning an ``advance(k)``
 callable, and ``note(text)``), so every front end shows the same totals. The ``sdnet`` CLI only
 parses options, calls these functions and prints.
 """
 
+from ..adapt import AdaptSpec
 from ..errors import UsageError
 from ..forecast import Progress
 from ..report import Report
@@ -32,6 +34,7 @@ from .models import EXPORT_FORMATS, export_checkpoint, load_model, train
 
 __all__ = [
     "EXPORT_FORMATS",
+    "AdaptSpec",
     "DataSpec",
     "LoadedModel",
     "ModelArg",

@@ -36,6 +36,19 @@ class Silent:
         pass
 
 
+def job_progress(progress: Progress | None, runtime: Runtime, hint: bool = False) -> Progress:
+    """The progress a job reports to: ``progress`` with a forecast line for every task (``Forecasting``; none
+    when there is no ``progress``), told first when the runtime's precision runs emulated on this CPU."""
+    from ..forecast import Forecasting
+    from ..runtime import emulated_bf16_note
+
+    told: Progress = Silent() if progress is None else Forecasting(progress, str(runtime.device), hint)
+    slow = emulated_bf16_note(runtime)
+    if slow is not None:
+        told.note(slow)
+    return told
+
+
 def strings(values: str | int | Sequence[str | int]) -> list[str]:
     return [str(values)] if isinstance(values, (str, int)) else [str(v) for v in values]
 
@@ -153,7 +166,6 @@ class Session:
         size defaults to ``default_batch_size``, else the runtime's), load and prepare the model. The records
         checked their own values when they were made."""
         from .. import distributed as dist
-        from ..forecast import Forecasting
         from ..runtime import Runtime
 
         if not distributed:
@@ -162,7 +174,7 @@ class Session:
         loaded = resolve_model(model, data.dataset)
         runtime.prepare_checked(loaded.classifier, loaded.info.name, loaded.info.dataset)
         size = run.batch_size or default_batch_size or runtime.eval_batch_size
-        told = Silent() if progress is None else Forecasting(progress, str(runtime.device), data.n_examples is None)
+        told = job_progress(progress, runtime, data.n_examples is None)
         return cls(command, runtime, loaded, loaded.info.dataset, size, data, distributed, told)
 
     @property

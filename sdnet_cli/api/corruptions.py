@@ -16,7 +16,7 @@ from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec, count_or_none, unuse
 from ._session import Session, Silent, single_process, strings
 
 if TYPE_CHECKING:
-    from ..adapt import Adapt
+    from ..adapt import Adapt, AdaptSpec
 
 
 def evaluate_corruptions(
@@ -29,8 +29,7 @@ def evaluate_corruptions(
     lam: float | str | None = None,
     calibration: Path | None = None,
     sweep: Path | None = None,
-    adapt: Adapt = "none",
-    prior_strength: float | None = None,
+    adapt: AdaptSpec | Adapt = "none",
     stream: str = "cells",
     progress: Progress | None = None,
 ) -> Report:
@@ -45,12 +44,12 @@ def evaluate_corruptions(
     one the calibration recommends; ``"oracle"``, the best lambda of each cell from the sweep report
     ``sweep``, which uses labels). ImageNet also gets mCE. ``adapt``: ``bn`` or ``tent``, test-time
     adaptation to each cell's batches of ``run.batch_size`` (default 200) test images; ``bn-prior``, per
-    image, BatchNorm statistics mixed from the stored ones and the image's with prior strength
-    ``prior_strength``; ``memo``, per image, one entropy step on augmented copies, then reset (see
-    ``sdnet_cli.adapt``); the rows say so. ``stream``: ``cells`` (each cell on its own) or ``mixed`` (all
+    image, BatchNorm statistics mixed from the stored ones and the image's; ``memo``, per image, one entropy
+    step on augmented copies, then reset; an ``AdaptSpec`` sets a method's own settings (prior strength, MEMO's
+    copies and learning rate; see ``sdnet_cli.adapt``); the rows say so. ``stream``: ``cells`` (each cell on its own) or ``mixed`` (all
     cells' images interleaved in one ``data.seed``-ed stream, one adaptation throughout; ``evaluate.STREAMS``).
     """
-    from ..adapt import make_adaptation
+    from ..adapt import AdaptSpec, make_adaptation
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
     from ..evaluate import check_stream, evaluate_cells
     from ..lam import ORACLE
@@ -62,13 +61,14 @@ def evaluate_corruptions(
         raise UsageError("lam='oracle' picks a lambda per cell, which a mixed stream does not have", parameter="lam")
     if lam == ORACLE and sweep is None:
         raise UsageError("lam='oracle' needs sweep, a sweep-lambda JSON report of this checkpoint", parameter="sweep")
-    adaptation = make_adaptation(adapt, run.batch_size, run.compile, prior_strength, data.seed)
+    adapt_spec = AdaptSpec.of(adapt)
+    adaptation = make_adaptation(adapt_spec, run.batch_size, run.compile, data.seed)
     if adaptation is not None:
         run = replace(run, batch_size=adaptation.batch_size)
     session = Session.open("eval", model=ModelSpec.of(model), data=data, run=run, progress=progress, distributed=True)
     if adaptation is not None:
         adaptation.check(session.classifier)
-    policy, cell_policy, base = _lambda_policies(session, lam, calibration, sweep, cells, adapt)
+    policy, cell_policy, base = _lambda_policies(session, lam, calibration, sweep, cells, adapt_spec.method)
     mismatch = _calibration_mismatch(session, lam, calibration, adaptation)
     source = session.cells(names)
     advance = session.task(f"evaluating {session.info.name}", source, len(cells))

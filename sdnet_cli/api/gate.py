@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from ..forecast import Progress
 from ..report import Report, base_meta, check_stem
 from ..specs import DataSpec, RunSpec, unused
-from ._session import Silent, single_process
+from ._session import job_progress, single_process
 
 if TYPE_CHECKING:
     from ..check import Suite
@@ -38,7 +38,6 @@ def check(
     imports and runs the code it names.
     """
     from ..check import compare_with_baseline, read_baseline, run_suite, verdict
-    from ..forecast import Forecasting
     from ..runtime import Runtime
     from ..schemas import check_tolerance
 
@@ -52,7 +51,7 @@ def check(
     stored = read_baseline(baseline, allow_code_in_suite) if not update or baseline.is_file() else None
     chosen = _suite(suite, stored, tolerance, allow_code_in_suite, baseline)
     runtime = Runtime.create(run.device, run.precision)
-    advance = Forecasting(progress or Silent(), str(runtime.device), hint=False).task("checking", chosen.work_units())
+    advance = job_progress(progress, runtime).task("checking", chosen.work_units())
     rows = run_suite(chosen, runtime, data.data_dir, data.cache_dir, advance, weights_dir)
     if update:
         meta = base_meta("check", chosen.seed, suite=chosen.as_meta(), **runtime.describe())

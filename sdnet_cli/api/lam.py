@@ -15,7 +15,7 @@ from ._session import Session, strings
 if TYPE_CHECKING:
     import numpy as np
 
-    from ..adapt import Adaptation
+    from ..adapt import Adaptation, AdaptSpec
     from ..lam import Calibration
     from ..sweep.plan import SweepPlan
 
@@ -35,7 +35,7 @@ def sweep_lambda(
     fit_n: int = 1000,
     calibration_out: Path | None = None,
     sweep_span: float = 0.2,
-    adapt: str = "none",
+    adapt: AdaptSpec | str = "none",
     progress: Progress | None = None,
 ) -> Report:
     """Accuracy and the stem's mean reconstruction error for every test lambda on every cell.
@@ -45,16 +45,17 @@ def sweep_lambda(
     groups) and write the calibration beside the checkpoint (or ``calibration_out``).
     ``sweep_span``: the largest lambda gap across which the sweep infers a prediction instead of running it
     (``SweepPlan``; 0 runs every pair); the meta's ``sweep`` says how many pairs ran and the measured agreement.
-    ``adapt`` (``none``, ``bn`` or ``bn-prior``): the test-time adaptation every forward of the sweep and the
+    ``adapt`` (``none``, ``bn`` or ``bn-prior``, or an ``AdaptSpec`` with bn-prior's strength): the test-time
+    adaptation every forward of the sweep and the
     calibration runs under (``sweep.runs.sweep_cells``), so ``lam="auto"`` is fitted for the regime it will run
     in; the calibration records it (and is written, by default, as ``<checkpoint stem>.lambda-<adapt>.json``,
     which ``eval`` with that ``adapt`` prefers); under ``bn`` every pair runs (``sweep_span`` is set aside).
     The report's extras are the accuracy-vs-lambda and best-lambda-vs-error plots. ``model``, ``data``,
     ``run``: as in ``evaluate_corruptions``.
     """
-    from ..adapt import calibratable, make_adaptation
+    from ..adapt import AdaptSpec, calibratable, make_adaptation
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
-    from ..lam import lambda_grid, store_calibration
+    from ..lam import calibration_destination, lambda_grid, store_calibration
     from ..sweep import runs
     from ..sweep.plan import EVERY_PAIR, SweepPlan
     from ..sweep.report import save_sweep_plots
@@ -66,11 +67,15 @@ def sweep_lambda(
     severity_list = parse_severities(strings(severities))
     cells = expand_cells(names, severity_list)
     fit_names = parse_corruptions(strings(fit_corruptions)) if fit_corruptions else names
-    adaptation = make_adaptation(calibratable(adapt), run.batch_size if adapt == "bn" else None, run.compile)
+    adapt_spec = AdaptSpec.of(adapt)
+    calibratable(adapt_spec.method)
+    adaptation = make_adaptation(adapt_spec, run.batch_size if adapt_spec.method == "bn" else None, run.compile)
     if adaptation is not None and adaptation.columns()["uses_test_batches"]:
         plan = EVERY_PAIR  # a plan's subsets of a batch would change its statistics
     session = Session.open("sweep-lambda", model=ModelSpec.of(model), data=data, run=run, progress=progress)
     session.require_lambda()
+    if fit:  # refused before the work when the calibration would have nowhere to go
+        calibration_destination(session.info, calibration_out, adapt_spec.method if adaptation is not None else None)
     train = _training_images(session) if fit else None
     source = session.cells(names)
     advance = session.task(f"sweeping {session.info.name}", source, len(cells) * len(grid))

@@ -11,7 +11,7 @@ from ..forecast import Progress
 from ..report import Report, base_meta
 from ..schemas import BATCH_MAX, EPOCHS_MAX, EXAMPLES_MAX, WIDTH_MAX
 from ..specs import DataSpec, LoadedModel, ModelArg, ModelSpec, RunSpec, count_or_none, gradient_precision, unused
-from ._session import Silent, resolve_model, single_process
+from ._session import job_progress, resolve_model, single_process
 
 if TYPE_CHECKING:
     from ..train import TrainConfig
@@ -86,7 +86,6 @@ def train(
     ``<out>.resume.pt``, written after every epoch (settings that differ from the interrupted run's are a
     usage error). ``half`` stores fp16 weights; the manifest's accuracy is then measured with the stored weights.
     """
-    from ..forecast import Forecasting
     from ..runtime import Runtime
     from ..train import TrainConfig
 
@@ -97,7 +96,7 @@ def train(
         square_noise=not sqrt_lasso, seed=data.seed, n_train=n_train, n_test=n_test,
     )  # fmt: skip
     runtime = Runtime.create(run.device, run.precision)
-    told = Forecasting(progress or Silent(), str(runtime.device), hint=False)
+    told = job_progress(progress, runtime)
     classifier, state, test_data = _fit(cfg, runtime, out, resume, data.data_dir, told)
     meta = _save_trained(classifier, cfg, out, half, test_data, runtime, run.precision, default, state)
     out.with_name(out.name + ".resume.pt").unlink(missing_ok=True)
@@ -190,6 +189,7 @@ def _save_trained(
     from .. import train
     from ..models import save_checkpoint
     from ..models.weights import update_manifest
+    from ..runtime import hardware
 
     settings = {
         "architecture": cfg.model, "dataset": cfg.dataset, "width": cfg.width,
@@ -209,7 +209,7 @@ def _save_trained(
     entry = {
         "name": out.stem, "file": out.name, **settings, "sha256": digest, "dtype": "float16" if half else "float32",
         **accuracies, "epochs": cfg.epochs, "seed": cfg.seed, "precision": precision,
-        "train_seconds": round(sum(h.seconds for h in state.history), 1), "hardware": train.hardware(),
+        "train_seconds": round(sum(h.seconds for h in state.history), 1), "hardware": hardware(),
         "command": meta["argv"], "default": default,
     }  # fmt: skip
     meta["manifest"] = str(update_manifest(entry, out.parent))

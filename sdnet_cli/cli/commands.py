@@ -26,6 +26,8 @@ from .options import (
     DeviceOpt,
     EpsOpt,
     EvalBatchOpt,
+    MemoCopiesOpt,
+    MemoLrOpt,
     ModelDirOpt,
     ModelOpt,
     NameOpt,
@@ -35,6 +37,7 @@ from .options import (
     OutOpt,
     PoolOpt,
     PrecisionOpt,
+    PriorStrengthOpt,
     RestartsOpt,
     ResumeOpt,
     SeedOpt,
@@ -79,20 +82,15 @@ def eval_command(
             "parameters per batch, minimising prediction entropy; Wang et al. 2021; reset every cell). Both see "
             "batches of --batch-size (default 200) images of one cell, and the rows say so. Per image, no state "
             "between images: bn-prior (each image's BatchNorm statistics N/(N+1) * stored + 1/(N+1) * its own; "
-            "Schneider et al. 2020; N from --prior-strength); memo (Zhang et al. 2022: 32 augmented copies of the "
-            "image, AugMix-style operations that are not benchmark corruptions, one SGD step, lr 0.005, on all "
-            "parameters minimising the entropy of their mean prediction, predict the original, restore; seeded by "
-            "--seed; 33 forwards and 1 backward per image). Combines with --lam.",
+            "Schneider et al. 2020; N from --prior-strength); memo (Zhang et al. 2022: --memo-copies augmented "
+            "copies of the image, AugMix-style operations that are not benchmark corruptions, one SGD step of "
+            "--memo-lr on all parameters minimising the entropy of their mean prediction, predict the original, "
+            "restore; seeded by --seed; by default 33 forwards and 1 backward per image). Combines with --lam.",
         ),
     ] = "none",
-    prior_strength: Annotated[
-        float | None,
-        typer.Option(
-            "--prior-strength",
-            help="N of --adapt bn-prior, from 0 (the image's own statistics) to 1e6 (the stored ones). Default 16: "
-            "Schneider et al.'s recommendation for adapting to a single image.",
-        ),
-    ] = None,
+    prior_strength: PriorStrengthOpt = None,
+    memo_copies: MemoCopiesOpt = None,
+    memo_lr: MemoLrOpt = None,
     stream: Annotated[
         str,
         typer.Option(
@@ -130,7 +128,7 @@ def eval_command(
     """Accuracy on the clean test split and corrupted cells (CIFAR-10-C, CIFAR-100-C, ImageNet-C; ImageNet also
     gets mCE and relative mCE), written as JSON, CSV and Markdown."""
     from .. import api
-    from ..adapt import check_adapt
+    from ..adapt import AdaptSpec, check_adapt
     from ..robustbench_export import check_request, robustbench_entry, write_robustbench_entry
     from ..specs import DataSpec, ModelSpec, RunSpec, check_precision
 
@@ -145,11 +143,11 @@ def eval_command(
         n_examples=n_examples,
     )  # fmt: skip
     run = RunSpec(device=device, precision=check_precision(precision), batch_size=batch_size, compile=compile)
+    adaptation = AdaptSpec(check_adapt(adapt), prior_strength=prior_strength, memo_copies=memo_copies, memo_lr=memo_lr)
     with RichProgress() as progress:
         report = api.evaluate_corruptions(
             model=spec, data=data, run=run, corruptions=corruptions, severities=severities, lam=lam,
-            calibration=calibration, sweep=sweep, adapt=check_adapt(adapt), prior_strength=prior_strength,
-            stream=stream, progress=progress,
+            calibration=calibration, sweep=sweep, adapt=adaptation, stream=stream, progress=progress,
         )  # fmt: skip
     if not main_process():
         return

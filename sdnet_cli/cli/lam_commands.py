@@ -36,6 +36,7 @@ from .options import (
     OutOpt,
     PoolOpt,
     PrecisionOpt,
+    PriorStrengthOpt,
     RestartsOpt,
     ResumeOpt,
     SeedOpt,
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
 
 SWEEP_ONLY = (
     "corruptions", "severities", "fit", "fit_corruptions", "fit_n", "calibration_out", "sweep_span", "cifar_c_dir",
-    "cache_dir", "compile", "adapt",
+    "cache_dir", "compile", "adapt", "prior_strength",
 )  # fmt: skip
 """sweep-lambda's options that the corruption sweep uses and ``--attack`` (clean images, attacked) cannot."""
 ATTACK_ONLY = ("eps", "norm", "steps", "restarts", "version", "baseline_model", "pool_batches", "resume")
@@ -85,7 +86,8 @@ def sweep_lambda_command(
         typer.Option(
             "--fit",
             help="Also calibrate the per-input rules of --lam recon/noise/auto on corrupted TRAINING images (never the "
-            "test set) and write <checkpoint stem>.lambda.json beside the checkpoint.",
+            "test set) and write <checkpoint stem>.lambda.json beside the checkpoint (for a shipped checkpoint: "
+            "to --calibration-out).",
         ),
     ] = False,
     fit_corruptions: Annotated[
@@ -103,11 +105,13 @@ def sweep_lambda_command(
             "--adapt",
             help="Test-time adaptation the sweep and the calibration run under: none; bn (statistics of batches "
             "of --batch-size, default 200, of one cell or group; every lambda runs on every image); bn-prior "
-            "(per image, prior strength 16). A calibration fitted under bn or bn-prior records it and is written "
+            "(per image, prior strength --prior-strength). A calibration fitted under bn or bn-prior records it and "
+            "is written "
             "as <checkpoint stem>.lambda-<adapt>.json, which `sdnet eval --lam auto --adapt` with the same "
             "method uses.",
         ),
     ] = "none",
+    prior_strength: PriorStrengthOpt = None,
     attack: Annotated[
         str | None,
         typer.Option(
@@ -143,6 +147,7 @@ def sweep_lambda_command(
 ) -> None:
     """Accuracy and stem reconstruction error for each test lambda on each cell; --fit calibrates --lam auto/noise."""
     from .. import api
+    from ..adapt import AdaptSpec, check_adapt
     from ..specs import DataSpec, ModelSpec, RunSpec, check_precision
 
     if attack is not None:
@@ -165,11 +170,12 @@ def sweep_lambda_command(
             version=version, baseline_model=baseline_model, pool_batches=pool_batches, resume=resume, out_dir=out_dir,
             name=name,
         )  # fmt: skip
+    adaptation = AdaptSpec(check_adapt(adapt), prior_strength=prior_strength)
     with RichProgress() as progress:
         report = api.sweep_lambda(
             model=spec, data=data, run=run, corruptions=corruptions, severities=severities, lams=lams, fit=fit,
             fit_corruptions=fit_corruptions, fit_n=fit_n, calibration_out=calibration_out, sweep_span=sweep_span,
-            adapt=adapt, progress=progress,
+            adapt=adaptation, progress=progress,
         )  # fmt: skip
     best = [{**r, "mean_error": f"{r['mean_error']:.4g}"} for r in report.rows if r["oracle"]]
     columns = ["corruption", "severity", "lam", "n", "accuracy", "mean_error"]

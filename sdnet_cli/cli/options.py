@@ -214,7 +214,11 @@ SweepSpanOpt = Annotated[
 ]
 CalibrationOutOpt = Annotated[
     Path | None,
-    typer.Option("--calibration-out", help="Write the calibration here (default: beside the checkpoint)."),
+    typer.Option(
+        "--calibration-out",
+        help="Write the calibration here (default: beside the checkpoint; required for a checkpoint that came with "
+        "sdnet-cli, whose shipped calibration the default would replace).",
+    ),
 ]
 
 CorruptionOpt = Annotated[
@@ -224,5 +228,28 @@ CorruptionOpt = Annotated[
         "-c",
         help="Corruption name, repeatable; 'all' = the 15 benchmark corruptions, 'extra' = the 4 extras, 'none' = clean "
         "only. Clean accuracy is always reported alongside.",
+    ),
+]
+PriorStrengthOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--prior-strength",
+        help="N of --adapt bn-prior, from 0 (the image's own statistics) to 1e6 (the stored ones). Default 16, the "
+        "single-image prior of MEMO's released code (Zhang et al. 2022), after Schneider et al. 2020.",
+    ),
+]
+MemoCopiesOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--memo-copies",
+        help="Augmented copies per image of --adapt memo, 1 to 256 (each is a forward and a backward). Default 32, "
+        "MEMO's CIFAR-10 setting (Zhang et al. 2022).",
+    ),
+]
+MemoLrOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--memo-lr",
+        help="SGD learning rate of --adapt memo's one step, in (0, 1]. Default 0.005, MEMO's CIFAR-10 setting.",
     ),
 ]

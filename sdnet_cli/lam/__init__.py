@@ -16,6 +16,7 @@ from .calibration import (
     CALIBRATION_SUFFIX,
     Calibration,
     adaptation_label,
+    calibration_destination,
     calibration_mismatch,
     default_calibration_path,
     find_calibration,
@@ -86,5 +87,6 @@ __all__ = [
     "resolve_policy",
     "rule_accuracy",
     "stem_error",
+    "calibration_destination",
     "store_calibration",
 ]

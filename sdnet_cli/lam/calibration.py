@@ -30,7 +30,7 @@ from ..data.cells import Cell
 from ..errors import UsageError
 from ..models.classifier import LambdaPolicy
 from ..models.record import ModelInfo
-from ..models.weights import update_manifest
+from ..models.weights import packaged_weights_dir, update_manifest
 from ..rows import CLEAN
 from ..schemas import CalibrationFile, LegacyRules, check_lam, load
 from .fit import fit_rule_for_accuracy, mean_group_accuracy
@@ -256,7 +256,8 @@ def calibration_mismatch(calibration: Calibration, record: dict[str, Any] | None
     method = record["method"] if record is not None else "none"
     return (
         f"the lambda rule was calibrated under adapt {adaptation_label(calibration.adaptation)} but runs under adapt "
-        f"{adaptation_label(record)}; `sdnet sweep-lambda --fit --adapt {method}` fits one for it"
+        f"{adaptation_label(record)}; `sdnet sweep-lambda --fit --adapt {method}` fits one for it (then pass it as "
+        "--calibration)"
     )
 
 
@@ -315,16 +316,31 @@ def load_calibration(info: ModelInfo, path: Path | None = None, adapt: str | Non
     return calibration
 
 
+def calibration_destination(info: ModelInfo, path: Path | None = None, adapt: str | None = None) -> Path:
+    """Where a calibration fitted under ``adapt`` goes: ``path``, else beside the checkpoint
+    (``default_calibration_path``), but never by default into the weights that came with sdnet-cli, where it
+    would silently replace the shipped calibration that every ``lam="auto"`` run reads. Called before the
+    work, so a run that could not store its result does not start."""
+    if path is not None:
+        return Path(path)
+    if info.checkpoint is None:
+        raise UsageError(f"{info.name} was not loaded from a checkpoint file; pass calibration_out", "calibration_out")
+    target = default_calibration_path(Path(info.checkpoint), adapt)
+    if Path(info.checkpoint).resolve().parent == packaged_weights_dir().resolve():
+        raise UsageError(
+            f"{info.name} came with sdnet-cli, and its calibration would go into the shipped weights ({target}), "
+            "replacing the one every lam='auto' run reads: pass calibration_out, a path of your own (and evaluate "
+            "with that file as the calibration), or that path itself to replace it on purpose",
+            parameter="calibration_out",
+        )
+    return target
+
+
 def store_calibration(calibration: Calibration, info: ModelInfo, path: Path | None = None) -> Path:
-    """Write the calibration (default: beside the checkpoint; fitted under an adaptation, under its own name,
-    ``default_calibration_path``) and, for a shipped checkpoint whose folder receives the file, name a
-    stored-statistics one in the manifest entry so ``lam="auto"`` finds it."""
+    """Write the calibration (at ``calibration_destination``) and, for a checkpoint of a manifest whose folder
+    receives the file, name a stored-statistics one in the manifest entry so ``lam="auto"`` finds it."""
     method = calibration.adaptation["method"] if calibration.adaptation is not None else None
-    if path is None:
-        if info.checkpoint is None:
-            raise UsageError(f"{info.name} was not loaded from a checkpoint file; pass path", parameter="path")
-        path = default_calibration_path(Path(info.checkpoint), method)
-    path = calibration.save(Path(path))
+    path = calibration.save(calibration_destination(info, path, method))
     if method is not None:
         return path
     weights_dir = Path(info.checkpoint).parent if info.checkpoint else None
