@@ -35,7 +35,9 @@ sys.exit(json.load(open('$OUT/$name.json'))['meta']['n_examples'] != $n)"; then
 run noise-resnet18-tent "$FT" all --model resnet18 --adapt tent
 run noise-sdnet18-auto-bnprior "$F" all --model sdnet18 --lam auto --adapt bn-prior
 run noise-sdnet18-auto "$F" all --model sdnet18 --lam auto
-run noise-resnet18-none "$F" all --model resnet18
+# the mixed stream in batches of 200 against the two batch methods that led it on 100 images a cell
+run mixed-resnet18-tent "$S" all --model resnet18 --adapt tent --stream mixed
+run mixed-sdnet18-bn "$S" all --model sdnet18 --adapt bn --stream mixed
 # the lambda rule calibrated under bn-prior, the regime it then runs in (training images: clean and the nine
 # corruptions of the shipped stored-statistics calibration at severities 1-5, FIT_N a group), and the noise cells
 # with it
@@ -57,8 +59,6 @@ per_image() {  # the per-image methods on the mixed stream's images, unless the 
 per_image s-sdnet18-auto "$S" all --model sdnet18 --lam auto
 per_image s-sdnet18-auto-bnprior "$S" all --model sdnet18 --lam auto --adapt bn-prior
 per_image s-sdnet18-autoprior-bnprior "$S" all --model sdnet18 --lam auto --adapt bn-prior --calibration "$CAL_PRIOR"
-run mixed-resnet18-tent "$S" all --model resnet18 --adapt tent --stream mixed
-run mixed-sdnet18-bn "$S" all --model sdnet18 --adapt bn --stream mixed
 run mixed-resnet18-bn "$S" all --model resnet18 --adapt bn --stream mixed
 run mixed-sdnet18-tent "$S" all --model sdnet18 --adapt tent --stream mixed
 run batch1-resnet18-bn "$B1" all --model resnet18 --adapt bn --stream mixed --batch-size 1
@@ -67,7 +67,8 @@ run batch1-resnet18-tent "$B1" all --model resnet18 --adapt tent --stream mixed 
 run batch1-sdnet18-tent "$B1" all --model sdnet18 --adapt tent --stream mixed --batch-size 1
 per_image s-resnet18 "$S" all --model resnet18
 per_image s-sdnet18-bnprior "$S" all --model sdnet18 --adapt bn-prior
-# the other batch methods and per-image remedies on all images of the noise cells
+# the plain ResNet, the other batch methods and per-image remedies on the noise cells
+run noise-resnet18-none "$F" all --model resnet18
 run noise-sdnet18-tent "$F" all --model sdnet18 --adapt tent
 run noise-resnet18-bn "$F" all --model resnet18 --adapt bn
 run noise-sdnet18-bn "$F" all --model sdnet18 --adapt bn
