@@ -406,9 +406,8 @@ def remedies(folder: Path, n: int) -> list[str]:
             lines += [
                 f"TENT keeps adapting along a cell: over all {tent['images per cell']:,} images of each cell "
                 f"({-(-tent['images per cell'] // 200)} steps) it reaches {tent['accuracy']:.2f}%, over the first {k:,} "
-                f"({-(-k // 200)} steps; the summary's run) {shorter:.2f}%, so the distance depends on how long a "
-                f"stream of one corruption the batch method is given: {shorter - top['accuracy']:.2f} points against "
-                "the shorter one. A per-image method's accuracy does not depend on it.",
+                f"({-(-k // 200)} steps; the summary's run) {shorter:.2f}%: the distance depends on how long a "
+                "stream of one corruption the batch method is given (a per-image method's accuracy does not).",
                 "",
             ]
     for title, rows, words in (
