@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # The full-size runs of reports/tta.md (issue 30), most important first, so that a run cut short still leaves the
 # comparisons that matter. Shipped resnet18 / sdnet18, generated CIFAR-10-C (seed 0), fp32.
-#   F: images per noise cell of the one-corruption-batch comparison (all 10,000: the whole cell)
-#   S: images per cell (clean and the 20 noise cells) of the mixed-stream and batch-1 comparison
+#   F: images per noise cell of the one-corruption-batch comparison (10,000: the whole cell)
+#   FT: the same for resnet18 + tent, the batch method the target is measured against (it adapts over the stream,
+#      so a longer stream gives it more steps)
+#   S: images per cell (clean and the 20 noise cells) of the mixed-stream comparison; with S = F the per-image
+#      methods' one-corruption runs are on the very images of the mixed stream (they decide per image, so their
+#      predictions do not depend on the stream), and their s-* runs are skipped
+#   B1: images per cell of the batch-1 runs (one adaptation step per image, so the slowest)
 #   M: images per severity-5 noise cell for MEMO and its baselines
 # A report is skipped when it exists with the requested number of images, and rerun (replaced) when it was written
 # at another size, so rerunning the script resumes and a bigger size replaces a smaller one run by run.
 # Then: python reports/tta/render.py reports/tta reports/tta.md
-# Usage: F=10000 S=2000 M=50 bash reports/tta/run_full.sh
+# Usage: F=2000 FT=10000 S=2000 B1=1000 M=50 bash reports/tta/run_full.sh
 set -euo pipefail
 OUT=${OUT:-reports/tta}
-F=${F:-10000}
+F=${F:-2000}
+FT=${FT:-10000}
 S=${S:-2000}
+B1=${B1:-1000}
 M=${M:-50}
 NOISES=(-c gaussian_noise -c shot_noise -c impulse_noise -c speckle_noise)
 run() {  # name, images per cell, severities, sdnet eval options
@@ -25,10 +32,12 @@ sys.exit(json.load(open('$OUT/$name.json'))['meta']['n_examples'] != $n)"; then
     echo "$(date -u +%FT%TZ) done $name" >&2
 }
 # one-corruption batches of 200, all images of the 20 noise cells: the issue's target comparison
-run noise-resnet18-tent "$F" all --model resnet18 --adapt tent
+run noise-resnet18-tent "$FT" all --model resnet18 --adapt tent
 run noise-sdnet18-auto-bnprior "$F" all --model sdnet18 --lam auto --adapt bn-prior
 run noise-sdnet18-auto "$F" all --model sdnet18 --lam auto
-run noise-resnet18-none "$F" all --model resnet18
+# the mixed stream in batches of 200 against the two batch methods that led it on 100 images a cell
+run mixed-resnet18-tent "$S" all --model resnet18 --adapt tent --stream mixed
+run mixed-sdnet18-bn "$S" all --model sdnet18 --adapt bn --stream mixed
 # the lambda rule calibrated under bn-prior, the regime it then runs in (training images: clean and the nine
 # corruptions of the shipped stored-statistics calibration at severities 1-5, FIT_N a group), and the noise cells
 # with it
@@ -37,27 +46,29 @@ FITS=(gaussian_noise shot_noise impulse_noise speckle_noise defocus_blur fog con
 if [ ! -f "$CAL_PRIOR" ]; then
     echo "$(date -u +%FT%TZ) start sweep-sdnet18-bnprior (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
     sdnet sweep-lambda --model sdnet18 -c gaussian_noise -s all -n 100 --seed 0 --lams 0.1,0.2,0.3,0.4,0.6,0.8,1.0,1.2,1.4 \
-        --fit --fit-n "${FIT_N:-200}" "${FITS[@]/#/--fit-corruption=}" --adapt bn-prior --calibration-out "$CAL_PRIOR" \
+        --fit --fit-n "${FIT_N:-100}" "${FITS[@]/#/--fit-corruption=}" --adapt bn-prior --calibration-out "$CAL_PRIOR" \
         --out "$OUT" --name sweep-sdnet18-bnprior
     echo "$(date -u +%FT%TZ) done sweep-sdnet18-bnprior" >&2
 fi
 run noise-sdnet18-autoprior-bnprior "$F" all --model sdnet18 --lam auto --adapt bn-prior --calibration "$CAL_PRIOR"
 # the mixed stream in batches of 200, and batch 1; the per-image methods decide per image, so their numbers on the
 # same S images hold for any stream order and batch size
-run s-sdnet18-auto "$S" all --model sdnet18 --lam auto
-run s-sdnet18-auto-bnprior "$S" all --model sdnet18 --lam auto --adapt bn-prior
-run s-sdnet18-autoprior-bnprior "$S" all --model sdnet18 --lam auto --adapt bn-prior --calibration "$CAL_PRIOR"
-run mixed-resnet18-tent "$S" all --model resnet18 --adapt tent --stream mixed
-run mixed-sdnet18-bn "$S" all --model sdnet18 --adapt bn --stream mixed
+per_image() {  # the per-image methods on the mixed stream's images, unless the one-corruption runs were those
+    [ "$S" = "$F" ] || run "$@"
+}
+per_image s-sdnet18-auto "$S" all --model sdnet18 --lam auto
+per_image s-sdnet18-auto-bnprior "$S" all --model sdnet18 --lam auto --adapt bn-prior
+per_image s-sdnet18-autoprior-bnprior "$S" all --model sdnet18 --lam auto --adapt bn-prior --calibration "$CAL_PRIOR"
 run mixed-resnet18-bn "$S" all --model resnet18 --adapt bn --stream mixed
 run mixed-sdnet18-tent "$S" all --model sdnet18 --adapt tent --stream mixed
-run batch1-resnet18-bn "$S" all --model resnet18 --adapt bn --stream mixed --batch-size 1
-run batch1-resnet18-tent "$S" all --model resnet18 --adapt tent --stream mixed --batch-size 1
-run batch1-sdnet18-bn "$S" all --model sdnet18 --adapt bn --stream mixed --batch-size 1
-run batch1-sdnet18-tent "$S" all --model sdnet18 --adapt tent --stream mixed --batch-size 1
-run s-resnet18 "$S" all --model resnet18
-run s-sdnet18-bnprior "$S" all --model sdnet18 --adapt bn-prior
-# the other batch methods and per-image remedies on all images of the noise cells
+run batch1-resnet18-bn "$B1" all --model resnet18 --adapt bn --stream mixed --batch-size 1
+run batch1-sdnet18-bn "$B1" all --model sdnet18 --adapt bn --stream mixed --batch-size 1
+run batch1-resnet18-tent "$B1" all --model resnet18 --adapt tent --stream mixed --batch-size 1
+run batch1-sdnet18-tent "$B1" all --model sdnet18 --adapt tent --stream mixed --batch-size 1
+per_image s-resnet18 "$S" all --model resnet18
+per_image s-sdnet18-bnprior "$S" all --model sdnet18 --adapt bn-prior
+# the plain ResNet, the other batch methods and per-image remedies on the noise cells
+run noise-resnet18-none "$F" all --model resnet18
 run noise-sdnet18-tent "$F" all --model sdnet18 --adapt tent
 run noise-resnet18-bn "$F" all --model resnet18 --adapt bn
 run noise-sdnet18-bn "$F" all --model sdnet18 --adapt bn
