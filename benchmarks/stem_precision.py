@@ -135,11 +135,13 @@ def throughput(width: int, batch_size: int, repeats: int, device: str, cpu_time:
             "sdnet18": runtime.prepare(create_model("sdnet18", width=width)),
             "sdnet18, bf16 stem": runtime.prepare(with_bf16_stem(create_model("sdnet18", width=width))),
         }
-        speeds = (
-            images_per_second(models, runtime, batch, repeats, min, time.process_time)
+        runtimes = {precision: runtime}
+        timed = (
+            images_per_second(models, runtimes, batch, repeats, min, time.process_time)
             if cpu_time
-            else images_per_second(models, runtime, batch, repeats)
+            else images_per_second(models, runtimes, batch, repeats)
         )
+        speeds = {name: speed for (_, name), speed in timed.items()}
         for name, speed in speeds.items():
             rows.append(
                 {
