@@ -90,15 +90,17 @@ def make_adaptation(
     size = batch_size or DEFAULT_BATCH_SIZE
     if spec.method == "none":
         return None
-    if spec.method == "bn-prior":
-        strength = DEFAULT_PRIOR_STRENGTH if spec.prior_strength is None else spec.prior_strength
-        return BatchNormPrior(batch_size=size, prior_strength=strength)
+    if spec.method == "bn-prior":  # a setting left None keeps the method's own default
+        return BatchNormPrior(batch_size=size, **_given(prior_strength=spec.prior_strength))
     if spec.method == "memo":
-        copies = DEFAULT_COPIES if spec.memo_copies is None else spec.memo_copies
-        lr = DEFAULT_LR if spec.memo_lr is None else spec.memo_lr
-        return Memo(batch_size=size, copies=copies, lr=lr, seed=seed)
+        return Memo(batch_size=size, seed=seed, **_given(copies=spec.memo_copies, lr=spec.memo_lr))
     method = Tent if spec.method == "tent" else BatchNormAdaptation
     return method(batch_size=size)
+
+
+def _given(**settings: Any) -> dict[str, Any]:
+    """The settings that were set (not None)."""
+    return {name: value for name, value in settings.items() if value is not None}
 
 
 CALIBRATABLE = ("none", "bn", "bn-prior")

@@ -74,8 +74,9 @@ def sweep_lambda(
         plan = EVERY_PAIR  # a plan's subsets of a batch would change its statistics
     session = Session.open("sweep-lambda", model=ModelSpec.of(model), data=data, run=run, progress=progress)
     session.require_lambda()
-    if fit:  # refused before the work when the calibration would have nowhere to go
-        calibration_destination(session.info, calibration_out, adapt_spec.method if adaptation is not None else None)
+    method = adapt_spec.method if adaptation is not None else None
+    # found before the work, so a fit whose calibration would have nowhere to go is refused at once
+    destination = calibration_destination(session.info, calibration_out, method) if fit else None
     train = _training_images(session) if fit else None
     source = session.cells(names)
     advance = session.task(f"sweeping {session.info.name}", source, len(cells) * len(grid))
@@ -86,7 +87,7 @@ def sweep_lambda(
     calibration = (
         None if train is None else _calibrate(session, train, grid, fit_names, severity_list, fit_n, plan, adaptation)
     )
-    path = store_calibration(calibration, session.info, calibration_out) if calibration is not None else None
+    path = store_calibration(calibration, session.info, destination) if calibration is not None else None
     summary = runs.plan_summary(sweeps, plan)
     adapted = {"adaptation": adaptation.describe()} if adaptation is not None else {}
     meta = session.meta(
