@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The full-size runs of reports/tta.md (issue 30), most important first, so that a run cut short still leaves the
 # comparisons that matter. Shipped resnet18 / sdnet18, generated CIFAR-10-C (seed 0), fp32.
-#   F: images per noise cell of the one-corruption-batch comparison (10,000: the whole cell)
-#   FT: the same for resnet18 + tent, the batch method the target is measured against (it adapts over the stream,
-#      so a longer stream gives it more steps)
-#   S: images per cell (clean and the 20 noise cells) of the mixed-stream comparison; with S = F the per-image
-#      methods' one-corruption runs are on the very images of the mixed stream (they decide per image, so their
-#      predictions do not depend on the stream), and their s-* runs are skipped
+#   FT: images per noise cell of the one-corruption-batch comparison for the four configurations the target names
+#      (resnet18, resnet18 + tent, sdnet18 auto and the best per-image SDNet configuration, auto + bn-prior;
+#      10,000: the whole cell)
+#   F: the same for every other method
+#   S: images per cell (clean and the 20 noise cells) of the mixed-stream comparison; where a per-image method's
+#      one-corruption run has S images, it is on the very images of the mixed stream (a per-image method decides
+#      per image, so its predictions do not depend on the stream) and its s-* run is skipped
 #   B1: images per cell of the batch-1 runs (one adaptation step per image, so the slowest)
 #   M: images per severity-5 noise cell for MEMO and its baselines
 # A report is skipped when it exists with the requested number of images, and rerun (replaced) when it was written
 # at another size, so rerunning the script resumes and a bigger size replaces a smaller one run by run.
 # Then: python reports/tta/render.py reports/tta reports/tta.md
-# Usage: F=2000 FT=10000 S=2000 B1=1000 M=50 bash reports/tta/run_full.sh
+# Usage: FT=10000 F=2000 S=2000 B1=1000 M=50 bash reports/tta/run_full.sh
 set -euo pipefail
 OUT=${OUT:-reports/tta}
 F=${F:-2000}
@@ -33,8 +34,9 @@ sys.exit(json.load(open('$OUT/$name.json'))['meta']['n_examples'] != $n)"; then
 }
 # one-corruption batches of 200, all images of the 20 noise cells: the issue's target comparison
 run noise-resnet18-tent "$FT" all --model resnet18 --adapt tent
-run noise-sdnet18-auto-bnprior "$F" all --model sdnet18 --lam auto --adapt bn-prior
-run noise-sdnet18-auto "$F" all --model sdnet18 --lam auto
+run noise-sdnet18-auto-bnprior "$FT" all --model sdnet18 --lam auto --adapt bn-prior
+run noise-sdnet18-auto "$FT" all --model sdnet18 --lam auto
+run noise-resnet18-none "$FT" all --model resnet18
 # the mixed stream in batches of 200 against the two batch methods that led it on 100 images a cell
 run mixed-resnet18-tent "$S" all --model resnet18 --adapt tent --stream mixed
 run mixed-sdnet18-bn "$S" all --model sdnet18 --adapt bn --stream mixed
@@ -53,22 +55,22 @@ fi
 run noise-sdnet18-autoprior-bnprior "$F" all --model sdnet18 --lam auto --adapt bn-prior --calibration "$CAL_PRIOR"
 # the mixed stream in batches of 200, and batch 1; the per-image methods decide per image, so their numbers on the
 # same S images hold for any stream order and batch size
-per_image() {  # the per-image methods on the mixed stream's images, unless the one-corruption runs were those
-    [ "$S" = "$F" ] || run "$@"
+per_image() {  # images of its one-corruption run, then run's arguments: skipped when that run was on S images
+    local n=$1; shift
+    [ "$S" = "$n" ] || run "$@"
 }
-per_image s-sdnet18-auto "$S" all --model sdnet18 --lam auto
-per_image s-sdnet18-auto-bnprior "$S" all --model sdnet18 --lam auto --adapt bn-prior
-per_image s-sdnet18-autoprior-bnprior "$S" all --model sdnet18 --lam auto --adapt bn-prior --calibration "$CAL_PRIOR"
+per_image "$FT" s-sdnet18-auto "$S" all --model sdnet18 --lam auto
+per_image "$FT" s-sdnet18-auto-bnprior "$S" all --model sdnet18 --lam auto --adapt bn-prior
+per_image "$F" s-sdnet18-autoprior-bnprior "$S" all --model sdnet18 --lam auto --adapt bn-prior --calibration "$CAL_PRIOR"
+per_image "$FT" s-resnet18 "$S" all --model resnet18
 run mixed-resnet18-bn "$S" all --model resnet18 --adapt bn --stream mixed
 run mixed-sdnet18-tent "$S" all --model sdnet18 --adapt tent --stream mixed
 run batch1-resnet18-bn "$B1" all --model resnet18 --adapt bn --stream mixed --batch-size 1
 run batch1-sdnet18-bn "$B1" all --model sdnet18 --adapt bn --stream mixed --batch-size 1
 run batch1-resnet18-tent "$B1" all --model resnet18 --adapt tent --stream mixed --batch-size 1
 run batch1-sdnet18-tent "$B1" all --model sdnet18 --adapt tent --stream mixed --batch-size 1
-per_image s-resnet18 "$S" all --model resnet18
-per_image s-sdnet18-bnprior "$S" all --model sdnet18 --adapt bn-prior
-# the plain ResNet, the other batch methods and per-image remedies on the noise cells
-run noise-resnet18-none "$F" all --model resnet18
+per_image "$F" s-sdnet18-bnprior "$S" all --model sdnet18 --adapt bn-prior
+# the other batch methods and per-image remedies on the noise cells
 run noise-sdnet18-tent "$F" all --model sdnet18 --adapt tent
 run noise-resnet18-bn "$F" all --model resnet18 --adapt bn
 run noise-sdnet18-bn "$F" all --model sdnet18 --adapt bn
