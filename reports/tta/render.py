@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -76,10 +77,10 @@ MEMO = [
         "1 per image",
     ),
 ]
-CALIBRATED = [
-    ("sdnet18-bn", "sdnet18 + bn (lambda 0.1)"),
-    ("sdnet18-auto-bn", "sdnet18, auto calibrated with stored statistics + bn"),
-    ("noise-sdnet18-autobn-bn", "sdnet18, auto calibrated under bn + bn"),
+CALIBRATED = [  # the last one's size picks the others' report among their candidates, for the same images
+    (("noise-sdnet18-bn", "sdnet18-bn"), "sdnet18 + bn (lambda 0.1)"),
+    (("noise-sdnet18-auto-bn", "sdnet18-auto-bn"), "sdnet18, auto calibrated with stored statistics + bn"),
+    (("noise-sdnet18-autobn-bn",), "sdnet18, auto calibrated under bn + bn"),
 ]
 METHODS = [  # (report stem, label, what it costs per test image, whether it uses a batch of test images)
     ("resnet18-none", "resnet18", "1 forward", False),
@@ -126,6 +127,7 @@ def summary(label: str, cost: str, batches: bool, report: dict) -> dict:
         "method": label,
         "uses test batches": "yes (200 images of one cell)" if batches else "no (one image)",
         "cost per image": cost,
+        "images per cell": report["meta"]["n_examples"],
         "clean": acc[("clean", 0)],
         "15 corruptions": mean([a for (c, s), a in acc.items() if c in benchmark]),
         "4 noises": mean([a for (c, s), a in acc.items() if c in NOISE]),
@@ -151,8 +153,12 @@ def main(folder: Path, out: Path) -> None:
         for label, r in streams
         if r is not None
     ]
-    first = ran[0][3]["meta"]
-    n = first["n_examples"]
+    sizes = sorted({report["meta"]["n_examples"] for *_, report in ran})
+    n = sizes[0]  # the smallest, for the sampling error
+    sized = f"first {' or '.join(f'{k:,}' for k in sizes)} images of every cell" + (
+        ", as the `images per cell` column says" if len(sizes) > 1 else ""
+    )
+    short = [label for label, _, _, report in ran if report["meta"]["n_examples"] < 2000]
     by = {row["method"]: row for row in table.to_dict("records")}
     reports = {label: r for label, _, _, r in ran}
 
@@ -177,7 +183,7 @@ def main(folder: Path, out: Path) -> None:
             for title, names in groups.items()
         },
         plot,
-        f"TTA vs test-time lambda (first {n:,} images per cell)",
+        f"TTA vs test-time lambda (first {' or '.join(f'{k:,}' for k in sizes)} images per cell)",
         "severity",
         "mean accuracy (%)",
         columns=2,
@@ -187,18 +193,17 @@ def main(folder: Path, out: Path) -> None:
         "# Test-time remedies (BN, TENT, bn-prior, MEMO) beside SDNet's test-time lambda",
         "",
         f"Shipped width-32 pair (`resnet18`, `sdnet18`), CIFAR-10 test split, CIFAR-10-C generated with seed 0 "
-        f"(not the official release). **The summary and the per-corruption table: first {n:,} images of every "
-        "cell** (clean, the 15 benchmark corruptions and speckle_noise at severities 1-5). The sections on the "
-        "noises use more, as each table's `images per cell` column says: all 10,000 images of each noise cell "
+        f"(not the official release). **The summary and the per-corruption table: {sized}** (clean, the 15 "
+        "benchmark corruptions and speckle_noise at severities 1-5). The sections on the noises use more, as each table's `images per cell` column says: all 10,000 images of each noise cell "
         "for the one-corruption-batch comparison, the first 2,000 of each of the 21 clean and noise cells for "
         "the mixed stream and batch 1, fewer for MEMO. fp32 on a 2-core CPU. Each number comes from the "
         "`sdnet eval` JSON report beside this file (its `meta.argv` is the command; `reports/tta/run_all.sh`, "
         "`run_full.sh` and `run_calibration.sh` run them, each resumable) and was rendered by "
         "`reports/tta/render.py`."
         + (
-            f" The issue asks for 2,000 images per cell for every method; the all-cells runs are still at {n:,} "
-            "(`N=2000 bash reports/tta/run_all.sh` replaces them)."
-            if n < 2000
+            f" The issue asks for 2,000 images per cell for every method; these all-cells runs are still at {n:,}: "
+            f"{', '.join(short)} (`N=2000 bash reports/tta/run_all.sh` replaces them)."
+            if short
             else ""
         ),
         "",
@@ -237,8 +242,8 @@ def main(folder: Path, out: Path) -> None:
             "",
         ]
     streamed = {row["method"]: row["gaussian_noise s5, 10,000 images in order"] for row in stream_rows}
-    lines += ["## What the numbers say", "", *findings(get, errors), *stream_findings(get, streamed, n), ""]
-    lines += remedies(folder, n)
+    lines += ["## What the numbers say", "", *findings(get, errors), *stream_findings(reports, streamed), ""]
+    lines += remedies(folder)
     missing = [label for label, _, _, report in found if report is None]
     not_run, stand_ins = unfinished(folder)
     missing += not_run
@@ -260,14 +265,14 @@ COLUMN_CELLS = {  # which cells each summary column averages
 NOISE_CELLS = COLUMN_CELLS["4 noises"]
 NOISE_S5 = lambda c, s: c in NOISE and s == 5  # noqa: E731
 REMEDY_STEMS = [stem for group in (PER_IMAGE, SAME_S, MIXED, BATCH1, MEMO) for s, *_ in group for stem in candidates(s)]
-REMEDY_STEMS += [CALIBRATED[-1][0], "sweep-sdnet18-bn"]
+REMEDY_STEMS += [stem for stems, _ in CALIBRATED for stem in stems] + ["sweep-sdnet18-bn"]
 
 
 def unfinished(folder: Path) -> tuple[list[str], list[str]]:
     """(the table entries with no report at all, by their preferred stem; those whose preferred (full-size) report
     is missing while a smaller one stands in, saying which)."""
     entries = [candidates(stems) for group in (PER_IMAGE, BATCH_METHODS, MEMO) for stems, *_ in group]
-    entries += [(stem,) for group in (MIXED, BATCH1) for stem, *_ in group] + [(CALIBRATED[-1][0],)]
+    entries += [(stem,) for group in (MIXED, BATCH1) for stem, *_ in group] + [stems for stems, _ in CALIBRATED]
     not_run, stand_ins = [], []
     for stems in dict.fromkeys(entries):
         there = [stem for stem in stems if (folder / f"{stem}.json").is_file()]
@@ -345,18 +350,25 @@ def gain(a: dict, b: dict) -> str:
     return f"{a['accuracy'] - b['accuracy']:+.2f} points{words}"
 
 
-def run_log(folder: Path) -> dict[str, str]:
-    """Report stem -> the 1-minute load average its run script logged at its start (``runs.log``)."""
+def run_log(folder: Path) -> dict[str, list[tuple[datetime, str]]]:
+    """Report stem -> (start time, 1-minute load average) of each of its runs the run scripts logged (``runs.log``)."""
     path = folder / "runs.log"
-    found = {}
+    found: dict[str, list[tuple[datetime, str]]] = {}
     for line in path.read_text().splitlines() if path.is_file() else []:
         parts = line.split()
         if len(parts) >= 5 and parts[1] == "start" and parts[3] == "(load:":
-            found[parts[2]] = parts[4]
+            found.setdefault(parts[2], []).append((datetime.fromisoformat(parts[0].replace("Z", "+00:00")), parts[4]))
     return found
 
 
-def remedies(folder: Path, n: int) -> list[str]:
+def load_at_start(started: dict[str, list[tuple[datetime, str]]], stem: str, report: dict) -> str:
+    """The load logged by the last start of ``stem`` before its report was written (a later start is a run
+    still going, or one stopped before it wrote anything)."""
+    written = datetime.fromisoformat(report["meta"]["created"])
+    return next((load for when, load in reversed(started.get(stem, [])) if when <= written), "")
+
+
+def remedies(folder: Path) -> list[str]:
     """The sections of issue 30: per-image remedies, the mixed stream, batch 1, MEMO, lambda under BN, the target."""
     per_image = method_rows(folder, PER_IMAGE, NOISE_CELLS)
     batched = method_rows(folder, BATCH_METHODS, NOISE_CELLS)
@@ -466,13 +478,21 @@ def remedies(folder: Path, n: int) -> list[str]:
             table_md(memo),
             "",
         ]
-    calibrated = []
-    for stem, label in CALIBRATED:
-        report = load(folder, stem)
-        if report is not None:
-            rows = cell_rows(report, NOISE_S35)
-            calibrated.append({"method": label, "accuracy": cell_mean(rows), "± s.e.": round(standard_error(rows), 2)})
+    under_bn = load(folder, CALIBRATED[-1][0][0])
+    size = under_bn["meta"]["n_examples"] if under_bn is not None else None
+    calibrated = [
+        {"method": label, **{k: v for k, v in row.items() if k in ("images per cell", "accuracy", "± s.e.")}}
+        for stems, label in CALIBRATED
+        for row in method_rows(folder, [(stems, label, "", "", "")], NOISE_S35, size)
+    ]
     if len(calibrated) == len(CALIBRATED):
+        sizes = sorted({row["images per cell"] for row in calibrated})
+        same = (
+            f"First {sizes[0]:,} test images of each of the 8 cells."
+            if len(sizes) == 1
+            else f"The rows differ in images per cell ({', '.join(f'{k:,}' for k in sizes)}), so they are not all "
+            "on the same images."
+        )
         lines += [
             "### The lambda rule calibrated under BN adaptation (4 noises, severities 3 and 5, batches of 200 of one cell)",
             "",
@@ -480,8 +500,7 @@ def remedies(folder: Path, n: int) -> list[str]:
             "every calibration image, in batches of 200 of one group); here on clean and the four noises at "
             "severities 3 and 5 of the training split (`reports/tta/run_calibration.sh` has the command, the "
             "groups and the lambda grid), a smaller fit than the shipped stored-statistics calibration (nine "
-            "corruptions, severities 1-5, 400 images a group), which the other rows use. First "
-            f"{n:,} test images of each of the 8 cells.",
+            f"corruptions, severities 1-5, 400 images a group), which the other rows use. {same}",
             "",
             table_md(calibrated),
             "",
@@ -510,21 +529,26 @@ def remedies(folder: Path, n: int) -> list[str]:
         argv = report["meta"]["argv"].split(" eval ", 1)[-1]
         lines.append(
             f"| {stem}.json | `sdnet eval {argv}` | {sum(r['n'] for r in rows):,} | "
-            f"{sum(r['seconds'] for r in rows):,.0f} | {started.get(stem, '')} |"
+            f"{sum(r['seconds'] for r in rows):,.0f} | {load_at_start(started, stem, report)} |"
         )
     return lines + [""]
 
 
-def stream_findings(get, streamed: dict[str, float], n: int) -> list[str]:  # type: ignore[no-untyped-def]
-    """TENT against BN adaptation: over a few batches per cell, and over a whole cell's stream."""
-    short = get("resnet18 + tent", "4 noises"), get("resnet18 + bn", "4 noises")
+def stream_findings(reports: dict[str, dict], streamed: dict[str, float]) -> list[str]:
+    """TENT against BN adaptation: over the summary's images of each noise cell, and over a whole cell's stream."""
+    tent, bn = reports.get("resnet18 + tent"), reports.get("resnet18 + bn")
     long = streamed.get("resnet18 + tent"), streamed.get("resnet18 + bn")
-    if None in short or None in long:
+    if tent is None or bn is None or None in long:
         return []
+    (a, se_a), (b, se_b) = [
+        (cell_mean(rows), standard_error(rows)) for rows in (cell_rows(r, NOISE_CELLS) for r in (tent, bn))
+    ]
+    n = tent["meta"]["n_examples"]
+    said = "tie within the sampling error" if tie(a, b, se_a, se_b) else ("TENT leads" if a > b else "BN leads")
     return [
-        f"- TENT against BN adaptation on the ResNet: over {n:,} images per cell ({-(-n // 200)} steps) they are "
-        f"about equal on the noises ({short[0]:.2f}% vs {short[1]:.2f}%); over a whole 10,000-image stream of "
-        f"gaussian_noise s5 (50 steps) TENT pulls ahead ({long[0]:.2f}% vs {long[1]:.2f}%)."
+        f"- TENT against BN adaptation on the ResNet, on the noises: over the first {n:,} images of each cell "
+        f"({-(-n // 200)} steps) {a:.2f}% vs {b:.2f}% ({said}); over a whole 10,000-image stream of "
+        f"gaussian_noise s5 (50 steps) {long[0]:.2f}% vs {long[1]:.2f}%."
     ]
 
 

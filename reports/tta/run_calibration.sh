@@ -2,12 +2,12 @@
 # The lambda rule of the shipped sdnet18 calibrated under BN adaptation (issue 30), and eval with it; resumable.
 # Calibration groups: clean and the four noises at severities SEV, FIT_N corrupted TRAINING images each, lambdas
 # LAMS, every (lambda, image) pair under BN statistics of batches of 200 of one group. Eval: the four noises at
-# SEV, the first N test images per cell (the same images as run_all.sh's `auto + bn`, calibrated with stored
-# statistics, for the comparison).
-# Usage: N=500 FIT_N=200 bash reports/tta/run_calibration.sh
+# SEV, the first N test images per cell, with that rule and with the shipped one (calibrated with the stored
+# statistics); sdnet18 + bn at lambda 0.1 on the same images comes from run_full.sh's noise-sdnet18-bn.
+# Usage: N=2000 FIT_N=200 bash reports/tta/run_calibration.sh
 set -euo pipefail
 OUT=${OUT:-reports/tta}
-N=${N:-500}
+N=${N:-2000}
 FIT_N=${FIT_N:-200}
 LAMS=${LAMS:-0.1,0.2,0.4,0.6,1.0}
 SEV=(-s 3 -s 5)
@@ -19,8 +19,17 @@ if [ ! -f "$OUT/sweep-sdnet18-bn.json" ]; then
         --fit-n "$FIT_N" "${NOISES[@]/-c/--fit-corruption}" --adapt bn --calibration-out "$CAL" \
         --out "$OUT" --name sweep-sdnet18-bn
 fi
-if [ ! -f "$OUT/noise-sdnet18-autobn-bn.json" ]; then
-    echo "$(date -u +%FT%TZ) start noise-sdnet18-autobn-bn (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
-    sdnet eval "${NOISES[@]}" "${SEV[@]}" -n "$N" --seed 0 --model sdnet18 --lam auto --adapt bn \
-        --calibration "$CAL" --out "$OUT" --name noise-sdnet18-autobn-bn
-fi
+have() {  # the report exists with N images per cell: rerunning resumes, a new N replaces it
+    [ -f "$OUT/$1.json" ] && python -c "import json, sys
+sys.exit(json.load(open('$OUT/$1.json'))['meta']['n_examples'] != $N)"
+}
+run() {  # report name, then sdnet eval options; on the noise cells at SEV, the first N test images of each
+    local name=$1; shift
+    have "$name" && return 0
+    echo "$(date -u +%FT%TZ) start $name (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    sdnet eval "${NOISES[@]}" "${SEV[@]}" -n "$N" --seed 0 --model sdnet18 --out "$OUT" --name "$name" "$@"
+    echo "$(date -u +%FT%TZ) done $name" >&2
+}
+run noise-sdnet18-autobn-bn --lam auto --adapt bn --calibration "$CAL"
+# the shipped rule (fitted with the stored statistics) under bn, on the same images
+run noise-sdnet18-auto-bn --lam auto --adapt bn
