@@ -1,0 +1,62 @@
+"""reports/tta/render.py's verdicts, on made-up reports whose answer is worked out by hand: the target distance,
+a lead within the sampling error called a tie, and the rows that pick a report of the requested size."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+RENDER = Path(__file__).resolve().parents[1] / "reports" / "tta" / "render.py"
+NOISE = ["gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"]
+
+
+@pytest.fixture(scope="module")
+def render():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("tta_render", RENDER)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write(folder: Path, stem: str, n: int, correct: int) -> None:
+    """A report of ``correct`` right of ``n`` images in every noise cell (and clean), 2 ms an image."""
+    cells = [("clean", 0)] + [(c, s) for c in NOISE for s in range(1, 6)]
+    rows = [
+        {"corruption": c, "severity": s, "n": n, "correct": correct, "accuracy": 100 * correct / n, "seconds": n / 500}
+        for c, s in cells
+    ]
+    meta = {"n_examples": n, "created": "2026-12-07T00:00:00+00:00", "argv": f"sdnet eval --name {stem}"}
+    (folder / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}))
+
+
+def target_line(render, folder: Path) -> str:  # type: ignore[no-untyped-def]
+    return next(line for line in render.remedies(folder) if line.startswith("**Target"))
+
+
+def test_the_target_distance_and_its_verdict_from_the_rows(render, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write(tmp_path, "noise-resnet18-tent", 10_000, 8_000)  # 80.00%
+    write(tmp_path, "noise-sdnet18-auto", 10_000, 7_000)  # 70.00%: 10 points behind
+    write(tmp_path, "noise-sdnet18-auto-bnprior", 10_000, 7_600)  # 76.00%: 4 points behind, the best
+    line = target_line(render, tmp_path)
+    assert "sdnet18, auto + bn-prior (76.00%), is 4.00 points behind resnet18 + tent (80.00%): within 5" in line
+    # s.e. of a 20-cell mean of binomial cells at p: sqrt(20 p (1-p) / n) / 20; at 10,000 images a cell
+    se = ((0.8 * 0.2 / 10_000 + 0.76 * 0.24 / 10_000) / 20) ** 0.5 * 100
+    assert f"standard error: {se:.2f} points" in line
+    assert "sdnet18, auto 10.00" in line
+
+
+def test_a_small_lead_is_a_tie_and_a_row_comes_from_the_report_of_the_stream_s_size(render, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write(tmp_path, "mixed-resnet18-bn", 2_000, 1_500)  # 75.00%
+    write(tmp_path, "s-sdnet18-auto", 2_000, 1_510)  # 75.50%: 0.5 ahead, s.e. of the difference about 0.31
+    write(tmp_path, "noise-sdnet18-auto", 10_000, 9_000)  # another size: not the stream's images
+    lines = render.remedies(tmp_path)
+    said = next(line for line in lines if line.startswith("The best per-image SDNet configuration here"))
+    assert "(sdnet18, auto, 75.50%)" in said
+    assert "resnet18 + bn 75.00%: tie (+0.50)" in said
+    write(tmp_path, "s-sdnet18-auto", 2_000, 1_560)  # 78.00%: 3 points ahead, far beyond the error
+    said = next(line for line in render.remedies(tmp_path) if line.startswith("The best per-image SDNet"))
+    assert "resnet18 + bn 75.00%: ahead by 3.00" in said
