@@ -42,11 +42,24 @@ def test_the_target_distance_and_its_verdict_from_the_rows(render, tmp_path: Pat
     write(tmp_path, "noise-sdnet18-auto", 10_000, 7_000)  # 70.00%: 10 points behind
     write(tmp_path, "noise-sdnet18-auto-bnprior", 10_000, 7_600)  # 76.00%: 4 points behind, the best
     line = target_line(render, tmp_path)
-    assert "sdnet18, auto + bn-prior (76.00%), is 4.00 points behind resnet18 + tent (80.00%): within 5" in line
+    assert (
+        "auto + bn-prior (76.00% on 10,000 images a cell), is 4.00 points behind resnet18 + tent (80.00%): within 5"
+        in line
+    )
     # s.e. of a 20-cell mean of binomial cells at p: sqrt(20 p (1-p) / n) / 20; at 10,000 images a cell
     se = ((0.8 * 0.2 / 10_000 + 0.76 * 0.24 / 10_000) / 20) ** 0.5 * 100
     assert f"standard error: {se:.2f} points" in line
     assert "sdnet18, auto 10.00" in line
+    # a configuration on fewer images a cell, 0.10 ahead (s.e. of the difference about 0.3): a tie, so the
+    # verdict stays with the full-size run and names it
+    write(tmp_path, "noise-sdnet18-autoprior-bnprior", 2_000, 1_522)  # 76.10%
+    line = target_line(render, tmp_path)
+    assert "sdnet18, auto + bn-prior (76.00% on 10,000 images a cell; sdnet18, auto calibrated under" in line
+    assert "76.10% on 2,000, ties it), is 4.00 points behind" in line
+    write(tmp_path, "noise-sdnet18-autoprior-bnprior", 2_000, 1_580)  # 79.00%: beyond the error, so the best
+    assert "configuration, sdnet18, auto calibrated under bn-prior + bn-prior (79.00% on 2,000 images a cell)" in (
+        target_line(render, tmp_path)
+    )
 
 
 def test_a_small_lead_is_a_tie_and_a_row_comes_from_the_report_of_the_stream_s_size(render, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
