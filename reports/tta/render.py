@@ -82,6 +82,9 @@ CALIBRATED = [  # the last one's size picks the others' report among their candi
     (("noise-sdnet18-auto-bn", "sdnet18-auto-bn"), "sdnet18, auto calibrated with stored statistics + bn"),
     (("noise-sdnet18-autobn-bn",), "sdnet18, auto calibrated under bn + bn"),
 ]
+CAL_PRIOR = "sdnet18-w32-cifar10.lambda-bn-prior.json"  # the rule fitted under bn-prior (run_full.sh)
+CAL_BN = "sdnet18-w32-cifar10.lambda-bn.json"  # the rule fitted under bn (run_calibration.sh)
+SHIPPED_CAL = Path(__file__).resolve().parents[2] / "weights" / "sdnet18-w32-cifar10.lambda.json"
 METHODS = [  # (report stem, label, what it costs per test image, whether it uses a batch of test images)
     ("resnet18-none", "resnet18", "1 forward", False),
     ("resnet18-bn", "resnet18 + bn", "1 forward", True),
@@ -194,9 +197,11 @@ def main(folder: Path, out: Path) -> None:
         "",
         f"Shipped width-32 pair (`resnet18`, `sdnet18`), CIFAR-10 test split, CIFAR-10-C generated with seed 0 "
         f"(not the official release). **The summary and the per-corruption table: {sized}** (clean, the 15 "
-        "benchmark corruptions and speckle_noise at severities 1-5). The sections on the noises use more, as each table's `images per cell` column says: all 10,000 images of each noise cell "
-        "for the one-corruption-batch comparison, the first 2,000 of each of the 21 clean and noise cells for "
-        "the mixed stream and batch 1, fewer for MEMO. fp32 on a 2-core CPU. Each number comes from the "
+        "benchmark corruptions and speckle_noise at severities 1-5). The sections on the noises use more, as "
+        "each table's `images per cell` column says: in one-corruption batches, all 10,000 images of each noise "
+        "cell for the four configurations the target names (resnet18, resnet18 + tent, sdnet18 `auto` and the "
+        "best per-image SDNet configuration) and the first 2,000 for the others; the first 2,000 of each of the "
+        "21 clean and noise cells for the mixed stream, 1,000 for batch 1, fewer for MEMO. fp32 on a 2-core CPU. Each number comes from the "
         "`sdnet eval` JSON report beside this file (its `meta.argv` is the command; `reports/tta/run_all.sh`, "
         "`run_full.sh` and `run_calibration.sh` run them, each resumable) and was rendered by "
         "`reports/tta/render.py`."
@@ -349,6 +354,19 @@ def best_configuration(rows: list[dict]) -> tuple[dict, list[dict]]:
     return top, better
 
 
+def fit_words(path: Path) -> str:
+    """What a lambda calibration was fitted on, in words, from the calibration file itself."""
+    cal = json.loads(path.read_text()) if path.is_file() else None
+    if cal is None:
+        return f"{path.name} not found"
+    names = ", ".join(cal["corruptions"])
+    severities = ", ".join(str(s) for s in cal["severities"])
+    return (
+        f"clean and {len(cal['corruptions'])} corruptions ({names}) at severities {severities} of the "
+        f"{cal['split']} split, {cal['n']} images a group"
+    )
+
+
 def table_md(rows: list[dict]) -> str:
     return pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]).to_markdown(
         index=False, floatfmt=".2f"
@@ -391,14 +409,14 @@ def remedies(folder: Path) -> list[str]:
     lines = [
         "## Per-image remedies beside batch adaptation (4 noises, severities 1-5, %)",
         "",
-        "The 20 noise cells, the first `images per cell` images of each (10,000: the whole cell; a row with fewer "
-        "had no full-size run yet and comes from the all-cells runs above). `bn-prior`: each image's BatchNorm "
+        "The 20 noise cells, the first `images per cell` images of each (10,000: the whole cell; a row with 500 "
+        "had no run of its own on the noise cells yet and comes from the all-cells runs above). `bn-prior`: each image's BatchNorm "
         "statistics N/(N+1) * stored + 1/(N+1) * its own, N = 16 (Schneider et al., NeurIPS 2020; the "
         "single-image prior of MEMO's released code); it decides per image and "
         "keeps nothing, so any stream order or batch size gives the same predictions (tested). `auto` is the "
         "shipped rule, fitted with the stored statistics; `auto calibrated under bn-prior` was refitted with bn-prior "
-        "in place (`sdnet sweep-lambda --fit --adapt bn-prior`: clean and the shipped calibration's nine "
-        "corruptions at severities 1-5, 200 training images a group; the command is in `run_full.sh`). Cost: the run's own timed forwards per image, on a "
+        f"in place (`sdnet sweep-lambda --fit --adapt bn-prior`: {fit_words(folder / CAL_PRIOR)}; the command "
+        "is in `run_full.sh`). Cost: the run's own timed forwards per image, on a "
         "2-core CPU shared with other jobs (load differs between runs; the date of each run is in its JSON).",
         "",
         "### One-corruption batches of 200",
@@ -478,15 +496,25 @@ def remedies(folder: Path) -> list[str]:
             ]
     if memo:
         count = memo[0]["images"] // 4
+        memo_runs = [r for r in (load(folder, stem) for stem, *_ in MEMO) if r and r["meta"].get("adaptation")]
+        settings = memo_runs[0]["meta"]["adaptation"] if memo_runs else None
+        said = (
+            f"{settings['copies']} AugMix-style copies (crop, flip, "
+            f"{', '.join(settings['augmentations']['operations'])}; none of the benchmark corruptions), "
+            f"{settings['steps_per_image']} {settings['optimizer']} step, lr {settings['lr']:g}, on "
+            f"{settings['parameters']} parameters, {settings['loss']}, predict the original image, restore; "
+            f"BatchNorm keeps its {settings['batchnorm']}."
+            if settings
+            else "no MEMO run found."
+        )
+        cost = settings["cost_per_image"] if settings else {"forwards": "?", "backwards": "?"}
         lines += [
             "### MEMO (severity 5 of the 4 noises)",
             "",
-            f"MEMO (Zhang, Levine, Finn, NeurIPS 2022) costs 33 forwards and a backward per image, so it ran on the "
-            f"first {count} images of each severity-5 noise cell only, beside its baselines on the same images "
-            f"(standard error up to {100 * math.sqrt(0.25 / max(count, 1)) / 2:.1f} points on the 4-cell mean). Settings: "
-            "32 AugMix-style copies (crop, flip, autocontrast, equalize, posterize, solarize, rotate, shear, "
-            "translate; none of the benchmark corruptions), one SGD step, lr 0.005, on all parameters, entropy of "
-            "the mean prediction, predict the original image, restore; BatchNorm keeps its stored statistics.",
+            f"MEMO (Zhang, Levine, Finn, NeurIPS 2022) costs {cost['forwards']} forwards and {cost['backwards']} "
+            f"backward per image, so it ran on the first {count} images of each severity-5 noise cell only, "
+            "beside its baselines on the same images (standard error up to "
+            f"{100 * math.sqrt(0.25 / max(count, 1)) / 2:.1f} points on the 4-cell mean). Settings: {said}",
             "",
             table_md(memo),
             "",
@@ -510,10 +538,9 @@ def remedies(folder: Path) -> list[str]:
             "### The lambda rule calibrated under BN adaptation (4 noises, severities 3 and 5, batches of 200 of one cell)",
             "",
             "`sdnet sweep-lambda --fit --adapt bn` fits the rule with BN adaptation in place (every lambda on "
-            "every calibration image, in batches of 200 of one group); here on clean and the four noises at "
-            "severities 3 and 5 of the training split (`reports/tta/run_calibration.sh` has the command, the "
-            "groups and the lambda grid), a smaller fit than the shipped stored-statistics calibration (nine "
-            f"corruptions, severities 1-5, 400 images a group), which the other rows use. {same}",
+            f"every calibration image, in batches of 200 of one group); here {fit_words(folder / CAL_BN)} "
+            "(`reports/tta/run_calibration.sh` has the command and the lambda grid), a smaller fit than the "
+            f"shipped stored-statistics calibration ({fit_words(SHIPPED_CAL)}), which the other rows use. {same}",
             "",
             table_md(calibrated),
             "",
