@@ -474,8 +474,8 @@ def remedies(folder: Path) -> list[str]:
         sizes = sorted({r["images per cell"] for r in same + rows})
         if len(sizes) > 1:
             words += (
-                f" The rows differ in images per cell ({', '.join(f'{k:,}' for k in sizes)}: a run at the larger size "
-                "has not finished yet), so they are not all on the same images."
+                f" The rows differ in images per cell ({', '.join(f'{k:,}' for k in sizes)}), so they are not all on "
+                "the same images: a smaller run's images are the first of a larger one's."
             )
         lines += [title, "", words, "", table_md(same + rows), ""]
         same_sdnet = [r for r in same if r["method"].startswith("sdnet18")]
