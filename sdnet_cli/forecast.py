@@ -19,6 +19,10 @@ QUICK_SECONDS = 300.0
 """The hint's image count is chosen to take about this long."""
 FIRST_LOOK_SECONDS = 5.0
 """A progress task forecasts itself once it has run this long (or done 5% of its work)."""
+SECOND_LOOK_SECONDS = 60.0
+"""...and looks again once it has run this long and done 10% of its work."""
+REVISE_FACTOR = 2.0
+"""The second look is said only when it differs from the first by more than this factor, either way."""
 
 
 class Forecast(str):
@@ -79,7 +83,10 @@ class Progress(Protocol):
 
 class Forecasting:
     """A ``Progress`` that adds one forecast line to every task that has none of its own: once the task
-    has run ``FIRST_LOOK_SECONDS`` or done 5% of its work, from the rate so far."""
+    has run ``FIRST_LOOK_SECONDS`` or done 5% of its work, from the rate so far. A rate from the first seconds
+    is at the mercy of what else ran then (a MEMO run that started while another job finished said "about 1 h
+    50 min" and was 82% done after 13 min), so once the task has run ``SECOND_LOOK_SECONDS`` and done 10% of
+    its work, the forecast is said again if it has moved by more than a factor ``REVISE_FACTOR``."""
 
     def __init__(self, progress: Progress, device: str, hint: bool) -> None:
         self.progress, self.device, self.hint = progress, device, hint
@@ -92,28 +99,41 @@ class Forecasting:
 
     def task(self, description: str, total: int) -> Callable[[int], None]:
         advance = self.progress.task(description, total)
-        start, done, said = time.perf_counter(), [0], [self.told]
+        start, done = time.perf_counter(), [0]
+        said: list[float] = []  # the forecast seconds said so far (none when the job said its own)
 
         def forward(k: int) -> None:
             advance(k)
             done[0] += k
             elapsed = time.perf_counter() - start
-            if said[0] or self.told or done[0] >= total:
+            if self.told or done[0] >= total or len(said) == 2:
                 return
-            if elapsed >= FIRST_LOOK_SECONDS or (done[0] >= 0.05 * total and elapsed >= 1.0):
-                said[0] = True
-                seconds = elapsed * total / done[0]
+            seconds = elapsed * total / done[0]
+            share = 100 * done[0] / total
+            if not said and (elapsed >= FIRST_LOOK_SECONDS or (share >= 5 and elapsed >= 1.0)):
                 text = f"{description}: {duration(seconds)} in all on {where(self.device)}"
-                share = 100 * done[0] / total
                 text += f" (from the first {f'{share:.0f}%' if share >= 1 else 'seconds'} of the work)"
-                if self.hint and seconds > LONG_SECONDS:
-                    self.progress.note(
-                        Forecast(
-                            f"{text}; fewer images (n_examples) take proportionally less",
-                            f"{text}; fewer images (-n) take proportionally less",
-                        )
+                said.append(seconds)
+                self.say(text, seconds)
+            elif said and elapsed >= SECOND_LOOK_SECONDS and share >= 10:
+                said.append(seconds)
+                if not 1 / REVISE_FACTOR <= seconds / said[0] <= REVISE_FACTOR:
+                    self.say(
+                        f"{description}: now {duration(seconds)} in all on {where(self.device)} (from the first "
+                        f"{share:.0f}% of the work; the first forecast said {duration(said[0])})",
+                        seconds,
                     )
-                else:
-                    self.progress.note(Forecast(text))
 
         return forward
+
+    def say(self, text: str, seconds: float) -> None:
+        """One forecast line, with the smaller-count hint when the work is long and the caller left the count."""
+        if self.hint and seconds > LONG_SECONDS:
+            self.progress.note(
+                Forecast(
+                    f"{text}; fewer images (n_examples) take proportionally less",
+                    f"{text}; fewer images (-n) take proportionally less",
+                )
+            )
+        else:
+            self.progress.note(Forecast(text))

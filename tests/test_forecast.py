@@ -58,6 +58,32 @@ def test_a_task_forecasts_itself_once_from_its_first_five_percent(monkeypatch: p
     assert record.notes == ["sweeping: about 40 s in all on this CPU (from the first 5% of the work)"]
 
 
+def test_a_forecast_that_moved_more_than_twofold_is_said_again_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([0.0, 2.0, 70.0, 80.0])
+    monkeypatch.setattr(fc.time, "perf_counter", lambda: next(clock))
+    record = Record()
+    advance = Forecasting(record, "cpu", hint=False).task("evaluating", 1000)
+    advance(50)  # 5% in 2 s: 40 s in all
+    advance(100)  # 15% in 70 s: 466.7 s in all, 11.7 times the first
+    advance(100)  # said twice already: nothing more
+    assert record.notes == [
+        "evaluating: about 40 s in all on this CPU (from the first 5% of the work)",
+        "evaluating: now about 8 min in all on this CPU (from the first 15% of the work; the first forecast said "
+        "about 40 s)",
+    ]
+
+
+def test_a_forecast_within_twofold_of_the_first_is_not_said_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([0.0, 2.0, 30.0, 61.0])
+    monkeypatch.setattr(fc.time, "perf_counter", lambda: next(clock))
+    record = Record()
+    advance = Forecasting(record, "cpu", hint=False).task("evaluating", 1000)
+    advance(50)  # 40 s in all
+    advance(50)  # 10% but only 30 s: too early for a second look
+    advance(700)  # 80% in 61 s: 76.25 s in all, 1.9 times the first
+    assert record.notes == ["evaluating: about 40 s in all on this CPU (from the first 5% of the work)"]
+
+
 def test_a_job_s_own_forecast_replaces_the_generic_one(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = iter([0.0, 20.0])
     monkeypatch.setattr(fc.time, "perf_counter", lambda: next(clock))
