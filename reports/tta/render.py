@@ -519,6 +519,16 @@ def remedies(folder: Path) -> list[str]:
             table_md(memo),
             "",
         ]
+        tent_s5 = method_rows(folder, [r for r in BATCH_METHODS if r[1] == "resnet18 + tent"], NOISE_S5)
+        memo_sdnet = [r for r in memo if r["method"].startswith("sdnet18") and "memo" in r["method"]]
+        if tent_s5 and memo_sdnet:
+            tent, top = tent_s5[0], memo_sdnet[0]
+            lines += [
+                f"On the same four severity-5 cells resnet18 + tent (one-corruption batches of 200, the first "
+                f"{tent['images per cell']:,} images of each) reaches {tent['accuracy']:.2f}%: {top['method']} is "
+                f"{tent['accuracy'] - top['accuracy']:.2f} points behind it.",
+                "",
+            ]
     under_bn = load(folder, CALIBRATED[-1][0][0])
     size = under_bn["meta"]["n_examples"] if under_bn is not None else None
     calibrated = [
