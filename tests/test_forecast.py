@@ -48,21 +48,26 @@ class Record:
         self.notes.append(text)
 
 
-def test_a_task_forecasts_itself_once_from_its_first_five_percent(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = iter([0.0, 2.0, 4.0, 6.0])
-    monkeypatch.setattr(fc.time, "perf_counter", lambda: next(clock))
+def forecasting(monkeypatch: pytest.MonkeyPatch, clock: list[float], hint: bool) -> tuple[Record, Forecasting]:
+    """A ``Forecasting`` over a ``Record``, with ``time.perf_counter`` returning ``clock``'s readings in turn (one
+    when a task starts, one at each advance)."""
+    readings = iter(clock)
+    monkeypatch.setattr(fc.time, "perf_counter", lambda: next(readings))
     record = Record()
-    advance = Forecasting(record, "cpu", hint=True).task("sweeping", 1000)
+    return record, Forecasting(record, "cpu", hint=hint)
+
+
+def test_a_task_forecasts_itself_once_from_its_first_five_percent(monkeypatch: pytest.MonkeyPatch) -> None:
+    record, progress = forecasting(monkeypatch, [0.0, 2.0, 4.0, 6.0], hint=True)
+    advance = progress.task("sweeping", 1000)
     advance(50)  # 5% in 2 s: 40 s in all
     advance(50)
     assert record.notes == ["sweeping: about 40 s in all on this CPU (from the first 5% of the work)"]
 
 
 def test_a_forecast_that_moved_more_than_twofold_is_said_again_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = iter([0.0, 2.0, 70.0, 80.0])
-    monkeypatch.setattr(fc.time, "perf_counter", lambda: next(clock))
-    record = Record()
-    advance = Forecasting(record, "cpu", hint=False).task("evaluating", 1000)
+    record, progress = forecasting(monkeypatch, [0.0, 2.0, 70.0, 80.0], hint=False)
+    advance = progress.task("evaluating", 1000)
     advance(50)  # 5% in 2 s: 40 s in all
     advance(100)  # 15% in 70 s: 466.7 s in all, 11.7 times the first
     advance(100)  # said twice already: nothing more
@@ -74,10 +79,8 @@ def test_a_forecast_that_moved_more_than_twofold_is_said_again_once(monkeypatch:
 
 
 def test_a_forecast_within_twofold_of_the_first_is_not_said_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = iter([0.0, 2.0, 30.0, 61.0])
-    monkeypatch.setattr(fc.time, "perf_counter", lambda: next(clock))
-    record = Record()
-    advance = Forecasting(record, "cpu", hint=False).task("evaluating", 1000)
+    record, progress = forecasting(monkeypatch, [0.0, 2.0, 30.0, 61.0], hint=False)
+    advance = progress.task("evaluating", 1000)
     advance(50)  # 40 s in all
     advance(50)  # 10% but only 30 s: too early for a second look
     advance(700)  # 80% in 61 s: 76.25 s in all, 1.9 times the first
@@ -85,10 +88,7 @@ def test_a_forecast_within_twofold_of_the_first_is_not_said_again(monkeypatch: p
 
 
 def test_a_job_s_own_forecast_replaces_the_generic_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = iter([0.0, 20.0])
-    monkeypatch.setattr(fc.time, "perf_counter", lambda: next(clock))
-    record = Record()
-    progress = Forecasting(record, "cpu", hint=True)
+    record, progress = forecasting(monkeypatch, [0.0, 20.0], hint=True)
     advance = progress.task("attack", 1000)
     progress.note(Forecast("attack on 10 images: about 5 s on this CPU"))
     advance(1)

@@ -158,7 +158,7 @@ def main(folder: Path, out: Path) -> None:
     ]
     sizes = sorted({report["meta"]["n_examples"] for *_, report in ran})
     n = sizes[0]  # the smallest, for the sampling error
-    sized = f"first {' or '.join(f'{k:,}' for k in sizes)} images of every cell" + (
+    sized = f"first {counts(sizes, ' or ')} images of every cell" + (
         ", as the `images per cell` column says" if len(sizes) > 1 else ""
     )
     short = [label for label, _, _, report in ran if report["meta"]["n_examples"] < 2000]
@@ -186,7 +186,7 @@ def main(folder: Path, out: Path) -> None:
             for title, names in groups.items()
         },
         plot,
-        f"TTA vs test-time lambda (first {' or '.join(f'{k:,}' for k in sizes)} images per cell)",
+        f"TTA vs test-time lambda (first {counts(sizes, ' or ')} images per cell)",
         "severity",
         "mean accuracy (%)",
         columns=2,
@@ -343,6 +343,11 @@ def method_rows(folder: Path, group, keep, size: int | None = None) -> list[dict
     return out
 
 
+def counts(sizes: list[int], joiner: str = ", ") -> str:
+    """Image counts in words: ``500 or 2,000``."""
+    return joiner.join(f"{k:,}" for k in sizes)
+
+
 def best_configuration(rows: list[dict]) -> tuple[dict, list[dict]]:
     """The most accurate row among those on the most images a cell, and the rows on fewer images that tie it or
     better it within the sampling error (a row on fewer images that beats it by more is the best instead)."""
@@ -474,7 +479,7 @@ def remedies(folder: Path) -> list[str]:
         sizes = sorted({r["images per cell"] for r in same + rows})
         if len(sizes) > 1:
             words += (
-                f" The rows differ in images per cell ({', '.join(f'{k:,}' for k in sizes)}), so they are not all on "
+                f" The rows differ in images per cell ({counts(sizes)}), so they are not all on "
                 "the same images: a smaller run's images are the first of a larger one's."
             )
         lines += [title, "", words, "", table_md(same + rows), ""]
@@ -541,8 +546,7 @@ def remedies(folder: Path) -> list[str]:
         same = (
             f"First {sizes[0]:,} test images of each of the 8 cells."
             if len(sizes) == 1
-            else f"The rows differ in images per cell ({', '.join(f'{k:,}' for k in sizes)}), so they are not all "
-            "on the same images."
+            else f"The rows differ in images per cell ({counts(sizes)}), so they are not all on the same images."
         )
         lines += [
             "### The lambda rule calibrated under BN adaptation (4 noises, severities 3 and 5, batches of 200 of one cell)",

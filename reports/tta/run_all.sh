@@ -7,15 +7,13 @@
 set -euo pipefail
 OUT=${OUT:-reports/tta}
 N=${N:-500}
-have() {  # the report exists with this many images per cell: rerunning resumes, a new N replaces it
-    [ -f "$OUT/$1.json" ] && python -c "import json, sys
-sys.exit(json.load(open('$OUT/$1.json'))['meta']['n_examples'] != $2)"
-}
+source "$(dirname "$0")/common.sh"
 run() {
     local name=$1; shift
     have "$name" "$N" && return 0
-    echo "$(date -u +%FT%TZ) start $name (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    started "$name"
     sdnet eval -c all -c speckle_noise -s all -n "$N" --seed 0 --out "$OUT" --name "$name" "$@"
+    finished "$name"
 }
 stream() {
     local name=$1; shift

@@ -13,22 +13,19 @@ LAMS=${LAMS:-0.1,0.2,0.4,0.6,1.0}
 SEV=(-s 3 -s 5)
 CAL="$OUT/sdnet18-w32-cifar10.lambda-bn.json"
 NOISES=(-c gaussian_noise -c shot_noise -c impulse_noise -c speckle_noise)
+source "$(dirname "$0")/common.sh"
 if [ ! -f "$OUT/sweep-sdnet18-bn.json" ]; then
-    echo "$(date -u +%FT%TZ) start sweep-sdnet18-bn (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    started sweep-sdnet18-bn
     sdnet sweep-lambda --model sdnet18 -c gaussian_noise "${SEV[@]}" -n 100 --seed 0 --lams "$LAMS" --fit \
         --fit-n "$FIT_N" "${NOISES[@]/-c/--fit-corruption}" --adapt bn --calibration-out "$CAL" \
         --out "$OUT" --name sweep-sdnet18-bn
 fi
-have() {  # the report exists with N images per cell: rerunning resumes, a new N replaces it
-    [ -f "$OUT/$1.json" ] && python -c "import json, sys
-sys.exit(json.load(open('$OUT/$1.json'))['meta']['n_examples'] != $N)"
-}
 run() {  # report name, then sdnet eval options; on the noise cells at SEV, the first N test images of each
     local name=$1; shift
-    have "$name" && return 0
-    echo "$(date -u +%FT%TZ) start $name (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    have "$name" "$N" && return 0
+    started "$name"
     sdnet eval "${NOISES[@]}" "${SEV[@]}" -n "$N" --seed 0 --model sdnet18 --out "$OUT" --name "$name" "$@"
-    echo "$(date -u +%FT%TZ) done $name" >&2
+    finished "$name"
 }
 run noise-sdnet18-autobn-bn --lam auto --adapt bn --calibration "$CAL"
 # the shipped rule (fitted with the stored statistics) under bn, on the same images

@@ -22,15 +22,13 @@ S=${S:-2000}
 B1=${B1:-1000}
 M=${M:-50}
 NOISES=(-c gaussian_noise -c shot_noise -c impulse_noise -c speckle_noise)
+source "$(dirname "$0")/common.sh"
 run() {  # name, images per cell, severities, sdnet eval options
     local name=$1 n=$2 sev=$3; shift 3
-    if [ -f "$OUT/$name.json" ] && python -c "import json, sys
-sys.exit(json.load(open('$OUT/$name.json'))['meta']['n_examples'] != $n)"; then
-        return 0
-    fi
-    echo "$(date -u +%FT%TZ) start $name (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    have "$name" "$n" && return 0
+    started "$name"
     sdnet eval "${NOISES[@]}" -s "$sev" -n "$n" --seed 0 --out "$OUT" --name "$name" "$@"
-    echo "$(date -u +%FT%TZ) done $name" >&2
+    finished "$name"
 }
 # one-corruption batches of 200, all images of the 20 noise cells: the issue's target comparison
 run noise-resnet18-tent "$FT" all --model resnet18 --adapt tent
@@ -46,11 +44,11 @@ run mixed-sdnet18-bn "$S" all --model sdnet18 --adapt bn --stream mixed
 CAL_PRIOR="$OUT/sdnet18-w32-cifar10.lambda-bn-prior.json"
 FITS=(gaussian_noise shot_noise impulse_noise speckle_noise defocus_blur fog contrast jpeg_compression brightness)
 if [ ! -f "$CAL_PRIOR" ]; then
-    echo "$(date -u +%FT%TZ) start sweep-sdnet18-bnprior (load: $(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    started sweep-sdnet18-bnprior
     sdnet sweep-lambda --model sdnet18 -c gaussian_noise -s all -n 100 --seed 0 --lams 0.1,0.2,0.3,0.4,0.6,0.8,1.0,1.2,1.4 \
         --fit --fit-n "${FIT_N:-100}" "${FITS[@]/#/--fit-corruption=}" --adapt bn-prior --calibration-out "$CAL_PRIOR" \
         --out "$OUT" --name sweep-sdnet18-bnprior
-    echo "$(date -u +%FT%TZ) done sweep-sdnet18-bnprior" >&2
+    finished sweep-sdnet18-bnprior
 fi
 run noise-sdnet18-autoprior-bnprior "$F" all --model sdnet18 --lam auto --adapt bn-prior --calibration "$CAL_PRIOR"
 # the mixed stream in batches of 200, and batch 1; the per-image methods decide per image, so their numbers on the
