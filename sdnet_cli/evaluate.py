@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import base64
 import time
 import zlib
 from collections.abc import Callable, Sequence
@@ -22,8 +23,10 @@ from .data.cells import Cell, CellImages
 from .errors import UsageError
 from .lam import FixedLambda, lambda_label
 from .models.classifier import Classifier, LambdaPolicy
+from .resume import ResumeFile
 from .rows import ALL, MEAN
 from .runtime import Counts, NonFiniteOutput, Runtime, count_correct, predict_correct
+from .schemas import EvalState
 
 
 def combined(counts: Counts) -> Counts:
@@ -140,6 +143,31 @@ def mean_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return row
 
 
+class CellState(ResumeFile):
+    """Finished cells of a long evaluation in ``<name>.state.json``: each cell's row and, under a per-input
+    policy, the lambda of every image (the mean row's percentiles need them), so ``resume`` skips them.
+    A cell is independent of the others in a ``cells`` stream (an adaptation restarts every cell), so a
+    resumed run gives the rows of an uninterrupted one."""
+
+    SCHEMA = EvalState
+    PARTS = "cells"
+
+    @staticmethod
+    def key(cell: Cell) -> str:
+        return f"{cell.corruption}/{cell.severity}"
+
+    def get(self, cell: Cell) -> tuple[dict[str, Any], np.ndarray | None] | None:
+        saved = self.parts.get(self.key(cell))
+        if saved is None:
+            return None
+        lams = saved["lams"]
+        return saved["row"], None if lams is None else np.frombuffer(base64.b64decode(lams), dtype=np.float64)
+
+    def put_cell(self, cell: Cell, row: dict[str, Any], lams: np.ndarray | None) -> None:
+        encoded = None if lams is None else base64.b64encode(np.asarray(lams, dtype=np.float64).tobytes()).decode()
+        self.put(self.key(cell), {"row": row, "lams": encoded})
+
+
 STREAMS = ("cells", "mixed")
 """How test images reach the model: ``cells``, each cell on its own in order (an adaptation restarts every cell);
 ``mixed``, the images of every cell interleaved in one seeded random order, one adaptation over the whole stream,
@@ -169,6 +197,7 @@ def evaluate_cells(
     adapt: Adaptation | None = None,
     stream: str = "cells",
     seed: int = 0,
+    saved: CellState | None = None,
 ) -> list[dict[str, Any]]:
     """One row per cell plus the ``mean`` row; ``row_base`` gives model, dataset and lam.
 
@@ -206,29 +235,54 @@ def evaluate_cells(
             raise UsageError(
                 "a per-cell lambda (the oracle) needs the cells apart; use stream='cells'", parameter="stream"
             )
+        if saved is not None:
+            raise UsageError(
+                "a mixed stream is one adaptation over all cells, so it cannot resume cell by cell", parameter="resume"
+            )
         rows, corrupted_lams = _mixed_rows(model, cells, source, runtime, row_base, batch_size, progress, adapt, seed)
         return _with_mean(rows, corrupted_lams, row_base, {**adapted, "stream": "mixed"})
     rows, corrupted_lams = [], []
     for cell in cells:
-        images, labels = source.load(cell)
-        policy = cell_policy(cell) if cell_policy is not None else model.lam_policy
-        adapting = adapt.cell(model) if adapt is not None else nullcontext(model)
-        with model.using(policy), adapting as forward:
-            base = {**row_base, "lam": lambda_label(model)} if cell_policy is not None else row_base
-            try:
-                counts, lams = _count_with_lambdas(model, images, labels, runtime, batch_size, progress, forward)
-            except NonFiniteOutput as exc:
-                raise NonFiniteOutput(f"{cell.corruption} severity {cell.severity}: {exc}") from None
-        rows.append(
-            {
-                **cell_row(base, cell.corruption, cell.severity, counts),
-                **(lambda_columns(lams) if lams is not None else {}),
-                **adapted,
-            }
-        )
+        kept = saved.get(cell) if saved is not None else None
+        if kept is not None:
+            row, lams = kept
+        else:
+            row, lams = _cell_row(model, cell, source, runtime, row_base, batch_size, progress, cell_policy, adapt)
+            if saved is not None:
+                saved.put_cell(cell, row, lams)
+        rows.append(row)
         if lams is not None and cell.severity != 0:
             corrupted_lams.append(lams)
     return _with_mean(rows, corrupted_lams, row_base, adapted)
+
+
+def _cell_row(
+    model: Classifier,
+    cell: Cell,
+    source: CellImages,
+    runtime: Runtime,
+    row_base: dict[str, Any],
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    cell_policy: Callable[[Cell], LambdaPolicy] | None,
+    adapt: Adaptation | None,
+) -> tuple[dict[str, Any], np.ndarray | None]:
+    """One cell's row and (per-input policy) the lambda of each of its images (``evaluate_cells``)."""
+    images, labels = source.load(cell)
+    policy = cell_policy(cell) if cell_policy is not None else model.lam_policy
+    adapting = adapt.cell(model) if adapt is not None else nullcontext(model)
+    with model.using(policy), adapting as forward:
+        base = {**row_base, "lam": lambda_label(model)} if cell_policy is not None else row_base
+        try:
+            counts, lams = _count_with_lambdas(model, images, labels, runtime, batch_size, progress, forward)
+        except NonFiniteOutput as exc:
+            raise NonFiniteOutput(f"{cell.corruption} severity {cell.severity}: {exc}") from None
+    row = {
+        **cell_row(base, cell.corruption, cell.severity, counts),
+        **(lambda_columns(lams) if lams is not None else {}),
+        **(adapt.columns() if adapt is not None else {}),
+    }
+    return row, lams
 
 
 def _with_mean(

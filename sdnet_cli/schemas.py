@@ -8,7 +8,7 @@ Two parts:
   the parameter. The ``*_MAX`` bounds cap every value that multiplies the work, so a typo cannot
   start a run of days or allocate more memory than the machine has.
 - **File schemas** (pydantic models, one per kind of file the tool reads back): checkpoint
-  metadata, the weights manifest, lambda calibrations, check suites and baselines, attack resume
+  metadata, the weights manifest, lambda calibrations, check suites and baselines, attack and eval resume
   state, and the eval/attack reports ``compare`` reads. Their fields use the same validators, so a
   lambda in a calibration is held to the rule of ``--lam``. ``load`` validates and turns the first
   problem into one ``UsageError`` naming the file and the field.
@@ -514,6 +514,31 @@ class EvalReport(Schema):
 class AttackReport(Schema):
     meta: ReportMeta
     rows: list[AttackRow]
+
+
+# -- eval resume state ---------------------------------------------------------------------------
+class SavedRow(EvalRow):
+    """A finished cell's row as ``evaluate.cell_row`` wrote it: its count must give its accuracy, so a
+    damaged file cannot put a wrong number into the resumed report."""
+
+    correct: Annotated[Any, AfterValidator(count_rule(EXAMPLES_MAX, lower=0))]
+    seconds: Finite
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SavedRow:
+        if self.correct > self.n or round(100.0 * self.correct / self.n, 4) != self.accuracy:
+            raise ValueError(f"must have correct/n give accuracy, got {self.correct}/{self.n} and {self.accuracy}")
+        return self
+
+
+class SavedCell(Schema):
+    row: SavedRow
+    lams: Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]*={0,2}$")] | None
+
+
+class EvalState(Schema):
+    config: dict[str, Any]
+    cells: dict[Annotated[str, Field(pattern=r"^[a-z_]{1,40}/[0-5]$")], SavedCell]
 
 
 # -- attack resume state -------------------------------------------------------------------------

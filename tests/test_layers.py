@@ -20,7 +20,13 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: list[list[str]] = [
     ["sdnet_cli", "errors"],  # the package's __init__ (version) and the user-error family
     ["_io"],  # atomic writes, writable-folder checks, versions: every layer may write files
-    ["rows", "schemas", "report", "plots"],  # marker values and columns, file schemas, report files and figures
+    [
+        "rows",
+        "schemas",
+        "report",
+        "plots",
+        "resume",
+    ],  # marker values, file schemas, report files, figures, resume files
     ["models"],  # networks, CSC layers, checkpoints, weights; they know their input normalisation
     ["data"],  # datasets, corruptions, cells and their sources
     ["specs"],  # what a caller asks for: the model, data and run records every API function takes

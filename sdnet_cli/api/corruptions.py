@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError
+from ..errors import Interrupted, UsageError
 from ..forecast import Progress
-from ..report import Report
+from ..report import Report, check_stem
 from ..schemas import WORKERS_MAX
 from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec, count_or_none, unused
 from ._session import Session, Silent, single_process, strings
 
 if TYPE_CHECKING:
     from ..adapt import Adapt, AdaptSpec
+    from ..evaluate import CellState
 
 
 def evaluate_corruptions(
@@ -31,6 +33,9 @@ def evaluate_corruptions(
     sweep: Path | None = None,
     adapt: AdaptSpec | Adapt = "none",
     stream: str = "cells",
+    name: str | None = None,
+    state_dir: Path | None = None,
+    resume: bool = False,
     progress: Progress | None = None,
 ) -> Report:
     """Accuracy on the clean test split and on every (corruption, severity) cell, plus their mean.
@@ -48,6 +53,9 @@ def evaluate_corruptions(
     step on augmented copies, then reset; an ``AdaptSpec`` sets a method's own settings (prior strength, MEMO's
     copies and learning rate; see ``sdnet_cli.adapt``); the rows say so. ``stream``: ``cells`` (each cell on its own) or ``mixed`` (all
     cells' images interleaved in one ``data.seed``-ed stream, one adaptation throughout; ``evaluate.STREAMS``).
+    ``state_dir``: every finished cell is saved to ``<state_dir>/<name>.state.json``, so an interrupted run
+    continues with ``resume``, skipping the cells it finished (the file is removed once the run completes;
+    ``stream="cells"`` only); ``name`` is the report's file stem (default ``eval-<model>``).
     """
     from ..adapt import AdaptSpec, make_adaptation
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
@@ -70,13 +78,19 @@ def evaluate_corruptions(
         adaptation.check(session.classifier)
     policy, cell_policy, base = _lambda_policies(session, lam, calibration, sweep, cells, adapt_spec.method)
     mismatch = _calibration_mismatch(session, lam, calibration, adaptation)
-    source = session.cells(names)
-    advance = session.task(f"evaluating {session.info.name}", source, len(cells))
+    stem = check_stem(name or f"eval-{session.info.name}")
     with session.classifier.using(policy):
-        rows = evaluate_cells(
-            session.classifier, cells, source, session.runtime, base, session.batch_size, advance, cell_policy,
-            adaptation, stream, session.seed,
-        )  # fmt: skip
+        saved = _saved_cells(session, state_dir, stem, resume, stream, base, policy, adaptation)
+        source = session.cells(names)
+        pending = sum(saved is None or saved.get(cell) is None for cell in cells)
+        advance = session.task(f"evaluating {session.info.name}", source, pending)
+        with _interrupted_saying(saved, len(cells)):
+            rows = evaluate_cells(
+                session.classifier, cells, source, session.runtime, base, session.batch_size, advance, cell_policy,
+                adaptation, stream, session.seed, saved,
+            )  # fmt: skip
+    if saved is not None:
+        saved.path.unlink(missing_ok=True)
     meta = session.meta(
         source,
         lam_policy=f"best lambda per cell from {sweep}" if cell_policy else repr(policy or "training lambda"),
@@ -86,7 +100,63 @@ def evaluate_corruptions(
         **({"calibration_mismatch": mismatch} if mismatch else {}),
         corruption_errors=corruption_errors(rows, source.spec.ce_baseline, source.spec.ce_baseline_clean),
     )
-    return Report(rows, meta, name=f"eval-{session.info.name}", title=f"sdnet eval: {session.info.name}")
+    return Report(rows, meta, name=stem, title=f"sdnet eval: {session.info.name}")
+
+
+def _saved_cells(
+    session: Session,
+    state_dir: Path | None,
+    stem: str,
+    resume: bool,
+    stream: str,
+    base: dict[str, Any],
+    policy: Any,
+    adaptation: Any,
+) -> CellState | None:
+    """The run's resume file (None without ``state_dir``, or for a mixed stream, which is one run over all
+    cells). Its config is everything a cell's row depends on, so a file from other settings is refused."""
+    from .. import distributed
+    from ..evaluate import CellState
+
+    if stream != "cells":
+        if resume:
+            raise UsageError(
+                "a mixed stream is one adaptation over all cells, so it cannot resume cell by cell", parameter="resume"
+            )
+        return None
+    if state_dir is None:
+        if resume:
+            raise UsageError("resume=True needs state_dir, the folder of the interrupted run", parameter="resume")
+        return None
+    info, data = session.info, session.data
+    config = {
+        "command": "eval",
+        **base,
+        "checkpoint_sha256": info.sha256,
+        "lam_policy": repr(policy or "training lambda"),
+        "adaptation": adaptation.describe() if adaptation is not None else None,
+        "seed": session.seed,
+        "n_examples": data.n_examples,
+        "cifar_c_dir": None if data.cifar_c_dir is None else str(Path(data.cifar_c_dir).resolve()),
+        "batch_size": session.batch_size,
+        "precision": session.runtime.precision,
+    }
+    return CellState(Path(state_dir) / f"{stem}{distributed.rank_suffix()}.state.json", config, resume)
+
+
+@contextmanager
+def _interrupted_saying(saved: CellState | None, n_cells: int) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) with cells saved becomes ``Interrupted``, saying how many and how to continue."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if saved is None or not saved.parts:
+            raise
+        raise Interrupted(
+            f"{len(saved.parts)} finished cells of {n_cells} are saved in {saved.path}; "
+            "the same call with resume=True continues",
+            parameter="resume",
+        ) from None
 
 
 def _lambda_policies(

@@ -360,7 +360,7 @@ def run_attack(
                 attacked, runners, len(components), x, y, derive_seed(seed, index), batch_size, keep_adv, progress
             )
             if state is not None:
-                state.put(index, part)
+                state.put_pool(index, part)
         elif progress is not None:
             progress((stop - start) * len(config.eps))
         clean[start:stop], fooled[..., start:stop] = part.clean, part.fooled

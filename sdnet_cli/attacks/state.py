@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,9 +9,10 @@ from typing import Any, cast
 
 import numpy as np
 
-from .._io import atomic_path, atomic_write_text, read_json
+from .._io import atomic_path, read_json
 from ..errors import UsageError
-from ..schemas import AttackState, load
+from ..resume import ADVICE, ResumeFile
+from ..schemas import AttackState
 
 
 @dataclass
@@ -38,35 +38,32 @@ def images_dir(state_path: Path) -> Path:
     return state_path.with_name(state_path.name.removesuffix(".json") + ".adv")
 
 
-class RunState:
-    """Finished pools of a long run in ``<name>.state.json`` (rewritten atomically after each pool;
-    adversarial images, when kept, in ``<name>.state.adv/``), so ``resume`` skips them.
+class RunState(ResumeFile):
+    """Finished pools of a long attack in ``<name>.state.json`` (adversarial images, when kept, in
+    ``<name>.state.adv/``), so ``resume`` skips them. ``config``: the attack, seed, data, model fingerprint."""
 
-    ``config`` is everything the pools depend on (attack, seed, data, model fingerprint); a state
-    written under another config is refused rather than mixed in.
-    """
+    SCHEMA = AttackState
+    PARTS = "pools"
 
     def __init__(self, path: Path, config: dict[str, Any], resume: bool) -> None:
-        self.path, self.config = Path(path), config
+        super().__init__(path, config, resume)
         self.adv_dir = images_dir(self.path)
-        self.pools: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            if not resume:
-                raise UsageError(
-                    f"{self.path} holds an unfinished run; pass resume=True to continue it, or delete it",
-                    parameter="resume",
-                )
-            saved = read_state(self.path)
-            changed = sorted(k for k in set(config) | set(saved["config"]) if saved["config"].get(k) != config.get(k))
-            if changed:
-                raise UsageError(
-                    f"cannot resume {self.path}: it was started with different settings ({', '.join(changed)})",
-                    parameter="resume",
-                )
-            self.pools = saved["pools"]
+
+    @classmethod
+    def read(cls, path: Path) -> dict[str, Any]:
+        try:
+            saved = read_json(path, "resume state", "resume")
+        except UsageError:
+            saved = None  # the generic reader names the damage
+        if isinstance(saved, dict) and isinstance(saved.get("batches"), dict) and "pools" not in saved:
+            raise UsageError(
+                f"the resume state {path} was written by an earlier sdnet-cli that saved batches, not pools; {ADVICE}",
+                parameter="resume",
+            )
+        return super().read(path)
 
     def get(self, index: int) -> PoolResult | None:
-        saved = self.pools.get(str(index))
+        saved = self.parts.get(str(index))
         if saved is None:
             return None
         adv_file = self.adv_dir / f"pool-{index:05d}.npy"
@@ -77,44 +74,29 @@ class RunState:
             adv=np.load(adv_file) if adv_file.is_file() else None,
         )
 
-    def put(self, index: int, result: PoolResult) -> None:
+    def put_pool(self, index: int, result: PoolResult) -> None:
         if result.adv is not None:
             self.adv_dir.mkdir(parents=True, exist_ok=True)
             with atomic_path(self.adv_dir / f"pool-{index:05d}.npy") as tmp, open(tmp, "wb") as f:
                 np.save(f, result.adv)
-        self.pools[str(index)] = {
-            "clean": _bits(result.clean),
-            "fooled": [[_bits(f) for f in per_eps] for per_eps in result.fooled],
-            "seconds": result.seconds.tolist(),
-        }
-        atomic_write_text(self.path, json.dumps({"config": self.config, "pools": self.pools}) + "\n")
+        self.put(
+            str(index),
+            {
+                "clean": _bits(result.clean),
+                "fooled": [[_bits(f) for f in per_eps] for per_eps in result.fooled],
+                "seconds": result.seconds.tolist(),
+            },
+        )
 
 
 def read_state(path: Path) -> dict[str, Any]:
     """A state file's contents, validated (``schemas.AttackState``); a damaged one is named, with what to do."""
-    advice = "delete it to start the run afresh"
-    try:
-        saved = read_json(path, "resume state", "resume")
-    except UsageError as exc:
-        raise UsageError(f"the resume state {path} is damaged ({exc}); {advice}", parameter="resume") from None
-    if isinstance(saved, dict) and isinstance(saved.get("batches"), dict) and "pools" not in saved:
-        raise UsageError(
-            f"the resume state {path} was written by an earlier sdnet-cli that saved batches, not pools; {advice}",
-            parameter="resume",
-        )
-    try:
-        load(AttackState, saved, "resume state", path, parameter="resume")
-    except UsageError as exc:
-        raise UsageError(f"{exc} (the file is damaged; {advice})", parameter="resume") from None
-    return cast("dict[str, Any]", saved)
+    return RunState.read(path)
 
 
 def saved_pools(path: Path) -> int:
     """How many finished pools a state file holds (0 when there is none or it is unreadable)."""
-    try:
-        return len(read_state(path)["pools"])
-    except UsageError:
-        return 0
+    return RunState.saved(path)
 
 
 def remove_state(path: Path) -> None:

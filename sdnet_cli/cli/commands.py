@@ -124,6 +124,7 @@ def eval_command(
     name: NameOpt = None,
     n_steps: NStepsOpt = None,
     compile: CompileOpt = False,
+    resume: ResumeOpt = False,
 ) -> None:
     """Accuracy on the clean test split and corrupted cells (CIFAR-10-C, CIFAR-100-C, ImageNet-C; ImageNet also
     gets mCE and relative mCE), written as JSON, CSV and Markdown."""
@@ -147,7 +148,8 @@ def eval_command(
     with RichProgress() as progress:
         report = api.evaluate_corruptions(
             model=spec, data=data, run=run, corruptions=corruptions, severities=severities, lam=lam,
-            calibration=calibration, sweep=sweep, adapt=adaptation, stream=stream, progress=progress,
+            calibration=calibration, sweep=sweep, adapt=adaptation, stream=stream, name=name, state_dir=out_dir,
+            resume=resume, progress=progress,
         )  # fmt: skip
     if not main_process():
         return

@@ -162,7 +162,9 @@ VersionOpt = Annotated[
 ResumeOpt = Annotated[
     bool,
     typer.Option(
-        "--resume", help="Continue an interrupted run from <out>/<name>*.state.json, skipping finished pools of images."
+        "--resume",
+        help="Continue an interrupted run from <out>/<name>*.state.json (saved as it goes, removed when it "
+        "finishes), skipping the work it finished: an attack's pools of images, an evaluation's cells.",
     ),
 ]
 PoolOpt = Annotated[
