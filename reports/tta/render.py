@@ -1,5 +1,5 @@
 """reports/tta.md and its plot, rendered from the `sdnet eval` JSON reports in reports/tta/ (written by
-reports/tta/run_all.sh, reports/tta/run_full.sh and reports/tta/run_calibration.sh): no number typed by
+reports/tta/run_all.sh, run_full.sh, run_calibration.sh and run_memo.sh): no number typed by
 hand. A report that is missing leaves its row out and is named at the end.
 
     python reports/tta/render.py reports/tta reports/tta.md
@@ -203,7 +203,7 @@ def main(folder: Path, out: Path) -> None:
         "best per-image SDNet configuration) and the first 2,000 for the others; the first 2,000 of each of the "
         "21 clean and noise cells for the mixed stream, 1,000 for batch 1, fewer for MEMO. fp32 on a 2-core CPU. Each number comes from the "
         "`sdnet eval` JSON report beside this file (its `meta.argv` is the command; `reports/tta/run_all.sh`, "
-        "`run_full.sh` and `run_calibration.sh` run them, each resumable) and was rendered by "
+        "`run_full.sh`, `run_calibration.sh` and `run_memo.sh` run them, each resumable) and was rendered by "
         "`reports/tta/render.py`."
         + (
             f" The issue asks for 2,000 images per cell for every method; these all-cells runs are still at {n:,}: "

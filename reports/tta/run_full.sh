@@ -9,18 +9,16 @@
 #      one-corruption run has S images, it is on the very images of the mixed stream (a per-image method decides
 #      per image, so its predictions do not depend on the stream) and its s-* run is skipped
 #   B1: images per cell of the batch-1 runs (one adaptation step per image, so the slowest)
-#   M: images per severity-5 noise cell for MEMO and its baselines
 # A report is skipped when it exists with the requested number of images, and rerun (replaced) when it was written
 # at another size, so rerunning the script resumes and a bigger size replaces a smaller one run by run.
 # Then: python reports/tta/render.py reports/tta reports/tta.md
-# Usage: FT=10000 F=2000 S=2000 B1=1000 M=50 bash reports/tta/run_full.sh
+# Usage: FT=10000 F=2000 S=2000 B1=1000 bash reports/tta/run_full.sh
 set -euo pipefail
 OUT=${OUT:-reports/tta}
 F=${F:-2000}
 FT=${FT:-10000}
 S=${S:-2000}
 B1=${B1:-1000}
-M=${M:-50}
 NOISES=(-c gaussian_noise -c shot_noise -c impulse_noise -c speckle_noise)
 source "$(dirname "$0")/common.sh"
 run() {  # name, images per cell, severities, sdnet eval options
@@ -74,8 +72,4 @@ run noise-resnet18-bn "$F" all --model resnet18 --adapt bn
 run noise-sdnet18-bn "$F" all --model sdnet18 --adapt bn
 run noise-sdnet18-bnprior "$F" all --model sdnet18 --adapt bn-prior
 run noise-resnet18-bnprior "$F" all --model resnet18 --adapt bn-prior
-# MEMO: 33 forwards and a backward per image, so severity 5 of the noises on M images, beside its baselines
-run memo-resnet18-none "$M" 5 --model resnet18
-run memo-sdnet18-auto "$M" 5 --model sdnet18 --lam auto
-run memo-resnet18-memo "$M" 5 --model resnet18 --adapt memo --batch-size 1
-run memo-sdnet18-auto-memo "$M" 5 --model sdnet18 --lam auto --adapt memo --batch-size 1
+# MEMO (hours a model on this CPU, so cut into sittings): reports/tta/run_memo.sh
