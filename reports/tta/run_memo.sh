@@ -23,5 +23,6 @@ run() {  # name, sdnet eval options
         --out "$OUT" --name "$name" --resume "${model[@]}" "$@"
     finished "$name"
 }
-run "$baseline"
+# MEMO first: its baseline replaces the one of the same size only when MEMO is there to compare with
 run "${baseline%-none}-memo" --adapt memo --batch-size 1
+run "$baseline"
