@@ -22,9 +22,10 @@ def render():  # type: ignore[no-untyped-def]
     return module
 
 
-def write(folder: Path, stem: str, n: int, correct: int) -> None:
-    """A report of ``correct`` right of ``n`` images in every noise cell (and clean), 2 ms an image."""
-    cells = [("clean", 0)] + [(c, s) for c in NOISE for s in range(1, 6)]
+def write(folder: Path, stem: str, n: int, correct: int, severities: range = range(1, 6)) -> None:
+    """A report of ``correct`` right of ``n`` images in every noise cell of ``severities`` (and clean), 2 ms an
+    image."""
+    cells = [("clean", 0)] + [(c, s) for c in NOISE for s in severities]
     rows = [
         {"corruption": c, "severity": s, "n": n, "correct": correct, "accuracy": 100 * correct / n, "seconds": n / 500}
         for c, s in cells
@@ -73,3 +74,18 @@ def test_a_small_lead_is_a_tie_and_a_row_comes_from_the_report_of_the_stream_s_s
     write(tmp_path, "s-sdnet18-auto", 2_000, 1_560)  # 78.00%: 3 points ahead, far beyond the error
     said = next(line for line in render.remedies(tmp_path) if line.startswith("The best per-image SDNet"))
     assert "resnet18 + bn 75.00%: ahead by 3.00" in said
+
+
+def test_memo_joins_the_target_only_once_it_covers_every_noise_cell(render, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write(tmp_path, "noise-resnet18-tent", 10_000, 8_000)  # 80.00%
+    write(tmp_path, "noise-sdnet18-auto-bnprior", 10_000, 7_000)  # 70.00%
+    write(tmp_path, "memo-sdnet18-auto-memo", 500, 450, severities=range(5, 6))  # 90.00%, severity 5 only
+    lines = render.remedies(tmp_path)
+    assert "### MEMO (the four severity-5 noise cells)" in lines
+    assert "configuration, sdnet18, auto + bn-prior (70.00%" in target_line(render, tmp_path)  # not MEMO's 4 cells
+    write(tmp_path, "memo-sdnet18-auto-memo", 2_000, 1_500)  # 75.00% on all 20 noise cells
+    lines = render.remedies(tmp_path)
+    assert "### MEMO (the 20 noise cells)" in lines
+    line = target_line(render, tmp_path)
+    assert "configuration, sdnet18, auto + memo (75.00% on 2,000 images a cell)" in line
+    assert "is 5.00 points behind resnet18 + tent (80.00%): within 5" in line
