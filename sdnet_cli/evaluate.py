@@ -23,7 +23,7 @@ from .data.cells import Cell, CellImages
 from .errors import UsageError
 from .lam import FixedLambda, lambda_label
 from .models.classifier import Classifier, LambdaPolicy
-from .resume import ResumeFile
+from .resume import ADVICE, ResumeFile
 from .rows import ALL, MEAN
 from .runtime import Counts, NonFiniteOutput, Runtime, count_correct, predict_correct
 from .schemas import EvalState
@@ -160,8 +160,16 @@ class CellState(ResumeFile):
         saved = self.parts.get(self.key(cell))
         if saved is None:
             return None
-        lams = saved["lams"]
-        return saved["row"], None if lams is None else np.frombuffer(base64.b64decode(lams), dtype=np.float64)
+        if saved["lams"] is None:
+            return saved["row"], None
+        lams = np.frombuffer(base64.b64decode(saved["lams"]), dtype=np.float64)
+        if len(lams) != saved["row"]["n"] or not np.isfinite(lams).all():
+            raise UsageError(
+                f"the resume state {self.path} is damaged (cells.{self.key(cell)}.lams must hold "
+                f"{saved['row']['n']} finite lambdas); {ADVICE}",
+                parameter="resume",
+            )
+        return saved["row"], lams
 
     def put_cell(self, cell: Cell, row: dict[str, Any], lams: np.ndarray | None) -> None:
         encoded = None if lams is None else base64.b64encode(np.asarray(lams, dtype=np.float64).tobytes()).decode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -140,3 +141,16 @@ def test_interrupted_eval_says_what_was_saved_and_resume_finishes_it(
     straight = api.evaluate_corruptions(**{**common, "state_dir": None})
     assert without_seconds(resumed.rows) == without_seconds(straight.rows)
     assert not (tmp_path / "run.state.json").exists() and resumed.name == "run"
+
+
+def test_saved_lambdas_of_the_wrong_count_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "run.state.json"
+    with small_net().using(PerInput()) as model:
+        evaluate_cells(model, CELLS[:1], FakeSource(data()), CPU, BASE, 4, saved=CellState(path, CONFIG, resume=False))
+    saved = json.loads(path.read_text())
+    lams = np.frombuffer(base64.b64decode(saved["cells"]["clean/0"]["lams"]), dtype=np.float64)
+    assert len(lams) == 12  # one per image of the cell
+    saved["cells"]["clean/0"]["lams"] = base64.b64encode(lams[:11].tobytes()).decode()
+    path.write_text(json.dumps(saved))
+    with pytest.raises(UsageError, match=r"must hold 12 finite lambdas.*delete it"):
+        CellState(path, CONFIG, resume=True).get(CELLS[0])
