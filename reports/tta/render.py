@@ -201,7 +201,8 @@ def main(folder: Path, out: Path) -> None:
         "each table's `images per cell` column says: in one-corruption batches, all 10,000 images of each noise "
         "cell for the four configurations the target names (resnet18, resnet18 + tent, sdnet18 `auto` and the "
         "best per-image SDNet configuration) and the first 2,000 for the others; the first 2,000 of each of the "
-        "21 clean and noise cells for the mixed stream, 1,000 for batch 1, fewer for MEMO. fp32 on a 2-core CPU. Each number comes from the "
+        f"21 clean and noise cells for the mixed stream, {sizes_of(folder, BATCH1)} for batch 1, "
+        f"{sizes_of(folder, MEMO)} a cell of {memo_cells(folder)[1]} for MEMO. fp32 on a 2-core CPU. Each number comes from the "
         "`sdnet eval` JSON report beside this file (its `meta.argv` is the command; `reports/tta/run_all.sh`, "
         "`run_full.sh`, `run_calibration.sh` and `run_memo.sh` run them, each resumable) and was rendered by "
         "`reports/tta/render.py`."
@@ -289,6 +290,12 @@ def unfinished(folder: Path) -> tuple[list[str], list[str]]:
 
 
 NOISE_S35 = COLUMN_CELLS["4 noises, s3+s5"]
+
+
+def sizes_of(folder: Path, group) -> str:  # type: ignore[no-untyped-def]
+    """The images per cell of a group's reports, in words (``1,000 or 2,000``)."""
+    found = [r["meta"]["n_examples"] for r in (load(folder, stem) for stem, *_ in group) if r is not None]
+    return counts(sorted(set(found)), " or ") if found else "none"
 
 
 def memo_cells(folder: Path):  # type: ignore[no-untyped-def]
