@@ -140,3 +140,26 @@ def test_readme_api_example_runs_as_a_plain_script_on_an_empty_cache(tmp_path: P
     assert done.returncode == 0, done.stderr[-3000:]
     assert "gaussian_noise" in done.stdout
     assert textwrap.dedent(done.stdout).count("robust_accuracy") == 1
+
+
+def test_an_interrupt_before_the_pool_starts_stays_an_interrupt() -> None:
+    """SIGTERM (a KeyboardInterrupt) while the shared array is being written, before any worker exists: it must
+    reach the caller as the interrupt, not as an AttributeError from the pool's except clause, which CI saw
+    under load when ``concurrent.futures.process`` had not been imported yet. A fresh interpreter, so no other
+    test has imported it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from sdnet_cli.data import workers\n"
+        "def interrupted(*a, **k):\n"
+        "    raise KeyboardInterrupt\n"
+        "workers.np.save = interrupted\n"
+        "try:\n"
+        "    workers.run_pool(abs, [(1,), (2,)], lambda t, r: None, 2, shared=np.zeros(4))\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupt')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "interrupt", done.stderr

@@ -28,6 +28,7 @@ import tempfile
 import threading
 import types
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -154,7 +155,7 @@ def run_pool(
                 # without this, leaving the with-block would still run every queued task
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
-    except concurrent.futures.process.BrokenProcessPool:
+    except BrokenProcessPool:
         raise WorkerError(
             f"{_how_it_ended(started, what)}; the run stopped and nothing partial was kept "
             "(files already finished are, so a rerun continues)"
