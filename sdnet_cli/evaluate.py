@@ -156,6 +156,9 @@ class CellState(ResumeFile):
     def key(cell: Cell) -> str:
         return f"{cell.corruption}/{cell.severity}"
 
+    def __contains__(self, cell: Cell) -> bool:
+        return self.key(cell) in self.parts
+
     def get(self, cell: Cell) -> tuple[dict[str, Any], np.ndarray | None] | None:
         saved = self.parts.get(self.key(cell))
         if saved is None:
@@ -186,6 +189,12 @@ def check_stream(stream: str) -> str:
     if stream not in STREAMS:
         raise UsageError(f"unknown stream {stream!r}; choose one of: {', '.join(STREAMS)}", parameter="stream")
     return stream
+
+
+def refuse_mixed_resume() -> None:
+    raise UsageError(
+        "a mixed stream is one adaptation over all cells, so it cannot resume cell by cell", parameter="resume"
+    )
 
 
 def mixed_order(sizes: Sequence[int], seed: int) -> np.ndarray:
@@ -244,9 +253,7 @@ def evaluate_cells(
                 "a per-cell lambda (the oracle) needs the cells apart; use stream='cells'", parameter="stream"
             )
         if saved is not None:
-            raise UsageError(
-                "a mixed stream is one adaptation over all cells, so it cannot resume cell by cell", parameter="resume"
-            )
+            refuse_mixed_resume()
         rows, corrupted_lams = _mixed_rows(model, cells, source, runtime, row_base, batch_size, progress, adapt, seed)
         return _with_mean(rows, corrupted_lams, row_base, {**adapted, "stream": "mixed"})
     rows, corrupted_lams = [], []

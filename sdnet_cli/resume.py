@@ -53,11 +53,16 @@ class ResumeFile:
             saved = read_json(path, "resume state", "resume")
         except UsageError as exc:
             raise UsageError(f"the resume state {path} is damaged ({exc}); {ADVICE}", parameter="resume") from None
+        cls.refuse_outdated(path, saved)
         try:
             load(cls.SCHEMA, saved, "resume state", path, parameter="resume")
         except UsageError as exc:
             raise UsageError(f"{exc} (the file is damaged; {ADVICE})", parameter="resume") from None
         return cast("dict[str, Any]", saved)
+
+    @classmethod
+    def refuse_outdated(cls, path: Path, saved: Any) -> None:
+        """A hook before validation: a kind of file can name a layout an earlier version wrote (none here)."""
 
     @classmethod
     def saved(cls, path: Path) -> int:

@@ -82,7 +82,7 @@ def evaluate_corruptions(
     with session.classifier.using(policy):
         saved = _saved_cells(session, state_dir, stem, resume, stream, base, policy, adaptation)
         source = session.cells(names)
-        pending = sum(saved is None or saved.get(cell) is None for cell in cells)
+        pending = sum(saved is None or cell not in saved for cell in cells)
         advance = session.task(f"evaluating {session.info.name}", source, pending)
         with _interrupted_saying(saved, len(cells)):
             rows = evaluate_cells(
@@ -116,13 +116,11 @@ def _saved_cells(
     """The run's resume file (None without ``state_dir``, or for a mixed stream, which is one run over all
     cells). Its config is everything a cell's row depends on, so a file from other settings is refused."""
     from .. import distributed
-    from ..evaluate import CellState
+    from ..evaluate import CellState, refuse_mixed_resume
 
     if stream != "cells":
         if resume:
-            raise UsageError(
-                "a mixed stream is one adaptation over all cells, so it cannot resume cell by cell", parameter="resume"
-            )
+            refuse_mixed_resume()
         return None
     if state_dir is None:
         if resume:

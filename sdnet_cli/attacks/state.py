@@ -9,7 +9,7 @@ from typing import Any, cast
 
 import numpy as np
 
-from .._io import atomic_path, read_json
+from .._io import atomic_path
 from ..errors import UsageError
 from ..resume import ADVICE, ResumeFile
 from ..schemas import AttackState
@@ -50,17 +50,12 @@ class RunState(ResumeFile):
         self.adv_dir = images_dir(self.path)
 
     @classmethod
-    def read(cls, path: Path) -> dict[str, Any]:
-        try:
-            saved = read_json(path, "resume state", "resume")
-        except UsageError:
-            saved = None  # the generic reader names the damage
+    def refuse_outdated(cls, path: Path, saved: Any) -> None:
         if isinstance(saved, dict) and isinstance(saved.get("batches"), dict) and "pools" not in saved:
             raise UsageError(
                 f"the resume state {path} was written by an earlier sdnet-cli that saved batches, not pools; {ADVICE}",
                 parameter="resume",
             )
-        return super().read(path)
 
     def get(self, index: int) -> PoolResult | None:
         saved = self.parts.get(str(index))
