@@ -174,6 +174,17 @@ class CellState(ResumeFile):
             )
         return saved["row"], lams
 
+    def keep_common(self, cells: Sequence[Cell]) -> None:
+        """Under torchrun every rank keeps its own file, and a run killed between two ranks' writes leaves a
+        cell saved on some ranks only. The ranks' counts of a cell meet in an all-reduce, so every rank must
+        run the same cells: of ``cells``, only those saved on every rank stay saved (the others run again,
+        to the same rows). One process keeps all its cells."""
+        here = np.array([cell in self for cell in cells], dtype=np.int64)
+        everywhere = distributed.combine(here, "sum") == distributed.world_size()
+        for cell, common in zip(cells, everywhere, strict=True):
+            if not common:
+                self.parts.pop(self.key(cell), None)
+
     def put_cell(self, cell: Cell, row: dict[str, Any], lams: np.ndarray | None) -> None:
         encoded = None if lams is None else base64.b64encode(np.asarray(lams, dtype=np.float64).tobytes()).decode()
         self.put(self.key(cell), {"row": row, "lams": encoded})

@@ -73,32 +73,16 @@ def release(tmp_path_factory: pytest.TempPathFactory, cifar_test: tuple[np.ndarr
     return root
 
 
+def eval_args(data_dir: Path, release: Path) -> list[str]:
+    """sdnet18 on clean and gaussian_noise 2 and 5 of ``release``: 70 images in batches of 16, so rank 0 gets
+    2 batches (32 images) and rank 1 gets 3 (38)."""
+    return ["eval", "--model", "sdnet18", "-c", "gaussian_noise", "-s", "2", "-s", "5", "-n", "70", "--batch-size",
+            "16", "--device", "cpu", "--cifar-c-dir", str(release), "--data-dir", str(data_dir), "--name", "eval"]  # fmt: skip
+
+
 @pytest.mark.slow
 def test_torchrun_eval_equals_a_single_process(data_dir: Path, release: Path, tmp_path: Path) -> None:
-    # 70 images in batches of 16: rank 0 gets 2 batches (32 images), rank 1 gets 3 (38)
-    args = [
-        "eval",
-        "--model",
-        "sdnet18",
-        "-c",
-        "gaussian_noise",
-        "-s",
-        "2",
-        "-s",
-        "5",
-        "-n",
-        "70",
-        "--batch-size",
-        "16",
-        "--device",
-        "cpu",
-        "--cifar-c-dir",
-        str(release),
-        "--data-dir",
-        str(data_dir),
-        "--name",
-        "eval",
-    ]
+    args = eval_args(data_dir, release)
     single = CliRunner().invoke(app, args + ["--out", str(tmp_path / "single")])
     assert single.exit_code == 0, single.output
     shared = torchrun(*args, "--out", str(tmp_path / "shared"))
@@ -108,6 +92,40 @@ def test_torchrun_eval_equals_a_single_process(data_dir: Path, release: Path, tm
     assert without_seconds(two) == without_seconds(one) and one["rows"][0]["n"] == 70
     assert two["meta"]["distributed"]["world_size"] == 2 and two["meta"]["distributed"]["backend"] == "gloo"
     assert shared.stdout.count("wrote ") == 3 and shared.stdout.count("on cifar10") == 1  # rank 0 alone
+
+
+@pytest.mark.slow
+def test_torchrun_resume_reruns_a_cell_saved_on_one_rank_only(
+    data_dir: Path, release: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed between two ranks' writes leaves a cell saved on one rank only. Before: that rank skipped
+    it while the other ran it, so the ranks' all-reduces paired different cells. Now both run it again."""
+    from sdnet_cli import evaluate
+
+    args = eval_args(data_dir, release)
+    single = CliRunner().invoke(app, args + ["--out", str(tmp_path / "single")])
+    assert single.exit_code == 0, single.output
+    cell_row, cells_started = evaluate._cell_row, []
+
+    def stop_in_the_second_cell(*a: object, **k: object) -> object:
+        cells_started.append(1)
+        if len(cells_started) == 2:
+            raise KeyboardInterrupt
+        return cell_row(*a, **k)
+
+    monkeypatch.setattr(evaluate, "_cell_row", stop_in_the_second_cell)
+    cut = CliRunner().invoke(app, args + ["--out", str(tmp_path / "shared")])
+    monkeypatch.undo()
+    assert cut.exit_code == 130, cut.output
+    state = tmp_path / "shared" / "eval.state.json"
+    assert list(json.loads(state.read_text())["cells"]) == ["clean/0"]
+    state.rename(state.with_name("eval.rank0-of-2.state.json"))  # rank 0 saved the clean cell, rank 1 nothing
+    shared = torchrun(*args, "--out", str(tmp_path / "shared"), "--resume")
+    assert shared.returncode == 0, shared.stderr
+    one = json.loads((tmp_path / "single" / "eval.json").read_text())
+    two = json.loads((tmp_path / "shared" / "eval.json").read_text())
+    assert without_seconds(two) == without_seconds(one)
+    assert not list((tmp_path / "shared").glob("*.state.json"))
 
 
 @pytest.mark.slow

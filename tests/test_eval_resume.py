@@ -100,6 +100,24 @@ def test_a_saved_row_whose_count_does_not_give_its_accuracy_is_refused(tmp_path:
         CellState(path, CONFIG, resume=True)
 
 
+def test_under_torchrun_only_cells_saved_on_every_rank_stay_saved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rank 0 (here) saved clean and gaussian_noise 5; the other rank saved clean only (it was killed between
+    the two ranks' writes): gaussian_noise 5 runs again on both. A saved cell this run does not ask for stays."""
+    from sdnet_cli import distributed
+
+    path = tmp_path / "run.state.json"
+    model, source = small_net(), FakeSource(data())
+    evaluate_cells(model, CELLS, source, CPU, BASE, 4, saved=CellState(path, CONFIG, resume=False))
+    other_rank = np.array([1, 0])  # clean saved, gaussian_noise 5 not
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "combine", lambda here, op: here + other_rank)
+    saved = CellState(path, CONFIG, resume=True)
+    saved.keep_common(CELLS[:2])
+    assert [cell in saved for cell in CELLS] == [True, False, True]
+
+
 def test_a_mixed_stream_cannot_resume_cell_by_cell(tmp_path: Path) -> None:
     saved = CellState(tmp_path / "run.state.json", CONFIG, resume=False)
     with pytest.raises(UsageError, match="mixed stream") as caught:

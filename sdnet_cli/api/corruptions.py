@@ -81,6 +81,8 @@ def evaluate_corruptions(
     stem = check_stem(name or f"eval-{session.info.name}")
     with session.classifier.using(policy):
         saved = _saved_cells(session, state_dir, stem, resume, stream, base, policy, adaptation)
+        if saved is not None:
+            saved.keep_common(cells)
         source = session.cells(names)
         pending = sum(saved is None or cell not in saved for cell in cells)
         advance = session.task(f"evaluating {session.info.name}", source, pending)
