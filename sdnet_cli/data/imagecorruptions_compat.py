@@ -14,6 +14,7 @@ rest of the process sees unmodified numpy / scikit-image / pkg_resources.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import importlib.resources
 import importlib.util
@@ -27,8 +28,6 @@ import numpy as np
 import skimage.color
 import skimage.filters
 import skimage.util
-
-_MODULE: types.ModuleType | None = None
 
 
 def _resource_filename(package_or_requirement: str, resource_name: str) -> str:
@@ -104,14 +103,12 @@ class _NumpyWithFloatAlias(types.ModuleType):
         return getattr(np, name)
 
 
+@functools.cache
 def load_imagecorruptions() -> types.ModuleType:
     """Import and patch ``imagecorruptions`` once; return the package module.
 
     Later calls return the same module object without patching again.
     """
-    global _MODULE
-    if _MODULE is not None:
-        return _MODULE
     with _temporary_modules(_import_shims()), warnings.catch_warnings():
         # pkg_resources (where still installed) and scipy's old namespace warn on import
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -124,5 +121,4 @@ def load_imagecorruptions() -> types.ModuleType:
     corruptions.sk = skimage_view  # type: ignore[attr-defined]
     if not hasattr(np, "float_"):
         corruptions.np = _NumpyWithFloatAlias("numpy")  # type: ignore[attr-defined]
-    _MODULE = package
     return package
