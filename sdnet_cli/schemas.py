@@ -545,7 +545,8 @@ class EvalState(Schema):
 class PoolState(Schema):
     clean: Bits
     fooled: list[list[Bits]]
-    seconds: list[list[Annotated[Any, AfterValidator(finite_rule)]]]
+    seconds: list[list[Finite]]
+    max_excess: Finite  # an attack's largest raw overshoot of the threat set in this pool
 
     @model_validator(mode="after")
     def _same_lengths(self) -> PoolState:

@@ -982,6 +982,38 @@ def test_attack_batch_and_pool_sizes_are_bounded() -> None:
             run_attack(AlwaysZero(), images, labels, config, **kwargs)
 
 
+def test_a_resumed_attack_reports_the_overshoot_of_its_saved_pools(tmp_path: Path) -> None:
+    """The diagnostics' max_excess is over every pool; before, a resumed run reported only the pools it ran
+    itself. A state without it (an earlier version's) is refused by name."""
+    from sdnet_cli.attacks import AttackConfig, run_attack
+
+    images, labels = np.zeros((8, 32, 32, 3), dtype=np.uint8), np.zeros(8, dtype=np.int64)
+    config = AttackConfig.create(attack="pgd", eps=["8/255"], steps=1)
+    state = tmp_path / "run.state.json"
+    seen: list[int] = []
+
+    def stop_in_the_second_pool(k: int) -> None:
+        seen.append(k)
+        if sum(seen) > 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_attack(AlwaysZero(), images, labels, config, batch_size=4, pool_batches=1, state_path=state,
+                   progress=stop_in_the_second_pool)  # fmt: skip
+    saved = json.loads(state.read_text())
+    assert list(saved["pools"]) == ["0"] and saved["pools"]["0"]["max_excess"] < 1e-6
+    saved["pools"]["0"]["max_excess"] = 0.25  # as if pool 0's attack had overshot by 0.25 (then been projected)
+    state.write_text(json.dumps(saved))
+    resumed = run_attack(AlwaysZero(), images, labels, config, batch_size=4, pool_batches=1, state_path=state,
+                         resume=True)  # fmt: skip
+    assert resumed.diagnostics.max_excess == 0.25
+    del saved["pools"]["0"]["max_excess"]
+    state.write_text(json.dumps(saved))
+    with pytest.raises(UsageError, match="earlier sdnet-cli that did not save how far each pool's attacks overshot"):
+        run_attack(AlwaysZero(), images, labels, config, batch_size=4, pool_batches=1, state_path=state,
+                   resume=True)  # fmt: skip
+
+
 ORACLE_ROW = {"corruption": "fog", "severity": 1, "lam": 0.2, "oracle": True}
 
 

@@ -236,10 +236,14 @@ def test_shipped_manifest_and_calibrations_pass_their_schemas() -> None:
 @pytest.mark.parametrize(
     ("pools", "field"),
     [
-        ({"0": {"clean": "10x", "fooled": [], "seconds": []}}, "pools.0.clean"),
-        ({"0": {"clean": "10", "fooled": [["1"]], "seconds": [[1.0]]}}, "pools.0"),
-        ({"0": {"clean": "10", "fooled": [["01"]], "seconds": [[math.nan]]}}, "pools.0.seconds[0][0]"),
-        ({"first": {"clean": "10", "fooled": [["01"]], "seconds": [[1.0]]}}, "pools.first"),
+        ({"0": {"clean": "10x", "fooled": [], "seconds": [], "max_excess": 0.0}}, "pools.0.clean"),
+        ({"0": {"clean": "10", "fooled": [["1"]], "seconds": [[1.0]], "max_excess": 0.0}}, "pools.0"),
+        (
+            {"0": {"clean": "10", "fooled": [["01"]], "seconds": [[math.nan]], "max_excess": 0.0}},
+            "pools.0.seconds[0][0]",
+        ),
+        ({"0": {"clean": "10", "fooled": [["01"]], "seconds": [[1.0]], "max_excess": math.inf}}, "pools.0.max_excess"),
+        ({"first": {"clean": "10", "fooled": [["01"]], "seconds": [[1.0]], "max_excess": 0.0}}, "pools.first"),
     ],
 )
 def test_damaged_attack_state_names_file_and_field(tmp_path: Path, pools: dict, field: str) -> None:

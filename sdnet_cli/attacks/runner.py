@@ -84,6 +84,7 @@ class SampleWiseResult:
     fooled: torch.Tensor  # [K, P] bool: component k's example fooled the deployed model
     adv: torch.Tensor  # [P, C, H, W]: the fooling example where one was found, else the input
     seconds: list[float]  # per component
+    max_excess: float  # largest raw overshoot of the threat set (examples are projected before judging)
 
 
 class SampleWise:
@@ -99,7 +100,6 @@ class SampleWise:
         self, model: AttackedModel, components: list[registry.Component], norm: str, eps: float, batch_size: int
     ) -> None:
         self.model, self.components, self.norm, self.eps, self.batch_size = model, components, norm, eps, batch_size
-        self.max_excess = 0.0  # largest raw overshoot of the threat set seen (clipped before judging)
 
     def __call__(
         self,
@@ -112,7 +112,7 @@ class SampleWise:
         """``seed`` fixes every draw: attack k's run r on the s-th batch of standing points uses (seed, k, r, s).
         ``done(f)`` after each batch: the fraction f of the attacks (each an equal share) now finished."""
         fooled = torch.zeros(len(self.components), len(x), dtype=torch.bool, device=x.device)
-        adv, standing, seconds = x.clone(), active.clone(), []
+        adv, standing, seconds, max_excess = x.clone(), active.clone(), [], 0.0
         for k, component in enumerate(self.components):
             start = time.perf_counter()
             for run in range(component.runs):
@@ -126,7 +126,8 @@ class SampleWise:
                     base = (k + (run + s / len(batches)) / component.runs) / len(self.components)
                     calls = sum(registry.calls_per_batch(component)) // component.runs
                     with _ticking(self.model, calls, done, base, width):
-                        wrong, candidate = self._attack(component, x[idx], y[idx], derive_seed(seed, k, run, s))
+                        wrong, candidate, over = self._attack(component, x[idx], y[idx], derive_seed(seed, k, run, s))
+                    max_excess = max(max_excess, over)
                     hit = idx[wrong]
                     fooled[k, hit] = True
                     adv[hit] = candidate[wrong]
@@ -134,19 +135,19 @@ class SampleWise:
                     if done is not None:
                         done((k + (run + (s + 1) / len(batches)) / component.runs) / len(self.components))
             seconds.append(time.perf_counter() - start)
-        return SampleWiseResult(fooled, adv, seconds)
+        return SampleWiseResult(fooled, adv, seconds, max_excess)
 
     def _attack(
         self, component: registry.Component, x: torch.Tensor, y: torch.Tensor, seed: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(fooled flags, example inside the threat set) of one attack on one batch."""
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(fooled flags, example inside the threat set, how far the raw output overshot it) of one attack on
+        one batch."""
         if hasattr(component.attack, "seed"):
             component.attack.seed = seed
         with own_rng(x.device, seed):
             raw = component.attack(x.contiguous(), y).detach()
-            self.max_excess = max(self.max_excess, excess(raw, x, self.eps, self.norm))
             candidate = project(raw, x, self.eps, self.norm)
-            return self.model.predict(candidate) != y, candidate
+            return self.model.predict(candidate) != y, candidate, excess(raw, x, self.eps, self.norm)
 
 
 @contextmanager
@@ -254,19 +255,21 @@ def attack_pool(
         clean = torch.cat([model.predict(part) for part in x.split(batch_size)]) == y
     standing, adv = clean.clone(), x.clone()
     fooled = torch.zeros(len(runners), n_components, len(x), dtype=torch.bool, device=x.device)
-    seconds = np.zeros((len(runners), n_components))
+    seconds, max_excess = np.zeros((len(runners), n_components)), 0.0
     advs = []
     for e, runner in enumerate(runners):
         share = _Share(progress, len(x))
         if runner is not None and standing.any():
             result = runner(x, y, standing, derive_seed(seed, e), share.to)
             hit = result.fooled.any(dim=0)
-            fooled[e], seconds[e] = result.fooled, result.seconds
+            fooled[e], seconds[e], max_excess = result.fooled, result.seconds, max(max_excess, result.max_excess)
             adv, standing = torch.where(hit.view(-1, 1, 1, 1), result.adv, adv), standing & ~hit
         if keep_adv:
             advs.append(to_nhwc(adv))
         share.to(1.0)
-    return PoolResult(clean.cpu().numpy(), fooled.cpu().numpy(), seconds, np.stack(advs) if keep_adv else None)
+    return PoolResult(
+        clean.cpu().numpy(), fooled.cpu().numpy(), seconds, np.stack(advs) if keep_adv else None, max_excess
+    )
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -348,6 +351,7 @@ def run_attack(
         )
     n, shape = len(images), (len(config.eps), len(components))
     clean, fooled, seconds = np.zeros(n, dtype=bool), np.zeros((*shape, n), dtype=bool), np.zeros(shape)
+    max_excess = 0.0  # over every pool, saved ones included
     adv = np.zeros((len(config.eps), n, *images.shape[1:]), dtype=np.float32) if keep_adv else None
     pool_size = batch_size * pool_batches
     for index in distributed.shard_batches(-(-n // pool_size)):
@@ -364,10 +368,9 @@ def run_attack(
         elif progress is not None:
             progress((stop - start) * len(config.eps))
         clean[start:stop], fooled[..., start:stop] = part.clean, part.fooled
-        seconds += part.seconds
+        seconds, max_excess = seconds + part.seconds, max(max_excess, part.max_excess)
         if adv is not None:
             adv[:, start:stop] = part.adv
-    max_excess = max((r.max_excess for r in runners if r is not None), default=0.0)
     diagnostics.max_excess = float(distributed.combine(np.array(max_excess), "max"))
     results = AttackResults(
         attack=config.attack,

@@ -23,6 +23,7 @@ class PoolResult:
     fooled: np.ndarray  # [E, K, P] bool
     seconds: np.ndarray  # [E, K]
     adv: np.ndarray | None  # [E, P, H, W, C] float32
+    max_excess: float  # largest raw overshoot of the threat set by an attack in this pool
 
 
 def _bits(flags: np.ndarray) -> str:
@@ -51,11 +52,19 @@ class RunState(ResumeFile):
 
     @classmethod
     def refuse_outdated(cls, path: Path, saved: Any) -> None:
-        if isinstance(saved, dict) and isinstance(saved.get("batches"), dict) and "pools" not in saved:
-            raise UsageError(
-                f"the resume state {path} was written by an earlier sdnet-cli that saved batches, not pools; {ADVICE}",
-                parameter="resume",
-            )
+        """Two layouts of earlier versions: batches instead of pools, and pools without their ``max_excess``."""
+        if not isinstance(saved, dict):
+            return
+        if isinstance(saved.get("batches"), dict) and "pools" not in saved:
+            lacks = "saved batches, not pools"
+        elif isinstance(pools := saved.get("pools"), dict) and any(
+            isinstance(p, dict) and "max_excess" not in p for p in pools.values()
+        ):
+            lacks = "did not save how far each pool's attacks overshot the threat set"
+        else:
+            return
+        raise UsageError(f"the resume state {path} was written by an earlier sdnet-cli that {lacks}; {ADVICE}",
+                         parameter="resume")  # fmt: skip
 
     def get(self, index: int) -> PoolResult | None:
         saved = self.parts.get(str(index))
@@ -67,6 +76,7 @@ class RunState(ResumeFile):
             fooled=np.array([[_unbits(f) for f in per_eps] for per_eps in saved["fooled"]]),
             seconds=np.array(saved["seconds"], dtype=float),
             adv=np.load(adv_file) if adv_file.is_file() else None,
+            max_excess=saved["max_excess"],
         )
 
     def put_pool(self, index: int, result: PoolResult) -> None:
@@ -80,6 +90,7 @@ class RunState(ResumeFile):
                 "clean": _bits(result.clean),
                 "fooled": [[_bits(f) for f in per_eps] for per_eps in result.fooled],
                 "seconds": result.seconds.tolist(),
+                "max_excess": result.max_excess,
             },
         )
 
