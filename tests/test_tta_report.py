@@ -89,3 +89,14 @@ def test_memo_joins_the_target_only_once_it_covers_every_noise_cell(render, tmp_
     line = target_line(render, tmp_path)
     assert "configuration, sdnet18, auto + memo (75.00% on 2,000 images a cell)" in line
     assert "is 5.00 points behind resnet18 + tent (80.00%): within 5" in line
+
+
+def test_a_run_with_one_count_right_in_every_cell_is_named_as_collapsed(render, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write(tmp_path, "batch1-resnet18-tent", 2_000, 199)  # the same count in every cell: one class for every image
+    write(tmp_path, "batch1-resnet18-bn", 2_000, 250)
+    data = json.loads((tmp_path / "batch1-resnet18-bn.json").read_text())
+    data["rows"][1]["correct"] = 251  # one cell differs: a model that still tells images apart
+    (tmp_path / "batch1-resnet18-bn.json").write_text(json.dumps(data))
+    said = next(line for line in render.remedies(tmp_path) if line.startswith("`bn` normalises each image"))
+    assert "resnet18 + tent has 199 of 2,000 right in every cell, clean included" in said
+    assert "resnet18 + bn has" not in said

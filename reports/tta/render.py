@@ -411,6 +411,27 @@ def run_log(folder: Path) -> dict[str, list[tuple[datetime, str]]]:
     return found
 
 
+def collapsed(folder: Path, group) -> str:  # type: ignore[no-untyped-def]
+    """A sentence naming the runs of ``group`` with the same count right in every cell, clean included: a model
+    that predicts one class for every image (each cell holds the same base images, so the same count of that
+    class); empty when there is none."""
+    same = []
+    for stems, label, *_ in group:
+        report = next((r for r in (load(folder, stem) for stem in candidates(stems)) if r is not None), None)
+        counts = {r["correct"] for r in cell_rows(report, lambda c, s: True)} if report is not None else set()
+        if len(counts) == 1:
+            same.append((label, counts.pop(), report["meta"]["n_examples"]))
+    if not same:
+        return ""
+    return (
+        " "
+        + ", ".join(f"{label} has {right:,} of {n:,} right in every cell" for label, right, n in same)
+        + ", clean included: each ends up predicting one class for every image (the first images of every cell are "
+        "the same test images, so the same count of that class), the collapse of entropy minimisation on single "
+        "images that Niu et al. (ICLR 2023) report for TENT at batch size 1."
+    )
+
+
 def load_at_start(started: dict[str, list[tuple[datetime, str]]], stem: str, report: dict) -> str:
     """The load logged by the last start of ``stem`` before its report was written (a later start is a run
     still going, or one stopped before it wrote anything)."""
@@ -490,7 +511,7 @@ def remedies(folder: Path) -> list[str]:
             "### Batch 1 (mixed stream, one image per batch)",
             batch1,
             "`bn` normalises each image with its own statistics alone; `tent` takes an Adam step after every image "
-            "and carries the parameters through the whole mixed stream.",
+            "and carries the parameters through the whole mixed stream." + collapsed(folder, BATCH1),
         ),
     ):
         if not rows:
