@@ -44,7 +44,17 @@ def markdown_table(rows: Sequence[dict[str, Any]], floatfmt: str = ".2f") -> str
 
 def render_markdown(title: str, rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     lines = [f"# {title}", ""]
-    for key in ("model", "checkpoint_sha256", "data_source", "device", "precision", "seed", "created", "argv"):
+    for key in (
+        "model",
+        "checkpoint_sha256",
+        "data_source",
+        "device",
+        "precision",
+        "seed",
+        "created",
+        "argv",
+        "resumed_cells",
+    ):
         if key in meta:
             value = meta[key]
             lines.append(f"- {key}: `{json.dumps(value) if isinstance(value, dict) else value}`")

@@ -159,6 +159,9 @@ def test_interrupted_eval_says_what_was_saved_and_resume_finishes_it(
     straight = api.evaluate_corruptions(**{**common, "state_dir": None})
     assert without_seconds(resumed.rows) == without_seconds(straight.rows)
     assert not (tmp_path / "run.state.json").exists() and resumed.name == "run"
+    assert resumed.meta["resumed_cells"] == 2 and "resumed_cells" not in straight.meta  # the rows of the first sitting
+    written = resumed.write(tmp_path / "out")
+    assert "- resumed_cells: `2`" in next(p for p in written if p.suffix == ".md").read_text()
 
 
 def test_saved_lambdas_of_the_wrong_count_are_refused(tmp_path: Path) -> None:

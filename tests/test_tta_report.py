@@ -100,3 +100,21 @@ def test_a_run_with_one_count_right_in_every_cell_is_named_as_collapsed(render, 
     said = next(line for line in render.remedies(tmp_path) if line.startswith("`bn` normalises each image"))
     assert "resnet18 + tent has 199 of 2,000 right in every cell, clean included" in said
     assert "resnet18 + bn has" not in said
+
+
+def test_a_resumed_run_lists_the_load_of_every_sitting(render, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write(tmp_path, "memo-resnet18-memo", 2_000, 1_500)  # written 2026-12-07T00:00
+    (tmp_path / "runs.log").write_text(
+        "2026-12-05T10:00:00Z start memo-resnet18-memo (load: 9.99 1 1)\n"  # an earlier run at another size...
+        "2026-12-05T11:00:00Z done memo-resnet18-memo (exit 0)\n"  # ...finished: not a sitting of this one
+        "2026-12-06T05:41:04Z start memo-resnet18-memo (load: 2.80 3 3)\n"
+        "2026-12-06T08:34:52Z start memo-resnet18-memo (load: 0.70 1 1)\n"
+        "2026-12-07T09:00:00Z start memo-resnet18-memo (load: 5.55 1 1)\n"  # after the report: a later run
+    )
+    runs = [line for line in render.remedies(tmp_path) if line.startswith("| memo-resnet18-memo.json |")]
+    assert len(runs) == 1 and runs[0].endswith("| 0.70 |")  # not resumed: the last start before the report
+    data = json.loads((tmp_path / "memo-resnet18-memo.json").read_text())
+    data["meta"]["resumed_cells"] = 3
+    (tmp_path / "memo-resnet18-memo.json").write_text(json.dumps(data))
+    runs = [line for line in render.remedies(tmp_path) if line.startswith("| memo-resnet18-memo.json |")]
+    assert runs[0].endswith("| 2.80, 0.70 (2 sittings) |")

@@ -400,14 +400,20 @@ def gain(a: dict, b: dict) -> str:
     return f"{a['accuracy'] - b['accuracy']:+.2f} points{words}"
 
 
+DONE = "done"
+
+
 def run_log(folder: Path) -> dict[str, list[tuple[datetime, str]]]:
-    """Report stem -> (start time, 1-minute load average) of each of its runs the run scripts logged (``runs.log``)."""
+    """Report stem -> what the run scripts logged of it (``runs.log``), in order: (time, 1-minute load average)
+    of each start and (time, ``DONE``) of each finish."""
     path = folder / "runs.log"
     found: dict[str, list[tuple[datetime, str]]] = {}
     for line in path.read_text().splitlines() if path.is_file() else []:
         parts = line.split()
         if len(parts) >= 5 and parts[1] == "start" and parts[3] == "(load:":
             found.setdefault(parts[2], []).append((datetime.fromisoformat(parts[0].replace("Z", "+00:00")), parts[4]))
+        elif len(parts) >= 3 and parts[1] == DONE:
+            found.setdefault(parts[2], []).append((datetime.fromisoformat(parts[0].replace("Z", "+00:00")), DONE))
     return found
 
 
@@ -432,11 +438,16 @@ def collapsed(folder: Path, group) -> str:  # type: ignore[no-untyped-def]
     )
 
 
-def load_at_start(started: dict[str, list[tuple[datetime, str]]], stem: str, report: dict) -> str:
+def load_at_start(logged: dict[str, list[tuple[datetime, str]]], stem: str, report: dict) -> str:
     """The load logged by the last start of ``stem`` before its report was written (a later start is a run
-    still going, or one stopped before it wrote anything)."""
+    still going, or one stopped before it wrote anything). A resumed run (``meta.resumed_cells``) ran in
+    sittings: the load at every start since the previous finish of ``stem``."""
     written = datetime.fromisoformat(report["meta"]["created"])
-    return next((load for when, load in reversed(started.get(stem, [])) if when <= written), "")
+    before = [what for when, what in logged.get(stem, []) if when <= written]
+    if not report["meta"].get("resumed_cells"):
+        return next((what for what in reversed(before) if what != DONE), "")
+    sittings = before[len(before) - before[::-1].index(DONE) :] if DONE in before else before
+    return f"{', '.join(sittings)} ({len(sittings)} sittings)"
 
 
 def remedies(folder: Path) -> list[str]:
@@ -602,13 +613,13 @@ def remedies(folder: Path) -> list[str]:
             f"{gain(calibrated[2], calibrated[1])}; against bn at lambda 0.1: {gain(calibrated[2], calibrated[0])}.",
             "",
         ]
-    started = run_log(folder)
+    logged = run_log(folder)
     lines += [
         "### Runs",
         "",
         "Seconds: the run's timed forwards (the cells' `seconds`). Load: the machine's 1-minute load average when "
-        "the run started (2 cores shared with other jobs), from `runs.log` where the run scripts wrote it; the "
-        "runs of 2026-12-02 did not record theirs.",
+        "the run started (2 cores shared with other jobs; a run resumed with `--resume`: when each of its sittings "
+        "started), from `runs.log` where the run scripts wrote it; the runs of 2026-12-02 did not record theirs.",
         "",
         "| report | command | images | seconds | load at start |",
         "|---|---|---:|---:|---:|",
@@ -623,7 +634,7 @@ def remedies(folder: Path) -> list[str]:
         argv = report["meta"]["argv"].split(" eval ", 1)[-1]
         lines.append(
             f"| {stem}.json | `sdnet eval {argv}` | {sum(r['n'] for r in rows):,} | "
-            f"{sum(r['seconds'] for r in rows):,.0f} | {load_at_start(started, stem, report)} |"
+            f"{sum(r['seconds'] for r in rows):,.0f} | {load_at_start(logged, stem, report)} |"
         )
     return lines + [""]
 

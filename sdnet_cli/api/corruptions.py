@@ -100,6 +100,7 @@ def evaluate_corruptions(
         adaptation=adaptation.describe() if adaptation is not None else None,
         **({"stream": {"kind": stream, "seed": session.seed}} if stream == "mixed" else {}),
         **({"calibration_mismatch": mismatch} if mismatch else {}),
+        **({"resumed_cells": len(cells) - pending} if pending < len(cells) else {}),  # rows of an earlier sitting
         corruption_errors=corruption_errors(rows, source.spec.ce_baseline, source.spec.ce_baseline_clean),
     )
     return Report(rows, meta, name=stem, title=f"sdnet eval: {session.info.name}")
