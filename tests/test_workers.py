@@ -147,9 +147,6 @@ def test_an_interrupt_before_the_pool_starts_stays_an_interrupt() -> None:
     reach the caller as the interrupt, not as an AttributeError from the pool's except clause, which CI saw
     under load when ``concurrent.futures.process`` had not been imported yet. A fresh interpreter, so no other
     test has imported it."""
-    import subprocess
-    import sys
-
     code = (
         "import numpy as np\n"
         "from sdnet_cli.data import workers\n"

@@ -332,13 +332,19 @@ def ms_per_image(report: dict) -> float:
     return 1000 * sum(r["seconds"] for r in rows) / sum(r["n"] for r in rows)
 
 
+def entry_report(folder: Path, stems: str | tuple[str, ...], size: int | None = None) -> dict | None:
+    """A table entry's report: the candidate with ``size`` images per cell when there is one, else the first
+    found (None when none exists)."""
+    found = [r for r in (load(folder, stem) for stem in candidates(stems)) if r is not None]
+    return next((r for r in found if r["meta"]["n_examples"] == size), found[0] if found else None)
+
+
 def method_rows(folder: Path, group, keep, size: int | None = None) -> list[dict]:  # type: ignore[no-untyped-def]
     """One table row per method of ``group`` whose report exists (with ``size`` images per cell when one of its
     candidate reports has that many, else its first report found): what it relies on, its cost, its accuracy."""
     out = []
     for stems, label, images, state, steps in group:
-        found = [r for r in (load(folder, stem) for stem in candidates(stems)) if r is not None]
-        report = next((r for r in found if r["meta"]["n_examples"] == size), found[0] if found else None)
+        report = entry_report(folder, stems, size)
         if report is None:
             continue
         rows = cell_rows(report, keep)
@@ -411,9 +417,12 @@ def run_log(folder: Path) -> dict[str, list[tuple[datetime, str]]]:
     for line in path.read_text().splitlines() if path.is_file() else []:
         parts = line.split()
         if len(parts) >= 5 and parts[1] == "start" and parts[3] == "(load:":
-            found.setdefault(parts[2], []).append((datetime.fromisoformat(parts[0].replace("Z", "+00:00")), parts[4]))
+            what = parts[4]
         elif len(parts) >= 3 and parts[1] == DONE:
-            found.setdefault(parts[2], []).append((datetime.fromisoformat(parts[0].replace("Z", "+00:00")), DONE))
+            what = DONE
+        else:
+            continue
+        found.setdefault(parts[2], []).append((datetime.fromisoformat(parts[0].replace("Z", "+00:00")), what))
     return found
 
 
@@ -423,7 +432,7 @@ def collapsed(folder: Path, group) -> str:  # type: ignore[no-untyped-def]
     class); empty when there is none."""
     same = []
     for stems, label, *_ in group:
-        report = next((r for r in (load(folder, stem) for stem in candidates(stems)) if r is not None), None)
+        report = entry_report(folder, stems)
         counts = {r["correct"] for r in cell_rows(report, lambda c, s: True)} if report is not None else set()
         if len(counts) == 1:
             same.append((label, counts.pop(), report["meta"]["n_examples"]))
@@ -446,7 +455,9 @@ def load_at_start(logged: dict[str, list[tuple[datetime, str]]], stem: str, repo
     before = [what for when, what in logged.get(stem, []) if when <= written]
     if not report["meta"].get("resumed_cells"):
         return next((what for what in reversed(before) if what != DONE), "")
-    sittings = before[len(before) - before[::-1].index(DONE) :] if DONE in before else before
+    sittings: list[str] = []
+    for what in before:  # the starts since the last finish
+        sittings = [] if what == DONE else [*sittings, what]
     return f"{', '.join(sittings)} ({len(sittings)} sittings)"
 
 

@@ -63,8 +63,9 @@ class RunState(ResumeFile):
             lacks = "did not save how far each pool's attacks overshot the threat set"
         else:
             return
-        raise UsageError(f"the resume state {path} was written by an earlier sdnet-cli that {lacks}; {ADVICE}",
-                         parameter="resume")  # fmt: skip
+        raise UsageError(
+            f"the resume state {path} was written by an earlier sdnet-cli that {lacks}; {ADVICE}", parameter="resume"
+        )
 
     def get(self, index: int) -> PoolResult | None:
         saved = self.parts.get(str(index))
