@@ -6,16 +6,19 @@ written."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 
 from pydantic import BaseModel
 
 from ._io import atomic_write_text, read_json
-from .errors import UsageError
+from .errors import Interrupted, UsageError
 from .schemas import load
 
 ADVICE = "delete it to start the run afresh"
+R = TypeVar("R", bound="ResumeFile")
 
 
 class ResumeFile:
@@ -47,6 +50,16 @@ class ResumeFile:
         self.parts = saved[self.PARTS]
 
     @classmethod
+    def at(cls: type[R], state_dir: Path | None, stem: str, config: dict[str, Any], resume: bool) -> R | None:
+        """The run's file ``<state_dir>/<stem>.state.json``, or None without ``state_dir`` (where ``resume`` is
+        refused: there is nothing to continue from)."""
+        if state_dir is None:
+            if resume:
+                raise UsageError("resume=True needs state_dir, the folder of the interrupted run", parameter="resume")
+            return None
+        return cls(Path(state_dir) / f"{stem}.state.json", config, resume)
+
+    @classmethod
     def read(cls, path: Path) -> dict[str, Any]:
         """The file's contents, validated against ``SCHEMA``; a damaged file is named, with what to do."""
         try:
@@ -75,3 +88,19 @@ class ResumeFile:
     def put(self, key: str, part: Any) -> None:
         self.parts[key] = part
         atomic_write_text(self.path, json.dumps({"config": self.config, self.PARTS: self.parts}) + "\n")
+
+
+@contextmanager
+def interrupted_saying(saved: ResumeFile | None, total: int) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) with parts saved becomes ``Interrupted``, saying how many of ``total`` and how to
+    continue."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if saved is None or not saved.parts:
+            raise
+        raise Interrupted(
+            f"{len(saved.parts)} finished {saved.PARTS} of {total} are saved in {saved.path}; "
+            "the same call with resume=True continues",
+            parameter="resume",
+        ) from None

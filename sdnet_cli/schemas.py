@@ -8,7 +8,7 @@ Two parts:
   the parameter. The ``*_MAX`` bounds cap every value that multiplies the work, so a typo cannot
   start a run of days or allocate more memory than the machine has.
 - **File schemas** (pydantic models, one per kind of file the tool reads back): checkpoint
-  metadata, the weights manifest, lambda calibrations, check suites and baselines, attack and eval resume
+  metadata, the weights manifest, lambda calibrations, check suites and baselines, attack, eval and sweep resume
   state, and the eval/attack reports ``compare`` reads. Their fields use the same validators, so a
   lambda in a calibration is held to the rule of ``--lam``. ``load`` validates and turns the first
   problem into one ``UsageError`` naming the file and the field.
@@ -539,6 +539,46 @@ class SavedCell(Schema):
 class EvalState(Schema):
     config: dict[str, Any]
     cells: dict[Annotated[str, Field(pattern=r"^[a-z_]{1,40}/[0-5]$")], SavedCell]
+
+
+# -- sweep resume state --------------------------------------------------------------------------
+Count = Annotated[Any, AfterValidator(count_rule(EXAMPLES_MAX, lower=0))]
+
+
+class SavedSweep(Schema):
+    """One finished cell of a lambda sweep (``sweep.runs.CellSweep``): per grid lambda, which images it
+    classified correctly, the stem's mean reconstruction error and the seconds."""
+
+    correct: list[Bits]
+    mean_error: list[Finite]
+    seconds: list[Finite]
+    top2: Bits | None
+    pairs_run: Count
+    audited: Count
+    audit_same: Count
+    wall_seconds: Finite
+    in_eval_batches: list[Count]
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> SavedSweep:
+        n_lams = len(self.correct)
+        if not n_lams or len(self.mean_error) != n_lams or len(self.seconds) != n_lams:
+            raise ValueError("must give correct, mean_error and seconds for the same lambdas, at least one")
+        n = len(self.correct[0])
+        if any(len(c) != n for c in self.correct) or (self.top2 is not None and len(self.top2) != n):
+            raise ValueError("must give every correct mask (and top2) as many images")
+        if (
+            self.audit_same > self.audited
+            or self.pairs_run > n * n_lams
+            or max(self.in_eval_batches, default=0) >= n_lams
+        ):
+            raise ValueError("must count at most its own pairs and name only its own lambdas")
+        return self
+
+
+class SweepState(Schema):
+    config: dict[str, Any]
+    cells: dict[Annotated[str, Field(pattern=r"^(test|train):[a-z_]{1,40}/[0-5]$")], SavedSweep]
 
 
 # -- attack resume state -------------------------------------------------------------------------

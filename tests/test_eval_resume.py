@@ -175,3 +175,20 @@ def test_saved_lambdas_of_the_wrong_count_are_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps(saved))
     with pytest.raises(UsageError, match=r"must hold 12 finite lambdas.*delete it"):
         CellState(path, CONFIG, resume=True).get(CELLS[0])
+
+
+def test_a_resume_file_from_a_run_with_other_fista_steps_is_refused(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    """The checkpoint's digest does not cover ``n_steps``, which changes every forward of an SDNet, so the
+    resume config names it: cells from 2 FISTA steps are never mixed into a run with 3."""
+    from sdnet_cli.api._session import Session
+    from sdnet_cli.specs import DataSpec, ModelSpec, RunSpec
+
+    def config(n_steps: int) -> dict:
+        spec = ModelSpec("sdnet18", checkpoint=tiny_checkpoint, n_steps=n_steps)
+        return Session.open("eval", model=spec, data=DataSpec(), run=RunSpec(device="cpu")).resume_config()
+
+    path = tmp_path / "run.state.json"
+    path.write_text(json.dumps({"config": config(2), "cells": {}}))
+    assert CellState(path, config(2), resume=True).parts == {}
+    with pytest.raises(UsageError, match=r"different settings \(n_steps\)"):
+        CellState(path, config(3), resume=True)

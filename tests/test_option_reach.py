@@ -83,7 +83,7 @@ TEXT = {
 }
 """A valid value other than the default for every text option and argument (by its parameter name)."""
 
-HIDDEN = ("eps", "norm", "steps", "restarts", "version", "baseline_model", "pool_batches", "resume")
+HIDDEN = ("eps", "norm", "steps", "restarts", "version", "baseline_model", "pool_batches")
 SWEEP_ONLY = ("corruptions", "severities", "fit", "fit_corruptions", "fit_n", "calibration_out", "sweep_span")
 SWEEP_ONLY += ("cifar_c_dir", "cache_dir", "compile", "adapt", "prior_strength")
 REFUSED = (

@@ -18,7 +18,7 @@ if [ ! -f "$OUT/sweep-sdnet18-bn.json" ]; then
     started sweep-sdnet18-bn
     sdnet sweep-lambda --model sdnet18 -c gaussian_noise "${SEV[@]}" -n 100 --seed 0 --lams "$LAMS" --fit \
         --fit-n "$FIT_N" "${NOISES[@]/-c/--fit-corruption}" --adapt bn --calibration-out "$CAL" \
-        --out "$OUT" --name sweep-sdnet18-bn
+        --out "$OUT" --name sweep-sdnet18-bn --resume
 fi
 run() {  # report name, then sdnet eval options; on the noise cells at SEV, the first N test images of each
     local name=$1; shift

@@ -45,7 +45,7 @@ if [ ! -f "$CAL_PRIOR" ]; then
     started sweep-sdnet18-bnprior
     sdnet sweep-lambda --model sdnet18 -c gaussian_noise -s all -n 100 --seed 0 --lams 0.1,0.2,0.3,0.4,0.6,0.8,1.0,1.2,1.4 \
         --fit --fit-n "${FIT_N:-100}" "${FITS[@]/#/--fit-corruption=}" --adapt bn-prior --calibration-out "$CAL_PRIOR" \
-        --out "$OUT" --name sweep-sdnet18-bnprior
+        --out "$OUT" --name sweep-sdnet18-bnprior --resume
     finished sweep-sdnet18-bnprior
 fi
 run noise-sdnet18-autoprior-bnprior "$F" all --model sdnet18 --lam auto --adapt bn-prior --calibration "$CAL_PRIOR"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
@@ -184,6 +185,28 @@ class Session:
     @property
     def info(self) -> ModelInfo:
         return self.model.info
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The model a resumable job's saved parts came from: its name, its weights' sha256 and the FISTA steps
+        it runs (a setting of the run, which the weights' digest does not cover)."""
+        info = self.info
+        return {"model": info.name, "checkpoint_sha256": info.sha256, "n_steps": info.n_steps, "dataset": self.dataset}
+
+    def resume_config(self, **settings: Any) -> dict[str, Any]:
+        """What every saved part of a resumable job depends on besides its own ``settings``: the command, the
+        model (``fingerprint``), the images and how they run. A resume file written under another config is
+        refused (``resume.ResumeFile``)."""
+        data = self.data
+        return {
+            "command": self.command,
+            **self.fingerprint(),
+            "seed": self.seed,
+            "n_examples": data.n_examples,
+            "cifar_c_dir": None if data.cifar_c_dir is None else str(Path(data.cifar_c_dir).resolve()),
+            "batch_size": self.batch_size,
+            "precision": self.runtime.precision,
+            **settings,
+        }
 
     def require_lambda(self) -> None:
         """Lambda sweeps, rules and hold-outs need a model with CSC layers (an SDNet)."""

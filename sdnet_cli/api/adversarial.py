@@ -289,13 +289,11 @@ class AttackJob:
 
         session = self.session
         state_path = Path(state_dir) / f"{stem}{distributed.rank_suffix()}.state.json" if state_dir else None
-        info = session.info
-        fingerprint = {"model": info.name, "checkpoint_sha256": info.sha256, "dataset": session.dataset}
         with self._saved_pools(state_path):
             results = run_attack(
                 session.classifier, self.images, self.labels, self.config, seed=session.seed,
                 runtime=session.runtime, batch_size=session.batch_size, pool_batches=self.pool_batches,
-                progress=advance, state_path=state_path, resume=resume, keep_adv=keep_adv, fingerprint=fingerprint,
+                progress=advance, state_path=state_path, resume=resume, keep_adv=keep_adv, fingerprint=session.fingerprint(),
                 estimate=self._say_estimate,
             )  # fmt: skip
         if state_path is not None:

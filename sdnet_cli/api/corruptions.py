@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import Interrupted, UsageError
+from ..errors import UsageError
 from ..forecast import Progress
 from ..report import Report, check_stem
+from ..resume import interrupted_saying
 from ..schemas import WORKERS_MAX
 from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec, count_or_none, unused
 from ._session import Session, Silent, single_process, strings
@@ -86,7 +86,7 @@ def evaluate_corruptions(
         source = session.cells(names)
         pending = sum(saved is None or cell not in saved for cell in cells)
         advance = session.task(f"evaluating {session.info.name}", source, pending)
-        with _interrupted_saying(saved, len(cells)):
+        with interrupted_saying(saved, len(cells)):
             rows = evaluate_cells(
                 session.classifier, cells, source, session.runtime, base, session.batch_size, advance, cell_policy,
                 adaptation, stream, session.seed, saved,
@@ -125,39 +125,12 @@ def _saved_cells(
         if resume:
             refuse_mixed_resume()
         return None
-    if state_dir is None:
-        if resume:
-            raise UsageError("resume=True needs state_dir, the folder of the interrupted run", parameter="resume")
-        return None
-    info, data = session.info, session.data
-    config = {
-        "command": "eval",
+    config = session.resume_config(
         **base,
-        "checkpoint_sha256": info.sha256,
-        "lam_policy": repr(policy or "training lambda"),
-        "adaptation": adaptation.describe() if adaptation is not None else None,
-        "seed": session.seed,
-        "n_examples": data.n_examples,
-        "cifar_c_dir": None if data.cifar_c_dir is None else str(Path(data.cifar_c_dir).resolve()),
-        "batch_size": session.batch_size,
-        "precision": session.runtime.precision,
-    }
-    return CellState(Path(state_dir) / f"{stem}{distributed.rank_suffix()}.state.json", config, resume)
-
-
-@contextmanager
-def _interrupted_saying(saved: CellState | None, n_cells: int) -> Iterator[None]:
-    """Ctrl-C (or SIGTERM) with cells saved becomes ``Interrupted``, saying how many and how to continue."""
-    try:
-        yield
-    except KeyboardInterrupt:
-        if saved is None or not saved.parts:
-            raise
-        raise Interrupted(
-            f"{len(saved.parts)} finished cells of {n_cells} are saved in {saved.path}; "
-            "the same call with resume=True continues",
-            parameter="resume",
-        ) from None
+        lam_policy=repr(policy or "training lambda"),
+        adaptation=adaptation.describe() if adaptation is not None else None,
+    )
+    return CellState.at(state_dir, f"{stem}{distributed.rank_suffix()}", config, resume)
 
 
 def _lambda_policies(

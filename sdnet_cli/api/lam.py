@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..forecast import Progress
-from ..report import Report
+from ..report import Report, check_stem
+from ..resume import interrupted_saying
 from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec
 from ._session import Session, strings
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from ..adapt import Adaptation, AdaptSpec
     from ..lam import Calibration
     from ..sweep.plan import SweepPlan
+    from ..sweep.runs import SweptCells
 
 Training = tuple["np.ndarray", "np.ndarray"]
 
@@ -36,6 +38,9 @@ def sweep_lambda(
     calibration_out: Path | None = None,
     sweep_span: float = 0.2,
     adapt: AdaptSpec | str = "none",
+    name: str | None = None,
+    state_dir: Path | None = None,
+    resume: bool = False,
     progress: Progress | None = None,
 ) -> Report:
     """Accuracy and the stem's mean reconstruction error for every test lambda on every cell.
@@ -51,11 +56,14 @@ def sweep_lambda(
     in; the calibration records it (and is written, by default, as ``<checkpoint stem>.lambda-<adapt>.json``,
     which ``eval`` with that ``adapt`` prefers); under ``bn`` every pair runs (``sweep_span`` is set aside).
     The report's extras are the accuracy-vs-lambda and best-lambda-vs-error plots. ``model``, ``data``,
-    ``run``: as in ``evaluate_corruptions``.
+    ``run``: as in ``evaluate_corruptions``. ``state_dir``: every finished test cell and calibration group is
+    saved to ``<state_dir>/<name>.state.json``, so an interrupted run continues with ``resume`` (the file is
+    removed once the run completes); ``name`` is the report's file stem (default ``sweep-lambda-<model>``).
     """
     from ..adapt import AdaptSpec, calibratable, make_adaptation
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
     from ..lam import calibration_destination, lambda_grid, store_calibration
+    from ..rows import CLEAN
     from ..sweep import runs
     from ..sweep.plan import EVERY_PAIR, SweepPlan
     from ..sweep.report import save_sweep_plots
@@ -78,27 +86,44 @@ def sweep_lambda(
     # found before the work, so a fit whose calibration would have nowhere to go is refused at once
     destination = calibration_destination(session.info, calibration_out, method) if fit else None
     train = _training_images(session) if fit else None
+    stem = check_stem(name or f"sweep-lambda-{session.info.name}")
+    config: dict[str, Any] = {"grid": grid, "plan": plan.describe(), "fit_n": fit_n if fit else None}
+    config["adaptation"] = adaptation.describe() if adaptation is not None else None
+    saved = runs.SweptCells.at(state_dir, stem, session.resume_config(**config), resume)
     source = session.cells(names)
-    advance = session.task(f"sweeping {session.info.name}", source, len(cells) * len(grid))
+    resumed = len(saved.parts) if saved is not None else 0  # test cells and calibration groups of an earlier sitting
+    pending = sum(saved is None or not saved.has("test", cell) for cell in cells)
+    advance = session.task(f"sweeping {session.info.name}", source, pending * len(grid))
     args = (session.classifier, cells, source, session.runtime)
-    sweeps = runs.sweep_cells(*args, grid, session.batch_size, advance, plan, session.seed, adaptation)
-    rows = runs.sweep_rows(sweeps, session.base())
-    points = runs.cell_points(*args, rows, session.batch_size)
-    calibration = (
-        None if train is None else _calibrate(session, train, grid, fit_names, severity_list, fit_n, plan, adaptation)
-    )
+    groups = len(expand_cells([c for c in fit_names if c != CLEAN], severity_list)) if fit else 0
+    with interrupted_saying(saved, len(cells) + groups):
+        sweeps = runs.sweep_cells(*args, grid, session.batch_size, advance, plan, session.seed, adaptation, saved)
+        rows = runs.sweep_rows(sweeps, session.base())
+        points = runs.cell_points(*args, rows, session.batch_size)
+        calibration = (
+            None
+            if train is None
+            else _calibrate(session, train, grid, fit_names, severity_list, fit_n, plan, adaptation, saved)
+        )
     path = store_calibration(calibration, session.info, destination) if calibration is not None else None
+    if saved is not None:
+        saved.path.unlink(missing_ok=True)
     summary = runs.plan_summary(sweeps, plan)
     adapted = {"adaptation": adaptation.describe()} if adaptation is not None else {}
     meta = session.meta(
-        source, grid=grid, sweep=summary, points=points, **adapted, **_calibration_meta(calibration, path)
+        source,
+        grid=grid,
+        sweep=summary,
+        points=points,
+        **adapted,
+        **_calibration_meta(calibration, path),
+        **({"resumed_cells": resumed} if resumed else {}),
     )
 
     def plots(out_dir: Path, stem: str) -> list[Path]:
         return save_sweep_plots(rows, points, out_dir, stem, session.info.name, calibration)
 
-    name = session.info.name
-    return Report(rows, meta, name=f"sweep-lambda-{name}", title=f"sdnet sweep-lambda: {name}", extras=[plots])
+    return Report(rows, meta, name=stem, title=f"sdnet sweep-lambda: {session.info.name}", extras=[plots])
 
 
 def compare_lambda_rules(
@@ -258,19 +283,22 @@ def _calibrate(
     fit_n: int,
     plan: SweepPlan,
     adaptation: Adaptation | None = None,
+    saved: SweptCells | None = None,
 ) -> Calibration:
     """The per-input rules fitted on ``fit_n`` corrupted training images per (corruption, severity) group,
-    under ``adaptation`` (None: stored BatchNorm statistics)."""
+    under ``adaptation`` (None: stored BatchNorm statistics); ``saved`` keeps the finished groups."""
     from ..data.cells import expand_cells
     from ..data.datasets import dataset_spec
     from ..sweep.runs import calibrate
 
-    groups = len(expand_cells(corruptions, severities))
-    total = min(fit_n, len(train[0])) * groups * len(grid)
+    cells = expand_cells(corruptions, severities)
+    pending = sum(saved is None or not saved.has("train", cell) for cell in cells)
+    total = min(fit_n, len(train[0])) * pending * len(grid)
     advance = session.progress.task("calibrating on training images", total)
     return calibrate(
         session.classifier, *train, session.runtime, grid, corruptions, severities, fit_n, session.seed, advance,
         session.batch_size, session.info.sha256 or "", dataset_spec(session.dataset).strength, plan, adaptation,
+        saved,
     )  # fmt: skip
 
 

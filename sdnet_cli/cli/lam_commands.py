@@ -56,7 +56,7 @@ SWEEP_ONLY = (
     "cache_dir", "compile", "adapt", "prior_strength",
 )  # fmt: skip
 """sweep-lambda's options that the corruption sweep uses and ``--attack`` (clean images, attacked) cannot."""
-ATTACK_ONLY = ("eps", "norm", "steps", "restarts", "version", "baseline_model", "pool_batches", "resume")
+ATTACK_ONLY = ("eps", "norm", "steps", "restarts", "version", "baseline_model", "pool_batches")
 """sweep-lambda's hidden options, kept for its former ``--attack`` spelling: the corruption sweep cannot use them."""
 
 
@@ -128,7 +128,7 @@ def sweep_lambda_command(
     version: Annotated[str, typer.Option("--version", hidden=True)] = "standard",
     baseline_model: Annotated[str | None, typer.Option("--baseline-model", hidden=True)] = None,
     pool_batches: Annotated[int | None, typer.Option("--pool-batches", hidden=True)] = None,
-    resume: Annotated[bool, typer.Option("--resume", hidden=True)] = False,
+    resume: ResumeOpt = False,
     threat: ThreatOpt = "corruptions",
     model_dir: ModelDirOpt = None,
     cifar_c_dir: CDirOpt = None,
@@ -175,7 +175,7 @@ def sweep_lambda_command(
         report = api.sweep_lambda(
             model=spec, data=data, run=run, corruptions=corruptions, severities=severities, lams=lams, fit=fit,
             fit_corruptions=fit_corruptions, fit_n=fit_n, calibration_out=calibration_out, sweep_span=sweep_span,
-            adapt=adaptation, progress=progress,
+            adapt=adaptation, name=name, state_dir=out_dir, resume=resume, progress=progress,
         )  # fmt: skip
     best = [{**r, "mean_error": f"{r['mean_error']:.4g}"} for r in report.rows if r["oracle"]]
     columns = ["corruption", "severity", "lam", "n", "accuracy", "mean_error"]

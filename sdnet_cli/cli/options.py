@@ -164,7 +164,8 @@ ResumeOpt = Annotated[
     typer.Option(
         "--resume",
         help="Continue an interrupted run from <out>/<name>*.state.json (saved as it goes, removed when it "
-        "finishes), skipping the work it finished: an attack's pools of images, an evaluation's cells.",
+        "finishes), skipping the work it finished: an attack's pools of images, an evaluation's cells, a "
+        "lambda sweep's cells and calibration groups.",
     ),
 ]
 PoolOpt = Annotated[

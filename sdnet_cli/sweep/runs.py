@@ -42,8 +42,10 @@ from ..lam import (
 )
 from ..models.classifier import Classifier, LambdaPolicy
 from ..models.csc import CSCLayer, require_csc
+from ..resume import ADVICE, ResumeFile
 from ..rows import CLEAN, HELD_OUT, IN_CALIBRATION, MEAN, REFERENCE
 from ..runtime import Counts, Runtime, iter_batches
+from ..schemas import SweepState
 from .plan import EVERY_PAIR, SweepPlan, sweep_images
 
 
@@ -104,6 +106,65 @@ class CellSweep:
     in_eval_batches: tuple[int, ...] = ()
 
 
+class SweptCells(ResumeFile):
+    """Finished cells of an interrupted sweep-lambda run in ``<name>.state.json``: each ``CellSweep`` whole,
+    keyed ``test:<corruption>/<severity>`` (test cells) or ``train:...`` (calibration groups), so a resumed
+    run skips them and gives the report (and calibration) of an uninterrupted one: a cell's sweep depends
+    only on its images, the model, the grid, the plan and its own seed."""
+
+    SCHEMA = SweepState
+    PARTS = "cells"
+
+    @staticmethod
+    def key(phase: str, cell: Cell) -> str:
+        return f"{phase}:{cell.corruption}/{cell.severity}"
+
+    def has(self, phase: str, cell: Cell) -> bool:
+        return self.key(phase, cell) in self.parts
+
+    def get(self, phase: str, cell: Cell, grid: Sequence[float]) -> CellSweep | None:
+        saved = self.parts.get(self.key(phase, cell))
+        if saved is None:
+            return None
+        if len(saved["correct"]) != len(grid):
+            raise UsageError(
+                f"the resume state {self.path} is damaged ({self.key(phase, cell)} holds {len(saved['correct'])} "
+                f"lambdas, not the grid's {len(grid)}); {ADVICE}",
+                parameter="resume",
+            )
+        bits = np.stack([_unpack(row) for row in saved["correct"]])
+        top2 = None if saved["top2"] is None else _unpack(saved["top2"])
+        return CellSweep(
+            cell, list(grid), bits, saved["mean_error"], saved["seconds"], top2, saved["pairs_run"],
+            saved["audited"], saved["audit_same"], saved["wall_seconds"], tuple(saved["in_eval_batches"]),
+        )  # fmt: skip
+
+    def put_sweep(self, phase: str, found: CellSweep) -> None:
+        self.put(
+            self.key(phase, found.cell),
+            {
+                "correct": [_pack(row) for row in found.correct],
+                "mean_error": [float(e) for e in found.mean_error],
+                "seconds": [float(t) for t in found.seconds],
+                "top2": None if found.top2 is None else _pack(found.top2),
+                "pairs_run": found.pairs_run,
+                "audited": found.audited,
+                "audit_same": found.audit_same,
+                "wall_seconds": found.wall_seconds,
+                "in_eval_batches": list(found.in_eval_batches),
+            },
+        )
+
+
+def _pack(mask: np.ndarray) -> str:
+    """A boolean mask as the state file's ``"0101"`` text."""
+    return (np.asarray(mask, dtype=np.uint8) + ord("0")).tobytes().decode()
+
+
+def _unpack(text: str) -> np.ndarray:
+    return np.asarray(np.frombuffer(text.encode(), dtype=np.uint8) == ord("1"))
+
+
 def sweep_cells(
     model: Classifier,
     cells: Sequence[Cell],
@@ -115,13 +176,16 @@ def sweep_cells(
     plan: SweepPlan | None = None,
     seed: int = 0,
     adapt: Adaptation | None = None,
+    saved: SweptCells | None = None,
+    phase: str = "test",
 ) -> list[CellSweep]:
     """Every (cell, lambda) pair through the evaluation's ``predict_logits`` with a ``FixedLambda`` policy,
     visited by ``plan`` (default ``SweepPlan()``; ``EVERY_PAIR`` runs them all); ``seed`` draws the plan's
     audit sample of each cell. ``lams`` is read by ``lambda_grid`` (sorted, distinct). ``adapt`` (one of
     ``adapt.CALIBRATABLE``) runs every forward under that adaptation, reset per cell; one that normalises
     with a batch's statistics runs every pair in its batches of ``adapt.batch_size`` (a plan's subsets of a
-    batch would change the statistics)."""
+    batch would change the statistics). ``saved``: finished cells are kept there under ``phase`` (``test`` cells or
+    ``train``ing groups) and not run again."""
     stem = _stem(model)
     grid = lambda_grid(lams)
     plan = plan or SweepPlan()
@@ -131,6 +195,10 @@ def sweep_cells(
             plan, batch_size = EVERY_PAIR, adapt.batch_size
     sweeps = []
     for cell in cells:
+        kept = saved.get(phase, cell, grid) if saved is not None else None
+        if kept is not None:
+            sweeps.append(kept)
+            continue
         images, labels = source.load(cell)
         start = time.perf_counter()
         rng = np.random.default_rng([seed, zlib.crc32(f"{cell.corruption}/{cell.severity}".encode())])
@@ -152,6 +220,8 @@ def sweep_cells(
                 found.in_eval_batches,
             )  # fmt: skip
         )
+        if saved is not None:
+            saved.put_sweep(phase, sweeps[-1])
     return sweeps
 
 
@@ -261,6 +331,7 @@ def calibrate(
     strength: str = "cifar",
     plan: SweepPlan | None = None,
     adapt: Adaptation | None = None,
+    saved: SweptCells | None = None,
 ) -> Calibration:
     """Fit lambda = clamp(a * feature + b, min grid, max grid) for each rule on corrupted training images.
 
@@ -269,7 +340,8 @@ def calibrate(
     its sweep curve (``fit_line_for_accuracy``); ``lam="auto"`` will run the rule with the higher
     mean group accuracy. ``strength`` is the dataset's corruption strength table ("cifar" or "imagenet");
     ``plan`` how the sweep visits the grid (``sweep_cells``). ``adapt``: the test-time adaptation the
-    groups run under (``sweep_cells``), recorded in the calibration so ``eval`` can compare.
+    groups run under (``sweep_cells``), recorded in the calibration so ``eval`` can compare. ``saved``: the
+    run's resume file, which keeps each finished group (phase ``train``).
     """
     if n < 1:
         raise UsageError(f"n must be >= 1, got {n}", parameter="n")
@@ -278,7 +350,8 @@ def calibrate(
     train = CorruptedTrainSet(train_images, train_labels, n, seed, strength)
     cells = expand_cells(corruptions, severities)
     base = {"model": None, "dataset": "train"}
-    rows = sweep_lambda(model, cells, train, runtime, grid, base, batch_size, progress, plan, seed, adapt)
+    sweeps = sweep_cells(model, cells, train, runtime, grid, batch_size, progress, plan, seed, adapt, saved, "train")
+    rows = sweep_rows(sweeps, base)
     points = cell_points(model, cells, train, runtime, rows, batch_size)
     accuracy = {(r["corruption"], r["severity"], r["lam"]): r["accuracy"] for r in rows}
     for p in points:
