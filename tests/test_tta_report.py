@@ -118,3 +118,15 @@ def test_a_resumed_run_lists_the_load_of_every_sitting(render, tmp_path: Path) -
     (tmp_path / "memo-resnet18-memo.json").write_text(json.dumps(data))
     runs = [line for line in render.remedies(tmp_path) if line.startswith("| memo-resnet18-memo.json |")]
     assert runs[0].endswith("| 2.80, 0.70 (2 sittings) |")
+
+
+def test_a_run_cut_into_sittings_gives_the_spread_of_its_cells_cost(render, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    write(tmp_path, "memo-resnet18-memo", 2_000, 1_500)  # 2 ms an image in every cell
+    assert not any("cut into sittings" in line for line in render.remedies(tmp_path))  # one sitting: nothing to say
+    data = json.loads((tmp_path / "memo-resnet18-memo.json").read_text())
+    data["meta"]["resumed_cells"] = 4
+    for row, seconds in zip(data["rows"][1:], [800.0, 900.0, 1600.0] + [1000.0] * 17):  # the noise cells
+        row["seconds"] = seconds
+    (tmp_path / "memo-resnet18-memo.json").write_text(json.dumps(data))
+    said = next(line for line in render.remedies(tmp_path) if "cut into sittings" in line)
+    assert "resnet18 + memo: 400 to 800 ms an image by cell (median 500)" in said  # 800 s / 2,000 ... 1,600 s / 2,000

@@ -12,6 +12,7 @@ import math
 import sys
 from datetime import datetime
 from pathlib import Path
+from statistics import median
 
 import pandas as pd
 
@@ -332,6 +333,30 @@ def ms_per_image(report: dict) -> float:
     return 1000 * sum(r["seconds"] for r in rows) / sum(r["n"] for r in rows)
 
 
+def cell_costs(report: dict, keep) -> list[float]:  # type: ignore[no-untyped-def]
+    """Each cell's own timed forwards per image, in milliseconds (``keep``'s cells)."""
+    return [1000 * r["seconds"] / r["n"] for r in cell_rows(report, keep)]
+
+
+def sittings_cost(folder: Path, group, keep) -> str:  # type: ignore[no-untyped-def]
+    """For each run of ``group`` cut into sittings (its meta's ``resumed_cells``), the spread of its cells' cost
+    per image: its sittings ran at different loads (the runs table), so the table's figure, over every cell,
+    is not one load's."""
+    said = []
+    for stems, label, *_ in group:
+        report = entry_report(folder, stems)
+        if report is None or not report["meta"].get("resumed_cells"):
+            continue
+        costs = sorted(cell_costs(report, keep))
+        said.append(f"{label}: {costs[0]:,.0f} to {costs[-1]:,.0f} ms an image by cell (median {median(costs):,.0f})")
+    if not said:
+        return ""
+    return (
+        "Runs cut into sittings ran at a different load in each (the runs table), so their `ms per image` is an "
+        "average over loads; by cell: " + "; ".join(said) + "."
+    )
+
+
 def entry_report(folder: Path, stems: str | tuple[str, ...], size: int | None = None) -> dict | None:
     """A table entry's report: the candidate with ``size`` images per cell when there is one, else the first
     found (None when none exists)."""
@@ -586,6 +611,8 @@ def remedies(folder: Path) -> list[str]:
             table_md(memo),
             "",
         ]
+        spread = sittings_cost(folder, MEMO, memo_keep)
+        lines += [spread, ""] if spread else []
         tent_there = method_rows(folder, [r for r in BATCH_METHODS if r[1] == "resnet18 + tent"], memo_keep)
         memo_sdnet = [r for r in memo if r["method"].startswith("sdnet18") and "memo" in r["method"]]
         if tent_there and memo_sdnet:
