@@ -542,7 +542,7 @@ class EvalState(Schema):
 
 
 # -- sweep resume state --------------------------------------------------------------------------
-Count = Annotated[Any, AfterValidator(count_rule(EXAMPLES_MAX, lower=0))]
+Pairs = Annotated[Any, AfterValidator(count_rule(EXAMPLES_MAX * GRID_MAX, lower=0))]  # (lambda, image) pairs
 
 
 class SavedSweep(Schema):
@@ -553,11 +553,11 @@ class SavedSweep(Schema):
     mean_error: list[Finite]
     seconds: list[Finite]
     top2: Bits | None
-    pairs_run: Count
-    audited: Count
-    audit_same: Count
+    pairs_run: Pairs
+    audited: Pairs
+    audit_same: Pairs
     wall_seconds: Finite
-    in_eval_batches: list[Count]
+    in_eval_batches: list[Annotated[Any, AfterValidator(count_rule(GRID_MAX, lower=0))]]
 
     @model_validator(mode="after")
     def _same_lengths(self) -> SavedSweep:

@@ -85,11 +85,11 @@ def sweep_lambda(
     method = adapt_spec.method if adaptation is not None else None
     # found before the work, so a fit whose calibration would have nowhere to go is refused at once
     destination = calibration_destination(session.info, calibration_out, method) if fit else None
-    train = _training_images(session) if fit else None
     stem = check_stem(name or f"sweep-lambda-{session.info.name}")
     config: dict[str, Any] = {"grid": grid, "plan": plan.describe(), "fit_n": fit_n if fit else None}
     config["adaptation"] = adaptation.describe() if adaptation is not None else None
     saved = runs.SweptCells.at(state_dir, stem, session.resume_config(**config), resume)
+    train = _training_images(session) if fit else None
     source = session.cells(names)
     resumed = len(saved.parts) if saved is not None else 0  # test cells and calibration groups of an earlier sitting
     pending = sum(saved is None or not saved.has("test", cell) for cell in cells)
