@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from ._io import read_json
-from .attacks import AttackConfig, run_attack
+from .attacks import AttackConfig, forwards_per_image, run_attack
 from .data.cells import Cell, CellSource
 from .errors import UsageError
 from .evaluate import evaluate_cells
+from .forecast import Progress, Silent
 from .lam import lambda_label, resolve_policy
 from .models import Classifier, LambdaPolicy, ModelInfo, load_model
 from .rows import CLEAN, MEAN
@@ -118,33 +119,34 @@ class Suite:
     def attack_config(self) -> AttackConfig:
         return AttackConfig.create(attack=self.attack, norm="Linf", eps=[self.eps], steps=self.steps)
 
-    def work_units(self) -> int:
-        """Images the suite pushes through per model: clean, every cell, and the attack."""
-        return self.n_examples * (len(self.cells) + 2) * len(self.models)
-
 
 def run_suite(
     suite: Suite,
     runtime: Runtime,
     data_dir: Path | None = None,
     cache_dir: Path | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
     weights_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Rows ``{model, checkpoint_sha256, metric, n, value}``, one per model and metric. Every model is loaded,
-    held to the output contract and given its lambda policy before any work."""
+    held to the output contract and given its lambda policy, and the corrupted cells generated (a progress task
+    of their own), before the suite's task starts. That task counts forwards: an attacked image weighs what
+    the attack costs (``attacks.forwards_per_image``), so its forecast from the first evaluations holds."""
     config = suite.attack_config()
     loaded = [_load_entry(suite, i, runtime, weights_dir) for i in range(len(suite.models))]
     source = CellSource(data_dir, None, cache_dir, seed=suite.seed, n_examples=suite.n_examples, dataset=suite.dataset)
-    source.prepare(sorted({c for c, _ in suite.cells}))
+    told = progress or Silent()
+    source.prepare_told(sorted({c for c, _ in suite.cells}), told)
     cells = [Cell(CLEAN, 0)] + [Cell(c, s) for c, s in suite.cells]
+    weights = [forwards_per_image(classifier, config, info.num_classes) for classifier, info, _ in loaded]
+    advance = told.task("checking", sum(suite.n_examples * (len(cells) + w) for w in weights))
     rows: list[dict[str, Any]] = []
-    for spec, (classifier, info, policy) in zip(suite.models, loaded):
+    for spec, (classifier, info, policy), weight in zip(suite.models, loaded, weights):
         with classifier.using(policy):
             base = {"model": spec.label, "dataset": suite.dataset, "lam": lambda_label(classifier)}
             found = [
                 r
-                for r in evaluate_cells(classifier, cells, source, runtime, base, progress=progress)
+                for r in evaluate_cells(classifier, cells, source, runtime, base, progress=advance)
                 if r["corruption"] != MEAN
             ]
             metrics = [
@@ -153,8 +155,9 @@ def run_suite(
             ]
             images, labels = source.load(Cell(CLEAN, 0))
             attacked = run_attack(
-                classifier, images, labels, config, seed=suite.seed, runtime=runtime.exact, progress=progress
-            )
+                classifier, images, labels, config, seed=suite.seed, runtime=runtime.exact,
+                progress=_weighted(advance, weight),
+            )  # fmt: skip
             (robust,) = attacked.rows(base)
         metrics.append(
             (f"{suite.attack}-{suite.steps}-Linf-{config.eps[0].text}", robust["n"], robust["robust_accuracy"])
@@ -164,6 +167,11 @@ def run_suite(
             for m, n, v in metrics
         ]
     return rows
+
+
+def _weighted(advance: Callable[[int], None], weight: int) -> Callable[[int], None]:
+    """``advance`` for work whose every unit counts ``weight`` units of the task."""
+    return lambda k: advance(k * weight)
 
 
 def _load_entry(

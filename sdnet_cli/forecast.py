@@ -18,7 +18,7 @@ LONG_SECONDS = 600.0
 QUICK_SECONDS = 300.0
 """The hint's image count is chosen to take about this long."""
 FIRST_LOOK_SECONDS = 5.0
-"""A progress task forecasts itself once it has run this long (or done 5% of its work)."""
+"""A progress task forecasts itself once its work since the first report has run this long (or done 5%)."""
 SECOND_LOOK_SECONDS = 60.0
 """...and looks again once it has run this long and done 10% of its work."""
 REVISE_FACTOR = 2.0
@@ -81,9 +81,22 @@ class Progress(Protocol):
     def note(self, text: str) -> None: ...
 
 
+class Silent:
+    """Progress that goes nowhere (the default)."""
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        return lambda k: None
+
+    def note(self, text: str) -> None:
+        pass
+
+
 class Forecasting:
-    """A ``Progress`` that adds one forecast line to every task that has none of its own: once the task
-    has run ``FIRST_LOOK_SECONDS`` or done 5% of its work, from the rate so far. A rate from the first seconds
+    """A ``Progress`` that adds one forecast line to every task that has none of its own, from the rate of its
+    work since its first report: what came before that report (loading, generating, a worker pool starting,
+    the first batch's warm-up) is counted once, not extrapolated (a generation whose first chunk came after its
+    workers' start-up said "about 16 min" and took 68 s). The line comes once the work since the first report
+    has run ``FIRST_LOOK_SECONDS``, or done 5% of the task in a second or more. A rate from the first seconds
     is at the mercy of what else ran then (a MEMO run that started while another job finished said "about 1 h
     50 min" and was 82% done after 13 min), so once the task has run ``SECOND_LOOK_SECONDS`` and done 10% of
     its work, the forecast is said again if it has moved by more than a factor ``REVISE_FACTOR``."""
@@ -100,17 +113,24 @@ class Forecasting:
     def task(self, description: str, total: int) -> Callable[[int], None]:
         advance = self.progress.task(description, total)
         start, done = time.perf_counter(), [0]
+        first: list[tuple[float, int]] = []  # (seconds, units done) at the task's first report
         said: list[float] = []  # the forecast seconds said so far (none when the job said its own)
 
         def forward(k: int) -> None:
             advance(k)
             done[0] += k
             elapsed = time.perf_counter() - start
+            if not first:
+                first.append((elapsed, done[0]))
+                return
             if self.told or done[0] >= total or len(said) == 2:
                 return
-            seconds = elapsed * total / done[0]
-            share = 100 * done[0] / total
-            if not said and (elapsed >= FIRST_LOOK_SECONDS or (share >= 5 and elapsed >= 1.0)):
+            (then, before), share = first[0], 100 * done[0] / total
+            running, since = elapsed - then, done[0] - before
+            if since <= 0:
+                return
+            seconds = then + running * (total - before) / since
+            if not said and (running >= FIRST_LOOK_SECONDS or (100 * since / total >= 5 and running >= 1.0)):
                 text = f"{description}: {duration(seconds)} in all on {where(self.device)}"
                 text += f" (from the first {f'{share:.0f}%' if share >= 1 else 'seconds'} of the work)"
                 said.append(seconds)

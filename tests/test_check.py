@@ -77,3 +77,48 @@ def test_check_passes_on_itself_and_fails_on_a_regression(tmp_path: Path, data_d
     assert "regressed" in worse.output
     missing = runner.invoke(app, ["check", "--baseline", str(tmp_path / "none.json")])
     assert missing.exit_code == 2 and "--update" in missing.output
+
+
+class Recorded:
+    """A ``Progress`` that records each task's total and what its work reported."""
+
+    def __init__(self) -> None:
+        self.tasks: list[tuple[str, int, list[int]]] = []
+
+    def task(self, description: str, total: int):  # type: ignore[no-untyped-def]
+        done: list[int] = []
+        self.tasks.append((description, total, done))
+        return done.append
+
+    def note(self, text: str) -> None:
+        pass
+
+
+def test_the_suite_s_progress_counts_forwards_after_the_generation_has_its_own_task(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    """Generating the cells is a task of its own, finished before the suite's task starts; the suite's task
+    counts forwards, an attacked image weighing what PGD-2 costs (1 forward and 2 gradient calls of 2 forwards
+    each = 5), so its total is 8 images x (clean + 1 cell + 5) = 56 and its work reports exactly that."""
+    from sdnet_cli.check import run_suite
+    from sdnet_cli.runtime import Runtime
+
+    suite = Suite.load_dict({"models": ["resnet18"], "cells": [["gaussian_noise", 5]], "n_examples": 8, "steps": 2})
+    progress = Recorded()
+    run_suite(suite, Runtime.create("cpu"), data_dir, tmp_path / "cache", progress)
+    (generating, missing, generated), (checking, total, done) = progress.tasks
+    assert generating.startswith("generating") and sum(generated) == missing > 0
+    assert checking == "checking" and total == 8 * (2 + 5) and sum(done) == total
+    assert done[:2] == [8, 8] and all(k % 5 == 0 for k in done[2:])  # clean, the cell, then the attack at 5 an image
+
+
+def test_an_attack_s_cost_in_forwards_from_its_calls() -> None:
+    from torch import nn
+
+    from sdnet_cli.attacks import AttackConfig, forwards_per_image
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 10))
+    pgd = AttackConfig.create(attack="pgd", norm="Linf", eps=["1/255", "2/255"], steps=10)
+    assert forwards_per_image(model, pgd, 10) == 1 + 2 * (2 * 10)  # 10 gradient calls at each of 2 eps
+    square = AttackConfig.create(attack="square", norm="Linf", eps=["1/255"], steps=300)
+    assert forwards_per_image(model, square, 10) == 1 + 300  # forwards only, one per query

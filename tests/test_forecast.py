@@ -57,39 +57,53 @@ def forecasting(monkeypatch: pytest.MonkeyPatch, clock: list[float], hint: bool)
     return record, Forecasting(record, "cpu", hint=hint)
 
 
-def test_a_task_forecasts_itself_once_from_its_first_five_percent(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_task_forecasts_itself_once_from_the_rate_after_its_first_report(monkeypatch: pytest.MonkeyPatch) -> None:
     record, progress = forecasting(monkeypatch, [0.0, 2.0, 4.0, 6.0], hint=True)
     advance = progress.task("sweeping", 1000)
-    advance(50)  # 5% in 2 s: 40 s in all
+    advance(50)  # the first report: 2 s so far, counted once
+    advance(50)  # 5% more in 2 s: 2 + 2 * 950 / 50 = 40 s in all
     advance(50)
-    assert record.notes == ["sweeping: about 40 s in all on this CPU (from the first 5% of the work)"]
+    assert record.notes == ["sweeping: about 40 s in all on this CPU (from the first 10% of the work)"]
+
+
+def test_the_time_before_the_first_report_is_counted_once_not_extrapolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    """30 s of start-up (workers, loading) before 1% of the work: extrapolating it would say 3,000 s (about 50 min);
+    counted once, with the rate after it (50 units in 2 s): 30 + 2 * 990 / 50 = 69.6 s."""
+    record, progress = forecasting(monkeypatch, [0.0, 30.0, 32.0], hint=True)
+    advance = progress.task("generating", 1000)
+    advance(10)
+    advance(50)
+    assert record.notes == ["generating: about 70 s in all on this CPU (from the first 6% of the work)"]
 
 
 def test_a_forecast_that_moved_more_than_twofold_is_said_again_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    record, progress = forecasting(monkeypatch, [0.0, 2.0, 70.0, 80.0], hint=False)
+    record, progress = forecasting(monkeypatch, [0.0, 1.0, 3.0, 70.0, 80.0], hint=False)
     advance = progress.task("evaluating", 1000)
-    advance(50)  # 5% in 2 s: 40 s in all
-    advance(100)  # 15% in 70 s: 466.7 s in all, 11.7 times the first
+    advance(10)  # the first report, at 1 s
+    advance(50)  # 1 + 2 * 990 / 50 = 40.6 s in all
+    advance(100)  # at 70 s, 160 done: 1 + 69 * 990 / 150 = 456.4 s in all, 11.2 times the first
     advance(100)  # said twice already: nothing more
     assert record.notes == [
-        "evaluating: about 40 s in all on this CPU (from the first 5% of the work)",
-        "evaluating: now about 8 min in all on this CPU (from the first 15% of the work; the first forecast said "
-        "about 40 s)",
+        "evaluating: about 41 s in all on this CPU (from the first 6% of the work)",
+        "evaluating: now about 8 min in all on this CPU (from the first 16% of the work; the first forecast said "
+        "about 41 s)",
     ]
 
 
 def test_a_forecast_within_twofold_of_the_first_is_not_said_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    record, progress = forecasting(monkeypatch, [0.0, 2.0, 30.0, 61.0], hint=False)
+    record, progress = forecasting(monkeypatch, [0.0, 1.0, 3.0, 30.0, 61.0], hint=False)
     advance = progress.task("evaluating", 1000)
-    advance(50)  # 40 s in all
-    advance(50)  # 10% but only 30 s: too early for a second look
-    advance(700)  # 80% in 61 s: 76.25 s in all, 1.9 times the first
-    assert record.notes == ["evaluating: about 40 s in all on this CPU (from the first 5% of the work)"]
+    advance(10)
+    advance(50)  # 40.6 s in all
+    advance(50)  # 11% but only 30 s: too early for a second look
+    advance(690)  # 80% in 61 s: 1 + 60 * 990 / 790 = 76.2 s in all, 1.9 times the first
+    assert record.notes == ["evaluating: about 41 s in all on this CPU (from the first 6% of the work)"]
 
 
 def test_a_job_s_own_forecast_replaces_the_generic_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    record, progress = forecasting(monkeypatch, [0.0, 20.0], hint=True)
+    record, progress = forecasting(monkeypatch, [0.0, 1.0, 20.0], hint=True)
     advance = progress.task("attack", 1000)
     progress.note(Forecast("attack on 10 images: about 5 s on this CPU"))
     advance(1)
+    advance(500)
     assert record.notes == ["attack on 10 images: about 5 s on this CPU"]

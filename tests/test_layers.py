@@ -26,11 +26,12 @@ LAYERS: list[list[str]] = [
         "report",
         "plots",
         "resume",
-    ],  # marker values, file schemas, report files, figures, resume files
+        "forecast",
+    ],  # marker values, file schemas, report files, figures, resume files, progress and its forecasts
     ["models"],  # networks, CSC layers, checkpoints, weights; they know their input normalisation
     ["data"],  # datasets, corruptions, cells and their sources
     ["specs"],  # what a caller asks for: the model, data and run records every API function takes
-    ["distributed", "metrics", "runtime", "forecast", "lam", "attacks", "adapt"],  # forwards, lambda policies, attacks
+    ["distributed", "metrics", "runtime", "lam", "attacks", "adapt"],  # forwards, lambda policies, attacks
     [
         "evaluate",
         "sweep",

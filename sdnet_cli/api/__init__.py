@@ -22,10 +22,9 @@ parses options, calls these functions and prints.
 
 from ..adapt import AdaptSpec
 from ..errors import UsageError
-from ..forecast import Progress
+from ..forecast import Progress, Silent
 from ..report import Report
 from ..specs import DataSpec, LoadedModel, ModelArg, ModelSpec, RunSpec
-from ._session import Silent
 from .adversarial import attack, attack_vs_lambda
 from .corruptions import evaluate_corruptions, generate_corruptions
 from .gate import check, compare

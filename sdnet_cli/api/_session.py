@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..forecast import Progress
+from ..forecast import Progress, Silent
 from ..report import base_meta
 from ..specs import DataSpec, LoadedModel, ModelSpec, Normalize, RunSpec
 
@@ -25,16 +25,6 @@ if TYPE_CHECKING:
     from ..data.cells import CellSource
     from ..models import Classifier, ModelInfo
     from ..runtime import Runtime
-
-
-class Silent:
-    """Progress that goes nowhere (the default)."""
-
-    def task(self, description: str, total: int) -> Callable[[int], None]:
-        return lambda k: None
-
-    def note(self, text: str) -> None:
-        pass
 
 
 def job_progress(progress: Progress | None, runtime: Runtime, hint: bool = False) -> Progress:
@@ -236,10 +226,7 @@ class Session:
     def prepare_cells(self, source: CellSource, names: Sequence[str]) -> None:
         from .. import distributed
 
-        missing = source.missing_images(names)
-        title = f"generating {source.spec.corrupted.title} (seed {source.seed})"
-        advance = self.progress.task(title, missing) if missing else None
-        distributed.in_turn(lambda: source.prepare(names, advance))
+        distributed.in_turn(lambda: source.prepare_told(names, self.progress))
 
     def task(self, description: str, source: CellSource, passes: int) -> Callable[[int], None]:
         """A progress task over ``passes`` passes of this process's share of the cell images."""

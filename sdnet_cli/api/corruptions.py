@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
-from ..forecast import Progress
+from ..forecast import Progress, Silent
 from ..report import Report, check_stem
 from ..resume import interrupted_saying
 from ..schemas import WORKERS_MAX
 from ..specs import DataSpec, ModelArg, ModelSpec, RunSpec, count_or_none, unused
-from ._session import Session, Silent, single_process, strings
+from ._session import Session, single_process, strings
 
 if TYPE_CHECKING:
     from ..adapt import Adapt, AdaptSpec

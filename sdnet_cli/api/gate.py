@@ -51,8 +51,7 @@ def check(
     stored = read_baseline(baseline, allow_code_in_suite) if not update or baseline.is_file() else None
     chosen = _suite(suite, stored, tolerance, allow_code_in_suite, baseline)
     runtime = Runtime.create(run.device, run.precision)
-    advance = job_progress(progress, runtime).task("checking", chosen.work_units())
-    rows = run_suite(chosen, runtime, data.data_dir, data.cache_dir, advance, weights_dir)
+    rows = run_suite(chosen, runtime, data.data_dir, data.cache_dir, job_progress(progress, runtime), weights_dir)
     if update:
         meta = base_meta("check", chosen.seed, suite=chosen.as_meta(), **runtime.describe())
         return Report(rows, meta, name=baseline.stem, title="sdnet check baseline")

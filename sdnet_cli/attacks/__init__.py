@@ -14,7 +14,7 @@ from .checks import Diagnostics, diagnose
 from .config import AttackConfig, Eps, check_norm
 from .registry import AUTOATTACK_VERSIONS, NORMS, AttackSetting, Component, Norm, attack_names, register
 from .results import AttackResults, save_adversarials
-from .runner import build_components, requantized_robust_accuracy, run_attack
+from .runner import build_components, forwards_per_image, requantized_robust_accuracy, run_attack
 from .state import remove_state
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "build_components",
     "check_norm",
     "diagnose",
+    "forwards_per_image",
     "register",
     "remove_state",
     "requantized_robust_accuracy",

@@ -17,6 +17,7 @@ import numpy as np
 
 from .._io import check_writable_dir
 from ..errors import UsageError
+from ..forecast import Progress
 from ..rows import CLEAN
 from ..schemas import EXAMPLES_MAX, SEVERITIES, WORKERS_MAX, check_count
 from .corruptions import ALL_CORRUPTIONS, BENCHMARK_CORRUPTIONS, EXTRA_CORRUPTIONS
@@ -139,6 +140,13 @@ class CellSource:
             self.c_root = self.spec.corrupted.ensure_generated(
                 self.cache_dir, needed, self.images, self.labels, self.n, self.seed, self.workers, progress
             )
+
+    def prepare_told(self, corruptions: Sequence[str], progress: Progress) -> None:
+        """``prepare``, with a progress task of its own when there is anything to generate (so the work that
+        follows does not count the generation's minutes as its own, nor sit at 0% meanwhile)."""
+        missing = self.missing_images(corruptions)
+        title = f"generating {self.spec.corrupted.title} (seed {self.seed})"
+        self.prepare(corruptions, progress.task(title, missing) if missing else None)
 
     def missing_images(self, corruptions: Sequence[str]) -> int:
         """How many images ``prepare`` would have to generate (for a progress bar)."""
