@@ -63,7 +63,6 @@ def sweep_lambda(
     from ..adapt import AdaptSpec, calibratable, make_adaptation
     from ..data.cells import expand_cells, parse_corruptions, parse_severities
     from ..lam import calibration_destination, lambda_grid, store_calibration
-    from ..rows import CLEAN
     from ..sweep import runs
     from ..sweep.plan import EVERY_PAIR, SweepPlan
     from ..sweep.report import save_sweep_plots
@@ -95,7 +94,7 @@ def sweep_lambda(
     pending = sum(saved is None or not saved.has("test", cell) for cell in cells)
     advance = session.task(f"sweeping {session.info.name}", source, pending * len(grid))
     args = (session.classifier, cells, source, session.runtime)
-    groups = len(expand_cells([c for c in fit_names if c != CLEAN], severity_list)) if fit else 0
+    groups = len(runs.calibration_groups(fit_names, severity_list)) if fit else 0
     with interrupted_saying(saved, len(cells) + groups):
         sweeps = runs.sweep_cells(*args, grid, session.batch_size, advance, plan, session.seed, adaptation, saved)
         rows = runs.sweep_rows(sweeps, session.base())
@@ -109,7 +108,7 @@ def sweep_lambda(
     if saved is not None:
         saved.path.unlink(missing_ok=True)
     summary = runs.plan_summary(sweeps, plan)
-    adapted = {"adaptation": adaptation.describe()} if adaptation is not None else {}
+    adapted = {"adaptation": config["adaptation"]} if adaptation is not None else {}
     meta = session.meta(
         source,
         grid=grid,
@@ -287,11 +286,10 @@ def _calibrate(
 ) -> Calibration:
     """The per-input rules fitted on ``fit_n`` corrupted training images per (corruption, severity) group,
     under ``adaptation`` (None: stored BatchNorm statistics); ``saved`` keeps the finished groups."""
-    from ..data.cells import expand_cells
     from ..data.datasets import dataset_spec
-    from ..sweep.runs import calibrate
+    from ..sweep.runs import calibrate, calibration_groups
 
-    cells = expand_cells(corruptions, severities)
+    cells = calibration_groups(corruptions, severities)
     pending = sum(saved is None or not saved.has("train", cell) for cell in cells)
     total = min(fit_n, len(train[0])) * pending * len(grid)
     advance = session.progress.task("calibrating on training images", total)

@@ -315,6 +315,11 @@ def cell_points(
     return points
 
 
+def calibration_groups(corruptions: Sequence[str], severities: Sequence[int]) -> list[Cell]:
+    """The (corruption, severity) groups a calibration sweeps, clean included once."""
+    return expand_cells([c for c in corruptions if c != CLEAN], severities)
+
+
 def calibrate(
     model: Classifier,
     train_images: np.ndarray,
@@ -348,7 +353,7 @@ def calibrate(
     grid = lambda_grid(lams)
     corruptions = [c for c in corruptions if c != CLEAN]
     train = CorruptedTrainSet(train_images, train_labels, n, seed, strength)
-    cells = expand_cells(corruptions, severities)
+    cells = calibration_groups(corruptions, severities)
     base = {"model": None, "dataset": "train"}
     sweeps = sweep_cells(model, cells, train, runtime, grid, batch_size, progress, plan, seed, adapt, saved, "train")
     rows = sweep_rows(sweeps, base)
